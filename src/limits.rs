@@ -106,9 +106,7 @@ impl Limits {
             return Err(InvalidLimits("frame and message limits must be positive"));
         }
         if self.max_frame_bytes > self.max_message_bytes {
-            return Err(InvalidLimits(
-                "max_frame_bytes must not exceed max_message_bytes",
-            ));
+            return Err(InvalidLimits("max_frame_bytes must not exceed max_message_bytes"));
         }
         // A message is assembled in one Vec; keep it addressable on 32-bit targets too.
         if self.max_message_bytes > u64::from(u32::MAX) {
