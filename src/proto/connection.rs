@@ -15,7 +15,7 @@
 //! object). Input is read into a buffer the caller owns; a message that arrives whole in
 //! one read is handed out as a slice of that buffer (zero-copy). Only a message split
 //! across reads or frames, a partial control frame, a pending pong or a close in
-//! progress allocate, in one boxed [`Extra`] that is freed as soon as it is empty again.
+//! progress allocate, in one boxed `Extra` that is freed as soon as it is empty again.
 
 use std::borrow::Cow;
 use std::time::Instant;

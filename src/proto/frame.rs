@@ -269,6 +269,51 @@ impl SharedFrame {
     }
 }
 
+/// Fuzz entry point, shared by the property tests and the real fuzzer
+/// (`scripts/fuzz.sh`). The first byte picks the role and a frame limit; the rest is a
+/// header candidate. Asserts the decoder's invariants:
+/// - a decoded header used exactly `header_len` bytes, respects the limit and the
+///   control-frame rules, and survives an encode/decode round trip;
+/// - every strict prefix of a decodable header is "need more" (errors are decided by
+///   bytes the prefix already has, so a prefix cannot fail where the whole succeeds);
+/// - an error on the whole input is either "need more" or the same error on each of its
+///   prefixes of two bytes or more.
+#[doc(hidden)]
+pub fn fuzz_decode_header(data: &[u8]) {
+    let Some((&selector, buf)) = data.split_first() else {
+        return;
+    };
+    let role = if selector & 1 == 0 { Role::Server } else { Role::Client };
+    let limit = [0u64, 125, 126, 65535, 65536, 1 << 20, u64::MAX >> 1][usize::from(selector >> 1) % 7];
+    match decode_header(buf, role, limit) {
+        Ok(Some((header, used))) => {
+            assert_eq!(Some(used), header_len(buf));
+            assert!(used <= buf.len() && used <= MAX_HEADER_LEN);
+            assert!(header.payload_len <= limit);
+            assert_eq!(header.mask.is_some(), role == Role::Server);
+            if header.opcode.is_control() {
+                assert!(header.fin && header.payload_len <= MAX_CONTROL_PAYLOAD as u64);
+            }
+            let again = encode_header(header.fin, header.opcode, header.payload_len, header.mask);
+            let (decoded, n) = decode_header(again.as_bytes(), role, limit).unwrap().unwrap();
+            assert_eq!((decoded, n <= used), (header, true));
+            for cut in 0..used {
+                assert_eq!(decode_header(&buf[..cut], role, limit), Ok(None), "prefix {cut}");
+            }
+        }
+        Ok(None) => assert!(header_len(buf).is_none_or(|n| buf.len() < n)),
+        Err(error) => {
+            for cut in 2..buf.len().min(MAX_HEADER_LEN) {
+                let prefix = decode_header(&buf[..cut], role, limit);
+                assert!(
+                    prefix == Ok(None) || prefix == Err(error),
+                    "prefix {cut}: {prefix:?} vs {error:?}"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +480,13 @@ mod tests {
         encode_frame(&mut out, true, OpCode::Text, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d]));
         // RFC 6455 section 5.7: a single-frame masked text message.
         assert_eq!(out, [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
+        #[test]
+        fn fuzz_header_bytes(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)) {
+            fuzz_decode_header(&data);
+        }
     }
 }
