@@ -62,6 +62,8 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod proto;
+pub mod server;

@@ -243,6 +243,13 @@ impl SharedFrame {
         Self { bytes: bytes.into() }
     }
 
+    /// Wraps bytes that already are one complete frame (a control frame from
+    /// `Connection::poll_transmit`), so it can share the send queue with data frames.
+    pub fn from_wire(frame: &[u8]) -> Self {
+        debug_assert_eq!(header_len(frame).map(|n| n <= frame.len()), Some(true));
+        Self { bytes: frame.into() }
+    }
+
     /// A text message.
     pub fn text(text: &str) -> Self {
         Self::new(OpCode::Text, text.as_bytes())

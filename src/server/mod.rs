@@ -1,0 +1,175 @@
+//! The server runtime: one pinned glommio executor per shard, each with its own
+//! SO_REUSEPORT listener on the same address, so the kernel assigns every connection to
+//! one shard for its whole life.
+//!
+//! - `ring`: the shard's connection ring (multishot accept and poll) and its doorbell.
+//! - `shard`: connection table, handshake, frames, send queues, drain.
+//! - `wheel`: the per-shard timer wheel.
+//!
+//! Each shard runs two glommio tasks on its executor: the *waker* loop, which sleeps on
+//! the doorbell and runs a turn of the shard when the ring has completions or another
+//! thread sent a command, and the *ticker*, which runs the timer wheel every tick. The
+//! ticker also bounds a glommio 0.9 quirk (an executor preempted before running a task
+//! may park with runnable tasks): something runs on every executor at least once a tick.
+
+pub mod ring;
+pub mod shard;
+pub mod wheel;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use futures_lite::AsyncReadExt;
+
+pub use self::shard::{Command, ShardHandle};
+use self::shard::{Shard, Status_};
+use crate::config::Config;
+use crate::metrics::Registry;
+use crate::proto::close::CloseCode;
+
+/// glommio's buffer memory for disk DMA, which the gateway does not use (the default is
+/// 10 MiB per executor, registered and locked).
+const EXECUTOR_IO_MEMORY: usize = 256 * 1024;
+
+/// A running server: its shards and their threads.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    handles: Vec<Arc<ShardHandle>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Binds a listening socket with SO_REUSEPORT and the configured backlog (glommio's
+/// `TcpListener::bind` hard-codes 1024 and offers no socket options).
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    // SAFETY: the descriptor comes straight from a socket we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
+}
+
+impl Server {
+    /// Binds one listener per shard and starts the shards. With port 0, the first bind
+    /// picks the port and the others join it.
+    pub fn start(cfg: Arc<Config>, registry: Arc<Registry>) -> io::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let first = bind_listener(cfg.listen, cfg.listen_backlog)?;
+        let local_addr = {
+            let socket = socket2::SockRef::from(&first);
+            socket.local_addr()?.as_socket().expect("an IP listener")
+        };
+        let mut listeners = vec![first];
+        for _ in 1..cfg.shards {
+            listeners.push(bind_listener(local_addr, cfg.listen_backlog)?);
+        }
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let cfg = cfg.clone();
+            let registry = registry.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wsgate-shard-{id}"))
+                .spawn(move || {
+                    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(id % cpus))
+                        .name(&format!("shard-{id}"))
+                        .io_memory(EXECUTOR_IO_MEMORY)
+                        .make();
+                    let executor = match executor {
+                        Ok(executor) => executor,
+                        Err(e) => {
+                            let _ = tx.send(Err(io::Error::other(format!("shard {id}: executor: {e}"))));
+                            return;
+                        }
+                    };
+                    executor.run(async move {
+                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, listener) {
+                            Ok(made) => made,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        let _ = tx.send(Ok(shard.handle()));
+                        run_shard(shard, bell, cfg).await;
+                    });
+                })?;
+            let handle = rx
+                .recv()
+                .map_err(|_| io::Error::other(format!("shard {id} died while starting")))??;
+            handles.push(handle);
+            threads.push(thread);
+        }
+        Ok(Self {
+            local_addr,
+            handles,
+            threads,
+        })
+    }
+
+    /// The address the shards listen on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts the graceful drain on every shard.
+    pub fn drain(&self, code: CloseCode) {
+        for handle in &self.handles {
+            handle.send(Command::Drain { code });
+        }
+    }
+
+    /// Waits for every shard to finish (after a drain).
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The shard's two tasks: the waker loop (doorbell) and the ticker (timer wheel).
+async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
+    let shard = Rc::new(RefCell::new(shard));
+    let ticker = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(cfg.tick).await;
+                if shard.borrow_mut().on_tick() == Status_::Finished {
+                    return;
+                }
+            }
+        })
+    };
+    // SAFETY: `bell` is a connected, non-blocking AF_UNIX stream socket we own.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
+    let mut bytes = [0u8; 256];
+    let waker = glommio::spawn_local(async move {
+        loop {
+            match bell.read(&mut bytes).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if shard.borrow_mut().on_wake() == Status_::Finished {
+                return;
+            }
+        }
+    });
+    // The shard is finished when either task sees it finish; the other is dropped
+    // (cancelled) with it.
+    futures_lite::future::or(ticker, waker).await;
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

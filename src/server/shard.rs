@@ -1,0 +1,1085 @@
+//! One shard: everything one core owns, driven by its connection ring and its tick.
+//!
+//! Data enters a shard three ways: completions of its connection ring (new sockets,
+//! readable sockets, writable sockets), commands from other threads (drain), and the
+//! timer tick (deadlines, drain progress, metrics). It leaves as bytes written to
+//! sockets. A shard never blocks and never shares: its connection table, timer wheel,
+//! send queues and counters belong to it alone.
+//!
+//! # Connection slots
+//!
+//! Connections live in a slab (`slots`) reserved up front for the shard's connection cap
+//! (reserved address space is not resident memory; pages are touched only as slots are
+//! used). A connection is named by its slot index and the slot's generation, which
+//! changes every time the slot is freed; ring completions and wheel entries carry both,
+//! so a late completion for a closed connection can never reach the slot's next owner.
+//! Lookups are an index, not a hash: the io_uring `user_data` carries the index.
+//!
+//! # What an idle connection holds
+//!
+//! A [`Slot`]: the protocol state machine (`proto::connection::Connection`), the fd, the
+//! generation, the wheel tick and a few flags, and `io: None`. No buffer, no task, no
+//! timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
+//! is allocated while it is needed and freed when it is empty again.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ring::{BELL_DATA, Bell, Completion, ConnRing};
+use super::wheel::{Entry, Wheel};
+use crate::config::Config;
+use crate::metrics::{Registry, ShardMetrics};
+use crate::proto::close::CloseCode;
+use crate::proto::connection::{Connection, Event, Message, Timeout};
+use crate::proto::frame::{OpCode, Role, SharedFrame};
+use crate::proto::handshake::{self, HandshakeConfig, Status};
+
+/// `user_data` layout: kind in the top 2 bits, generation in the next 30, slot index in
+/// the low 32.
+const KIND_READ: u64 = 0;
+const KIND_WRITE: u64 = 1 << 62;
+const KIND_ACCEPT: u64 = 2 << 62;
+const KIND_MASK: u64 = 3 << 62;
+const GEN_MASK: u32 = (1 << 30) - 1;
+
+/// Bytes one connection may read in one turn before the shard moves on to others (the
+/// rest is read in the next turn), so a fast sender cannot starve its neighbours.
+const READ_BUDGET_BYTES: usize = 256 * 1024;
+/// Completions handled per batch; the loop repeats until the ring is empty.
+const COMPLETION_BATCH: usize = 4096;
+/// Frames gathered into one `sendmsg` (one syscall for many queued frames).
+const IOV_BATCH: usize = 64;
+/// Slots of the timer wheel: with the default 100 ms tick, a 102 s horizon, above the
+/// default heartbeat (25 s) and idle (60 s) deadlines.
+const WHEEL_SLOTS: usize = 1024;
+/// How long accepting pauses after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The response to a connection refused before its request was read (too many
+/// concurrent handshakes): a fixed string, so refusing costs no allocation.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n\r\ntoo many handshakes now\n";
+
+fn user_data(kind: u64, entry: Entry) -> u64 {
+    kind | (u64::from(entry.gen_ & GEN_MASK) << 32) | u64::from(entry.slot)
+}
+
+fn entry_of(user_data: u64) -> Entry {
+    Entry {
+        slot: user_data as u32,
+        gen_: ((user_data >> 32) as u32) & GEN_MASK,
+    }
+}
+
+/// A command from another thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Stop accepting, close every connection with `code` spread over the drain window,
+    /// and finish when all are closed or the drain deadline passes.
+    Drain {
+        /// 1001 (going away) or 1012 (service restart).
+        code: CloseCode,
+    },
+}
+
+/// The part of a shard other threads may touch: its inbox and its bell.
+#[derive(Debug)]
+pub struct ShardHandle {
+    inbox: Mutex<Vec<Command>>,
+    bell: Bell,
+}
+
+impl ShardHandle {
+    /// Delivers `command` and wakes the shard.
+    pub fn send(&self, command: Command) {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(command);
+        self.bell.ring();
+    }
+}
+
+/// Where a slot is in a connection's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not in use (on the free list).
+    Free,
+    /// Accepted; reading the HTTP upgrade request (or flushing a refusal).
+    Handshake,
+    /// Upgraded: WebSocket frames flow.
+    Open,
+    /// The WebSocket is finished (close handshake done, failed or timed out): flushing
+    /// the last output, then lingering.
+    Closing,
+    /// Our side is finished and shut down for writing; waiting for the peer's EOF (so
+    /// the last bytes we sent are not destroyed by a reset), up to the close timeout.
+    Linger,
+}
+
+/// A queued chunk of output.
+#[derive(Debug)]
+enum Out {
+    /// A WebSocket frame, possibly shared with other connections.
+    Frame(SharedFrame),
+    /// Raw bytes: the HTTP response of the handshake.
+    Bytes(Box<[u8]>),
+}
+
+impl Out {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Frame(frame) => frame.as_bytes(),
+            Self::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// What a busy connection needs beyond its slot; `None` when idle.
+#[derive(Debug, Default)]
+struct Io {
+    /// Upgrade request bytes received so far (only while they arrive in pieces).
+    request: Vec<u8>,
+    /// Output waiting for the socket, oldest first.
+    queue: VecDeque<Out>,
+    /// Bytes of the queue's first entry already written.
+    head_written: usize,
+    /// Bytes in `queue` not yet written (what the send-queue cap counts).
+    queued_bytes: usize,
+    /// Handshake or linger deadline.
+    deadline: Option<Instant>,
+    /// End the connection once the queue is flushed (a refused handshake).
+    close_after_flush: bool,
+}
+
+impl Io {
+    fn is_empty(&self) -> bool {
+        self.request.capacity() == 0 && self.queue.is_empty() && self.deadline.is_none() && !self.close_after_flush
+    }
+}
+
+/// One connection's slot.
+#[derive(Debug)]
+struct Slot {
+    /// The WebSocket state machine (fresh and unused before the upgrade).
+    ws: Connection,
+    /// Buffers and deadlines of a busy connection.
+    io: Option<Box<Io>>,
+    /// The socket.
+    fd: RawFd,
+    /// Changes every time the slot is freed (30 bits used).
+    gen_: u32,
+    /// The wheel tick the slot is scheduled for, 0 when unscheduled.
+    wheel_tick: u32,
+    /// Where the connection is in its life.
+    phase: Phase,
+    /// A one-shot write-readiness poll is pending.
+    write_armed: bool,
+    /// The slot is on the shard's dirty list (has output to flush this turn).
+    dirty: bool,
+}
+
+/// Drain progress.
+#[derive(Debug)]
+struct Drain {
+    /// The close code sent to clients.
+    code: CloseCode,
+    /// When the drain began.
+    started: Instant,
+    /// Open connections at the start, in random order: closed progressively over the
+    /// drain window so clients do not all reconnect at once.
+    order: Vec<Entry>,
+    /// How many of `order` have been sent a close.
+    next: usize,
+}
+
+/// What the shard's loop should do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status_ {
+    /// Keep running.
+    Running,
+    /// Drained: the shard's task may end.
+    Finished,
+}
+
+/// A shard.
+pub struct Shard {
+    id: usize,
+    cfg: Arc<Config>,
+    handshake: HandshakeConfig,
+    ring: ConnRing,
+    handle: Arc<ShardHandle>,
+    registry: Arc<Registry>,
+    listener: Option<OwnedFd>,
+    /// When accepting may resume after running out of descriptors.
+    accept_paused_until: Option<Instant>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    wheel: Wheel,
+    metrics: ShardMetrics,
+    /// The shard's read buffer: every socket is read into it, one at a time.
+    buf: Vec<u8>,
+    /// Scratch for building HTTP responses.
+    scratch: Vec<u8>,
+    completions: Vec<Completion>,
+    fired: Vec<(u64, Entry)>,
+    /// Connections with output queued this turn.
+    dirty: Vec<Entry>,
+    /// Connections that hit the read budget and have more to read.
+    again: Vec<Entry>,
+    max_connections: usize,
+    connections: usize,
+    handshakes: usize,
+    queued_total: usize,
+    drain: Option<Drain>,
+    rng: u64,
+    now: Instant,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+impl Shard {
+    /// A shard serving `listener`, and the doorbell's far end its task waits on.
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        listener: OwnedFd,
+    ) -> std::io::Result<(Self, OwnedFd)> {
+        let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
+        let max_connections = cfg.max_connections.div_ceil(cfg.shards);
+        let now = Instant::now();
+        let handle = Arc::new(ShardHandle {
+            inbox: Mutex::new(Vec::new()),
+            bell: ring.bell(),
+        });
+        let mut shard = Self {
+            id,
+            handshake: HandshakeConfig {
+                paths: cfg.paths.clone(),
+                allowed_origins: cfg.allowed_origins.clone(),
+                subprotocols: cfg.subprotocols.clone(),
+            },
+            ring,
+            handle,
+            registry,
+            listener: Some(listener),
+            accept_paused_until: None,
+            slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
+            free: Vec::new(),
+            wheel: Wheel::new(now, cfg.tick, WHEEL_SLOTS),
+            metrics: ShardMetrics::default(),
+            buf: vec![0; cfg.read_buffer_bytes],
+            scratch: Vec::with_capacity(512),
+            completions: Vec::with_capacity(COMPLETION_BATCH),
+            fired: Vec::new(),
+            dirty: Vec::new(),
+            again: Vec::new(),
+            max_connections,
+            connections: 0,
+            handshakes: 0,
+            queued_total: 0,
+            drain: None,
+            rng: 0x2545_f491_4f6c_dd1d ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            now,
+            cfg,
+        };
+        shard.arm_accept();
+        shard.ring.submit()?;
+        Ok((shard, bell_rx))
+    }
+
+    /// The handle other threads use to reach this shard.
+    pub fn handle(&self) -> Arc<ShardHandle> {
+        self.handle.clone()
+    }
+
+    fn arm_accept(&mut self) {
+        if let Some(listener) = &self.listener {
+            let fd = listener.as_raw_fd();
+            self.ring.accept_multi(fd, KIND_ACCEPT);
+        }
+    }
+
+    /// Runs one turn after the doorbell rang: commands, completions, deferred reads,
+    /// then writes.
+    pub fn on_wake(&mut self) -> Status_ {
+        self.now = Instant::now();
+        self.ring.arm_bell();
+        let commands = std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for command in commands {
+            match command {
+                Command::Drain { code } => self.start_drain(code),
+            }
+        }
+        let again = std::mem::take(&mut self.again);
+        for entry in again {
+            if self.valid(entry) {
+                self.on_readable(entry);
+            }
+        }
+        loop {
+            self.completions.clear();
+            self.ring.drain(&mut self.completions, COMPLETION_BATCH);
+            if self.completions.is_empty() {
+                break;
+            }
+            for i in 0..self.completions.len() {
+                let completion = self.completions[i];
+                self.on_completion(completion);
+            }
+        }
+        self.end_turn()
+    }
+
+    /// Runs the timer tick: deadlines, drain progress, accept back-off, metrics.
+    pub fn on_tick(&mut self) -> Status_ {
+        self.now = Instant::now();
+        let now = self.now;
+        self.fired.clear();
+        self.wheel.advance(now, &mut self.fired);
+        let fired = std::mem::take(&mut self.fired);
+        for &(tick, entry) in &fired {
+            if self.valid(entry) && u64::from(self.slots[entry.slot as usize].wheel_tick) == tick {
+                self.slots[entry.slot as usize].wheel_tick = 0;
+                self.on_deadline(entry);
+                if self.valid(entry) {
+                    self.schedule(entry);
+                }
+            }
+        }
+        self.fired = fired;
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.arm_accept();
+        }
+        self.drain_step();
+        self.publish_metrics();
+        self.end_turn()
+    }
+
+    fn end_turn(&mut self) -> Status_ {
+        let dirty = std::mem::take(&mut self.dirty);
+        for entry in &dirty {
+            if self.valid(*entry) {
+                self.slots[entry.slot as usize].dirty = false;
+                self.flush(*entry);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        if !self.again.is_empty() {
+            // Deferred reads: come back after the executor has run other tasks.
+            self.handle.bell.ring();
+        }
+        if let Err(e) = self.ring.submit() {
+            eprintln!("shard {}: io_uring submit failed: {e}", self.id);
+        }
+        match &self.drain {
+            Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
+                self.abort_all();
+                self.publish_metrics();
+                Status_::Finished
+            }
+            _ => Status_::Running,
+        }
+    }
+
+    fn live_slots(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn valid(&self, entry: Entry) -> bool {
+        self.slots
+            .get(entry.slot as usize)
+            .is_some_and(|slot| slot.gen_ == entry.gen_ && slot.phase != Phase::Free)
+    }
+
+    fn entry(&self, slot: u32) -> Entry {
+        Entry {
+            slot,
+            gen_: self.slots[slot as usize].gen_,
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion) {
+        if completion.user_data == BELL_DATA {
+            return;
+        }
+        match completion.user_data & KIND_MASK {
+            KIND_ACCEPT => self.on_accept(completion),
+            KIND_READ => {
+                let entry = entry_of(completion.user_data);
+                if !self.valid(entry) {
+                    return;
+                }
+                if completion.result < 0 && completion.result != -libc::ECANCELED {
+                    self.release(entry, true);
+                    return;
+                }
+                if !completion.more {
+                    // The kernel ended the multishot poll (it may, e.g. on overflow):
+                    // arm it again.
+                    let fd = self.slots[entry.slot as usize].fd;
+                    self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+                }
+                self.on_readable(entry);
+            }
+            KIND_WRITE => {
+                let entry = entry_of(completion.user_data);
+                if self.valid(entry) {
+                    self.slots[entry.slot as usize].write_armed = false;
+                    self.flush(entry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, completion: Completion) {
+        if !completion.more && self.listener.is_some() && self.drain.is_none() {
+            if completion.result == -libc::EMFILE || completion.result == -libc::ENFILE {
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+            } else {
+                self.arm_accept();
+            }
+        }
+        if completion.result < 0 {
+            let label = match -completion.result {
+                libc::EMFILE | libc::ENFILE => "out_of_files",
+                libc::ECANCELED => return,
+                _ => "accept_error",
+            };
+            ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+            return;
+        }
+        let fd = completion.result;
+        self.metrics.accepted += 1;
+        if self.drain.is_some() || self.handshakes >= self.cfg.max_handshakes_per_shard {
+            let label = if self.drain.is_some() {
+                "draining"
+            } else {
+                "handshake_limit"
+            };
+            ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+            // SAFETY: `fd` was just accepted and is owned by nobody else; the response
+            // is a static buffer; the fd is closed right after.
+            unsafe {
+                libc::send(
+                    fd,
+                    BUSY_RESPONSE.as_ptr().cast(),
+                    BUSY_RESPONSE.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+                libc::close(fd);
+            }
+            return;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a pointer to a live c_int. Nagle's
+        // algorithm would hold back small messages; a messaging gateway wants them out.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let now = self.now;
+        let slot = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot {
+                    ws: Connection::new(Role::Server, now),
+                    io: None,
+                    fd: -1,
+                    gen_: 0,
+                    wheel_tick: 0,
+                    phase: Phase::Free,
+                    write_armed: false,
+                    dirty: false,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        debug_assert_eq!(s.phase, Phase::Free);
+        s.fd = fd;
+        s.phase = Phase::Handshake;
+        s.io = Some(Box::new(Io {
+            deadline: Some(now + self.cfg.handshake_timeout),
+            ..Io::default()
+        }));
+        self.handshakes += 1;
+        let entry = self.entry(slot);
+        self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+        self.schedule(entry);
+    }
+
+    fn on_readable(&mut self, entry: Entry) {
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let fd = self.slots[entry.slot as usize].fd;
+            // SAFETY: reads into the shard's buffer, which is valid for its length.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        self.on_eof(entry);
+                        return;
+                    }
+                }
+            }
+            if n == 0 {
+                self.on_eof(entry);
+                return;
+            }
+            let n = n as usize;
+            self.metrics.bytes_in += n as u64;
+            match self.slots[entry.slot as usize].phase {
+                Phase::Handshake => self.on_request_bytes(entry, n),
+                Phase::Open => self.on_frame_bytes(entry, 0, n),
+                Phase::Closing | Phase::Linger => {}
+                Phase::Free => unreachable!("read on a free slot"),
+            }
+            if !self.valid(entry) || n < self.buf.len() {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.again.push(entry);
+                return;
+            }
+        }
+    }
+
+    fn on_eof(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        let abnormal = match slot.phase {
+            Phase::Open => !slot.ws.handle_eof(),
+            Phase::Handshake | Phase::Closing => true,
+            Phase::Linger | Phase::Free => false,
+        };
+        self.release(entry, abnormal);
+    }
+
+    /// Handshake bytes arrived in `buf[..n]`.
+    fn on_request_bytes(&mut self, entry: Entry, n: usize) {
+        let index = entry.slot as usize;
+        let max = self.cfg.limits.max_header_bytes;
+        let io = self.slots[index].io.as_deref_mut().expect("a handshaking slot has io");
+        if io.close_after_flush {
+            return; // Refused already: ignore what else it sends.
+        }
+        let from_buf = io.request.is_empty();
+        if !from_buf {
+            // Keep at most one byte over the limit: enough for the parser to say 431.
+            let room = (max + 1).saturating_sub(io.request.len());
+            io.request.extend_from_slice(&self.buf[..n.min(room)]);
+        }
+        let data: &[u8] = if from_buf { &self.buf[..n] } else { &io.request };
+        enum Verdict {
+            NeedMore,
+            Refuse(&'static str),
+            Upgrade { leftover: Vec<u8> },
+        }
+        self.scratch.clear();
+        let verdict = match handshake::parse_request(data, &self.cfg.limits, &self.handshake) {
+            Ok(None) => Verdict::NeedMore,
+            Err(error) => {
+                error.write_response(&mut self.scratch);
+                Verdict::Refuse(error.label())
+            }
+            Ok(Some(_)) if self.drain.is_some() => {
+                let status = Status::ServiceUnavailable;
+                handshake::write_error_response(&mut self.scratch, status, "server draining", &[("Retry-After", "1")]);
+                Verdict::Refuse("draining")
+            }
+            Ok(Some(_)) if self.connections >= self.max_connections => {
+                let status = Status::ServiceUnavailable;
+                handshake::write_error_response(&mut self.scratch, status, "connection limit", &[("Retry-After", "1")]);
+                Verdict::Refuse("connection_limit")
+            }
+            Ok(Some(request)) => {
+                request.write_response(&mut self.scratch);
+                Verdict::Upgrade {
+                    leftover: data[request.header_len()..].to_vec(),
+                }
+            }
+        };
+        match verdict {
+            Verdict::NeedMore => {
+                if from_buf {
+                    let io = self.slots[index].io.as_deref_mut().expect("handshaking slot has io");
+                    io.request.extend_from_slice(&self.buf[..n.min(max + 1)]);
+                }
+            }
+            Verdict::Refuse(label) => {
+                ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+                let response = self.scratch.as_slice().into();
+                let close_timeout = self.cfg.limits.close_timeout;
+                let io = self.slots[index].io.as_deref_mut().expect("handshaking slot has io");
+                io.request = Vec::new();
+                io.close_after_flush = true;
+                io.deadline = Some(self.now + close_timeout);
+                self.enqueue(entry, Out::Bytes(response), true);
+            }
+            Verdict::Upgrade { leftover } => {
+                let response = self.scratch.as_slice().into();
+                let slot = &mut self.slots[index];
+                slot.ws = Connection::new(Role::Server, self.now);
+                slot.phase = Phase::Open;
+                let io = slot.io.as_deref_mut().expect("handshaking slot has io");
+                io.request = Vec::new();
+                io.deadline = None;
+                self.handshakes -= 1;
+                self.connections += 1;
+                self.metrics.upgrades += 1;
+                self.enqueue(entry, Out::Bytes(response), true);
+                if !leftover.is_empty() {
+                    // Frames sent right behind the request: feed them as if just read.
+                    self.buf[..leftover.len()].copy_from_slice(&leftover);
+                    self.on_frame_bytes(entry, 0, leftover.len());
+                }
+            }
+        }
+    }
+
+    /// Frame bytes arrived in `buf[start..end]` for an open connection.
+    fn on_frame_bytes(&mut self, entry: Entry, start: usize, end: usize) {
+        let index = entry.slot as usize;
+        let mut off = start;
+        while off < end {
+            let echo = self.cfg.echo;
+            let slot = &mut self.slots[index];
+            let (used, event) = slot
+                .ws
+                .handle_input(self.now, &self.cfg.limits, &mut self.buf[off..end]);
+            let Some(event) = event else { break };
+            off += used;
+            let reply = match event {
+                Event::Message(message) => {
+                    self.metrics.messages_in += 1;
+                    echo.then(|| match &message {
+                        Message::Text(text) => SharedFrame::new(OpCode::Text, text.as_bytes()),
+                        Message::Binary(bytes) => SharedFrame::new(OpCode::Binary, bytes),
+                    })
+                }
+                Event::Close { code, .. } => {
+                    let code = code.map_or(CloseCode::NO_STATUS.0, |c| c.0);
+                    ShardMetrics::bump(&mut self.metrics.close_codes_received, code);
+                    None
+                }
+                Event::Error(error) => {
+                    ShardMetrics::bump(&mut self.metrics.protocol_errors, error.label());
+                    None
+                }
+            };
+            if let Some(frame) = reply
+                && self.slots[index].ws.can_send()
+            {
+                self.metrics.messages_out += 1;
+                self.enqueue(entry, Out::Frame(frame), false);
+            }
+        }
+        self.after_protocol(entry);
+    }
+
+    /// Collects the control frames the state machine wants sent, reschedules its
+    /// deadline, and moves a finished connection towards its end.
+    fn after_protocol(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
+        while let Some(control) = self.slots[index].ws.poll_transmit() {
+            if control.opcode() == OpCode::Close {
+                let bytes = control.as_bytes();
+                let code = if bytes.len() >= 4 {
+                    u16::from_be_bytes([bytes[2], bytes[3]])
+                } else {
+                    1005
+                };
+                ShardMetrics::bump(&mut self.metrics.close_codes_sent, code);
+            }
+            let frame = SharedFrame::from_wire(control.as_bytes());
+            self.enqueue(entry, Out::Frame(frame), true);
+        }
+        if self.slots[index].ws.is_closed() {
+            self.leave_open(entry);
+            let slot = &mut self.slots[index];
+            let io = slot.io.get_or_insert_with(Box::default);
+            io.close_after_flush = true;
+            io.deadline = Some(self.now + self.cfg.limits.close_timeout);
+            self.mark_dirty(entry);
+        }
+        self.schedule(entry);
+    }
+
+    /// Counts a connection out of the open set (once).
+    fn leave_open(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        if slot.phase == Phase::Open {
+            slot.phase = Phase::Closing;
+            self.connections -= 1;
+            self.metrics.closed += 1;
+        }
+    }
+
+    fn mark_dirty(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(entry);
+        }
+    }
+
+    /// Queues output. Data beyond the connection's cap (or the shard's budget) invokes
+    /// the slow-consumer policy; control output (handshake responses, pong, ping,
+    /// close) is never refused, and it is bounded by the protocol (one of each at a
+    /// time).
+    fn enqueue(&mut self, entry: Entry, out: Out, control: bool) {
+        let len = out.as_bytes().len();
+        let index = entry.slot as usize;
+        let io = self.slots[index].io.get_or_insert_with(Box::default);
+        if !control
+            && (io.queued_bytes + len > self.cfg.send_queue_bytes
+                || self.queued_total + len > self.cfg.shard_send_budget_bytes)
+        {
+            self.slow_consumer(entry);
+            return;
+        }
+        io.queue.push_back(out);
+        io.queued_bytes += len;
+        self.queued_total += len;
+        self.mark_dirty(entry);
+    }
+
+    /// The slow-consumer policy: the client does not read what it is sent. Drop its
+    /// queued data (all but a frame already partly written, which must be finished to
+    /// keep the stream intact), send close 1008 "slow consumer", and give the close
+    /// frame the close timeout to get out; then the socket is closed.
+    fn slow_consumer(&mut self, entry: Entry) {
+        self.metrics.slow_consumer_closes += 1;
+        let index = entry.slot as usize;
+        let slot = &mut self.slots[index];
+        if let Some(io) = slot.io.as_deref_mut() {
+            let keep = usize::from(io.head_written > 0);
+            for out in io.queue.drain(keep..) {
+                let len = out.as_bytes().len();
+                io.queued_bytes -= len;
+                self.queued_total -= len;
+            }
+        }
+        slot.ws
+            .close(self.now, &self.cfg.limits, CloseCode::POLICY_VIOLATION, "slow consumer");
+        self.after_protocol(entry);
+    }
+
+    /// Writes as much of the queue as the socket takes, many frames per syscall.
+    fn flush(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
+        if self.slots[index].write_armed {
+            return;
+        }
+        loop {
+            let slot = &mut self.slots[index];
+            let Some(io) = slot.io.as_deref_mut() else { return };
+            if io.queue.is_empty() {
+                break;
+            }
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOV_BATCH];
+            let mut count = 0;
+            let mut total = 0;
+            for (i, out) in io.queue.iter().take(IOV_BATCH).enumerate() {
+                let bytes = if i == 0 {
+                    &out.as_bytes()[io.head_written..]
+                } else {
+                    out.as_bytes()
+                };
+                iov[i] = libc::iovec {
+                    iov_base: bytes.as_ptr().cast_mut().cast(),
+                    iov_len: bytes.len(),
+                };
+                count += 1;
+                total += bytes.len();
+            }
+            // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries point
+            // into queued buffers that stay alive (and unmoved) for the call.
+            let sent = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = count;
+                libc::sendmsg(slot.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if sent < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        slot.write_armed = true;
+                        let fd = slot.fd;
+                        self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                        return;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        self.release(entry, true);
+                        return;
+                    }
+                }
+            }
+            let mut left = sent as usize;
+            self.metrics.bytes_out += left as u64;
+            while left > 0 {
+                let head = io
+                    .queue
+                    .front()
+                    .expect("bytes were sent from the queue")
+                    .as_bytes()
+                    .len();
+                let rest = head - io.head_written;
+                if left >= rest {
+                    left -= rest;
+                    let out = io.queue.pop_front().expect("checked above");
+                    if matches!(out, Out::Frame(_)) {
+                        self.metrics.frames_out += 1;
+                    }
+                    io.queued_bytes -= head;
+                    self.queued_total -= head;
+                    io.head_written = 0;
+                } else {
+                    io.head_written += left;
+                    left = 0;
+                }
+            }
+            if (sent as usize) < total {
+                slot.write_armed = true;
+                let fd = slot.fd;
+                self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                return;
+            }
+        }
+        // Everything is out.
+        let slot = &mut self.slots[index];
+        let finished = slot.io.as_deref().is_some_and(|io| io.close_after_flush);
+        if finished {
+            self.start_linger(entry);
+        } else if slot.io.as_deref().is_some_and(Io::is_empty) {
+            slot.io = None;
+        }
+    }
+
+    /// Our side is done: shut down writing so the peer sees our last bytes and an EOF,
+    /// then wait (up to the close timeout) for the peer to close its side.
+    fn start_linger(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
+        let slot = &mut self.slots[index];
+        if slot.phase == Phase::Handshake {
+            self.handshakes -= 1;
+        }
+        slot.phase = Phase::Linger;
+        // SAFETY: shutdown on our own socket.
+        unsafe {
+            libc::shutdown(slot.fd, libc::SHUT_WR);
+        }
+        let io = slot.io.get_or_insert_with(Box::default);
+        io.close_after_flush = false;
+        io.deadline = Some(self.now + self.cfg.limits.close_timeout);
+        self.schedule(entry);
+    }
+
+    /// Frees the slot: stops the polls, closes the socket, drops queued output.
+    fn release(&mut self, entry: Entry, abnormal: bool) {
+        let index = entry.slot as usize;
+        let slot = &mut self.slots[index];
+        match slot.phase {
+            Phase::Free => return,
+            Phase::Handshake => self.handshakes -= 1,
+            Phase::Open => {
+                self.connections -= 1;
+                self.metrics.closed += 1;
+            }
+            Phase::Closing | Phase::Linger => {}
+        }
+        if abnormal {
+            self.metrics.abnormal_closes += 1;
+        }
+        self.ring.poll_remove(user_data(KIND_READ, entry));
+        if slot.write_armed {
+            self.ring.poll_remove(user_data(KIND_WRITE, entry));
+        }
+        // SAFETY: the fd is ours and is forgotten right after; the pending polls hold
+        // their own file references until the removals above complete.
+        unsafe {
+            libc::close(slot.fd);
+        }
+        if let Some(io) = slot.io.take() {
+            self.queued_total -= io.queued_bytes;
+        }
+        slot.fd = -1;
+        slot.phase = Phase::Free;
+        slot.write_armed = false;
+        slot.dirty = false;
+        slot.wheel_tick = 0;
+        slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
+        slot.ws = Connection::new(Role::Server, self.now);
+        self.free.push(entry.slot);
+    }
+
+    /// The slot's earliest deadline.
+    fn deadline(&self, entry: Entry) -> Option<Instant> {
+        let slot = &self.slots[entry.slot as usize];
+        let io_deadline = slot.io.as_deref().and_then(|io| io.deadline);
+        match slot.phase {
+            Phase::Open => {
+                let ws = slot.ws.poll_timeout(&self.cfg.limits);
+                match (ws, io_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::Handshake | Phase::Closing | Phase::Linger => io_deadline,
+            Phase::Free => None,
+        }
+    }
+
+    /// Puts the slot on the wheel if its deadline is earlier than the tick it waits
+    /// for (later deadlines are found lazily when that tick fires).
+    fn schedule(&mut self, entry: Entry) {
+        let Some(at) = self.deadline(entry) else { return };
+        let tick = self.wheel.tick_of(at);
+        let slot = &self.slots[entry.slot as usize];
+        if slot.wheel_tick == 0 || tick < u64::from(slot.wheel_tick) {
+            let used = self.wheel.schedule(at, entry);
+            self.slots[entry.slot as usize].wheel_tick = used as u32;
+        }
+    }
+
+    fn on_deadline(&mut self, entry: Entry) {
+        let now = self.now;
+        let index = entry.slot as usize;
+        let io_due = self.slots[index]
+            .io
+            .as_deref()
+            .and_then(|io| io.deadline)
+            .is_some_and(|d| now >= d);
+        match self.slots[index].phase {
+            Phase::Handshake => {
+                if io_due {
+                    let refused = self.slots[index].io.as_deref().is_some_and(|io| io.close_after_flush);
+                    if !refused {
+                        self.metrics.handshake_timeouts += 1;
+                        ShardMetrics::bump(&mut self.metrics.handshake_failures, "handshake_timeout");
+                    }
+                    self.release(entry, !refused);
+                }
+            }
+            Phase::Closing | Phase::Linger => {
+                if io_due {
+                    self.release(entry, false);
+                }
+            }
+            Phase::Open => match self.slots[index].ws.handle_timeout(now, &self.cfg.limits) {
+                Some(Timeout::Heartbeat) => {
+                    self.metrics.heartbeat_timeouts += 1;
+                    self.after_protocol(entry);
+                }
+                Some(Timeout::Close) => {
+                    self.metrics.close_timeouts += 1;
+                    self.release(entry, true);
+                }
+                None => self.after_protocol(entry),
+            },
+            Phase::Free => {}
+        }
+    }
+
+    fn start_drain(&mut self, code: CloseCode) {
+        if self.drain.is_some() {
+            return;
+        }
+        if let Some(listener) = self.listener.take() {
+            self.ring.cancel(KIND_ACCEPT);
+            drop(listener);
+        }
+        let mut order: Vec<Entry> = (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].phase == Phase::Open)
+            .map(|i| self.entry(i))
+            .collect();
+        // Fisher-Yates with xorshift: which client goes first does not matter, only
+        // that reconnects spread out.
+        for i in (1..order.len()).rev() {
+            let j = (self.next_random() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        self.drain = Some(Drain {
+            code,
+            started: self.now,
+            order,
+            next: 0,
+        });
+        self.drain_step();
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Sends close frames to the share of connections whose turn has come.
+    fn drain_step(&mut self) {
+        let Some(drain) = &self.drain else { return };
+        let window = self.cfg.drain_window.as_secs_f64();
+        let elapsed = self.now.saturating_duration_since(drain.started).as_secs_f64();
+        let share = if window <= 0.0 {
+            1.0
+        } else {
+            (elapsed / window).min(1.0)
+        };
+        let due = ((drain.order.len() as f64) * share).ceil() as usize;
+        let (code, from) = (drain.code, drain.next);
+        for i in from..due {
+            let entry = self.drain.as_ref().expect("draining").order[i];
+            if self.valid(entry) && self.slots[entry.slot as usize].phase == Phase::Open {
+                self.slots[entry.slot as usize]
+                    .ws
+                    .close(self.now, &self.cfg.limits, code, "server draining");
+                self.after_protocol(entry);
+            }
+        }
+        if let Some(drain) = self.drain.as_mut() {
+            drain.next = due.max(drain.next);
+        }
+    }
+
+    /// The drain deadline passed (or the shard is finished): close every socket left.
+    fn abort_all(&mut self) {
+        for i in 0..self.slots.len() as u32 {
+            let entry = self.entry(i);
+            if self.valid(entry) {
+                self.release(entry, true);
+            }
+        }
+        let _ = self.ring.submit();
+    }
+
+    fn publish_metrics(&mut self) {
+        self.metrics.connections = self.connections as u64;
+        self.metrics.handshakes_in_progress = self.handshakes as u64;
+        self.metrics.queued_bytes = self.queued_total as u64;
+        self.registry.publish(self.id, &self.metrics);
+    }
+}
