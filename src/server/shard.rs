@@ -175,6 +175,9 @@ struct Slot {
     write_armed: bool,
     /// The slot is on the shard's dirty list (has output to flush this turn).
     dirty: bool,
+    /// The peer sent its close frame: once ours is out, the socket can be closed at
+    /// once (the peer sends nothing more, so no lingering is needed).
+    peer_closed: bool,
 }
 
 /// Drain progress.
@@ -508,6 +511,7 @@ impl Shard {
                     phase: Phase::Free,
                     write_armed: false,
                     dirty: false,
+                    peer_closed: false,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -648,6 +652,7 @@ impl Shard {
                 self.connections += 1;
                 self.metrics.upgrades += 1;
                 self.enqueue(entry, Out::Bytes(response), true);
+                self.schedule(entry);
                 if !leftover.is_empty() {
                     // Frames sent right behind the request: feed them as if just read.
                     self.buf[..leftover.len()].copy_from_slice(&leftover);
@@ -678,6 +683,7 @@ impl Shard {
                     })
                 }
                 Event::Close { code, .. } => {
+                    slot.peer_closed = true;
                     let code = code.map_or(CloseCode::NO_STATUS.0, |c| c.0);
                     ShardMetrics::bump(&mut self.metrics.close_codes_received, code);
                     None
@@ -873,7 +879,9 @@ impl Shard {
         // Everything is out.
         let slot = &mut self.slots[index];
         let finished = slot.io.as_deref().is_some_and(|io| io.close_after_flush);
-        if finished {
+        if finished && slot.peer_closed {
+            self.release(entry, false);
+        } else if finished {
             self.start_linger(entry);
         } else if slot.io.as_deref().is_some_and(Io::is_empty) {
             slot.io = None;
@@ -931,6 +939,7 @@ impl Shard {
         slot.phase = Phase::Free;
         slot.write_armed = false;
         slot.dirty = false;
+        slot.peer_closed = false;
         slot.wheel_tick = 0;
         slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
         slot.ws = Connection::new(Role::Server, self.now);

@@ -47,6 +47,10 @@ impl TestServer {
         let mut total = ShardMetrics::default();
         for shard in self.registry.snapshot() {
             total.connections += shard.connections;
+            total.handshakes_in_progress += shard.handshakes_in_progress;
+            total.accepted += shard.accepted;
+            total.close_timeouts += shard.close_timeouts;
+            total.abnormal_closes += shard.abnormal_closes;
             total.upgrades += shard.upgrades;
             total.slow_consumer_closes += shard.slow_consumer_closes;
             total.heartbeat_timeouts += shard.heartbeat_timeouts;
@@ -176,4 +180,295 @@ fn echo_round_trip_over_real_sockets() {
     client.send_text("hello");
     assert_eq!(client.next_event(), Some(OwnedEvent::Text("hello".into())));
     server.wait_for("the upgrade to be counted", |m| m.upgrades == 1 && m.connections == 1);
+}
+
+fn status_of(request: &str, tweak: impl FnOnce(&mut Config)) -> String {
+    let server = TestServer::start(tweak);
+    let (_, head) = Client::handshake(server.addr, request.as_bytes());
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn malformed_handshakes_get_their_http_status() {
+    let server = TestServer::start(|_| {});
+    let cases = [
+        (UPGRADE.replace("Version: 13", "Version: 8"), "HTTP/1.1 426"),
+        (UPGRADE.replace("GET /ws", "GET /nope"), "HTTP/1.1 404"),
+        (UPGRADE.replace("GET /ws", "POST /ws"), "HTTP/1.1 405"),
+        (UPGRADE.replace("Upgrade: websocket\r\n", ""), "HTTP/1.1 400"),
+        ("BLAH\r\n\r\n".to_owned(), "HTTP/1.1 400"),
+        (
+            format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(9000)),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (request, expected) in cases {
+        let (mut client, head) = Client::handshake(server.addr, request.as_bytes());
+        assert!(
+            head.starts_with(expected),
+            "{expected} for {request:.40?}, got {head:?}"
+        );
+        let connection = head.lines().find(|l| l.starts_with("Connection:")).unwrap_or_default();
+        assert!(connection.contains("close"), "{head}");
+        // The server closes after the response.
+        let mut rest = Vec::new();
+        let _ = client.stream.read_to_end(&mut rest);
+    }
+    server.wait_for("failures to be counted", |m| {
+        m.handshake_failures.values().sum::<u64>() == 6
+    });
+}
+
+#[test]
+fn frames_pipelined_behind_the_request_are_processed() {
+    let server = TestServer::start(|_| {});
+    let mut request = UPGRADE.as_bytes().to_vec();
+    let mut ws = Connection::new_client(Instant::now(), 99);
+    ws.write_message(&mut request, true, b"early").unwrap();
+    let (mut client, head) = Client::handshake(server.addr, &request);
+    assert!(head.starts_with("HTTP/1.1 101"));
+    assert_eq!(client.next_event(), Some(OwnedEvent::Text("early".into())));
+}
+
+#[test]
+fn protocol_violations_get_their_close_codes() {
+    let server = TestServer::start(|cfg| {
+        cfg.limits.max_frame_bytes = 1024;
+        cfg.limits.max_message_bytes = 4096;
+    });
+    let mask = [1, 2, 3, 4];
+    let too_big = {
+        let mut f = crate::proto::frame::encode_header(true, crate::proto::frame::OpCode::Binary, 2000, Some(mask))
+            .as_bytes()
+            .to_vec();
+        f.extend_from_slice(&[0; 16]);
+        f
+    };
+    let mut bad_utf8 = Vec::new();
+    crate::proto::frame::encode_frame(
+        &mut bad_utf8,
+        true,
+        crate::proto::frame::OpCode::Text,
+        &[0xed, 0xa0, 0x80],
+        Some(mask),
+    );
+    let cases: [(&[u8], u16); 4] = [
+        (&too_big, 1009),
+        (&[0xc1, 0x80, 1, 2, 3, 4], 1002), // RSV1 without an extension
+        (b"\x81\x05hello", 1002),          // unmasked client frame
+        (&bad_utf8, 1007),
+    ];
+    for (frame, code) in cases {
+        let mut client = Client::connect(server.addr);
+        client.send_raw(frame);
+        assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(code))), "case {code}");
+        // The server shuts its side down after the close frame.
+        assert_eq!(client.next_event(), None);
+    }
+    server.wait_for("errors to be counted", |m| m.protocol_errors.values().sum::<u64>() == 4);
+}
+
+#[test]
+fn heartbeat_pings_and_closes_a_silent_client() {
+    let server = TestServer::start(|cfg| {
+        cfg.limits.ping_interval = Duration::from_millis(200);
+        cfg.limits.idle_timeout = Duration::from_millis(600);
+    });
+    // A live client answers pings (Client does so while it reads) and stays open.
+    let mut live = Client::connect(server.addr);
+    // A silent client reads raw bytes and never answers.
+    let (silent, _) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    let silent = std::thread::spawn(move || {
+        let mut stream = silent.stream;
+        let started = Instant::now();
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 64];
+        while let Ok(n) = stream.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        (raw, started.elapsed())
+    });
+    live.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        assert_eq!(live.next_event(), None, "nothing but pings for the live client");
+    }
+    live.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (raw, waited) = silent.join().unwrap();
+    assert_eq!(&raw[..2], [0x89, 0x00], "a ping first: {raw:?}");
+    assert_eq!(&raw[2..6], [0x88, 0x13, 0x03, 0xe9], "then close 1001: {raw:?}");
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    live.send_text("still here");
+    assert_eq!(live.next_event(), Some(OwnedEvent::Text("still here".into())));
+    server.wait_for("the heartbeat timeout", |m| {
+        m.heartbeat_timeouts == 1 && m.connections == 1
+    });
+}
+
+#[test]
+fn connection_cap_answers_503_before_the_upgrade() {
+    let server = TestServer::start(|cfg| {
+        cfg.shards = 1;
+        cfg.max_connections = 2;
+    });
+    let _a = Client::connect(server.addr);
+    let _b = Client::connect(server.addr);
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    server.wait_for("the refusal", |m| {
+        m.handshake_failures.get("connection_limit") == Some(&1)
+    });
+}
+
+#[test]
+fn slow_handshakes_are_cut_off_and_bounded() {
+    let server = TestServer::start(|cfg| {
+        cfg.shards = 1;
+        cfg.handshake_timeout = Duration::from_millis(300);
+        cfg.max_handshakes_per_shard = 2;
+    });
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    server.wait_for("two handshakes in progress", |m| m.handshakes_in_progress == 2);
+    // A third handshake is over the bound: refused at once.
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // The slow ones are closed at the deadline.
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    server.wait_for("the timeouts", |m| m.handshake_timeouts == 2);
+    // Real clients get through again.
+    let mut client = Client::connect(server.addr);
+    client.send_text("ok");
+    assert_eq!(client.next_event(), Some(OwnedEvent::Text("ok".into())));
+}
+
+#[test]
+fn drain_closes_every_client_with_1001_and_finishes() {
+    let mut server = TestServer::start(|cfg| {
+        cfg.drain_window = Duration::from_millis(300);
+        cfg.drain_timeout = Duration::from_secs(5);
+    });
+    let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(server.addr)).collect();
+    server.wait_for("20 connections", |m| m.connections == 20);
+    let started = Instant::now();
+    let running = server.server.take().unwrap();
+    running.drain(CloseCode::GOING_AWAY);
+    let readers: Vec<_> = clients
+        .drain(..)
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(1001))));
+                let at = started.elapsed();
+                assert_eq!(client.next_event(), None, "socket closed after the handshake");
+                at
+            })
+        })
+        .collect();
+    let mut close_times: Vec<Duration> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    running.join();
+    let finished = started.elapsed();
+    assert!(finished < Duration::from_secs(3), "drain took {finished:?}");
+    // Spread over the window, not all at once.
+    close_times.sort();
+    assert!(
+        close_times[19] - close_times[0] >= Duration::from_millis(100),
+        "{close_times:?}"
+    );
+    // New connections are refused once draining.
+    assert!(TcpStream::connect(server.addr).is_err() || status_after_drain(server.addr));
+}
+
+fn status_after_drain(addr: SocketAddr) -> bool {
+    let (_, head) = Client::handshake(addr, UPGRADE.as_bytes());
+    !head.starts_with("HTTP/1.1 101")
+}
+
+#[test]
+fn slow_consumer_is_closed_while_a_fast_neighbour_keeps_its_latency() {
+    let server = TestServer::start(|cfg| {
+        cfg.shards = 1;
+        cfg.send_queue_bytes = 64 * 1024;
+    });
+    let mut fast = Client::connect(server.addr);
+    let mut slow = Client::connect(server.addr);
+    // The slow client asks for echoes and never reads them.
+    let payload = "x".repeat(16 * 1024);
+    let writer = {
+        let mut stream = slow.stream.try_clone().unwrap();
+        let mut ws = Connection::new_client(Instant::now(), 5);
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for _ in 0..2000 {
+                out.clear();
+                ws.write_message(&mut out, true, payload.as_bytes()).unwrap();
+                if stream.write_all(&out).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        let sent = Instant::now();
+        fast.send_text(&format!("ping {i}"));
+        assert_eq!(fast.next_event(), Some(OwnedEvent::Text(format!("ping {i}"))));
+        worst = worst.max(sent.elapsed());
+    }
+    server.wait_for("the slow consumer to be closed", |m| m.slow_consumer_closes == 1);
+    writer.join().unwrap();
+    assert!(
+        worst < Duration::from_millis(200),
+        "fast client's worst round trip {worst:?}"
+    );
+    // The slow client finally reads: what was written before the policy hit, then 1008.
+    let mut last = None;
+    while let Some(event) = slow.next_event() {
+        last = Some(event);
+        if matches!(last, Some(OwnedEvent::Close(_))) {
+            break;
+        }
+    }
+    assert_eq!(last, Some(OwnedEvent::Close(Some(1008))));
+}
+
+#[test]
+fn many_connections_open_and_close_and_every_slot_is_freed() {
+    let server = TestServer::start(|cfg| cfg.max_connections = 10_000);
+    for _batch in 0..5 {
+        let mut clients: Vec<Client> = (0..200).map(|_| Client::connect(server.addr)).collect();
+        for client in &mut clients {
+            client.send_raw(&{
+                let mut out = Vec::new();
+                crate::proto::frame::encode_frame(
+                    &mut out,
+                    true,
+                    crate::proto::frame::OpCode::Close,
+                    &1000u16.to_be_bytes(),
+                    Some([9, 9, 9, 9]),
+                );
+                out
+            });
+        }
+        for client in &mut clients {
+            assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(1000))));
+        }
+    }
+    server.wait_for("all closed", |m| m.connections == 0 && m.closed == 1000);
 }
