@@ -1,48 +1,1571 @@
-//! TEMPORARY stub (replaced by the ops branch).
-use std::net::SocketAddr;
+//! The gateway's configuration: command-line flags, `WSGATE_*` environment variables and
+//! a TOML file, merged and validated into one [`Config`].
+//!
+//! `main` calls [`load`] once; the result is either a [`Command`] carrying a checked
+//! `Config` or a [`ConfigError`] that says which key or flag is wrong and what it accepts.
+//! Nothing past start-up reads flags, the environment or the file again.
+//!
+//! # Sources and precedence
+//!
+//! Every option has one snake_case key (`max_connections`) and three spellings of it:
+//! the flag `--max-connections`, the environment variable `WSGATE_MAX_CONNECTIONS` and
+//! the file key `max_connections`. For each option the first source that sets it wins:
+//!
+//! 1. the flag,
+//! 2. the environment variable,
+//! 3. the file named by `--config` (or `WSGATE_CONFIG`),
+//! 4. the default (the `DEFAULT_*` constants below).
+//!
+//! How: clap parses every flag as optional text with no default, so "not given" stays
+//! visible, and each option is resolved on its own by walking the sources in that order
+//! and parsing the first value found. Flags, variables and file values therefore go
+//! through the same parser, and an error names where the bad value came from. The
+//! environment is read through a lookup function (not by clap), so [`load_from`] can be
+//! tested without touching the process environment.
+//!
+//! # Value syntax
+//!
+//! - **Durations** need a unit: `250ms`, `10s`, `2m`, `1h` (whole numbers). A bare number
+//!   is refused: `30000` meant as milliseconds would otherwise become eight hours.
+//! - **Byte sizes** are a plain number of bytes or a number with `B`, `KiB`, `MiB`,
+//!   `GiB` or `TiB` (powers of 1024, suffix case-insensitive). `KB`, `MB`, `k` and the
+//!   like are refused as ambiguous (1000 or 1024?).
+//! - **Counts** are plain integers; sizes and counts may use `_` between digits
+//!   (`1_000_000`), as TOML does.
+//! - **Booleans** are `true` or `false`; the flag `--echo` alone means `--echo=true`.
+//! - **Lists** are repeated flags or comma-separated values (`--paths /ws,/chat`), a
+//!   comma-separated variable (`WSGATE_PATHS=/ws,/chat`) or a TOML array. An empty value
+//!   (`--allowed-origins=`) is the empty list.
+//! - **Addresses** are `IP:PORT` (`0.0.0.0:8080`, `[::]:8080`); no host names, so
+//!   start-up never waits on DNS.
+//!
+//! In the file, sizes and counts may be TOML integers or strings, durations strings,
+//! `echo` a boolean and lists arrays of strings. A key that is not an option is an error,
+//! so a misspelt key cannot silently leave a default in force.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
-#[derive(Clone, Debug)]
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::limits::{InvalidLimits, Limits};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+
+/// Default for [`Config::listen`]: every interface, port 8080.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+/// Default for [`Config::admin_listen`]: loopback only, because `/metrics` tells anyone
+/// who can reach it how loaded the box is; expose it deliberately.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+/// Default for [`Config::max_connections`]: the scale the gateway is built for.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+/// Default for [`Config::max_handshakes_per_shard`]: enough for a reconnect storm to
+/// proceed at full speed while bounding the header bytes buffered (1024 × 8 KiB = 8 MiB
+/// per shard at the default header limit).
+pub const DEFAULT_MAX_HANDSHAKES_PER_SHARD: usize = 1024;
+/// Default for [`Config::handshake_timeout`]: long enough for a slow mobile link, short
+/// enough that a client that opens a socket and sends nothing frees its slot soon.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`Config::listen_backlog`]: as deep as most kernels allow; the kernel
+/// silently caps it at `net.core.somaxconn` (see `sysctl/99-wsgate.conf`).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 65_535;
+/// Default for [`Config::send_queue_bytes`]: a few hundred chat messages behind a slow
+/// reader before we give up on it.
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 256 * KIB as usize;
+/// Default for [`Config::shard_send_budget_bytes`].
+pub const DEFAULT_SHARD_SEND_BUDGET_BYTES: usize = GIB as usize;
+/// Default for [`Config::read_buffer_bytes`]: one read drains a whole socket buffer's
+/// worth of small frames.
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * KIB as usize;
+/// Default for [`Config::drain_window`].
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
+/// Default for [`Config::drain_timeout`]: the drain window plus time for clients to
+/// answer the close frames. `sysctl/wsgate.service` stops waiting a little later.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for [`Config::paths`].
+pub const DEFAULT_PATH: &str = "/ws";
+/// Default for [`Config::tick`]: heartbeats and timeouts are seconds long, so 100 ms of
+/// slack is invisible, and ten wake-ups a second per shard cost nothing.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+
+/// Accepted [`Config::shards`]. Each shard is a pinned thread with its own io_uring,
+/// listener socket and buffers; no machine we target has more than 1024 cores, and more
+/// shards than cores only adds contention.
+pub const SHARDS_RANGE: RangeInclusive<usize> = 1..=1024;
+/// Accepted [`Config::max_connections`] (and it must be at least [`Config::shards`]).
+/// Every connection is a file descriptor, and 2^30 is beyond what any kernel's
+/// `fs.nr_open` or any box's memory allows.
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=(1 << 30);
+/// Accepted [`Config::max_handshakes_per_shard`]: each handshake in progress may buffer
+/// up to `max_header_bytes`, so the ceiling bounds that memory.
+pub const MAX_HANDSHAKES_PER_SHARD_RANGE: RangeInclusive<usize> = 1..=65_536;
+/// Accepted [`Config::handshake_timeout`].
+pub const HANDSHAKE_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
+/// Accepted [`Config::listen_backlog`]: `listen(2)` takes a C `int`.
+pub const LISTEN_BACKLOG_RANGE: RangeInclusive<u32> = 1..=(i32::MAX as u32);
+/// Accepted [`Config::send_queue_bytes`]: below 4 KiB a single ordinary message would
+/// mark its reader slow.
+pub const SEND_QUEUE_BYTES_RANGE: RangeInclusive<u64> = 4 * KIB..=GIB;
+/// Accepted [`Config::shard_send_budget_bytes`] (and it must be at least
+/// `send_queue_bytes`, or one connection could never fill its own queue).
+pub const SHARD_SEND_BUDGET_BYTES_RANGE: RangeInclusive<u64> = 4 * KIB..=TIB;
+/// Accepted [`Config::read_buffer_bytes`]: at least one page; more than 16 MiB per shard
+/// buys nothing, as a socket rarely holds that much unread.
+pub const READ_BUFFER_BYTES_RANGE: RangeInclusive<u64> = 4 * KIB..=16 * MIB;
+/// Accepted [`Config::drain_window`]; zero sends every close frame at once.
+pub const DRAIN_WINDOW_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+/// Accepted [`Config::drain_timeout`] (and it must be at least `drain_window`).
+pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(3600);
+/// Accepted [`Config::tick`]: below 10 ms the wheel spins for nothing; above 1 s
+/// timeouts become visibly late.
+pub const TICK_RANGE: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(1);
+/// Accepted `max_header_bytes` ([`Limits::max_header_bytes`]); at most 1 MiB because
+/// every handshake in progress may buffer this much.
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<u64> = 64..=MIB;
+/// Accepted `max_headers` ([`Limits::max_headers`]).
+pub const MAX_HEADERS_RANGE: RangeInclusive<usize> = 1..=1024;
+/// Accepted `max_request_line_bytes` ([`Limits::max_request_line_bytes`]).
+pub const MAX_REQUEST_LINE_BYTES_RANGE: RangeInclusive<u64> = 16..=MIB;
+/// Accepted `max_frame_bytes` and `max_message_bytes`: a message is assembled in one
+/// buffer, kept below 4 GiB (see `Limits::validate`).
+pub const MAX_MESSAGE_BYTES_RANGE: RangeInclusive<u64> = 1..=(u32::MAX as u64);
+/// Accepted `close_timeout` ([`Limits::close_timeout`]).
+pub const CLOSE_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
+/// Accepted `ping_interval` and `idle_timeout` ([`Limits::ping_interval`],
+/// [`Limits::idle_timeout`]).
+pub const HEARTBEAT_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(86_400);
+
+const _: () = assert!(DEFAULT_DRAIN_TIMEOUT.as_millis() >= DEFAULT_DRAIN_WINDOW.as_millis());
+const _: () = assert!(DEFAULT_SEND_QUEUE_BYTES <= DEFAULT_SHARD_SEND_BUDGET_BYTES);
+const _: () = assert!(DEFAULT_READ_BUFFER_BYTES as u64 >= *READ_BUFFER_BYTES_RANGE.start());
+const _: () = assert!(DEFAULT_TICK.as_millis() >= TICK_RANGE.start().as_millis());
+const _: () = assert!(DEFAULT_TICK.as_millis() <= TICK_RANGE.end().as_millis());
+
+/// Every option key, in `--help` order. The file accepts exactly these keys, and each
+/// has the flag `--<key with dashes>` and the variable `WSGATE_<KEY>`.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "listen_backlog",
+    "shards",
+    "max_connections",
+    "max_handshakes_per_shard",
+    "handshake_timeout",
+    "send_queue_bytes",
+    "shard_send_budget_bytes",
+    "read_buffer_bytes",
+    "max_header_bytes",
+    "max_headers",
+    "max_request_line_bytes",
+    "max_frame_bytes",
+    "max_message_bytes",
+    "ping_interval",
+    "idle_timeout",
+    "close_timeout",
+    "drain_window",
+    "drain_timeout",
+    "tick",
+    "paths",
+    "allowed_origins",
+    "subprotocols",
+    "echo",
+];
+
+/// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
+/// a `Config` that passed [`Config::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The WebSocket listener. Every shard binds its own `SO_REUSEPORT` socket to it, so
+    /// the kernel spreads new connections over the shards.
     pub listen: SocketAddr,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`, served by a plain thread
+    /// off the shard cores (see [`crate::admin`]). Must not collide with `listen`.
     pub admin_listen: SocketAddr,
+    /// Number of shards (threads with their own io_uring). Shard `i` is pinned to CPU
+    /// `i % cpus`. Default: the CPUs available to the process. Range: [`SHARDS_RANGE`].
     pub shards: usize,
+    /// Upgraded connections open at once, all shards together. Each shard admits
+    /// [`Config::connections_per_shard`]; beyond that a new connection is refused with 503
+    /// and counted as `connection_limit`. Must be at least `shards`.
     pub max_connections: usize,
+    /// Handshakes in progress at once on one shard. Beyond it a new connection is refused
+    /// with 503 and counted as `handshake_limit`, which bounds the header bytes buffered
+    /// during a reconnect storm.
     pub max_handshakes_per_shard: usize,
+    /// Time from accept to a complete upgrade request. Beyond it the connection is closed
+    /// and counted as `handshake_timeout`, so silent sockets cannot hold handshake slots.
     pub handshake_timeout: Duration,
+    /// `listen(2)` backlog of each shard's socket: connections the kernel completes before
+    /// we accept them. The kernel caps it at `net.core.somaxconn`; when the queue is full
+    /// the kernel drops SYNs and clients retry.
     pub listen_backlog: u32,
+    /// Bytes queued for sending on one connection. A connection whose queue would grow
+    /// past it is a slow consumer: closed and counted, so one reader cannot hold
+    /// the memory meant for many.
     pub send_queue_bytes: usize,
+    /// Bytes queued for sending on all connections of one shard together. When it is
+    /// reached, the connection whose queue is growing is closed as slow, so a broadcast to
+    /// many slow readers cannot exhaust memory. At least `send_queue_bytes`.
     pub shard_send_budget_bytes: usize,
+    /// The shard-owned buffer every socket read lands in (idle connections own none).
+    /// Bigger means fewer reads per burst; at least 4 KiB.
     pub read_buffer_bytes: usize,
+    /// On SIGTERM, close frames (1001 "going away") are spread over this window with
+    /// jitter, so clients do not all reconnect in the same instant.
     pub drain_window: Duration,
+    /// On SIGTERM, connections still open this long after draining began are dropped and
+    /// the process exits. At least `drain_window`.
     pub drain_timeout: Duration,
+    /// Echo every message back to its sender: the benchmark mode.
     pub echo: bool,
-    pub limits: crate::limits::Limits,
+    /// Protocol limits enforced per connection (header, frame and message sizes,
+    /// heartbeat and close timeouts). Each field has its own flag, variable and file key
+    /// of the same name.
+    pub limits: Limits,
+    /// Request paths (before any `?`) that may upgrade; other paths get 404. Each starts
+    /// with `/` and fits in `max_request_line_bytes`.
     pub paths: Vec<String>,
+    /// `Origin` header values allowed to upgrade (`https://example.com`); others get 403.
+    /// Empty means any origin, including none.
     pub allowed_origins: Vec<String>,
+    /// WebSocket subprotocols we speak, most preferred first; the first one the client
+    /// also offers is selected. Empty means none is ever selected.
     pub subprotocols: Vec<String>,
+    /// Resolution of each shard's timer wheel: timeouts fire up to one tick late.
     pub tick: Duration,
 }
+
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:8080".parse().unwrap(),
-            admin_listen: "127.0.0.1:9090".parse().unwrap(),
-            shards: 2,
-            max_connections: 1_000_000,
-            max_handshakes_per_shard: 1024,
-            handshake_timeout: Duration::from_secs(10),
-            listen_backlog: 65535,
-            send_queue_bytes: 256 * 1024,
-            shard_send_budget_bytes: 1 << 30,
-            read_buffer_bytes: 64 * 1024,
-            drain_window: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
+            shards: default_shards(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes_per_shard: DEFAULT_MAX_HANDSHAKES_PER_SHARD,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
+            shard_send_budget_bytes: DEFAULT_SHARD_SEND_BUDGET_BYTES,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            drain_window: DEFAULT_DRAIN_WINDOW,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             echo: false,
-            limits: Default::default(),
-            paths: vec!["/ws".into()],
-            allowed_origins: vec![],
-            subprotocols: vec![],
-            tick: Duration::from_millis(100),
+            limits: Limits::default(),
+            paths: vec![DEFAULT_PATH.to_owned()],
+            allowed_origins: Vec::new(),
+            subprotocols: Vec::new(),
+            tick: DEFAULT_TICK,
         }
+    }
+}
+
+/// CPUs this process may run on (its affinity mask, cgroup quota aside), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One shard per available CPU, within [`SHARDS_RANGE`].
+fn default_shards() -> usize {
+    available_cpus().clamp(*SHARDS_RANGE.start(), *SHARDS_RANGE.end())
+}
+
+impl Config {
+    /// Connections one shard admits: `max_connections / shards`, rounded up so the total
+    /// is never below the configured one.
+    pub fn connections_per_shard(&self) -> usize {
+        self.max_connections.div_ceil(self.shards.max(1))
+    }
+
+    /// Checks every range and every relation between options. [`load_from`] calls it; a
+    /// `Config` built in code (tests, embedding) should call it too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        self.check_ranges()?;
+        l.validate().map_err(ConfigError::Limits)?;
+
+        if self.max_connections < self.shards {
+            return Err(relation(format!(
+                "max_connections ({}) must be at least shards ({}): every shard needs room for one connection",
+                self.max_connections, self.shards
+            )));
+        }
+        if self.drain_timeout < self.drain_window {
+            return Err(relation(format!(
+                "drain_timeout ({}) must be at least drain_window ({}): the deadline would cut the window short",
+                format_duration(self.drain_timeout),
+                format_duration(self.drain_window)
+            )));
+        }
+        if self.shard_send_budget_bytes < self.send_queue_bytes {
+            return Err(relation(format!(
+                "shard_send_budget_bytes ({}) must be at least send_queue_bytes ({})",
+                format_bytes(self.shard_send_budget_bytes as u64),
+                format_bytes(self.send_queue_bytes as u64)
+            )));
+        }
+        // A deadline shorter than one tick would fire a whole tick late, i.e. at double
+        // its length or worse.
+        for (key, timeout) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("close_timeout", l.close_timeout),
+            ("ping_interval", l.ping_interval),
+        ] {
+            if timeout < self.tick {
+                return Err(relation(format!(
+                    "{key} ({}) must be at least tick ({})",
+                    format_duration(timeout),
+                    format_duration(self.tick)
+                )));
+            }
+        }
+        if same_port(self.listen, self.admin_listen) {
+            return Err(relation(format!(
+                "listen ({}) and admin_listen ({}) would bind the same port",
+                self.listen, self.admin_listen
+            )));
+        }
+        self.validate_lists()
+    }
+
+    /// Every option within its accepted range; one option per line, laid out by hand.
+    #[rustfmt::skip]
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        count_in(   "shards",                   self.shards,                         &SHARDS_RANGE)?;
+        count_in(   "max_connections",          self.max_connections,                &MAX_CONNECTIONS_RANGE)?;
+        count_in(   "max_handshakes_per_shard", self.max_handshakes_per_shard,       &MAX_HANDSHAKES_PER_SHARD_RANGE)?;
+        duration_in("handshake_timeout",        self.handshake_timeout,              &HANDSHAKE_TIMEOUT_RANGE)?;
+        count_in(   "listen_backlog",           self.listen_backlog,                 &LISTEN_BACKLOG_RANGE)?;
+        bytes_in(   "send_queue_bytes",         self.send_queue_bytes as u64,        &SEND_QUEUE_BYTES_RANGE)?;
+        bytes_in(   "shard_send_budget_bytes",  self.shard_send_budget_bytes as u64, &SHARD_SEND_BUDGET_BYTES_RANGE)?;
+        bytes_in(   "read_buffer_bytes",        self.read_buffer_bytes as u64,       &READ_BUFFER_BYTES_RANGE)?;
+        duration_in("drain_window",             self.drain_window,                   &DRAIN_WINDOW_RANGE)?;
+        duration_in("drain_timeout",            self.drain_timeout,                  &DRAIN_TIMEOUT_RANGE)?;
+        duration_in("tick",                     self.tick,                           &TICK_RANGE)?;
+        bytes_in(   "max_header_bytes",         l.max_header_bytes as u64,           &MAX_HEADER_BYTES_RANGE)?;
+        count_in(   "max_headers",              l.max_headers,                       &MAX_HEADERS_RANGE)?;
+        bytes_in(   "max_request_line_bytes",   l.max_request_line_bytes as u64,     &MAX_REQUEST_LINE_BYTES_RANGE)?;
+        bytes_in(   "max_frame_bytes",          l.max_frame_bytes,                   &MAX_MESSAGE_BYTES_RANGE)?;
+        bytes_in(   "max_message_bytes",        l.max_message_bytes,                 &MAX_MESSAGE_BYTES_RANGE)?;
+        duration_in("close_timeout",            l.close_timeout,                     &CLOSE_TIMEOUT_RANGE)?;
+        duration_in("ping_interval",            l.ping_interval,                     &HEARTBEAT_RANGE)?;
+        duration_in("idle_timeout",             l.idle_timeout,                      &HEARTBEAT_RANGE)?;
+        Ok(())
+    }
+
+    fn validate_lists(&self) -> Result<(), ConfigError> {
+        if self.paths.is_empty() {
+            return Err(relation("paths must name at least one path (default /ws)".to_owned()));
+        }
+        // "GET " + path + " HTTP/1.1": a longer path could never be requested.
+        let path_max = self.limits.max_request_line_bytes.saturating_sub("GET  HTTP/1.1".len());
+        for path in &self.paths {
+            let printable = path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+            if !path.starts_with('/') || !printable || path.len() > path_max {
+                return Err(relation(format!(
+                    "paths entry {path:?} must start with '/', hold no spaces, '?' or '#', and be at most {path_max} bytes (max_request_line_bytes)"
+                )));
+            }
+        }
+        if let Some(dup) = first_duplicate(&self.paths) {
+            return Err(relation(format!("paths lists {dup:?} twice")));
+        }
+        for origin in &self.allowed_origins {
+            if origin == "*" {
+                return Err(relation(
+                    "allowed_origins entry \"*\": leave allowed_origins empty to accept any origin".to_owned(),
+                ));
+            }
+            if !valid_origin(origin) {
+                return Err(relation(format!(
+                    "allowed_origins entry {origin:?} must be scheme://host[:port] with no path or trailing '/', as browsers send it (or \"null\")"
+                )));
+            }
+        }
+        if let Some(dup) = first_duplicate(&self.allowed_origins) {
+            return Err(relation(format!("allowed_origins lists {dup:?} twice")));
+        }
+        for protocol in &self.subprotocols {
+            if protocol.is_empty() || !protocol.bytes().all(is_token_byte) {
+                return Err(relation(format!(
+                    "subprotocols entry {protocol:?} must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+                )));
+            }
+        }
+        if let Some(dup) = first_duplicate(&self.subprotocols) {
+            return Err(relation(format!("subprotocols lists {dup:?} twice")));
+        }
+        Ok(())
+    }
+
+    /// This configuration as a config file. Loading it back with `--config` gives the
+    /// same `Config`, so it can be printed to show what is in force.
+    pub fn to_toml(&self) -> String {
+        // Written line by line rather than through a toml::Table, which would sort the
+        // keys: this keeps the order of [`KEYS`], where related options sit together.
+        let mut out = String::new();
+        for key in KEYS {
+            let value = match self.value(key) {
+                Value::Text(s) => toml::Value::String(s),
+                Value::Int(n) => toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+                Value::Bool(b) => toml::Value::Boolean(b),
+                Value::List(items) => toml::Value::Array(items.into_iter().map(toml::Value::String).collect()),
+            };
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+        out
+    }
+
+    /// The value of option `key` in config syntax (durations and sizes with units).
+    fn value(&self, key: &str) -> Value {
+        let l = &self.limits;
+        let size = |n: u64| Value::Text(format_bytes(n));
+        let duration = |d: Duration| Value::Text(format_duration(d));
+        match key {
+            "listen" => Value::Text(self.listen.to_string()),
+            "admin_listen" => Value::Text(self.admin_listen.to_string()),
+            "shards" => Value::Int(self.shards as u64),
+            "max_connections" => Value::Int(self.max_connections as u64),
+            "max_handshakes_per_shard" => Value::Int(self.max_handshakes_per_shard as u64),
+            "handshake_timeout" => duration(self.handshake_timeout),
+            "listen_backlog" => Value::Int(self.listen_backlog.into()),
+            "send_queue_bytes" => size(self.send_queue_bytes as u64),
+            "shard_send_budget_bytes" => size(self.shard_send_budget_bytes as u64),
+            "read_buffer_bytes" => size(self.read_buffer_bytes as u64),
+            "drain_window" => duration(self.drain_window),
+            "drain_timeout" => duration(self.drain_timeout),
+            "echo" => Value::Bool(self.echo),
+            "max_header_bytes" => size(l.max_header_bytes as u64),
+            "max_headers" => Value::Int(l.max_headers as u64),
+            "max_request_line_bytes" => size(l.max_request_line_bytes as u64),
+            "max_frame_bytes" => size(l.max_frame_bytes),
+            "max_message_bytes" => size(l.max_message_bytes),
+            "close_timeout" => duration(l.close_timeout),
+            "ping_interval" => duration(l.ping_interval),
+            "idle_timeout" => duration(l.idle_timeout),
+            "paths" => Value::List(self.paths.clone()),
+            "allowed_origins" => Value::List(self.allowed_origins.clone()),
+            "subprotocols" => Value::List(self.subprotocols.clone()),
+            "tick" => duration(self.tick),
+            _ => unreachable!("value() asked for unknown key {key}"),
+        }
+    }
+}
+
+/// An option's value, typed as it is written in the file.
+enum Value {
+    Text(String),
+    Int(u64),
+    Bool(bool),
+    List(Vec<String>),
+}
+
+fn relation(message: String) -> ConfigError {
+    ConfigError::Relation(message)
+}
+
+fn in_range<T: PartialOrd + Copy>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+    show: impl Fn(T) -> String,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(relation(format!(
+        "{key} = {} is out of range: accepted {} to {}",
+        show(value),
+        show(*range.start()),
+        show(*range.end())
+    )))
+}
+
+fn count_in<T: PartialOrd + Copy + fmt::Display>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    in_range(key, value, range, |n| n.to_string())
+}
+
+fn bytes_in(key: &str, value: u64, range: &RangeInclusive<u64>) -> Result<(), ConfigError> {
+    in_range(key, value, range, format_bytes)
+}
+
+fn duration_in(key: &str, value: Duration, range: &RangeInclusive<Duration>) -> Result<(), ConfigError> {
+    in_range(key, value, range, format_duration)
+}
+
+/// Whether two listeners would fight over one port: same port, and the same address or
+/// either one the wildcard.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn first_duplicate(items: &[String]) -> Option<&String> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, item)| items[..*i].contains(item))
+        .map(|(_, item)| item)
+}
+
+/// `scheme://host[:port]`, the serialisation browsers put in `Origin`, or `null`.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "null" {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let authority_ok =
+        !authority.is_empty() && authority.bytes().all(|b| b.is_ascii_graphic() && !b"/?#@".contains(&b));
+    scheme_ok && authority_ok
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// Why no [`Config`] came out. `main` prints it and exits with [`ConfigError::exit_code`]
+/// (2 for every error; 0 when the user asked for `--help` or `--version`), or calls
+/// [`ConfigError::exit`] which does both.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The command line did not parse (unknown flag, missing value), or it asked for
+    /// `--help` or `--version`: clap's error, whose text is the rendered message, help
+    /// or version. See [`ConfigError::is_help_or_version`].
+    Cli(clap::Error),
+    /// A value that does not parse or is out of range.
+    Invalid {
+        /// Where it came from: `--flag`, `WSGATE_VARIABLE` or `key in FILE`.
+        source: String,
+        /// The value as given.
+        value: String,
+        /// What is accepted, with the range.
+        expected: String,
+    },
+    /// The config file could not be read or is not valid TOML.
+    File {
+        /// The file, as named by `--config` or `WSGATE_CONFIG`.
+        path: String,
+        /// What went wrong, with the line for a syntax error.
+        error: String,
+    },
+    /// A key in the config file that is not an option.
+    UnknownKey {
+        /// The file.
+        path: String,
+        /// The key as written.
+        key: String,
+        /// The option probably meant (`max-connections` → `max_connections`).
+        suggestion: Option<&'static str>,
+    },
+    /// A value out of its range in a `Config` built in code, or options that contradict
+    /// each other (`drain_timeout` below `drain_window`); the message names both keys.
+    Relation(String),
+    /// The protocol limits are inconsistent ([`Limits::validate`]).
+    Limits(InvalidLimits),
+}
+
+impl ConfigError {
+    /// The process exit code for this error: 0 for `--help` and `--version`, else 2 (the
+    /// usage-error code clap uses too).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Cli(e) => e.exit_code(),
+            _ => 2,
+        }
+    }
+
+    /// Whether this is not an error but the help or version text the user asked for
+    /// (print it to stdout and exit 0).
+    pub fn is_help_or_version(&self) -> bool {
+        matches!(self, Self::Cli(e) if !e.use_stderr())
+    }
+
+    /// Prints the message where it belongs (help and version to stdout, errors to
+    /// stderr, prefixed `wsgate:`) and exits with [`ConfigError::exit_code`].
+    pub fn exit(&self) -> ! {
+        match self {
+            Self::Cli(e) => e.exit(),
+            other => {
+                eprintln!("wsgate: {other}");
+                std::process::exit(other.exit_code())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cli(e) => write!(f, "{}", e.render().to_string().trim_end()),
+            Self::Invalid {
+                source,
+                value,
+                expected,
+            } => {
+                write!(f, "invalid value {value:?} for {source}: expected {expected}")
+            }
+            Self::File { path, error } => write!(f, "config file {path}: {error}"),
+            Self::UnknownKey { path, key, suggestion } => {
+                write!(f, "config file {path}: unknown key {key:?}")?;
+                match suggestion {
+                    Some(s) => write!(f, " (did you mean {s:?}?)"),
+                    None => write!(f, " (the keys are the option names with underscores, see --help)"),
+                }
+            }
+            Self::Relation(message) => write!(f, "invalid configuration: {message}"),
+            Self::Limits(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Cli(e) => Some(e),
+            Self::Limits(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------
+
+/// What the command line asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the gateway (`wsgate serve`, also what `wsgate` with no command does).
+    Serve(Config),
+}
+
+/// Parses the process's arguments and environment (and the config file they name).
+pub fn load() -> Result<Command, ConfigError> {
+    // A variable that is not UTF-8 is passed on mangled, so it fails to parse visibly
+    // instead of being ignored.
+    load_from(std::env::args_os(), &|name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })
+}
+
+/// [`load`] with the arguments (program name first) and the environment given, for
+/// tests and embedding.
+pub fn load_from<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = cli_command().try_get_matches_from(args).map_err(ConfigError::Cli)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
+    match cli.command {
+        Some(Sub::Serve(args)) => serve_config(args, env),
+        None => serve_config(cli.serve, env),
+    }
+    .map(Command::Serve)
+}
+
+const AFTER_HELP: &str = "\
+Every option can also be set by the environment variable shown with it or by a key of the \
+same name (with underscores) in the --config file. A flag beats the variable, the variable \
+beats the file, the file beats the default.
+
+Durations need a unit: 250ms, 10s, 2m, 1h. Sizes are bytes, or take a KiB, MiB, GiB or TiB \
+suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
+
+/// `wsgate [serve] [OPTIONS]`: the serve options are accepted at the top level too, so
+/// `serve` is the default command; `args_conflicts_with_subcommands` keeps the two
+/// spellings from mixing (`wsgate --echo serve` is an error).
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A thread-per-core WebSocket gateway",
+    override_usage = "wsgate [serve] [OPTIONS]",
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run the gateway (the default command).
+    #[command(after_help = AFTER_HELP)]
+    Serve(ServeArgs),
+}
+
+/// The serve options, all optional text so that "not given" is visible and the
+/// environment and file can fill the gap. Field names are the option keys. Defaults and
+/// variable names are appended to each help line by `annotate`, from [`Config::default`]
+/// and the key, so the help cannot drift from the code.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML file of options, keys named like the flags with underscores
+    /// (max_connections = 200000).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// WebSocket listener address; each shard binds its own SO_REUSEPORT socket to it.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Listeners")]
+    listen: Option<String>,
+    /// Admin listener address (/healthz, /readyz, /metrics). Keep it private.
+    #[arg(long, value_name = "IP:PORT", help_heading = "Listeners")]
+    admin_listen: Option<String>,
+    /// listen(2) backlog per shard socket. The kernel caps it at net.core.somaxconn; when
+    /// full, the kernel drops SYNs and clients retry.
+    #[arg(long, value_name = "N", help_heading = "Listeners")]
+    listen_backlog: Option<String>,
+
+    /// Shards: pinned threads with their own io_uring; shard i runs on CPU i % CPUs.
+    /// 1 to 1024.
+    #[arg(long, value_name = "N", help_heading = "Capacity")]
+    shards: Option<String>,
+    /// Open WebSocket connections, all shards together (each shard takes its share,
+    /// rounded up). Beyond: refused with 503, counted as connection_limit.
+    #[arg(long, value_name = "N", help_heading = "Capacity")]
+    max_connections: Option<String>,
+    /// Handshakes in progress at once per shard. Beyond: refused with 503, counted as
+    /// handshake_limit.
+    #[arg(long, value_name = "N", help_heading = "Capacity")]
+    max_handshakes_per_shard: Option<String>,
+    /// Time from accept to a complete upgrade request. Beyond: connection closed, counted
+    /// as handshake_timeout.
+    #[arg(long, value_name = "DURATION", help_heading = "Capacity")]
+    handshake_timeout: Option<String>,
+
+    /// Bytes queued for sending on one connection. Beyond: the connection is closed as a
+    /// slow consumer and counted.
+    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
+    send_queue_bytes: Option<String>,
+    /// Bytes queued for sending on all connections of one shard. Beyond: the connection
+    /// growing its queue is closed as a slow consumer.
+    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
+    shard_send_budget_bytes: Option<String>,
+    /// Per-shard buffer all socket reads land in (at least 4KiB).
+    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
+    read_buffer_bytes: Option<String>,
+
+    /// Upgrade request size, request line included. Beyond: 431, connection closed.
+    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
+    max_header_bytes: Option<String>,
+    /// Number of upgrade request headers. Beyond: 431.
+    #[arg(long, value_name = "N", help_heading = "Protocol limits")]
+    max_headers: Option<String>,
+    /// Request line length (GET /path?query HTTP/1.1). Beyond: 414.
+    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
+    max_request_line_bytes: Option<String>,
+    /// Payload of one frame, checked from its header before buffering. Beyond: close 1009.
+    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
+    max_frame_bytes: Option<String>,
+    /// Payload of one message, all fragments together. Beyond: close 1009.
+    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
+    max_message_bytes: Option<String>,
+
+    /// Silence after which the server sends a ping.
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    ping_interval: Option<String>,
+    /// Silence after which the connection is closed as dead (longer than
+    /// --ping-interval).
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    idle_timeout: Option<String>,
+    /// Wait for the peer's close frame after ours; then the connection is dropped.
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    close_timeout: Option<String>,
+    /// On SIGTERM, close frames are spread over this window with jitter, so clients do
+    /// not reconnect all at once.
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    drain_window: Option<String>,
+    /// On SIGTERM, connections still open this long after draining began are dropped
+    /// and the process exits (at least --drain-window).
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    drain_timeout: Option<String>,
+    /// Timer wheel resolution: timeouts fire up to one tick late. 10ms to 1s.
+    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
+    tick: Option<String>,
+
+    /// Request paths that may upgrade; other paths get 404.
+    #[arg(long, value_name = "PATH,...", value_delimiter = ',', help_heading = "Routing")]
+    paths: Option<Vec<String>>,
+    /// Origin header values allowed to upgrade (https://example.com); others get 403.
+    /// Empty: any origin.
+    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',', help_heading = "Routing")]
+    allowed_origins: Option<Vec<String>>,
+    /// Subprotocols we speak, most preferred first.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',', help_heading = "Routing")]
+    subprotocols: Option<Vec<String>>,
+    /// Echo every message back to its sender (benchmarking). --echo alone means true.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        help_heading = "Routing"
+    )]
+    echo: Option<String>,
+}
+
+/// The clap command with each option's help extended by its default and variable.
+fn cli_command() -> clap::Command {
+    let defaults = Config::default();
+    Cli::command()
+        .mut_args(|arg| annotate(arg, &defaults))
+        .mut_subcommand("serve", |serve| serve.mut_args(|arg| annotate(arg, &defaults)))
+}
+
+/// Appends `[default: …] [env: WSGATE_…]` to an option's help.
+fn annotate(arg: clap::Arg, defaults: &Config) -> clap::Arg {
+    let key = arg.get_id().as_str().to_owned();
+    let suffix = if key == "config" {
+        format!("[env: {}]", env_name(&key))
+    } else if KEYS.contains(&key.as_str()) {
+        let default = match (key.as_str(), defaults.value(&key)) {
+            ("shards", _) => format!("CPUs available, {} here", defaults.shards),
+            (_, Value::Text(s)) => s,
+            (_, Value::Int(n)) => n.to_string(),
+            (_, Value::Bool(b)) => b.to_string(),
+            (_, Value::List(items)) if items.is_empty() => "none".to_owned(),
+            (_, Value::List(items)) => items.join(","),
+        };
+        format!("[default: {default}] [env: {}]", env_name(&key))
+    } else {
+        return arg;
+    };
+    let extend = |help: Option<&clap::builder::StyledStr>| match help {
+        Some(help) => format!("{help} {suffix}"),
+        None => suffix.clone(),
+    };
+    let help = extend(arg.get_help());
+    let long_help = arg.get_long_help().map(|h| extend(Some(h)));
+    let arg = arg.help(help);
+    match long_help {
+        Some(long) => arg.long_help(long),
+        None => arg,
+    }
+}
+
+/// `max_connections` → `WSGATE_MAX_CONNECTIONS`.
+fn env_name(key: &str) -> String {
+    format!("WSGATE_{}", key.to_ascii_uppercase())
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolution: flag, then variable, then file, then default
+// ---------------------------------------------------------------------------------------
+
+/// A parsed config file.
+struct ConfigFile {
+    /// As given, for messages.
+    path: String,
+    table: toml::Table,
+}
+
+/// The sources after the flags: the environment lookup and the file, if any.
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: Option<ConfigFile>,
+}
+
+impl Sources<'_> {
+    /// The value of a scalar option from the first source that sets it, parsed, or
+    /// `None` when no source does (the default stays).
+    fn scalar<T>(
+        &self,
+        key: &'static str,
+        flag: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let (source, text) = if let Some(text) = flag {
+            (format!("--{}", key.replace('_', "-")), text)
+        } else if let Some(text) = (self.env)(&env_name(key)) {
+            (env_name(key), text)
+        } else if let Some((file, value)) = self.file_value(key) {
+            let source = format!("{key} in {}", file.path);
+            match value {
+                toml::Value::String(s) => (source, s.clone()),
+                toml::Value::Integer(n) => (source, n.to_string()),
+                toml::Value::Boolean(b) => (source, b.to_string()),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        source,
+                        value: other.to_string(),
+                        expected: "a string, integer or boolean".to_owned(),
+                    });
+                }
+            }
+        } else {
+            return Ok(None);
+        };
+        match parse(&text) {
+            Ok(value) => Ok(Some(value)),
+            Err(expected) => Err(ConfigError::Invalid {
+                source,
+                value: text,
+                expected,
+            }),
+        }
+    }
+
+    /// Overwrites `slot` (holding the default) with the value of scalar option `key` from
+    /// the first source that sets it, if any does.
+    fn set<T>(
+        &self,
+        slot: &mut T,
+        key: &'static str,
+        flag: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(value) = self.scalar(key, flag, parse)? {
+            *slot = value;
+        }
+        Ok(())
+    }
+
+    /// The value of a list option from the first source that sets it. Empty items are
+    /// dropped, so an empty flag or variable gives the empty list.
+    fn list(&self, key: &'static str, flag: Option<Vec<String>>) -> Result<Option<Vec<String>>, ConfigError> {
+        let clean = |items: Vec<String>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        if let Some(items) = flag {
+            return Ok(Some(clean(items)));
+        }
+        if let Some(text) = (self.env)(&env_name(key)) {
+            return Ok(Some(clean(text.split(',').map(str::to_owned).collect())));
+        }
+        let Some((file, value)) = self.file_value(key) else {
+            return Ok(None);
+        };
+        let invalid = || ConfigError::Invalid {
+            source: format!("{key} in {}", file.path),
+            value: value.to_string(),
+            expected: "an array of strings, such as [\"/ws\"]".to_owned(),
+        };
+        let toml::Value::Array(array) = value else {
+            return Err(invalid());
+        };
+        let items = array
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>();
+        Ok(Some(clean(items.ok_or_else(invalid)?)))
+    }
+
+    fn file_value(&self, key: &str) -> Option<(&ConfigFile, &toml::Value)> {
+        let file = self.file.as_ref()?;
+        Some((file, file.table.get(key)?))
+    }
+}
+
+fn read_config_file(path: &std::path::Path) -> Result<ConfigFile, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        error: e.to_string(),
+    })?;
+    let table = text.parse::<toml::Table>().map_err(|e| {
+        // toml's Display is a multi-line snippet; keep one line: line number + message.
+        let line = e.span().map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConfigError::File {
+            path: shown.clone(),
+            error: format!("line {line}: {message}"),
+        }
+    })?;
+    if let Some(key) = table.keys().find(|key| !KEYS.contains(&key.as_str())) {
+        let normalised = key.replace('-', "_").to_ascii_lowercase();
+        let suggestion = KEYS.iter().copied().find(|k| *k == normalised);
+        return Err(ConfigError::UnknownKey {
+            path: shown,
+            key: key.clone(),
+            suggestion,
+        });
+    }
+    Ok(ConfigFile { path: shown, table })
+}
+
+/// Merges the sources into a checked `Config`.
+fn serve_config(a: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let config_path = a.config.clone().or_else(|| env("WSGATE_CONFIG").map(PathBuf::from));
+    let file = config_path.as_deref().map(read_config_file).transpose()?;
+    let config = resolve(&Sources { env, file }, a)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Every option from its first source, over the defaults; one option per line, so the
+/// table is laid out by hand.
+#[rustfmt::skip]
+fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
+    let mut c = Config::default();
+    s.set(&mut c.listen,                   "listen",                   a.listen,                   parse_addr)?;
+    s.set(&mut c.admin_listen,             "admin_listen",             a.admin_listen,             parse_addr)?;
+    s.set(&mut c.listen_backlog,           "listen_backlog",           a.listen_backlog,           count(LISTEN_BACKLOG_RANGE))?;
+    s.set(&mut c.shards,                   "shards",                   a.shards,                   count(SHARDS_RANGE))?;
+    s.set(&mut c.max_connections,          "max_connections",          a.max_connections,          count(MAX_CONNECTIONS_RANGE))?;
+    s.set(&mut c.max_handshakes_per_shard, "max_handshakes_per_shard", a.max_handshakes_per_shard, count(MAX_HANDSHAKES_PER_SHARD_RANGE))?;
+    s.set(&mut c.handshake_timeout,        "handshake_timeout",        a.handshake_timeout,        duration(HANDSHAKE_TIMEOUT_RANGE))?;
+    s.set(&mut c.send_queue_bytes,         "send_queue_bytes",         a.send_queue_bytes,         size(SEND_QUEUE_BYTES_RANGE))?;
+    s.set(&mut c.shard_send_budget_bytes,  "shard_send_budget_bytes",  a.shard_send_budget_bytes,  size(SHARD_SEND_BUDGET_BYTES_RANGE))?;
+    s.set(&mut c.read_buffer_bytes,        "read_buffer_bytes",        a.read_buffer_bytes,        size(READ_BUFFER_BYTES_RANGE))?;
+    s.set(&mut c.drain_window,             "drain_window",             a.drain_window,             duration(DRAIN_WINDOW_RANGE))?;
+    s.set(&mut c.drain_timeout,            "drain_timeout",            a.drain_timeout,            duration(DRAIN_TIMEOUT_RANGE))?;
+    s.set(&mut c.tick,                     "tick",                     a.tick,                     duration(TICK_RANGE))?;
+    s.set(&mut c.echo,                     "echo",                     a.echo,                     parse_bool)?;
+
+    let l = &mut c.limits;
+    s.set(&mut l.max_header_bytes,         "max_header_bytes",         a.max_header_bytes,         size(MAX_HEADER_BYTES_RANGE))?;
+    s.set(&mut l.max_headers,              "max_headers",              a.max_headers,              count(MAX_HEADERS_RANGE))?;
+    s.set(&mut l.max_request_line_bytes,   "max_request_line_bytes",   a.max_request_line_bytes,   size(MAX_REQUEST_LINE_BYTES_RANGE))?;
+    s.set(&mut l.max_frame_bytes,          "max_frame_bytes",          a.max_frame_bytes,          size(MAX_MESSAGE_BYTES_RANGE))?;
+    s.set(&mut l.max_message_bytes,        "max_message_bytes",        a.max_message_bytes,        size(MAX_MESSAGE_BYTES_RANGE))?;
+    s.set(&mut l.close_timeout,            "close_timeout",            a.close_timeout,            duration(CLOSE_TIMEOUT_RANGE))?;
+    s.set(&mut l.ping_interval,            "ping_interval",            a.ping_interval,            duration(HEARTBEAT_RANGE))?;
+    s.set(&mut l.idle_timeout,             "idle_timeout",             a.idle_timeout,             duration(HEARTBEAT_RANGE))?;
+
+    if let Some(paths) = s.list("paths", a.paths)? {
+        c.paths = paths;
+    }
+    if let Some(origins) = s.list("allowed_origins", a.allowed_origins)? {
+        c.allowed_origins = origins;
+    }
+    if let Some(protocols) = s.list("subprotocols", a.subprotocols)? {
+        c.subprotocols = protocols;
+    }
+    Ok(c)
+}
+
+// ---------------------------------------------------------------------------------------
+// Value parsers. Each returns the accepted syntax and range as its error, which
+// `ConfigError::Invalid` shows after "expected".
+// ---------------------------------------------------------------------------------------
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| "an IP address and port, such as 0.0.0.0:8080 or [::]:8080 (no host names)".to_owned())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("true or false".to_owned()),
+    }
+}
+
+/// Splits `"64KiB"` into the number (`_` between digits allowed) and the unit text.
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(s.len());
+    let (digits, unit) = s.split_at(end);
+    if !digits.starts_with(|c: char| c.is_ascii_digit()) || digits.ends_with('_') || digits.contains("__") {
+        return None;
+    }
+    let number = digits.replace('_', "").parse::<u64>().ok()?;
+    Some((number, unit.trim()))
+}
+
+/// A parser for counts within `range`.
+fn count<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String>
+where
+    T: TryFrom<u64> + PartialOrd + fmt::Display,
+{
+    move |s| {
+        let expected = || format!("an integer from {} to {}", range.start(), range.end());
+        let Some((n, "")) = split_number(s) else {
+            return Err(expected());
+        };
+        T::try_from(n).ok().filter(|n| range.contains(n)).ok_or_else(expected)
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = split_number(s)?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(ms_per_unit).map(Duration::from_millis)
+}
+
+/// A parser for durations within `range`.
+fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration, String> {
+    move |s| {
+        let mut expected = format!(
+            "a duration from {} to {}, written like 250ms, 10s, 2m or 1h",
+            format_duration(*range.start()),
+            format_duration(*range.end())
+        );
+        match parse_duration(s) {
+            Some(d) if range.contains(&d) => Ok(d),
+            _ => {
+                if matches!(split_number(s), Some((_, ""))) {
+                    expected.push_str(" (a bare number has no unit: is it seconds or milliseconds?)");
+                }
+                Err(expected)
+            }
+        }
+    }
+}
+
+/// Parses `"65536"`, `"64KiB"`, `"1 MiB"`, `"1GiB"`.
+fn parse_size(s: &str) -> Option<u64> {
+    let (n, unit) = split_number(s)?;
+    let multiplier = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => KIB,
+        "mib" => MIB,
+        "gib" => GIB,
+        "tib" => TIB,
+        _ => return None,
+    };
+    n.checked_mul(multiplier)
+}
+
+/// A parser for byte sizes within `range`, into the field's integer type.
+fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<T, String> {
+    move |s| {
+        let mut expected = format!(
+            "a size from {} to {}: bytes, or a number with KiB, MiB, GiB or TiB",
+            format_bytes(*range.start()),
+            format_bytes(*range.end())
+        );
+        match parse_size(s).filter(|n| range.contains(n)).map(T::try_from) {
+            Some(Ok(n)) => Ok(n),
+            Some(Err(_)) => Err(format!("{expected} (too large for this platform)")),
+            None => {
+                let ambiguous = split_number(s).is_some_and(|(_, unit)| {
+                    matches!(
+                        unit.to_ascii_lowercase().as_str(),
+                        "k" | "kb" | "m" | "mb" | "g" | "gb" | "t" | "tb"
+                    )
+                });
+                if ambiguous {
+                    expected.push_str(" (KB and MB are ambiguous; write KiB or MiB, powers of 1024)");
+                }
+                Err(expected)
+            }
+        }
+    }
+}
+
+/// A duration in the largest unit that shows it exactly: `100ms`, `10s`, `2m`, `1h`.
+/// The duration parser reads it back (for whole milliseconds).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// A byte size in the largest binary unit that shows it exactly: `4KiB`, `1GiB`, `1000`.
+/// The size parser reads it back.
+pub fn format_bytes(n: u64) -> String {
+    for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{}{name}", n / unit);
+        }
+    }
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// An environment holding exactly `pairs`.
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    /// A config file that is deleted when the test ends.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(contents: &str) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("wsgate-config-test-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            Self(path)
+        }
+
+        fn arg(&self) -> String {
+            format!("--config={}", self.0.display())
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn serve(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let argv = std::iter::once("wsgate").chain(args.iter().copied());
+        load_from(argv, env).map(|Command::Serve(config)| config)
+    }
+
+    fn error(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> String {
+        serve(args, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_are_what_no_arguments_give() {
+        let defaults = Config::default();
+        defaults.validate().unwrap();
+        assert_eq!(defaults.limits, Limits::default());
+        assert_eq!(serve(&[], &no_env).unwrap(), defaults);
+        assert_eq!(serve(&["serve"], &no_env).unwrap(), defaults);
+    }
+
+    #[test]
+    fn connections_per_shard_rounds_up() {
+        let config = Config {
+            shards: 3,
+            max_connections: 10,
+            ..Config::default()
+        };
+        assert_eq!(config.connections_per_shard(), 4);
+    }
+
+    #[test]
+    fn echo_works_without_the_serve_word() {
+        assert!(serve(&["--echo"], &no_env).unwrap().echo);
+        assert!(serve(&["serve", "--echo"], &no_env).unwrap().echo);
+        assert!(serve(&["--echo=true"], &no_env).unwrap().echo);
+        // The flag can also switch off what the environment switched on.
+        assert!(
+            !serve(&["--echo=false"], &env_of(&[("WSGATE_ECHO", "true")]))
+                .unwrap()
+                .echo
+        );
+        // The two spellings do not mix.
+        assert!(matches!(serve(&["--echo", "serve"], &no_env), Err(ConfigError::Cli(_))));
+    }
+
+    #[test]
+    fn each_source_sets_each_kind_of_value() {
+        let flags = serve(
+            &[
+                "--max-connections",
+                "5000",
+                "--ping-interval",
+                "5s",
+                "--send-queue-bytes",
+                "64KiB",
+                "--paths",
+                "/a,/b",
+            ],
+            &no_env,
+        )
+        .unwrap();
+        let env = serve(
+            &[],
+            &env_of(&[
+                ("WSGATE_MAX_CONNECTIONS", "5000"),
+                ("WSGATE_PING_INTERVAL", "5s"),
+                ("WSGATE_SEND_QUEUE_BYTES", "64KiB"),
+                ("WSGATE_PATHS", "/a, /b"),
+            ]),
+        )
+        .unwrap();
+        let file = TempFile::new(
+            "max_connections = 5000\nping_interval = \"5s\"\nsend_queue_bytes = \"64KiB\"\npaths = [\"/a\", \"/b\"]\n",
+        );
+        let from_file = serve(&[&file.arg()], &no_env).unwrap();
+        for config in [flags, env, from_file] {
+            assert_eq!(config.max_connections, 5000);
+            assert_eq!(config.limits.ping_interval, Duration::from_secs(5));
+            assert_eq!(config.send_queue_bytes, 64 * 1024);
+            assert_eq!(config.paths, ["/a", "/b"]);
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let file = TempFile::new("max_connections = 100\nshards = 1\n");
+        let env = env_of(&[
+            ("WSGATE_MAX_CONNECTIONS", "200"),
+            ("WSGATE_CONFIG", &file.0.display().to_string()),
+        ]);
+        // All three: the flag wins, the environment does not override it.
+        assert_eq!(serve(&["--max-connections", "300"], &env).unwrap().max_connections, 300);
+        // Environment and file: the environment wins.
+        assert_eq!(serve(&[], &env).unwrap().max_connections, 200);
+        // File only (found through --config here).
+        assert_eq!(serve(&[&file.arg()], &no_env).unwrap().max_connections, 100);
+        // Nothing: the default. Keys one source leaves unset fall through to the next.
+        assert_eq!(serve(&[], &no_env).unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(serve(&["--max-connections", "300"], &env).unwrap().shards, 1);
+    }
+
+    #[test]
+    fn config_flag_beats_config_variable() {
+        let used = TempFile::new("max_connections = 111\n");
+        let ignored = TempFile::new("max_connections = 222\n");
+        let env = env_of(&[("WSGATE_CONFIG", &ignored.0.display().to_string())]);
+        assert_eq!(serve(&[&used.arg()], &env).unwrap().max_connections, 111);
+    }
+
+    #[test]
+    fn lists_from_flags_env_and_empty_values() {
+        let config = serve(&["--paths", "/a", "--paths", "/b,/c"], &no_env).unwrap();
+        assert_eq!(config.paths, ["/a", "/b", "/c"]);
+        let env = env_of(&[("WSGATE_ALLOWED_ORIGINS", "https://a.example")]);
+        assert_eq!(serve(&[], &env).unwrap().allowed_origins, ["https://a.example"]);
+        // An empty flag is the empty list, and beats the variable.
+        assert!(serve(&["--allowed-origins="], &env).unwrap().allowed_origins.is_empty());
+        let config = serve(&["--subprotocols", "chat.v2,chat.v1"], &no_env).unwrap();
+        assert_eq!(config.subprotocols, ["chat.v2", "chat.v1"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_source_and_the_accepted_range() {
+        let e = error(&["--handshake-timeout", "10"], &no_env);
+        assert!(
+            e.contains("--handshake-timeout") && e.contains("100ms to 5m") && e.contains("bare number"),
+            "{e}"
+        );
+        let e = error(&[], &env_of(&[("WSGATE_DRAIN_WINDOW", "10 sec")]));
+        assert!(e.contains("WSGATE_DRAIN_WINDOW") && e.contains("\"10 sec\""), "{e}");
+        let e = error(&["--read-buffer-bytes", "64KB"], &no_env);
+        assert!(
+            e.contains("--read-buffer-bytes") && e.contains("4KiB to 16MiB") && e.contains("ambiguous"),
+            "{e}"
+        );
+        let e = error(&["--read-buffer-bytes", "1KiB"], &no_env);
+        assert!(e.contains("4KiB to 16MiB"), "{e}");
+        let e = error(&["--listen", "localhost:80"], &no_env);
+        assert!(e.contains("--listen") && e.contains("IP address and port"), "{e}");
+        let e = error(&["--shards", "0"], &no_env);
+        assert_eq!(
+            e,
+            "invalid value \"0\" for --shards: expected an integer from 1 to 1024"
+        );
+        let file = TempFile::new("tick = 5\n");
+        let e = error(&[&file.arg()], &no_env);
+        assert!(
+            e.starts_with("invalid value \"5\" for tick in ") && e.contains("10ms to 1s"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn unknown_or_mistyped_file_keys_are_errors() {
+        let file = TempFile::new("max-connections = 10\n");
+        let e = serve(&[&file.arg()], &no_env).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ConfigError::UnknownKey {
+                    suggestion: Some("max_connections"),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let file = TempFile::new("max_conections = 10\n");
+        let e = error(&[&file.arg()], &no_env);
+        assert!(e.contains("unknown key \"max_conections\""), "{e}");
+        let file = TempFile::new("paths = \"/ws\"\n");
+        let e = error(&[&file.arg()], &no_env);
+        assert!(e.contains("paths in") && e.contains("array of strings"), "{e}");
+        let file = TempFile::new("shards = 2\nlisten = = 1\nmax_headers = 3\n");
+        let e = error(&[&file.arg()], &no_env);
+        assert!(e.contains("line 2") && !e.contains('\n'), "{e}");
+        let e = error(&["--config", "/nonexistent/wsgate.toml"], &no_env);
+        assert!(e.starts_with("config file /nonexistent/wsgate.toml: "), "{e}");
+    }
+
+    #[test]
+    fn invalid_relations_are_errors() {
+        let e = error(&["--drain-window", "20s", "--drain-timeout", "10s"], &no_env);
+        assert!(
+            e.contains("drain_timeout (10s) must be at least drain_window (20s)"),
+            "{e}"
+        );
+        let e = error(&["--shards", "8", "--max-connections", "4"], &no_env);
+        assert!(e.contains("max_connections (4) must be at least shards (8)"), "{e}");
+        let e = error(
+            &["--send-queue-bytes", "1MiB", "--shard-send-budget-bytes", "64KiB"],
+            &no_env,
+        );
+        assert!(e.contains("shard_send_budget_bytes"), "{e}");
+        let e = error(&["--ping-interval", "1m", "--idle-timeout", "1m"], &no_env);
+        assert!(e.contains("idle_timeout must be longer than ping_interval"), "{e}");
+        let e = error(&["--tick", "1s", "--close-timeout", "500ms"], &no_env);
+        assert!(e.contains("close_timeout (500ms) must be at least tick (1s)"), "{e}");
+        let e = error(
+            &["--listen", "0.0.0.0:9000", "--admin-listen", "127.0.0.1:9000"],
+            &no_env,
+        );
+        assert!(e.contains("same port"), "{e}");
+        assert!(error(&["--paths", "ws"], &no_env).contains("must start with '/'"));
+        assert!(error(&["--paths", "/ws,/ws"], &no_env).contains("twice"));
+        assert!(error(&["--allowed-origins", "*"], &no_env).contains("leave allowed_origins empty"));
+        assert!(error(&["--allowed-origins", "https://a.example/"], &no_env).contains("no path"));
+        assert!(error(&["--subprotocols", "chat v1"], &no_env).contains("HTTP token"));
+        // A Config built in code is held to the same ranges.
+        let config = Config {
+            tick: Duration::from_millis(1),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid configuration: tick = 1ms is out of range: accepted 10ms to 1s"
+        );
+    }
+
+    #[test]
+    fn help_and_version_exit_0_usage_errors_exit_2() {
+        let help = load_from(["wsgate", "--help"], &no_env).unwrap_err();
+        assert!(help.is_help_or_version());
+        assert_eq!(help.exit_code(), 0);
+        // Collapse clap's wrapping so phrases can be matched across line breaks.
+        let flat = |text: String| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = flat(help.to_string());
+        for needle in [
+            "--max-connections",
+            "WSGATE_MAX_CONNECTIONS",
+            "[default: 1000000]",
+            "[default: 256KiB]",
+            "[env: WSGATE_CONFIG]",
+            "serve",
+        ] {
+            assert!(text.contains(needle), "help lacks {needle}:\n{text}");
+        }
+        let serve_help = flat(
+            load_from(["wsgate", "serve", "--help"], &no_env)
+                .unwrap_err()
+                .to_string(),
+        );
+        assert!(
+            serve_help.contains("[default: 10s] [env: WSGATE_HANDSHAKE_TIMEOUT]"),
+            "{serve_help}"
+        );
+        let version = load_from(["wsgate", "--version"], &no_env).unwrap_err();
+        assert!(version.is_help_or_version() && version.exit_code() == 0);
+        let usage = load_from(["wsgate", "--no-such-flag"], &no_env).unwrap_err();
+        assert!(!usage.is_help_or_version());
+        assert_eq!(usage.exit_code(), 2);
+        assert_eq!(ConfigError::Relation(String::new()).exit_code(), 2);
+    }
+
+    #[test]
+    fn every_key_has_a_flag_and_round_trips_through_a_file() {
+        let command = cli_command();
+        for key in KEYS {
+            let long = key.replace('_', "-");
+            assert!(
+                command.get_arguments().any(|a| a.get_long() == Some(long.as_str())),
+                "no --{long}"
+            );
+        }
+        let config = Config {
+            listen: "[::1]:7000".parse().unwrap(),
+            shards: 3,
+            max_connections: 30_000,
+            handshake_timeout: Duration::from_millis(2500),
+            send_queue_bytes: 100_000,
+            drain_window: Duration::ZERO,
+            echo: true,
+            limits: Limits {
+                max_frame_bytes: 4096,
+                idle_timeout: Duration::from_secs(90),
+                ..Limits::default()
+            },
+            paths: vec!["/a".into(), "/b".into()],
+            allowed_origins: vec!["https://a.example:8443".into()],
+            subprotocols: vec!["chat".into()],
+            tick: Duration::from_millis(50),
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        let file = TempFile::new(&config.to_toml());
+        assert_eq!(serve(&[&file.arg()], &no_env).unwrap(), config);
+    }
+
+    #[test]
+    fn value_syntax() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 2m "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("1.5s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("1 mib"), Some(1 << 20));
+        assert_eq!(parse_size("1_000_000"), Some(1_000_000));
+        assert_eq!(parse_size("1__0"), None);
+        assert_eq!(parse_size("64KB"), None);
+        assert_eq!(parse_size("99999999999999999999"), None);
+        assert_eq!(parse_size("18446744073709551615TiB"), None);
+        assert_eq!(count(1..=10usize)("1_0"), Ok(10));
+        assert!(count(1..=10usize)("11").is_err());
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            Duration::from_secs(90),
+            Duration::from_secs(7200),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Some(d));
+        }
+        for n in [0, 1000, 4096, 3 << 20, 5 << 30, 1 << 40] {
+            assert_eq!(parse_size(&format_bytes(n)), Some(n));
+        }
+        assert_eq!(format_bytes(256 * 1024), "256KiB");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
     }
 }

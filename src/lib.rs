@@ -62,8 +62,10 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod sys;

@@ -1,8 +1,104 @@
-//! The `wsgate` binary.
+//! The `wsgate` binary: parse the configuration, raise limits, start the shards and the
+//! admin listener, and turn signals into a graceful drain.
+//!
+//! Exit codes: 0 after a drain (or for `--help`), 2 for an invalid configuration or
+//! usage, 1 when the server cannot start or a second signal cuts the drain short.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use wsgate::admin::{self, AdminState};
+use wsgate::config::{self, Command, Config};
+use wsgate::metrics::Registry;
+use wsgate::proto::close::CloseCode;
+use wsgate::server::Server;
+use wsgate::sys;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    println!("wsgate {}", env!("CARGO_PKG_VERSION"));
+fn main() -> ExitCode {
+    match config::load() {
+        Ok(Command::Serve(cfg)) => serve(cfg),
+        Err(e) => e.exit(),
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    let (nofile, _) = match sys::raise_nofile_limit() {
+        Ok(limits) => limits,
+        Err(e) => {
+            eprintln!("wsgate: cannot read the open-files limit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    sys::disable_transparent_huge_pages();
+    let report = sys::startup_report(&cfg, nofile);
+    for line in &report.lines {
+        eprintln!("wsgate: {line}");
+    }
+    for warning in &report.warnings {
+        eprintln!("wsgate: WARNING: {warning}");
+    }
+    let cfg = Arc::new(cfg);
+    let registry = Arc::new(Registry::new(cfg.shards));
+    // Installed before the shards start so a signal during start-up is not lost.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("wsgate: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match std::net::TcpListener::bind(cfg.admin_listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("wsgate: cannot listen for admin on {}: {e}", cfg.admin_listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_state = Arc::new(AdminState::new(registry.clone(), nofile));
+    if let Err(e) = admin::spawn(admin_listener, admin_state.clone()) {
+        eprintln!("wsgate: cannot start the admin listener: {e}");
+        return ExitCode::FAILURE;
+    }
+    let server = match Server::start(cfg.clone(), registry) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("wsgate: cannot start on {}: {e}", cfg.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    admin_state.ready.store(true, Ordering::Release);
+    eprintln!(
+        "wsgate: listening on ws://{}{} with {} shards{}; admin on http://{}",
+        server.local_addr(),
+        cfg.paths.first().map_or("/", String::as_str),
+        cfg.shards,
+        if cfg.echo { ", echoing every message" } else { "" },
+        cfg.admin_listen,
+    );
+    let first = signals.forever().next();
+    let code = if first == Some(SIGUSR1) {
+        CloseCode::SERVICE_RESTART
+    } else {
+        CloseCode::GOING_AWAY
+    };
+    admin_state.draining.store(true, Ordering::Release);
+    eprintln!(
+        "wsgate: draining: close {code} spread over {:?}, deadline {:?}; a second signal exits at once",
+        cfg.drain_window, cfg.drain_timeout
+    );
+    server.drain(code);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("wsgate: second signal: exiting without finishing the drain");
+            std::process::exit(1);
+        }
+    });
+    server.join();
+    eprintln!("wsgate: drained");
+    ExitCode::SUCCESS
 }

@@ -3,9 +3,11 @@
 //! Each shard owns a [`ShardMetrics`] and bumps plain integers in it on its hot path (no
 //! atomics, no sharing). Once per timer tick the shard copies it into its slot of the
 //! [`Registry`]; a scrape of `/metrics` reads those copies, so a figure is at most one
-//! tick old and the hot path never waits on a reader.
+//! tick old and the hot path never waits on a reader. [`render`] turns the copies and a
+//! few process facts ([`ProcessInfo`]) into the Prometheus text format.
 #![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use hashbrown::HashMap;
@@ -91,5 +93,451 @@ impl Registry {
             .iter()
             .map(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
+    }
+}
+
+/// Process-wide facts rendered next to the shard metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Resident memory (`crate::sys::rss_bytes`); `None` leaves the memory gauges out.
+    pub rss_bytes: Option<u64>,
+    /// Whether the process is draining (SIGTERM received).
+    pub draining: bool,
+    /// The soft open-files limit in force: the ceiling on connections.
+    pub nofile_limit: u64,
+    /// Configured shards.
+    pub shards: usize,
+}
+
+/// Prometheus metric type of a family.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// How a family's value is read from one shard.
+enum Series {
+    /// One sample per shard.
+    Plain(fn(&ShardMetrics) -> u64),
+    /// One sample per shard and label value: the label's name and the (value, count)
+    /// pairs in a stable order.
+    Labelled(&'static str, fn(&ShardMetrics) -> Vec<(String, u64)>),
+}
+
+/// One metric family of the shard metrics: name, type, help and how to read it.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    series: Series,
+}
+
+/// A labelled counter's entries sorted by label (numerically for close codes), so the
+/// output does not change order from scrape to scrape.
+fn sorted<K: Ord + Copy + ToString>(map: &HashMap<K, u64>) -> Vec<(String, u64)> {
+    let mut entries: Vec<(K, u64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+    entries.sort_unstable_by_key(|(k, _)| *k);
+    entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Every shard metric, in output order. Counters end in `_total`, byte figures in
+/// `_bytes`, as Prometheus naming asks.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "wsgate_connections",
+        kind: Kind::Gauge,
+        help: "Upgraded WebSocket connections open now.",
+        series: Series::Plain(|m| m.connections),
+    },
+    Family {
+        name: "wsgate_handshakes_in_progress",
+        kind: Kind::Gauge,
+        help: "Connections in the HTTP upgrade handshake now.",
+        series: Series::Plain(|m| m.handshakes_in_progress),
+    },
+    Family {
+        name: "wsgate_connections_accepted_total",
+        kind: Kind::Counter,
+        help: "TCP connections accepted by the listener.",
+        series: Series::Plain(|m| m.accepted),
+    },
+    Family {
+        name: "wsgate_upgrades_total",
+        kind: Kind::Counter,
+        help: "Handshakes completed with 101 Switching Protocols.",
+        series: Series::Plain(|m| m.upgrades),
+    },
+    Family {
+        name: "wsgate_handshake_failures_total",
+        kind: Kind::Counter,
+        help: "Handshakes refused, by reason.",
+        series: Series::Labelled("reason", |m| sorted(&m.handshake_failures)),
+    },
+    Family {
+        name: "wsgate_frames_received_total",
+        kind: Kind::Counter,
+        help: "Frames received, data and control.",
+        series: Series::Plain(|m| m.frames_in),
+    },
+    Family {
+        name: "wsgate_frames_sent_total",
+        kind: Kind::Counter,
+        help: "Frames sent, data and control.",
+        series: Series::Plain(|m| m.frames_out),
+    },
+    Family {
+        name: "wsgate_messages_received_total",
+        kind: Kind::Counter,
+        help: "Data messages received.",
+        series: Series::Plain(|m| m.messages_in),
+    },
+    Family {
+        name: "wsgate_messages_queued_total",
+        kind: Kind::Counter,
+        help: "Data messages queued for sending.",
+        series: Series::Plain(|m| m.messages_out),
+    },
+    Family {
+        name: "wsgate_received_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes read from sockets, handshakes included.",
+        series: Series::Plain(|m| m.bytes_in),
+    },
+    Family {
+        name: "wsgate_sent_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes written to sockets.",
+        series: Series::Plain(|m| m.bytes_out),
+    },
+    Family {
+        name: "wsgate_close_frames_sent_total",
+        kind: Kind::Counter,
+        help: "Close frames sent, by close code.",
+        series: Series::Labelled("code", |m| sorted(&m.close_codes_sent)),
+    },
+    Family {
+        name: "wsgate_close_frames_received_total",
+        kind: Kind::Counter,
+        help: "Close frames received, by close code (1005: no code).",
+        series: Series::Labelled("code", |m| sorted(&m.close_codes_received)),
+    },
+    Family {
+        name: "wsgate_protocol_errors_total",
+        kind: Kind::Counter,
+        help: "Protocol errors by peers, by error.",
+        series: Series::Labelled("error", |m| sorted(&m.protocol_errors)),
+    },
+    Family {
+        name: "wsgate_slow_consumer_closes_total",
+        kind: Kind::Counter,
+        help: "Connections closed because their send queue or the shard's send budget was full.",
+        series: Series::Plain(|m| m.slow_consumer_closes),
+    },
+    Family {
+        name: "wsgate_send_queue_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes queued for sending on all connections of the shard.",
+        series: Series::Plain(|m| m.queued_bytes),
+    },
+    Family {
+        name: "wsgate_heartbeat_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed because the peer was silent for the idle timeout.",
+        series: Series::Plain(|m| m.heartbeat_timeouts),
+    },
+    Family {
+        name: "wsgate_close_timeouts_total",
+        kind: Kind::Counter,
+        help: "Close handshakes the peer did not finish within the close timeout.",
+        series: Series::Plain(|m| m.close_timeouts),
+    },
+    Family {
+        name: "wsgate_handshake_timeouts_total",
+        kind: Kind::Counter,
+        help: "Handshakes not completed within the handshake timeout.",
+        series: Series::Plain(|m| m.handshake_timeouts),
+    },
+    Family {
+        name: "wsgate_abnormal_closes_total",
+        kind: Kind::Counter,
+        help: "Connections that ended without a close handshake (EOF or reset).",
+        series: Series::Plain(|m| m.abnormal_closes),
+    },
+    Family {
+        name: "wsgate_connections_closed_total",
+        kind: Kind::Counter,
+        help: "Connections closed, any way.",
+        series: Series::Plain(|m| m.closed),
+    },
+];
+
+/// The shard metrics (one slot per shard, in shard order, as [`Registry::snapshot`]
+/// returns them) and the process facts as Prometheus text exposition format 0.0.4, the
+/// body of `GET /metrics` (`Content-Type: text/plain; version=0.0.4`).
+///
+/// Every shard family has one sample per shard, labelled `shard="N"`; labelled counters
+/// add `reason=`, `code=` or `error=`. Families with no sample yet still get their
+/// `# HELP` and `# TYPE` lines, so dashboards see the name from the first scrape.
+pub fn render(shards: &[ShardMetrics], process: &ProcessInfo) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    for family in FAMILIES {
+        header(&mut out, family.name, family.kind, family.help);
+        for (shard, metrics) in shards.iter().enumerate() {
+            match family.series {
+                Series::Plain(get) => {
+                    let _ = writeln!(out, "{}{{shard=\"{shard}\"}} {}", family.name, get(metrics));
+                }
+                Series::Labelled(label, get) => {
+                    for (value, count) in get(metrics) {
+                        let _ = writeln!(
+                            out,
+                            "{}{{shard=\"{shard}\",{label}=\"{}\"}} {count}",
+                            family.name,
+                            escape_label_value(&value)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
+        header(out, name, Kind::Gauge, help);
+        let _ = writeln!(out, "{name} {value}");
+    };
+    gauge(&mut out, "wsgate_shards", "Shards configured.", process.shards as u64);
+    gauge(
+        &mut out,
+        "wsgate_draining",
+        "1 while the process drains connections before exiting, else 0.",
+        u64::from(process.draining),
+    );
+    gauge(
+        &mut out,
+        "wsgate_open_files_limit",
+        "Soft limit on open files, the ceiling on connections.",
+        process.nofile_limit,
+    );
+    if let Some(rss) = process.rss_bytes {
+        gauge(
+            &mut out,
+            "wsgate_process_resident_memory_bytes",
+            "Resident memory of the process.",
+            rss,
+        );
+        // Only with connections open: the figure means nothing for zero.
+        let connections: u64 = shards.iter().map(|m| m.connections).sum();
+        if let Some(per_connection) = rss.checked_div(connections) {
+            gauge(
+                &mut out,
+                "wsgate_memory_per_connection_bytes",
+                "Resident memory divided by open connections (all shards).",
+                per_connection,
+            );
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: Kind, help: &str) {
+    let kind = match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Label values escape backslash, double quote and line feed (format 0.0.4).
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Help text escapes backslash and line feed (format 0.0.4).
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_exact_text_for_one_shard() {
+        let mut m = ShardMetrics {
+            connections: 4,
+            handshakes_in_progress: 1,
+            accepted: 9,
+            upgrades: 5,
+            frames_in: 20,
+            frames_out: 21,
+            messages_in: 10,
+            messages_out: 11,
+            bytes_in: 1000,
+            bytes_out: 2000,
+            slow_consumer_closes: 1,
+            queued_bytes: 300,
+            heartbeat_timeouts: 2,
+            close_timeouts: 3,
+            handshake_timeouts: 4,
+            abnormal_closes: 5,
+            closed: 6,
+            ..ShardMetrics::default()
+        };
+        ShardMetrics::bump(&mut m.handshake_failures, "handshake_limit");
+        ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
+        ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
+        ShardMetrics::bump(&mut m.close_codes_sent, 1009);
+        ShardMetrics::bump(&mut m.close_codes_sent, 1000);
+        ShardMetrics::bump(&mut m.close_codes_received, 1005);
+        ShardMetrics::bump(&mut m.protocol_errors, "frame_too_big");
+        let process = ProcessInfo {
+            rss_bytes: Some(4096 * 1000),
+            draining: true,
+            nofile_limit: 1_048_576,
+            shards: 1,
+        };
+        let expected = r#"# HELP wsgate_connections Upgraded WebSocket connections open now.
+# TYPE wsgate_connections gauge
+wsgate_connections{shard="0"} 4
+# HELP wsgate_handshakes_in_progress Connections in the HTTP upgrade handshake now.
+# TYPE wsgate_handshakes_in_progress gauge
+wsgate_handshakes_in_progress{shard="0"} 1
+# HELP wsgate_connections_accepted_total TCP connections accepted by the listener.
+# TYPE wsgate_connections_accepted_total counter
+wsgate_connections_accepted_total{shard="0"} 9
+# HELP wsgate_upgrades_total Handshakes completed with 101 Switching Protocols.
+# TYPE wsgate_upgrades_total counter
+wsgate_upgrades_total{shard="0"} 5
+# HELP wsgate_handshake_failures_total Handshakes refused, by reason.
+# TYPE wsgate_handshake_failures_total counter
+wsgate_handshake_failures_total{shard="0",reason="bad_version"} 2
+wsgate_handshake_failures_total{shard="0",reason="handshake_limit"} 1
+# HELP wsgate_frames_received_total Frames received, data and control.
+# TYPE wsgate_frames_received_total counter
+wsgate_frames_received_total{shard="0"} 20
+# HELP wsgate_frames_sent_total Frames sent, data and control.
+# TYPE wsgate_frames_sent_total counter
+wsgate_frames_sent_total{shard="0"} 21
+# HELP wsgate_messages_received_total Data messages received.
+# TYPE wsgate_messages_received_total counter
+wsgate_messages_received_total{shard="0"} 10
+# HELP wsgate_messages_queued_total Data messages queued for sending.
+# TYPE wsgate_messages_queued_total counter
+wsgate_messages_queued_total{shard="0"} 11
+# HELP wsgate_received_bytes_total Bytes read from sockets, handshakes included.
+# TYPE wsgate_received_bytes_total counter
+wsgate_received_bytes_total{shard="0"} 1000
+# HELP wsgate_sent_bytes_total Bytes written to sockets.
+# TYPE wsgate_sent_bytes_total counter
+wsgate_sent_bytes_total{shard="0"} 2000
+# HELP wsgate_close_frames_sent_total Close frames sent, by close code.
+# TYPE wsgate_close_frames_sent_total counter
+wsgate_close_frames_sent_total{shard="0",code="1000"} 1
+wsgate_close_frames_sent_total{shard="0",code="1009"} 1
+# HELP wsgate_close_frames_received_total Close frames received, by close code (1005: no code).
+# TYPE wsgate_close_frames_received_total counter
+wsgate_close_frames_received_total{shard="0",code="1005"} 1
+# HELP wsgate_protocol_errors_total Protocol errors by peers, by error.
+# TYPE wsgate_protocol_errors_total counter
+wsgate_protocol_errors_total{shard="0",error="frame_too_big"} 1
+# HELP wsgate_slow_consumer_closes_total Connections closed because their send queue or the shard's send budget was full.
+# TYPE wsgate_slow_consumer_closes_total counter
+wsgate_slow_consumer_closes_total{shard="0"} 1
+# HELP wsgate_send_queue_bytes Bytes queued for sending on all connections of the shard.
+# TYPE wsgate_send_queue_bytes gauge
+wsgate_send_queue_bytes{shard="0"} 300
+# HELP wsgate_heartbeat_timeouts_total Connections closed because the peer was silent for the idle timeout.
+# TYPE wsgate_heartbeat_timeouts_total counter
+wsgate_heartbeat_timeouts_total{shard="0"} 2
+# HELP wsgate_close_timeouts_total Close handshakes the peer did not finish within the close timeout.
+# TYPE wsgate_close_timeouts_total counter
+wsgate_close_timeouts_total{shard="0"} 3
+# HELP wsgate_handshake_timeouts_total Handshakes not completed within the handshake timeout.
+# TYPE wsgate_handshake_timeouts_total counter
+wsgate_handshake_timeouts_total{shard="0"} 4
+# HELP wsgate_abnormal_closes_total Connections that ended without a close handshake (EOF or reset).
+# TYPE wsgate_abnormal_closes_total counter
+wsgate_abnormal_closes_total{shard="0"} 5
+# HELP wsgate_connections_closed_total Connections closed, any way.
+# TYPE wsgate_connections_closed_total counter
+wsgate_connections_closed_total{shard="0"} 6
+# HELP wsgate_shards Shards configured.
+# TYPE wsgate_shards gauge
+wsgate_shards 1
+# HELP wsgate_draining 1 while the process drains connections before exiting, else 0.
+# TYPE wsgate_draining gauge
+wsgate_draining 1
+# HELP wsgate_open_files_limit Soft limit on open files, the ceiling on connections.
+# TYPE wsgate_open_files_limit gauge
+wsgate_open_files_limit 1048576
+# HELP wsgate_process_resident_memory_bytes Resident memory of the process.
+# TYPE wsgate_process_resident_memory_bytes gauge
+wsgate_process_resident_memory_bytes 4096000
+# HELP wsgate_memory_per_connection_bytes Resident memory divided by open connections (all shards).
+# TYPE wsgate_memory_per_connection_bytes gauge
+wsgate_memory_per_connection_bytes 1024000
+"#;
+        let text = render(&[m], &process);
+        assert_eq!(text, expected, "got:\n{text}");
+    }
+
+    #[test]
+    fn shards_are_labelled_in_order_and_families_stay_together() {
+        let shards = [
+            ShardMetrics {
+                connections: 1,
+                ..ShardMetrics::default()
+            },
+            ShardMetrics {
+                connections: 2,
+                ..ShardMetrics::default()
+            },
+        ];
+        let text = render(
+            &shards,
+            &ProcessInfo {
+                shards: 2,
+                ..ProcessInfo::default()
+            },
+        );
+        assert!(text.contains(
+            "# TYPE wsgate_connections gauge\nwsgate_connections{shard=\"0\"} 1\nwsgate_connections{shard=\"1\"} 2\n# HELP"
+        ));
+        // Unknown RSS: no memory gauges. No connections: no per-connection figure.
+        assert!(!text.contains("resident_memory") && !text.contains("per_connection"));
+        assert!(text.contains("\nwsgate_draining 0\n"));
+        // Each name's HELP appears once: all samples of a family are together.
+        for family in FAMILIES {
+            assert_eq!(text.matches(&format!("# HELP {} ", family.name)).count(), 1);
+        }
+        let rss_no_connections = ProcessInfo {
+            rss_bytes: Some(1),
+            ..ProcessInfo::default()
+        };
+        let text = render(&[ShardMetrics::default()], &rss_no_connections);
+        assert!(text.contains("wsgate_process_resident_memory_bytes 1\n") && !text.contains("per_connection"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut m = ShardMetrics::default();
+        ShardMetrics::bump(&mut m.protocol_errors, "quote\"back\\slash\nline");
+        let text = render(&[m], &ProcessInfo::default());
+        assert!(
+            text.contains("wsgate_protocol_errors_total{shard=\"0\",error=\"quote\\\"back\\\\slash\\nline\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
     }
 }

@@ -182,12 +182,6 @@ fn echo_round_trip_over_real_sockets() {
     server.wait_for("the upgrade to be counted", |m| m.upgrades == 1 && m.connections == 1);
 }
 
-fn status_of(request: &str, tweak: impl FnOnce(&mut Config)) -> String {
-    let server = TestServer::start(tweak);
-    let (_, head) = Client::handshake(server.addr, request.as_bytes());
-    head.lines().next().unwrap_or_default().to_owned()
-}
-
 #[test]
 fn malformed_handshakes_get_their_http_status() {
     let server = TestServer::start(|_| {});
