@@ -69,3 +69,5 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod sys;
+#[cfg(test)]
+mod testalloc;

@@ -58,6 +58,10 @@ pub struct ShardMetrics {
     pub abnormal_closes: u64,
     /// Connections closed, any way.
     pub closed: u64,
+    /// Heap bytes live on the shard's thread. Known only in test builds (which count
+    /// allocations per thread); 0 otherwise, and not rendered.
+    #[doc(hidden)]
+    pub test_heap_bytes: i64,
 }
 
 impl ShardMetrics {

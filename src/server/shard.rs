@@ -1089,6 +1089,10 @@ impl Shard {
         self.metrics.connections = self.connections as u64;
         self.metrics.handshakes_in_progress = self.handshakes as u64;
         self.metrics.queued_bytes = self.queued_total as u64;
+        #[cfg(test)]
+        {
+            self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();
+        }
         self.registry.publish(self.id, &self.metrics);
     }
 }

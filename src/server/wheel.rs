@@ -73,7 +73,13 @@ impl Wheel {
         let first = (self.fired + 1).max(now_tick.saturating_sub(self.slots.len() as u64 - 1));
         for tick in first..=now_tick {
             let index = (tick % self.slots.len() as u64) as usize;
-            out.extend(self.slots[index].drain(..).map(|entry| (tick, entry)));
+            // Taken, not drained: a slot that once held many entries must not keep
+            // their memory for the whole turn of the wheel.
+            out.extend(
+                std::mem::take(&mut self.slots[index])
+                    .into_iter()
+                    .map(|entry| (tick, entry)),
+            );
         }
         self.fired = now_tick;
     }
