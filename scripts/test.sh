@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: what a new user runs, and exactly what CI runs (.ci/run).
 #
-# Installs what the tests need when it is missing (nothing beyond the Rust toolchain
-# yet), then runs every unit, property and end-to-end test, and each criterion bench
-# once in test mode so the benches keep compiling and running.
+# Installs what the tests need when it is missing (Python's websockets package, for
+# the interoperability test), then runs every unit, property and end-to-end test, and
+# each criterion bench once in test mode so the benches keep compiling and running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The interoperability test drives the server with a client nobody here wrote.
+if ! python3 -c "import websockets.sync.client" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "websockets>=13"
+fi
+export WSGATE_REQUIRE_INTEROP=1
 
 cargo test --all-targets --locked

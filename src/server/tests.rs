@@ -535,3 +535,38 @@ fn many_connections_open_and_close_and_every_slot_is_freed() {
     }
     server.wait_for("all closed", |m| m.connections == 0 && m.closed == 1000);
 }
+
+/// Interoperability with a client nobody here wrote: Python's `websockets` package
+/// (scripts/interop_client.py). `scripts/test.sh` installs it and sets
+/// `WSGATE_REQUIRE_INTEROP=1`, making a missing Python or package a failure; a bare
+/// `cargo test` without them says so and skips.
+#[test]
+fn interoperates_with_python_websockets() {
+    let required = std::env::var_os("WSGATE_REQUIRE_INTEROP").is_some();
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import websockets.sync.client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            !required,
+            "python3 with the websockets package is required (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: python3 with the websockets package is not installed");
+        return;
+    }
+    let server = TestServer::start(|_| {});
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop_client.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("ws://{}/ws", server.addr))
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
+}
