@@ -211,6 +211,9 @@ pub struct Connection {
     ping_queued: bool,
     /// A pong is due to be polled (payload in `Extra::pong`).
     pong_queued: bool,
+    /// Frame headers read since the caller last took the count (for metrics; it fits
+    /// in what would otherwise be padding).
+    frames_in: u16,
 }
 
 /// What one step of the input loop found; turned into an [`Event`] by
@@ -254,7 +257,14 @@ impl Connection {
             ping_outstanding: false,
             ping_queued: false,
             pong_queued: false,
+            frames_in: 0,
         }
+    }
+
+    /// The number of frames received since the last call, for metrics. Call it after
+    /// every `handle_input` (the count wraps after 65,535 frames).
+    pub fn take_frames_in(&mut self) -> u16 {
+        std::mem::take(&mut self.frames_in)
     }
 
     /// A client-role connection whose masking keys derive from `seed` (RFC 6455 wants
@@ -354,6 +364,7 @@ impl Connection {
                     Err(error) => return (input.len(), self.fail(now, limits, error)),
                 };
                 pos += used;
+                self.frames_in = self.frames_in.wrapping_add(1);
                 if let Err(error) = self.begin_frame(&header, limits) {
                     return (input.len(), self.fail(now, limits, error));
                 }

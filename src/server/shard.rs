@@ -693,6 +693,7 @@ impl Shard {
                     None
                 }
             };
+            self.metrics.frames_in += u64::from(self.slots[index].ws.take_frames_in());
             if let Some(frame) = reply
                 && self.slots[index].ws.can_send()
             {
