@@ -57,7 +57,7 @@ pub struct Limits {
     /// When nothing has been received for this long, the server sends a ping.
     pub ping_interval: Duration,
     /// When nothing at all has been received for this long, the connection is closed
-    /// with 1011 ("heartbeat timeout"). Must be longer than `ping_interval`.
+    /// with 1001 ("heartbeat timeout"). Must be longer than `ping_interval`.
     pub idle_timeout: Duration,
 }
 
