@@ -2,39 +2,46 @@
 //!
 //! wsgate terminates WebSocket connections and routes messages between them, aiming at
 //! millions of mostly idle connections per box. This crate is the library behind the
-//! `wsgate` binary. Today it holds the **protocol core**; the server runtime, messaging
-//! and scale-out are built on it in later steps (the README says what works).
+//! `wsgate` binary. Built today: the sans-IO protocol core, the server runtime (shards,
+//! connection lifecycle, drain, metrics) and its configuration; messaging, TLS,
+//! authentication and scale-out come next (the README says what works).
 //!
 //! # Layout
 //!
 //! ```text
-//!  bytes from a socket                                    bytes to a socket
-//!        │                                                       ▲
-//!        ▼                                                       │
-//!  proto::handshake   parse + validate the HTTP/1.1 upgrade ──► 101 or 4xx/5xx response
-//!        │            (httparse; "need more" on partial input)
+//!  client ──TCP──▶ listener per shard (SO_REUSEPORT): the kernel picks the shard, and the
+//!                  connection never moves
+//!        │
 //!        ▼
-//!  proto::connection  per-connection state machine (sans-IO):   poll_transmit: pong,
-//!        │            handle_input(now, bytes) → events          ping, close frames
-//!        │            handle_timeout(now) → heartbeat, close     poll_timeout: deadline
+//!  server::ring       second io_uring per shard: multishot accept + multishot poll per
+//!        │            socket; a doorbell (eventfd → socketpair) wakes the shard's task
+//!        ▼
+//!  server::shard      slab of connection slots, reads into one shard buffer, bounded send
+//!        │            queues flushed with one sendmsg per connection per turn, drain
+//!        ├── server::wheel   one timer wheel per shard: handshake, heartbeat, close, linger
+//!        ▼
+//!  proto::handshake   parse + validate the HTTP/1.1 upgrade ──► 101 or 4xx/5xx response
+//!  proto::connection  per-connection state machine (sans-IO): handle_input / handle_timeout
+//!        │            in, events + poll_transmit (pong, ping, close) + poll_timeout out
 //!        ├── proto::frame   header decode/encode, SharedFrame (encode once, send to many)
-//!        ├── proto::mask    unmasking in place, word/SIMD at a time
+//!        ├── proto::mask    unmasking in place, many bytes at a time
 //!        ├── proto::utf8    one-shot and incremental (fail-fast) UTF-8 validation
 //!        └── proto::close   close codes, close payloads, ProtocolError → close code
-//!        ▼
-//!  events: Message (borrowed from the read buffer when whole), Close, Error
+//!
+//!  main.rs ── config (flags, env, TOML → one Config) ── sys (fd limit, start-up report)
+//!         ── admin (/healthz, /readyz, /metrics on its own thread) ◀── metrics::Registry
+//!         ── signals ──▶ Command::Drain to every shard
 //! ```
 //!
-//! - [`limits`]: every limit of the protocol core, with its default and what happens
-//!   when it is hit.
 //! - [`proto`]: the sans-IO core. No sockets, no runtime, no clock: the caller passes
-//!   bytes and `now` in and takes events, bytes and deadlines out, so everything here is
+//!   bytes and `now` in and takes events, bytes and deadlines out, so everything there is
 //!   tested and fuzzed on plain slices.
+//! - [`server`]: the only code that touches sockets and io_uring.
+//! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
+//! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
-//! Planned, not built yet: `server/` (glommio shards, SO_REUSEPORT listeners, the
-//! io_uring wait path), `shard/`, `mesh/`, `rooms/`, `store/`, `cluster/`, `admin/`,
-//! `bench/`. The intended design is in the project's architecture notes; this map is
-//! updated as each lands.
+//! Planned, not built yet: TLS, authentication, `mesh/` (cross-core routing), `rooms/`,
+//! `store/`, `cluster/` (Redis), `bench/` (the load generator).
 //!
 //! # Limits
 //!
@@ -46,19 +53,29 @@
 //! | [`Limits::max_frame_bytes`](limits::Limits::max_frame_bytes) | 1 MiB | close 1009, decided from the frame header before any payload is buffered |
 //! | [`Limits::max_message_bytes`](limits::Limits::max_message_bytes) | 1 MiB | close 1009, checked at each fragment's header |
 //! | control frame payload (RFC 6455, fixed) | 125 B | close 1002 |
-//! | [`Limits::close_timeout`](limits::Limits::close_timeout) | 5 s | connection reported closed (`Timeout::Close`) |
+//! | [`Limits::close_timeout`](limits::Limits::close_timeout) | 5 s | connection dropped (`close_timeouts`); also the linger after a failure |
 //! | [`Limits::ping_interval`](limits::Limits::ping_interval) | 25 s | server sends a ping after this much silence |
-//! | [`Limits::idle_timeout`](limits::Limits::idle_timeout) | 60 s | close 1001 "heartbeat timeout" (`Timeout::Heartbeat`) |
+//! | [`Limits::idle_timeout`](limits::Limits::idle_timeout) | 60 s | close 1001 "heartbeat timeout" (`heartbeat_timeouts`) |
+//! | [`Config::max_connections`](config::Config::max_connections) | 1,000,000 (split over shards) | 503 before the upgrade (`connection_limit`) |
+//! | [`Config::max_handshakes_per_shard`](config::Config::max_handshakes_per_shard) | 1024 | 503 at once (`handshake_limit`) |
+//! | [`Config::handshake_timeout`](config::Config::handshake_timeout) | 10 s | connection closed (`handshake_timeout`) |
+//! | [`Config::send_queue_bytes`](config::Config::send_queue_bytes) | 256 KiB | slow consumer: queue dropped, close 1008 (`slow_consumer_closes`) |
+//! | [`Config::shard_send_budget_bytes`](config::Config::shard_send_budget_bytes) | 1 GiB | the connection growing its queue is closed as a slow consumer |
+//! | [`Config::read_buffer_bytes`](config::Config::read_buffer_bytes) | 64 KiB | one buffer per shard; a connection reads at most 256 KiB per turn |
+//! | [`Config::drain_window`](config::Config::drain_window), [`Config::drain_timeout`](config::Config::drain_timeout) | 10 s, 30 s | close frames spread over the window; what is left at the deadline is dropped |
 //!
 //! # Invariants
 //!
-//! - An idle connection ([`proto::connection::Connection`]) is one small struct (at most
-//!   80 bytes, asserted in tests) with no heap allocation: buffers exist only while a
-//!   message or control frame is split across reads, a pong is owed, or a close is in
+//! - An idle connection is one slot in its shard's slab (the protocol state machine,
+//!   72 bytes, asserted in tests, plus fd, generation, wheel tick and flags) and one
+//!   kernel poll entry: no buffer, no task, no timer object. Buffers exist only while a
+//!   handshake, a split message or control frame, queued output or a close is in
 //!   progress.
 //! - A declared length is checked against its limit before a byte is buffered.
 //! - After a close frame is queued, no data frame can be sent
 //!   ([`proto::connection::Connection::can_send`]) and nothing follows the close.
+//! - A completion or timer entry for a closed connection can never reach the next
+//!   connection in the same slot: both carry the slot's generation.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 

@@ -17,7 +17,7 @@
 //!
 //! # What an idle connection holds
 //!
-//! A [`Slot`]: the protocol state machine (`proto::connection::Connection`), the fd, the
+//! A `Slot`: the protocol state machine (`proto::connection::Connection`), the fd, the
 //! generation, the wheel tick and a few flags, and `io: None`. No buffer, no task, no
 //! timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
 //! is allocated while it is needed and freed when it is empty again.
