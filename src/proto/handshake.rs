@@ -1200,10 +1200,10 @@ impl<'b> ProtocolScan<'b> {
             }
             self.tokens += 1;
             let rank = supported.iter().position(|name| name.as_bytes() == token);
-            if let Some(rank) = rank {
-                if self.best.is_none_or(|(best, _)| rank < best) {
-                    self.best = Some((rank, token));
-                }
+            if let Some(rank) = rank
+                && self.best.is_none_or(|(best, _)| rank < best)
+            {
+                self.best = Some((rank, token));
             }
         }
     }
