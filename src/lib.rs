@@ -36,6 +36,8 @@
 //! - [`proto`]: the sans-IO core. No sockets, no runtime, no clock: the caller passes
 //!   bytes and `now` in and takes events, bytes and deadlines out, so everything there is
 //!   tested and fuzzed on plain slices.
+//! - [`auth`]: token authentication before the upgrade (JWT from a header, the query or
+//!   a subprotocol → an `Identity` or a 401); sans-IO once its keys are loaded.
 //! - [`server`]: the only code that touches sockets and io_uring.
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
@@ -80,6 +82,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod limits;
 pub mod metrics;
