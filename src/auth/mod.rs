@@ -941,10 +941,10 @@ impl Authenticator {
             return Err(AuthConfigError::TooManyKeys(keys.len()));
         }
         for (i, key) in keys.iter().enumerate() {
-            if let Some(kid) = &key.kid {
-                if keys[..i].iter().any(|k| k.kid.as_ref() == Some(kid)) {
-                    return Err(AuthConfigError::DuplicateKid { kid: kid.clone() });
-                }
+            if let Some(kid) = &key.kid
+                && keys[..i].iter().any(|k| k.kid.as_ref() == Some(kid))
+            {
+                return Err(AuthConfigError::DuplicateKid { kid: kid.clone() });
             }
         }
 
@@ -1107,15 +1107,15 @@ impl Authenticator {
         if now >= exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired);
         }
-        if let Some(nbf) = claims.nbf {
-            if now < nbf.0.saturating_sub(self.leeway_secs) {
-                return Err(AuthError::NotYetValid);
-            }
+        if let Some(nbf) = claims.nbf
+            && now < nbf.0.saturating_sub(self.leeway_secs)
+        {
+            return Err(AuthError::NotYetValid);
         }
-        if let Some(issuer) = &self.issuer {
-            if claims.iss.as_deref() != Some(issuer.as_str()) {
-                return Err(AuthError::WrongIssuer);
-            }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
         }
         match (&self.audience, &claims.aud) {
             (Some(expected), Some(aud)) if aud.contains(expected) => {}
@@ -1138,18 +1138,18 @@ impl Authenticator {
 
     /// The token and where it was found: the first carrier that has one.
     fn find_token<'r>(&self, request: &Request<'r>) -> Result<(Cow<'r, str>, Carrier), AuthError> {
-        if let Some(value) = request.authorization() {
-            if let Some(token) = bearer_token(value)? {
-                return Ok((Cow::Borrowed(token), Carrier::Header));
-            }
+        if let Some(value) = request.authorization()
+            && let Some(token) = bearer_token(value)?
+        {
+            return Ok((Cow::Borrowed(token), Carrier::Header));
         }
-        if let Some(name) = &self.query_param {
-            if let Some(token) = request.query_param(name) {
-                if token.is_empty() {
-                    return Err(AuthError::Malformed);
-                }
-                return Ok((token, Carrier::Query));
+        if let Some(name) = &self.query_param
+            && let Some(token) = request.query_param(name)
+        {
+            if token.is_empty() {
+                return Err(AuthError::Malformed);
             }
+            return Ok((token, Carrier::Query));
         }
         if self.subprotocol_carrier {
             let mut found = None;
