@@ -177,6 +177,16 @@ pub const KEYS: &[&str] = &[
     "allowed_origins",
     "subprotocols",
     "echo",
+    "auth_mode",
+    "auth_hmac_secret",
+    "auth_hmac_secret_file",
+    "auth_public_key_files",
+    "auth_algorithms",
+    "auth_issuer",
+    "auth_audience",
+    "auth_leeway",
+    "auth_query_param",
+    "auth_subprotocol_carrier",
 ];
 
 /// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
@@ -226,6 +236,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Echo every message back to its sender: the benchmark mode.
     pub echo: bool,
+    /// Token authentication before the upgrade (`auth_*` keys; see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
     /// Protocol limits enforced per connection (header, frame and message sizes,
     /// heartbeat and close timeouts). Each field has its own flag, variable and file key
     /// of the same name.
@@ -259,6 +271,7 @@ impl Default for Config {
             drain_window: DEFAULT_DRAIN_WINDOW,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             echo: false,
+            auth: crate::auth::AuthConfig::default(),
             limits: Limits::default(),
             paths: vec![DEFAULT_PATH.to_owned()],
             allowed_origins: Vec::new(),
@@ -291,6 +304,7 @@ impl Config {
         let l = &self.limits;
         self.check_ranges()?;
         l.validate().map_err(ConfigError::Limits)?;
+        crate::auth::check_subprotocols(&self.subprotocols).map_err(|e| relation(e.to_string()))?;
 
         if self.max_connections < self.shards {
             return Err(relation(format!(
@@ -414,6 +428,9 @@ impl Config {
         // keys: this keeps the order of [`KEYS`], where related options sit together.
         let mut out = String::new();
         for key in KEYS {
+            if *key == "auth_hmac_secret" {
+                continue;
+            }
             let value = match self.value(key) {
                 Value::Text(s) => toml::Value::String(s),
                 Value::Int(n) => toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
@@ -456,6 +473,29 @@ impl Config {
             "allowed_origins" => Value::List(self.allowed_origins.clone()),
             "subprotocols" => Value::List(self.subprotocols.clone()),
             "tick" => duration(self.tick),
+            "auth_mode" => Value::Text(self.auth.mode.to_string()),
+            // Never written out: `to_toml` skips it (a secret does not belong in a dump).
+            "auth_hmac_secret" => Value::Text(String::new()),
+            "auth_hmac_secret_file" => Value::Text(
+                self.auth
+                    .hmac_secret_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            "auth_public_key_files" => Value::List(
+                self.auth
+                    .public_key_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            ),
+            "auth_algorithms" => Value::List(self.auth.algorithms.iter().map(|a| a.name().to_owned()).collect()),
+            "auth_issuer" => Value::Text(self.auth.issuer.clone().unwrap_or_default()),
+            "auth_audience" => Value::Text(self.auth.audience.clone().unwrap_or_default()),
+            "auth_leeway" => duration(self.auth.leeway),
+            "auth_query_param" => Value::Text(self.auth.query_param.clone().unwrap_or_default()),
+            "auth_subprotocol_carrier" => Value::Bool(self.auth.subprotocol_carrier),
             _ => unreachable!("value() asked for unknown key {key}"),
         }
     }
@@ -658,6 +698,8 @@ impl std::error::Error for ConfigError {
 pub enum Command {
     /// Run the gateway (`wsgate serve`, also what `wsgate` with no command does).
     Serve(Config),
+    /// Mint a token for testing (`wsgate token --user alice ...`).
+    Token(crate::auth::TokenArgs),
 }
 
 /// Parses the process's arguments and environment (and the config file they name).
@@ -679,10 +721,10 @@ where
     let matches = cli_command().try_get_matches_from(args).map_err(ConfigError::Cli)?;
     let cli = Cli::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
     match cli.command {
-        Some(Sub::Serve(args)) => serve_config(args, env),
-        None => serve_config(cli.serve, env),
+        Some(Sub::Serve(args)) => serve_config(args, env).map(Command::Serve),
+        Some(Sub::Token(args)) => Ok(Command::Token(args)),
+        None => serve_config(cli.serve, env).map(Command::Serve),
     }
-    .map(Command::Serve)
 }
 
 const AFTER_HELP: &str = "\
@@ -701,7 +743,7 @@ suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
     name = "wsgate",
     version,
     about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]",
+    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP
 )]
@@ -717,6 +759,8 @@ enum Sub {
     /// Run the gateway (the default command).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Mint a signed token for testing (like other gateways' gentoken).
+    Token(crate::auth::TokenArgs),
 }
 
 /// The serve options, all optional text so that "not given" is visible and the
@@ -828,6 +872,50 @@ struct ServeArgs {
         help_heading = "Routing"
     )]
     echo: Option<String>,
+    /// jwt: every upgrade needs a valid token (401 otherwise). none: everybody is let in
+    /// as an anonymous user, for local benchmarks only (a warning says so at start-up).
+    #[arg(long, value_name = "jwt|none", help_heading = "Authentication")]
+    auth_mode: Option<String>,
+    /// Shared secret for HS256 tokens (at least 32 bytes). Prefer --auth-hmac-secret-file:
+    /// a flag shows in ps.
+    #[arg(long, value_name = "SECRET", help_heading = "Authentication")]
+    auth_hmac_secret: Option<String>,
+    /// File holding the HS256 shared secret.
+    #[arg(long, value_name = "FILE", help_heading = "Authentication")]
+    auth_hmac_secret_file: Option<String>,
+    /// Public keys for RS256/PS256/ES256/EdDSA tokens: PEM files or JWKS JSON files.
+    #[arg(
+        long,
+        value_name = "FILE,...",
+        value_delimiter = ',',
+        help_heading = "Authentication"
+    )]
+    auth_public_key_files: Option<Vec<String>>,
+    /// Token algorithms accepted (default: each key's usual one). Never none.
+    #[arg(long, value_name = "ALG,...", value_delimiter = ',', help_heading = "Authentication")]
+    auth_algorithms: Option<Vec<String>>,
+    /// Required iss claim. Empty: not checked.
+    #[arg(long, value_name = "ISSUER", help_heading = "Authentication")]
+    auth_issuer: Option<String>,
+    /// Required aud claim. Empty: tokens carrying an aud are refused.
+    #[arg(long, value_name = "AUDIENCE", help_heading = "Authentication")]
+    auth_audience: Option<String>,
+    /// Clock skew allowed on exp and nbf, 0s to 5m.
+    #[arg(long, value_name = "DURATION", help_heading = "Authentication")]
+    auth_leeway: Option<String>,
+    /// Query parameter that may carry the token (browsers cannot set headers). Empty: off.
+    #[arg(long, value_name = "NAME", help_heading = "Authentication")]
+    auth_query_param: Option<String>,
+    /// Accept the token as an offered subprotocol bearer.<token> (never echoed back).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        help_heading = "Authentication"
+    )]
+    auth_subprotocol_carrier: Option<String>,
 }
 
 /// The clap command with each option's help extended by its default and variable.
@@ -1067,6 +1155,34 @@ fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
     if let Some(protocols) = s.list("subprotocols", a.subprotocols)? {
         c.subprotocols = protocols;
     }
+
+    let auth = &mut c.auth;
+    let text = |v: &str| -> Result<Option<String>, String> {
+        let v = v.trim();
+        Ok((!v.is_empty()).then(|| v.to_owned()))
+    };
+    s.set(&mut auth.mode, "auth_mode", a.auth_mode, |v| v.trim().parse::<crate::auth::AuthMode>())?;
+    s.set(&mut auth.hmac_secret, "auth_hmac_secret", a.auth_hmac_secret, |v| {
+        Ok((!v.is_empty()).then(|| crate::auth::Secret::new(v.as_bytes())))
+    })?;
+    s.set(&mut auth.hmac_secret_file, "auth_hmac_secret_file", a.auth_hmac_secret_file, |v| {
+        Ok(text(v)?.map(PathBuf::from))
+    })?;
+    s.set(&mut auth.issuer, "auth_issuer", a.auth_issuer, text)?;
+    s.set(&mut auth.audience, "auth_audience", a.auth_audience, text)?;
+    s.set(&mut auth.leeway, "auth_leeway", a.auth_leeway, duration(crate::auth::LEEWAY_RANGE))?;
+    s.set(&mut auth.query_param, "auth_query_param", a.auth_query_param, text)?;
+    s.set(&mut auth.subprotocol_carrier, "auth_subprotocol_carrier", a.auth_subprotocol_carrier, parse_bool)?;
+    if let Some(files) = s.list("auth_public_key_files", a.auth_public_key_files)? {
+        auth.public_key_files = files.into_iter().map(PathBuf::from).collect();
+    }
+    if let Some(names) = s.list("auth_algorithms", a.auth_algorithms)? {
+        auth.algorithms = names
+            .iter()
+            .map(|n| n.parse::<crate::auth::Algorithm>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| relation(format!("auth_algorithms: {e}")))?;
+    }
     Ok(c)
 }
 
@@ -1253,7 +1369,13 @@ mod tests {
 
     fn serve(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let argv = std::iter::once("wsgate").chain(args.iter().copied());
-        load_from(argv, env).map(|Command::Serve(config)| config)
+        load_from(argv, env).map(|command| match command {
+            Command::Serve(config) => config,
+            other => panic!(
+                "expected serve, got another command: {}",
+                matches!(other, Command::Token(_))
+            ),
+        })
     }
 
     fn error(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> String {

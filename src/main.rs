@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use wsgate::admin::{self, AdminState};
+use wsgate::auth::{AuthMode, Authenticator};
 use wsgate::config::{self, Command, Config};
 use wsgate::metrics::Registry;
 use wsgate::proto::close::CloseCode;
@@ -22,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     match config::load() {
         Ok(Command::Serve(cfg)) => serve(cfg),
+        Ok(Command::Token(args)) => wsgate::auth::run_token(&args),
         Err(e) => e.exit(),
     }
 }
@@ -35,9 +37,27 @@ fn serve(cfg: Config) -> ExitCode {
         }
     };
     sys::disable_transparent_huge_pages();
+    let authenticator = match Authenticator::new(&cfg.auth) {
+        Ok(authenticator) => Arc::new(authenticator),
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let report = sys::startup_report(&cfg, nofile);
     for line in &report.lines {
         eprintln!("wsgate: {line}");
+    }
+    match authenticator.mode() {
+        AuthMode::Jwt => eprintln!(
+            "wsgate: auth: JWT before the upgrade, {} key(s), algorithms {:?}",
+            authenticator.key_count(),
+            authenticator.allowed_algorithms()
+        ),
+        AuthMode::None => eprintln!(
+            "wsgate: WARNING: --auth-mode none: EVERY client is let in without a token, as an anonymous user. \
+             For local benchmarks only; never expose this listener."
+        ),
     }
     for warning in &report.warnings {
         eprintln!("wsgate: WARNING: {warning}");
@@ -64,7 +84,7 @@ fn serve(cfg: Config) -> ExitCode {
         eprintln!("wsgate: cannot start the admin listener: {e}");
         return ExitCode::FAILURE;
     }
-    let server = match Server::start(cfg.clone(), registry) {
+    let server = match Server::start(cfg.clone(), registry, authenticator) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("wsgate: cannot start on {}: {e}", cfg.listen);

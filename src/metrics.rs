@@ -26,6 +26,11 @@ pub struct ShardMetrics {
     /// Handshakes refused, by reason label (a `HandshakeError` label, or
     /// `connection_limit`, `handshake_limit`, `handshake_timeout`, `draining`).
     pub handshake_failures: HashMap<&'static str, u64>,
+    /// Upgrade requests refused for their token, by `AuthError` label.
+    pub auth_failures: HashMap<&'static str, u64>,
+    /// Upgrades admitted, by where the token came from (`header`, `query`,
+    /// `subprotocol`, `anonymous`).
+    pub auth_accepted: HashMap<&'static str, u64>,
     /// Frames received (data and control).
     pub frames_in: u64,
     /// Frames sent (data and control).
@@ -177,6 +182,18 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Handshakes refused, by reason.",
         series: Series::Labelled("reason", |m| sorted(&m.handshake_failures)),
+    },
+    Family {
+        name: "wsgate_auth_failures_total",
+        kind: Kind::Counter,
+        help: "Upgrades refused with 401 for their token, by reason.",
+        series: Series::Labelled("reason", |m| sorted(&m.auth_failures)),
+    },
+    Family {
+        name: "wsgate_auth_accepted_total",
+        kind: Kind::Counter,
+        help: "Upgrades admitted, by where the token came from (a rising query share means tokens reach URL logs).",
+        series: Series::Labelled("carrier", |m| sorted(&m.auth_accepted)),
     },
     Family {
         name: "wsgate_frames_received_total",
@@ -427,6 +444,10 @@ wsgate_upgrades_total{shard="0"} 5
 # TYPE wsgate_handshake_failures_total counter
 wsgate_handshake_failures_total{shard="0",reason="bad_version"} 2
 wsgate_handshake_failures_total{shard="0",reason="handshake_limit"} 1
+# HELP wsgate_auth_failures_total Upgrades refused with 401 for their token, by reason.
+# TYPE wsgate_auth_failures_total counter
+# HELP wsgate_auth_accepted_total Upgrades admitted, by where the token came from (a rising query share means tokens reach URL logs).
+# TYPE wsgate_auth_accepted_total counter
 # HELP wsgate_frames_received_total Frames received, data and control.
 # TYPE wsgate_frames_received_total counter
 wsgate_frames_received_total{shard="0"} 20

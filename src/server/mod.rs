@@ -28,6 +28,7 @@ use futures_lite::AsyncReadExt;
 
 pub use self::shard::{Command, ShardHandle};
 use self::shard::{Shard, Status_};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Registry;
 use crate::proto::close::CloseCode;
@@ -62,7 +63,7 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
 impl Server {
     /// Binds one listener per shard and starts the shards. With port 0, the first bind
     /// picks the port and the others join it.
-    pub fn start(cfg: Arc<Config>, registry: Arc<Registry>) -> io::Result<Self> {
+    pub fn start(cfg: Arc<Config>, registry: Arc<Registry>, auth: Arc<Authenticator>) -> io::Result<Self> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = bind_listener(cfg.listen, cfg.listen_backlog)?;
         let local_addr = {
@@ -79,6 +80,7 @@ impl Server {
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = cfg.clone();
             let registry = registry.clone();
+            let auth = auth.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{id}"))
                 .spawn(move || {
@@ -94,7 +96,7 @@ impl Server {
                         }
                     };
                     executor.run(async move {
-                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, listener) {
+                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, auth, listener) {
                             Ok(made) => made,
                             Err(e) => {
                                 let _ = tx.send(Err(e));

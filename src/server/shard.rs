@@ -25,10 +25,11 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::ring::{BELL_DATA, Bell, Completion, ConnRing};
 use super::wheel::{Entry, Wheel};
+use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::close::CloseCode;
@@ -211,6 +212,8 @@ pub struct Shard {
     ring: ConnRing,
     handle: Arc<ShardHandle>,
     registry: Arc<Registry>,
+    /// Checks the token of every upgrade request before the 101 (read-only, shared).
+    auth: Arc<Authenticator>,
     listener: Option<OwnedFd>,
     /// When accepting may resume after running out of descriptors.
     accept_paused_until: Option<Instant>,
@@ -252,6 +255,7 @@ impl Shard {
         id: usize,
         cfg: Arc<Config>,
         registry: Arc<Registry>,
+        auth: Arc<Authenticator>,
         listener: OwnedFd,
     ) -> std::io::Result<(Self, OwnedFd)> {
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
@@ -271,6 +275,7 @@ impl Shard {
             ring,
             handle,
             registry,
+            auth,
             listener: Some(listener),
             accept_paused_until: None,
             slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
@@ -616,12 +621,22 @@ impl Shard {
                 handshake::write_error_response(&mut self.scratch, status, "connection limit", &[("Retry-After", "1")]);
                 Verdict::Refuse("connection_limit")
             }
-            Ok(Some(request)) => {
-                request.write_response(&mut self.scratch);
-                Verdict::Upgrade {
-                    leftover: data[request.header_len()..].to_vec(),
+            Ok(Some(request)) => match self.auth.authenticate(&request, SystemTime::now()) {
+                Err(error) => {
+                    ShardMetrics::bump(&mut self.metrics.auth_failures, error.label());
+                    auth::write_unauthorized(&mut self.scratch, error);
+                    Verdict::Refuse("unauthorized")
                 }
-            }
+                Ok(identity) => {
+                    // The identity is checked and counted; nothing keeps it yet (the
+                    // messaging layer, which routes by user, will).
+                    ShardMetrics::bump(&mut self.metrics.auth_accepted, identity.carrier.label());
+                    request.write_response(&mut self.scratch);
+                    Verdict::Upgrade {
+                        leftover: data[request.header_len()..].to_vec(),
+                    }
+                }
+            },
         };
         match verdict {
             Verdict::NeedMore => {

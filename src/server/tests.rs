@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Server;
+use crate::auth::{AuthMode, Authenticator, MintKey, MintOptions, Secret};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::{Registry, ShardMetrics};
@@ -31,9 +32,11 @@ impl TestServer {
             tick: Duration::from_millis(20),
             ..Config::default()
         };
+        cfg.auth.mode = AuthMode::None;
         tweak(&mut cfg);
         let registry = Arc::new(Registry::new(cfg.shards));
-        let server = Server::start(Arc::new(cfg), registry.clone()).expect("server starts");
+        let auth = Arc::new(Authenticator::new(&cfg.auth).expect("auth config"));
+        let server = Server::start(Arc::new(cfg), registry.clone(), auth).expect("server starts");
         let addr = server.local_addr();
         Self {
             server: Some(server),
@@ -52,6 +55,12 @@ impl TestServer {
             total.close_timeouts += shard.close_timeouts;
             total.abnormal_closes += shard.abnormal_closes;
             total.test_heap_bytes += shard.test_heap_bytes;
+            for (k, v) in shard.auth_failures {
+                *total.auth_failures.entry(k).or_default() += v;
+            }
+            for (k, v) in shard.auth_accepted {
+                *total.auth_accepted.entry(k).or_default() += v;
+            }
             total.upgrades += shard.upgrades;
             total.slow_consumer_closes += shard.slow_consumer_closes;
             total.heartbeat_timeouts += shard.heartbeat_timeouts;
@@ -569,4 +578,56 @@ fn interoperates_with_python_websockets() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+
+fn token(user: &str, issued_at: std::time::SystemTime) -> String {
+    let options = MintOptions::new(user, MintKey::HmacSecret(Secret::new(SECRET)), issued_at);
+    crate::auth::mint(&options).expect("mint")
+}
+
+#[test]
+fn upgrade_needs_a_valid_token_before_the_101() {
+    let server = TestServer::start(|cfg| {
+        cfg.auth.mode = AuthMode::Jwt;
+        cfg.auth.hmac_secret = Some(Secret::new(SECRET));
+    });
+    let now = std::time::SystemTime::now();
+    // No token: 401 with a Bearer challenge, before any upgrade.
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.contains("WWW-Authenticate: Bearer realm=\"wsgate\""), "{head}");
+    // Expired and badly signed tokens: 401 with invalid_token.
+    let expired = token("alice", now - Duration::from_secs(7200));
+    let forged = {
+        let options = MintOptions::new(
+            "alice",
+            MintKey::HmacSecret(Secret::new("another-secret-that-is-32-bytes-long!")),
+            now,
+        );
+        crate::auth::mint(&options).unwrap()
+    };
+    for bad in [expired, forged, "not.a.token".to_owned()] {
+        let request = UPGRADE.replace("Host:", &format!("Authorization: Bearer {bad}\r\nHost:"));
+        let (_, head) = Client::handshake(server.addr, request.as_bytes());
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+        assert!(head.contains("error=\"invalid_token\""), "{head}");
+        assert!(!head.contains(&bad), "the token is never echoed");
+    }
+    // A valid token in the header, or in the query for browsers: upgraded.
+    let good = token("alice", now);
+    let request = UPGRADE.replace("Host:", &format!("Authorization: Bearer {good}\r\nHost:"));
+    let (mut client, head) = Client::handshake(server.addr, request.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    client.send_text("authenticated");
+    assert_eq!(client.next_event(), Some(OwnedEvent::Text("authenticated".into())));
+    let request = UPGRADE.replace("GET /ws ", &format!("GET /ws?token={good} "));
+    let (_, head) = Client::handshake(server.addr, request.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    server.wait_for("auth counters", |m| {
+        m.auth_failures.values().sum::<u64>() == 4
+            && m.auth_accepted.get("header") == Some(&1)
+            && m.auth_accepted.get("query") == Some(&1)
+    });
 }
