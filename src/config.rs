@@ -695,6 +695,9 @@ impl std::error::Error for ConfigError {
 
 /// What the command line asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Parsed once at start-up and dropped: the size difference between variants costs
+// nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the gateway (`wsgate serve`, also what `wsgate` with no command does).
     Serve(Config),
@@ -754,6 +757,7 @@ struct Cli {
     serve: ServeArgs,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Run the gateway (the default command).
