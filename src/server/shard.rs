@@ -328,7 +328,7 @@ impl Shard {
         let again = std::mem::take(&mut self.again);
         for entry in again {
             if self.valid(entry) {
-                self.on_readable(entry);
+                self.on_readable(entry, true);
             }
         }
         loop {
@@ -439,7 +439,13 @@ impl Shard {
                     let fd = self.slots[entry.slot as usize].fd;
                     self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
                 }
-                self.on_readable(entry);
+                // The poll result is the ready mask. A hang-up or error must be read to the
+                // end: io_uring coalesces wake-ups, so data and FIN arriving together give
+                // one completion, and stopping at the short read of the data would leave
+                // the EOF unseen until some later event.
+                let hangup = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32;
+                let to_end = completion.result > 0 && completion.result & hangup != 0;
+                self.on_readable(entry, to_end);
             }
             KIND_WRITE => {
                 let entry = entry_of(completion.user_data);
@@ -535,7 +541,9 @@ impl Shard {
         self.schedule(entry);
     }
 
-    fn on_readable(&mut self, entry: Entry) {
+    /// Reads what the socket has. A short read normally means the socket is drained;
+    /// with `to_end` (the poll saw a hang-up) reading goes on until EOF or EAGAIN.
+    fn on_readable(&mut self, entry: Entry, to_end: bool) {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let fd = self.slots[entry.slot as usize].fd;
@@ -563,7 +571,7 @@ impl Shard {
                 Phase::Closing | Phase::Linger => {}
                 Phase::Free => unreachable!("read on a free slot"),
             }
-            if !self.valid(entry) || n < self.buf.len() {
+            if !self.valid(entry) || (n < self.buf.len() && !to_end) {
                 return;
             }
             budget = budget.saturating_sub(n);

@@ -631,3 +631,19 @@ fn upgrade_needs_a_valid_token_before_the_101() {
             && m.auth_accepted.get("query") == Some(&1)
     });
 }
+
+#[test]
+fn eof_arriving_with_the_last_data_is_seen_at_once() {
+    let server = TestServer::start(|cfg| cfg.shards = 1);
+    let mut clients: Vec<Client> = (0..300).map(|_| Client::connect(server.addr)).collect();
+    // Data and FIN back to back on many sockets while the shard is busy with them, so
+    // the kernel coalesces the two wake-ups into one completion.
+    let mut frame = Vec::new();
+    clients[0].ws.write_message(&mut frame, true, b"last words").unwrap();
+    for client in &mut clients {
+        client.send_raw(&frame);
+        client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    // Without the hang-up check, some would wait for the heartbeat (a minute).
+    server.wait_for("every connection gone", |m| m.connections == 0 && m.closed == 300);
+}
