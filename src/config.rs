@@ -658,6 +658,10 @@ impl std::error::Error for ConfigError {
 pub enum Command {
     /// Run the gateway (`wsgate serve`, also what `wsgate` with no command does).
     Serve(Config),
+    /// Run the load generator (`wsgate bench density|echo ...`). Its options are flags
+    /// only: a benchmark run is spelled out on its command line, not inherited from
+    /// the environment or the gateway's config file.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the process's arguments and environment (and the config file they name).
@@ -679,10 +683,10 @@ where
     let matches = cli_command().try_get_matches_from(args).map_err(ConfigError::Cli)?;
     let cli = Cli::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
     match cli.command {
-        Some(Sub::Serve(args)) => serve_config(args, env),
-        None => serve_config(cli.serve, env),
+        Some(Sub::Serve(args)) => serve_config(args, env).map(Command::Serve),
+        Some(Sub::Bench(args)) => Ok(Command::Bench(args)),
+        None => serve_config(cli.serve, env).map(Command::Serve),
     }
-    .map(Command::Serve)
 }
 
 const AFTER_HELP: &str = "\
@@ -701,7 +705,7 @@ suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
     name = "wsgate",
     version,
     about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]",
+    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo> [OPTIONS]",
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP
 )]
@@ -712,11 +716,16 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start-up and dropped: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Run the gateway (the default command).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Load generator: prove density (idle connections held) and speed (echo round
+    /// trips) against a running gateway.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// The serve options, all optional text so that "not given" is visible and the
@@ -1116,7 +1125,7 @@ where
 }
 
 /// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = split_number(s)?;
     let ms_per_unit: u64 = match unit {
         "ms" => 1,
@@ -1149,7 +1158,7 @@ fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration
 }
 
 /// Parses `"65536"`, `"64KiB"`, `"1 MiB"`, `"1GiB"`.
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let (n, unit) = split_number(s)?;
     let multiplier = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -1253,7 +1262,10 @@ mod tests {
 
     fn serve(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let argv = std::iter::once("wsgate").chain(args.iter().copied());
-        load_from(argv, env).map(|Command::Serve(config)| config)
+        load_from(argv, env).map(|command| match command {
+            Command::Serve(config) => config,
+            Command::Bench(args) => panic!("not a serve command: {args:?}"),
+        })
     }
 
     fn error(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> String {

@@ -31,10 +31,16 @@
 //!   bytes and `now` in and takes events, bytes and deadlines out, so everything here is
 //!   tested and fuzzed on plain slices.
 //!
+//! - [`bench`]: `wsgate bench density|echo`, the load generator that proves density and
+//!   speed against a running gateway. Its workers are built like the shards (one
+//!   connection ring per thread, a slab of small connection structs, the protocol core
+//!   in the client role), so the client side costs as little per connection as the
+//!   server side.
+//!
 //! Planned, not built yet: `server/` (glommio shards, SO_REUSEPORT listeners, the
-//! io_uring wait path), `shard/`, `mesh/`, `rooms/`, `store/`, `cluster/`, `admin/`,
-//! `bench/`. The intended design is in the project's architecture notes; this map is
-//! updated as each lands.
+//! io_uring wait path), `shard/`, `mesh/`, `rooms/`, `store/`, `cluster/`, `admin/`.
+//! The intended design is in the project's architecture notes; this map is updated as
+//! each lands.
 //!
 //! # Limits
 //!
@@ -63,6 +69,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -22,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     match config::load() {
         Ok(Command::Serve(cfg)) => serve(cfg),
+        Ok(Command::Bench(args)) => wsgate::bench::run(args),
         Err(e) => e.exit(),
     }
 }
