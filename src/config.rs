@@ -703,6 +703,10 @@ pub enum Command {
     Serve(Config),
     /// Mint a token for testing (`wsgate token --user alice ...`).
     Token(crate::auth::TokenArgs),
+    /// Run the load generator (`wsgate bench density|echo ...`). Its options are flags
+    /// only: a benchmark run is spelled out on its command line, not inherited from
+    /// the environment or the gateway's config file.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the process's arguments and environment (and the config file they name).
@@ -726,6 +730,7 @@ where
     match cli.command {
         Some(Sub::Serve(args)) => serve_config(args, env).map(Command::Serve),
         Some(Sub::Token(args)) => Ok(Command::Token(args)),
+        Some(Sub::Bench(args)) => Ok(Command::Bench(args)),
         None => serve_config(cli.serve, env).map(Command::Serve),
     }
 }
@@ -746,7 +751,7 @@ suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
     name = "wsgate",
     version,
     about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
+    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP
 )]
@@ -765,6 +770,9 @@ enum Sub {
     Serve(ServeArgs),
     /// Mint a signed token for testing (like other gateways' gentoken).
     Token(crate::auth::TokenArgs),
+    /// Load generator: prove density (idle connections held) and speed (echo round
+    /// trips) against a running gateway.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// The serve options, all optional text so that "not given" is visible and the
@@ -1236,7 +1244,7 @@ where
 }
 
 /// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = split_number(s)?;
     let ms_per_unit: u64 = match unit {
         "ms" => 1,
@@ -1269,7 +1277,7 @@ fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration
 }
 
 /// Parses `"65536"`, `"64KiB"`, `"1 MiB"`, `"1GiB"`.
-fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let (n, unit) = split_number(s)?;
     let multiplier = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -1376,8 +1384,8 @@ mod tests {
         load_from(argv, env).map(|command| match command {
             Command::Serve(config) => config,
             other => panic!(
-                "expected serve, got another command: {}",
-                matches!(other, Command::Token(_))
+                "not a serve command: {}",
+                matches!(other, Command::Token(_) | Command::Bench(_))
             ),
         })
     }

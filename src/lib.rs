@@ -42,8 +42,14 @@
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
-//! Planned, not built yet: TLS, authentication, `mesh/` (cross-core routing), `rooms/`,
-//! `store/`, `cluster/` (Redis), `bench/` (the load generator).
+//! - [`bench`]: `wsgate bench density|echo`, the load generator that proves density and
+//!   speed against a running gateway. Its workers are built like the shards (one
+//!   connection ring per thread, a slab of small connection structs, the protocol core
+//!   in the client role), so the client side costs as little per connection as the
+//!   server side.
+//!
+//! Planned, not built yet: TLS, `mesh/` (cross-core routing), `rooms/`, `store/`,
+//! `cluster/` (Redis).
 //!
 //! # Limits
 //!
@@ -83,6 +89,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     match config::load() {
         Ok(Command::Serve(cfg)) => serve(cfg),
         Ok(Command::Token(args)) => wsgate::auth::run_token(&args),
+        Ok(Command::Bench(args)) => wsgate::bench::run(args),
         Err(e) => e.exit(),
     }
 }

@@ -97,7 +97,9 @@ pub fn rss_bytes() -> Option<u64> {
     resident_pages.checked_mul(page_size()?)
 }
 
-fn page_size() -> Option<u64> {
+/// The memory page size (what `/proc` page counts are multiplied by), or `None` if the
+/// system will not say.
+pub fn page_size() -> Option<u64> {
     // SAFETY: sysconf reads a system constant; it has no pointer arguments and no
     // preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -1,0 +1,309 @@
+//! End-to-end tests of the bench against a real in-process server, and of its option
+//! parsing. Sizes are small: the test binary shares two cores with other tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::density::{self, DensityArgs};
+use super::echo::{self, EchoArgs};
+use super::host::{Preflight, check_fit};
+use super::sources::SourceIps;
+use super::url::WsUrl;
+use super::{BenchCommand, BenchError, CommonArgs, Latency, Rate};
+use crate::config::{Command, load_from};
+use crate::server::tests::TestServer;
+
+fn common(addr: SocketAddr, sources: Option<&str>) -> CommonArgs {
+    CommonArgs {
+        url: WsUrl::parse(&format!("ws://{addr}/ws")).unwrap(),
+        token: None,
+        source_ips: sources.map(|s| SourceIps::parse(s).unwrap()),
+        workers: Some(2),
+        rate: Rate::parse("2000/s").unwrap(),
+        connect_timeout: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(3),
+        json: false,
+    }
+}
+
+fn density_args(addr: SocketAddr, connections: u64, sources: Option<&str>) -> DensityArgs {
+    DensityArgs {
+        connections,
+        hold: Duration::from_millis(300),
+        server_pid: None,
+        admin: None,
+        common: common(addr, sources),
+    }
+}
+
+fn sane(latency: Option<Latency>, count: u64) {
+    let l = latency.expect("latency recorded");
+    assert_eq!(l.count, count);
+    assert!(l.p50_us > 0.0, "{l:?}");
+    assert!(
+        l.p50_us <= l.p99_us && l.p99_us <= l.p999_us && l.p999_us <= l.max_us,
+        "{l:?}"
+    );
+    assert!(l.max_us < 5_000_000.0, "{l:?}");
+}
+
+#[test]
+fn density_holds_200_connections_over_two_source_ips_and_closes_them_cleanly() {
+    let server = TestServer::start(|cfg| cfg.echo = true);
+    let mut args = density_args(server.addr, 200, Some("127.0.0.2-127.0.0.3"));
+    args.server_pid = Some(std::process::id());
+    let report = density::run(&args, &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 200, "{report:#?}");
+    assert_eq!(report.attempted, 200);
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert_eq!(report.aborted, 0);
+    assert_eq!(report.open_at_end_of_hold, 200);
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    assert_eq!(report.closed_clean, 200, "{:?}", report.close_failures);
+    assert!(report.close_failures.is_empty());
+    assert!(report.protocol_errors.is_empty());
+    sane(report.handshake_latency, 200);
+    assert!(report.handshakes_per_sec > 0.0);
+    assert!(
+        report.time_to_all_secs.is_some_and(|s| s > 0.0 && s < 5.0),
+        "{report:#?}"
+    );
+    assert_eq!(report.source_addresses, 2);
+    assert_eq!(report.memory.connections, 200);
+    assert!(report.memory.server_rss_after.is_some());
+    assert!(report.memory.kernel_figures_cover_both_ends);
+    assert!(report.success());
+    server.wait_for("every connection closed", |m| m.upgrades == 200 && m.connections == 0);
+    // The JSON report is one object with the headline figures.
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mode"], "density");
+    assert_eq!(json["established"], 200);
+    assert!(json["handshake_latency"]["p999_us"].as_f64().is_some());
+}
+
+#[test]
+fn density_counts_failures_by_reason() {
+    // Two connections fit; the rest are refused with 503.
+    let server = TestServer::start(|cfg| {
+        cfg.shards = 1;
+        cfg.max_connections = 2;
+    });
+    let report = density::run(&density_args(server.addr, 5, None), &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 2, "{report:#?}");
+    assert_eq!(report.failures.get("status_503"), Some(&3), "{:?}", report.failures);
+    assert_eq!(report.closed_clean, 2);
+    assert!(!report.success());
+    // Nobody listening: refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let report = density::run(&density_args(closed, 3, None), &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 0);
+    assert_eq!(
+        report.failures.get("connect_refused"),
+        Some(&3),
+        "{:?}",
+        report.failures
+    );
+    assert!(report.time_to_all_secs.is_none());
+    // A source address this host does not have.
+    let report = density::run(
+        &density_args(server.addr, 2, Some("192.0.2.1")),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(
+        report.failures.get("source_ip_not_local"),
+        Some(&2),
+        "{:?}",
+        report.failures
+    );
+}
+
+#[test]
+fn density_stops_early_when_interrupted() {
+    let server = TestServer::start(|_| {});
+    let mut args = density_args(server.addr, 10, None);
+    args.hold = Duration::from_secs(600);
+    let report = density::run(&args, &AtomicBool::new(true)).unwrap();
+    assert!(report.interrupted);
+    assert!(report.held_secs < 1.0, "{report:#?}");
+    assert_eq!(report.established + report.aborted + report.failed, 10, "{report:#?}");
+    assert!(!report.success());
+}
+
+#[test]
+fn echo_measures_round_trips_and_verifies_payloads() {
+    let server = TestServer::start(|cfg| cfg.echo = true);
+    let args = EchoArgs {
+        connections: 4,
+        size: 32,
+        in_flight: 2,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        binary: false,
+        common: common(server.addr, None),
+    };
+    let report = echo::run(&args, &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 4, "{report:#?}");
+    assert!(report.failures.is_empty());
+    assert!(report.messages > 0, "{report:#?}");
+    assert_eq!(report.mismatches, 0);
+    assert_eq!(report.unanswered, 0);
+    assert_eq!(report.sent, report.received);
+    assert!(report.messages <= report.received);
+    assert!((report.measured_secs - 1.0).abs() < 1e-6);
+    assert!(report.messages_per_sec > 0.0);
+    sane(report.rtt, report.messages);
+    assert_eq!(report.closed_clean, 4, "{:?}", report.close_failures);
+    assert!(report.success(), "{report:#?}");
+}
+
+#[test]
+fn echo_of_large_binary_messages_spans_reads() {
+    let server = TestServer::start(|cfg| cfg.echo = true);
+    let args = EchoArgs {
+        connections: 2,
+        size: 70_000,
+        in_flight: 2,
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        binary: true,
+        common: common(server.addr, None),
+    };
+    let report = echo::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.messages > 0, "{report:#?}");
+    assert_eq!(report.mismatches, 0);
+    assert_eq!(report.unanswered, 0);
+    assert!(report.success(), "{report:#?}");
+}
+
+#[test]
+fn the_command_line_reaches_the_bench() {
+    let no_env = |_: &str| None;
+    let command = load_from(
+        [
+            "wsgate",
+            "bench",
+            "density",
+            "--url",
+            "ws://127.0.0.1:18080/ws",
+            "--connections",
+            "10000",
+            "--rate",
+            "5000/s",
+            "--hold",
+            "10s",
+            "--source-ips",
+            "127.0.0.2-127.0.0.40",
+            "--token",
+            "T",
+            "--admin",
+            "http://127.0.0.1:9090",
+            "--json",
+        ],
+        &no_env,
+    )
+    .unwrap();
+    let Command::Bench(args) = command else {
+        panic!("{command:?}")
+    };
+    let BenchCommand::Density(d) = args.command else {
+        panic!()
+    };
+    assert_eq!(d.connections, 10_000);
+    assert_eq!(d.hold, Duration::from_secs(10));
+    assert_eq!(d.admin.as_deref(), Some("127.0.0.1:9090"));
+    assert_eq!(d.common.rate.per_second(), 5000.0);
+    assert_eq!(d.common.source_ips.unwrap().len(), 39);
+    assert_eq!(d.common.token.as_deref(), Some("T"));
+    assert!(d.common.json);
+    let command = load_from(
+        [
+            "wsgate",
+            "bench",
+            "echo",
+            "--connections",
+            "100",
+            "--size",
+            "4KiB",
+            "--in-flight",
+            "8",
+            "--duration",
+            "10s",
+            "--binary",
+        ],
+        &no_env,
+    )
+    .unwrap();
+    let Command::Bench(args) = command else {
+        panic!("{command:?}")
+    };
+    let BenchCommand::Echo(e) = args.command else { panic!() };
+    assert_eq!((e.connections, e.size, e.in_flight), (100, 4096, 8));
+    assert!(e.binary);
+    assert_eq!(e.warmup, Duration::from_secs(1));
+    // Bad values are usage errors (exit 2), and serve stays the default command.
+    for bad in [
+        &["wsgate", "bench", "density", "--rate", "0/s"][..],
+        &["wsgate", "bench", "density", "--hold", "10"],
+        &["wsgate", "bench", "density", "--url", "wss://x/ws"],
+        &["wsgate", "bench", "echo", "--in-flight", "0"],
+        &["wsgate", "bench", "echo", "--size", "0"],
+        &["wsgate", "bench"],
+    ] {
+        let err = load_from(bad.iter().copied(), &no_env).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+    }
+    assert!(matches!(load_from(["wsgate"], &no_env), Ok(Command::Serve(_))));
+}
+
+#[test]
+fn rates_parse() {
+    assert_eq!(Rate::parse("5000/s").unwrap().per_second(), 5000.0);
+    assert_eq!(Rate::parse("5000").unwrap().per_second(), 5000.0);
+    assert_eq!(Rate::parse("300/m").unwrap().per_second(), 5.0);
+    assert_eq!(Rate::parse("1_000/s").unwrap().per_second(), 1000.0);
+    for bad in ["", "0", "x/s", "5/h", "-1/s", "20000000/s"] {
+        assert!(Rate::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn limits_that_cannot_fit_name_the_knob() {
+    let limits = Preflight {
+        nofile_soft: 20_000,
+        nofile_hard: 20_000,
+        ports_per_address: Some(28_232),
+        source_addresses: 1,
+    };
+    assert!(check_fit(10_000, 2, &limits).is_ok());
+    let err = check_fit(20_000, 2, &limits).unwrap_err();
+    assert!(err.contains("RLIMIT_NOFILE") && err.contains("limits.conf"), "{err}");
+    let wide = Preflight {
+        nofile_soft: 1 << 20,
+        ..limits
+    };
+    let err = check_fit(30_000, 2, &wide).unwrap_err();
+    assert!(
+        err.contains("--source-ips") && err.contains("ip_local_port_range"),
+        "{err}"
+    );
+    let many = Preflight {
+        source_addresses: 39,
+        ..wide
+    };
+    assert!(check_fit(1_000_000, 16, &many).is_ok());
+    // Through the real entry point: more than any fd limit allows is exit 2.
+    let server = TestServer::start(|_| {});
+    let args = density_args(server.addr, super::MAX_CONNECTIONS, None);
+    let err = density::run(&args, &AtomicBool::new(false)).unwrap_err();
+    assert!(matches!(err, BenchError::Limits(_)), "{err}");
+    let args = density_args(server.addr, super::MAX_CONNECTIONS + 1, None);
+    assert!(matches!(
+        density::run(&args, &AtomicBool::new(false)),
+        Err(BenchError::Usage(_))
+    ));
+}
