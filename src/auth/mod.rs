@@ -175,21 +175,6 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// Longest [`AuthConfig::query_param`] name.
 pub const MAX_QUERY_PARAM_NAME_BYTES: usize = 64;
 
-/// The configuration keys this module reads, for `config.rs` (flag `--auth-mode`,
-/// variable `WSGATE_AUTH_MODE`, file key `auth_mode`), in the order of [`AuthConfig`].
-pub const CONFIG_KEYS: &[&str] = &[
-    "auth_mode",
-    "auth_hmac_secret",
-    "auth_hmac_secret_file",
-    "auth_public_key_files",
-    "auth_algorithms",
-    "auth_issuer",
-    "auth_audience",
-    "auth_leeway",
-    "auth_query_param",
-    "auth_subprotocol_carrier",
-];
-
 // ---------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------
@@ -445,7 +430,9 @@ impl From<&str> for Secret {
     }
 }
 
-/// The authentication knobs. Each field is one config key (see [`CONFIG_KEYS`]);
+/// The authentication knobs. Each field is one config key (the `auth_*` keys of
+/// [`crate::config::KEYS`]: flag `--auth-mode`, variable `WSGATE_AUTH_MODE`, file key
+/// `auth_mode`, ...);
 /// [`Authenticator::new`] checks them all and loads the keys.
 ///
 /// `Debug` is derived: the only secret field is a [`Secret`], which redacts itself.

@@ -91,6 +91,25 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// Every variant, to register metric labels and to test them all.
+    pub const ALL: [Self; 15] = [
+        Self::ReservedBits,
+        Self::ReservedOpcode,
+        Self::UnmaskedFrame,
+        Self::MaskedFrame,
+        Self::InvalidLength,
+        Self::FragmentedControl,
+        Self::ControlTooLong,
+        Self::UnexpectedContinuation,
+        Self::ExpectedContinuation,
+        Self::FrameTooBig,
+        Self::MessageTooBig,
+        Self::InvalidUtf8,
+        Self::InvalidClosePayload,
+        Self::InvalidCloseCode,
+        Self::InvalidCloseReason,
+    ];
+
     /// The close code we send when failing the connection for this error.
     pub fn close_code(self) -> CloseCode {
         match self {
@@ -255,24 +274,7 @@ mod tests {
 
     #[test]
     fn every_error_has_a_distinct_label() {
-        use ProtocolError::*;
-        let all = [
-            ReservedBits,
-            ReservedOpcode,
-            UnmaskedFrame,
-            MaskedFrame,
-            InvalidLength,
-            FragmentedControl,
-            ControlTooLong,
-            UnexpectedContinuation,
-            ExpectedContinuation,
-            FrameTooBig,
-            MessageTooBig,
-            InvalidUtf8,
-            InvalidClosePayload,
-            InvalidCloseCode,
-            InvalidCloseReason,
-        ];
+        let all = ProtocolError::ALL;
         let labels: std::collections::HashSet<_> = all.iter().map(|e| e.label()).collect();
         assert_eq!(labels.len(), all.len());
         for e in all {
