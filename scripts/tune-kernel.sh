@@ -41,9 +41,16 @@ while [ $# -gt 0 ]; do
 done
 case $connections in ''|*[!0-9]*) echo "--connections must be a whole number" >&2; exit 2 ;; esac
 
-# key=value pairs from the conf file, comments and blanks dropped.
+# key=value pairs from the conf file, comments and blanks dropped. A key with a leading
+# "-" is optional (systemd-sysctl's syntax): kept only when the kernel has it.
 recommended() {
-  sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$conf" | sed -e 's/[[:space:]]*=[[:space:]]*/=/' -e 's/[[:space:]]\+/ /g' -e 's/ $//'
+  sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$conf" | sed -e 's/[[:space:]]*=[[:space:]]*/=/' -e 's/[[:space:]]\+/ /g' -e 's/ $//' |
+    while IFS='=' read -r key value; do
+      case $key in
+        -*) key=${key#-}; [ -e "/proc/sys/$(echo "$key" | tr . /)" ] || continue ;;
+      esac
+      echo "$key=$value"
+    done
 }
 
 current() { sysctl -n "$1" 2>/dev/null | tr '\t' ' ' | sed 's/  */ /g' || echo "n/a"; }
@@ -55,6 +62,7 @@ target() {
   case $key in
     fs.nr_open) [ "$connections" -gt 0 ] && [ "$need_fds" -gt "$value" ] && value=$need_fds ;;
     fs.file-max) [ "$connections" -gt 0 ] && [ $((2 * need_fds)) -gt "$value" ] && value=$((2 * need_fds)) ;;
+    net.netfilter.nf_conntrack_max) [ $((2 * connections)) -gt "$value" ] && value=$((2 * connections)) ;;
   esac
   echo "$value"
 }
@@ -74,19 +82,13 @@ check() {
   while IFS='=' read -r key value; do
     want=$(target "$key" "$value")
     have=$(current "$key")
-    if [ "$key" = net.ipv4.ip_local_port_range ] || [ "$key" = net.ipv4.tcp_rmem ] || [ "$key" = net.ipv4.tcp_wmem ] || [ "$key" = net.ipv4.tcp_tw_reuse ]; then
+    if [ "$key" = net.ipv4.ip_local_port_range ] || [ "$key" = net.ipv4.tcp_rmem ] || [ "$key" = net.ipv4.tcp_wmem ] || [ "$key" = net.ipv4.tcp_tw_reuse ] || [ "$key" = net.ipv4.tcp_fin_timeout ]; then
       # Exact values: the port range and the small buffer defaults are the point, and
-      # tcp_tw_reuse=2 (loopback only) is not "more" than 1.
+      # tcp_tw_reuse=2 (loopback only) is not "more" than 1, nor a longer fin_timeout.
       [ "$have" = "$want" ] && ok=yes || ok=differs
     elif ge "$have" "$want"; then ok=yes; else ok=LOW; fi
     printf '%-36s %-28s %-28s %s\n' "$key" "$have" "$want" "$ok"
   done < <(recommended)
-  if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
-    have=$(current net.netfilter.nf_conntrack_max)
-    want=$((connections > 0 ? 2 * connections : 262144))
-    [ "$have" -ge "$want" ] && ok=yes || ok=LOW
-    printf '%-36s %-28s %-28s %s\n' net.netfilter.nf_conntrack_max "$have" "$want" "$ok"
-  fi
   echo
   local nofile_hard nr_open mem_avail_kb need_fds need_mem
   nofile_hard=$(ulimit -Hn)
@@ -120,9 +122,7 @@ apply() {
   [ "$(id -u)" = 0 ] || { echo "apply needs root" >&2; exit 1; }
   mkdir -p "$state_dir"
   if [ ! -e "$saved" ]; then
-    { while IFS='=' read -r key _; do echo "$key = $(current "$key")"; done < <(recommended)
-      [ -e /proc/sys/net/netfilter/nf_conntrack_max ] && echo "net.netfilter.nf_conntrack_max = $(current net.netfilter.nf_conntrack_max)"
-    } > "$saved"
+    while IFS='=' read -r key _; do echo "$key = $(current "$key")"; done < <(recommended) > "$saved"
     echo "saved the current values in $saved"
   fi
   local key value failed=0
@@ -131,10 +131,6 @@ apply() {
     if sysctl -q -w "$key=$value" >/dev/null 2>&1; then echo "set $key = $value"
     else echo "could not set $key (not permitted here?)" >&2; failed=1; fi
   done < <(recommended)
-  if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
-    value=$((connections > 0 ? 2 * connections : 262144))
-    sysctl -q -w "net.netfilter.nf_conntrack_max=$value" && echo "set net.netfilter.nf_conntrack_max = $value"
-  fi
   echo "process limits are not sysctls: install sysctl/limits.conf (logins) or sysctl/wsgate.service (systemd)"
   return $failed
 }
