@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use futures_lite::AsyncReadExt;
 
 pub use self::shard::{Command, ShardHandle};
-use self::shard::{Shard, Status_};
+use self::shard::{Shard, ShardState};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Registry;
@@ -148,7 +148,7 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(cfg.tick).await;
-                if shard.borrow_mut().on_tick() == Status_::Finished {
+                if shard.borrow_mut().on_tick() == ShardState::Finished {
                     return;
                 }
             }
@@ -163,7 +163,7 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            if shard.borrow_mut().on_wake() == Status_::Finished {
+            if shard.borrow_mut().on_wake() == ShardState::Finished {
                 return;
             }
         }

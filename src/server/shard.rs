@@ -197,7 +197,7 @@ struct Drain {
 
 /// What the shard's loop should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status_ {
+pub enum ShardState {
     /// Keep running.
     Running,
     /// Drained: the shard's task may end.
@@ -316,7 +316,7 @@ impl Shard {
 
     /// Runs one turn after the doorbell rang: commands, completions, deferred reads,
     /// then writes.
-    pub fn on_wake(&mut self) -> Status_ {
+    pub fn on_wake(&mut self) -> ShardState {
         self.now = Instant::now();
         self.ring.arm_bell();
         let commands = std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|e| e.into_inner()));
@@ -346,7 +346,7 @@ impl Shard {
     }
 
     /// Runs the timer tick: deadlines, drain progress, accept back-off, metrics.
-    pub fn on_tick(&mut self) -> Status_ {
+    pub fn on_tick(&mut self) -> ShardState {
         self.now = Instant::now();
         let now = self.now;
         self.fired.clear();
@@ -371,7 +371,7 @@ impl Shard {
         self.end_turn()
     }
 
-    fn end_turn(&mut self) -> Status_ {
+    fn end_turn(&mut self) -> ShardState {
         let dirty = std::mem::take(&mut self.dirty);
         for entry in &dirty {
             if self.valid(*entry) {
@@ -395,9 +395,9 @@ impl Shard {
             Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
                 self.abort_all();
                 self.publish_metrics();
-                Status_::Finished
+                ShardState::Finished
             }
-            _ => Status_::Running,
+            _ => ShardState::Running,
         }
     }
 
