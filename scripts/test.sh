@@ -13,4 +13,14 @@ if ! python3 -c "import websockets.sync.client" 2>/dev/null; then
 fi
 export WSGATE_REQUIRE_INTEROP=1
 
-cargo test --all-targets --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --all-targets --locked 2>&1 | tee "$log" || status=$?
+
+# One closing line over every test binary (the last binary cargo runs may have none).
+passed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"
