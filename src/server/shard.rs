@@ -225,6 +225,8 @@ pub struct Shard {
     buf: Vec<u8>,
     /// Scratch for building HTTP responses.
     scratch: Vec<u8>,
+    /// The heartbeat ping, encoded once for the whole shard.
+    ping: SharedFrame,
     completions: Vec<Completion>,
     fired: Vec<(u64, Entry)>,
     /// Connections with output queued this turn.
@@ -284,6 +286,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             buf: vec![0; cfg.read_buffer_bytes],
             scratch: Vec::with_capacity(512),
+            ping: SharedFrame::new(OpCode::Ping, &[]),
             completions: Vec::with_capacity(COMPLETION_BATCH),
             fired: Vec::new(),
             dirty: Vec::new(),
@@ -741,7 +744,12 @@ impl Shard {
                 };
                 ShardMetrics::bump(&mut self.metrics.close_codes_sent, code);
             }
-            let frame = SharedFrame::from_wire(control.as_bytes());
+            // The heartbeat ping is the same two bytes for everyone: share one copy.
+            let frame = if control.as_bytes() == self.ping.as_bytes() {
+                self.ping.clone()
+            } else {
+                SharedFrame::from_wire(control.as_bytes())
+            };
             self.enqueue(entry, Out::Frame(frame), true);
         }
         if self.slots[index].ws.is_closed() {
