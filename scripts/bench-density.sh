@@ -15,6 +15,8 @@
 #   --per-process N     connections per process in group mode (default 18000)
 #   --ping-interval D   server ping interval (default: hold/3, at most 20s)
 #   --idle-timeout D    server idle timeout (default: 2.5 x the ping interval)
+#   --connect-timeout D connect() to 101 per attempt (default 30s); each bench's ramp
+#                       ends at N/rate + this + 10 s, whatever was reached by then
 #
 # What it does: builds the release binary, prints `scripts/tune-kernel.sh check`, picks a
 # mode from the hard open-files limit (one server process if one process can hold N,
@@ -41,8 +43,9 @@ admin_base=39100
 per_process=18000
 ping_interval=""
 idle_timeout=""
+connect_timeout=30s
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 need() { [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -56,7 +59,8 @@ while [ $# -gt 0 ]; do
     --per-process) need "$@"; per_process=$2; shift 2 ;;
     --ping-interval) need "$@"; ping_interval=$2; shift 2 ;;
     --idle-timeout) need "$@"; idle_timeout=$2; shift 2 ;;
-    --connections=*|--hold=*|--rate=*|--out=*|--port=*|--admin-port=*|--per-process=*|--ping-interval=*|--idle-timeout=*)
+    --connect-timeout) need "$@"; connect_timeout=$2; shift 2 ;;
+    --connections=*|--hold=*|--rate=*|--out=*|--port=*|--admin-port=*|--per-process=*|--ping-interval=*|--idle-timeout=*|--connect-timeout=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     -h|--help) usage ;;
     *) echo "unknown option $1" >&2; usage ;;
@@ -83,6 +87,8 @@ ping_s=$(seconds "$ping_interval")
 [ -n "$idle_timeout" ] || idle_timeout=$(( ping_s * 5 / 2 ))s
 idle_s=$(seconds "$idle_timeout")
 [ "$idle_s" -gt "$ping_s" ] || { echo "--idle-timeout must be longer than --ping-interval" >&2; exit 2; }
+connect_timeout=$(seconds "$connect_timeout")
+[ "$connect_timeout" -ge 1 ] || { echo "--connect-timeout must be at least 1s" >&2; exit 2; }
 
 [ -n "$out" ] || out=/tmp/density-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
@@ -200,7 +206,6 @@ per_bench=$(( (connections + benches - 1) / benches ))
 ips_per_bench=$(( (per_bench + ports_per_ip - 1001) / (ports_per_ip - 1000) ))
 [ "$ips_per_bench" -lt 4 ] && ips_per_bench=4
 [ "$benches" -le 2800 ] && [ "$ips_per_bench" -le 254 ] || { echo "too many bench processes or source addresses" >&2; exit 1; }
-connect_timeout=30
 close_timeout=$(( connections / 15000 )); [ "$close_timeout" -lt 10 ] && close_timeout=10; [ "$close_timeout" -gt 90 ] && close_timeout=90
 
 echo
@@ -335,7 +340,16 @@ def host():
         "files_open": one("/proc/sys/fs/file-nr"),
         "meminfo": mem,
         "loadavg": one("/proc/loadavg", float),
+        "cpu_pressure_some_avg10": pressure(),
     }
+
+
+def pressure():
+    try:
+        line = open("/proc/pressure/cpu").readline()
+        return float(re.search(r"avg10=([0-9.]+)", line).group(1))
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def kernel_bytes(sl, ss):
@@ -353,11 +367,14 @@ def scrape_all(out, pool, last=None):
         try:
             agg, shards = fut.result(timeout=5)
             conns = int(sum(agg.get("wsgate_connections", {}).values()))
+            hb = int(sum(agg.get("wsgate_heartbeat_timeouts_total", {}).values()))
+            sent = int(sum(agg.get("wsgate_frames_sent_total", {}).values()))
             ok = True
         except Exception:
-            conns, shards, ok = (last or {}).get(i, 0), {}, False
+            conns, shards, ok, hb, sent = (last or {}).get(i, 0), {}, False, None, None
         rss = status_kib(pid)
-        rows.append({"i": i, "pid": pid, "conns": conns, "ok": ok, "rss": rss * 1024 if rss is not None else None, "shards": shards})
+        rows.append({"i": i, "pid": pid, "conns": conns, "ok": ok, "rss": rss * 1024 if rss is not None else None,
+                     "shards": shards, "heartbeat_timeouts": hb, "frames_sent": sent})
     return rows
 
 
@@ -379,7 +396,9 @@ def cmd_sample(out, interval, deadline):
             kb = kernel_bytes(sl, h["sockstat"])
             csv.write(f"{t - start:.1f},{conns},{rss},{kb}\n")
             csv.flush()
+            hb = sum(r["heartbeat_timeouts"] or 0 for r in rows)
             det.write(json.dumps({"t": round(t - start, 2), "epoch": t, "connections": conns, "server_rss": rss,
+                                  "heartbeat_timeouts": hb,
                                   "kernel_bytes": kb, "scrapes_ok": sum(r["ok"] for r in rows), "servers": rows,
                                   "slabs": sl, **h}) + "\n")
             det.flush()
@@ -393,14 +412,17 @@ def cmd_sample(out, interval, deadline):
 def cmd_scrape(out, name):
     pool = cf.ThreadPoolExecutor(16)
     total, per, errors = {}, [], 0
-    for i, pid, port in servers(out):
+    srv = servers(out)
+    futs = [(i, pool.submit(metrics, port, 5)) for i, _, port in srv]
+    for i, fut in futs:
         try:
-            agg, shards = metrics(port, timeout=5)
+            agg, shards = fut.result()
         except Exception as e:
             errors += 1
             per.append({"i": i, "error": str(e)})
             continue
-        per.append({"i": i, "connections": int(sum(agg.get("wsgate_connections", {}).values())), "shards": shards})
+        per.append({"i": i, "connections": int(sum(agg.get("wsgate_connections", {}).values())), "shards": shards,
+                    "heartbeat_timeouts": int(sum(agg.get("wsgate_heartbeat_timeouts_total", {}).values()))})
         for k, series in agg.items():
             for labels, v in series.items():
                 total.setdefault(k, {})
@@ -408,7 +430,51 @@ def cmd_scrape(out, name):
     snap = {"epoch": time.time(), "totals": total, "servers": per, "scrape_errors": errors, "host": host()}
     json.dump(snap, open(os.path.join(out, f"metrics-{name}.json"), "w"), indent=1)
     conns = int(sum(total.get("wsgate_connections", {}).values()))
-    print(f"metrics-{name}: {conns} connections over {len(per) - errors} servers ({errors} scrape errors)")
+    hb = int(sum(total.get("wsgate_heartbeat_timeouts_total", {}).values()))
+    print(f"metrics-{name}: {conns} connections over {len(per) - errors} servers ({errors} scrape errors), "
+          f"heartbeat timeouts so far {hb}")
+
+
+def cmd_why(out):
+    """Where a ramp that fell short stood: rates, host limits, shards that stopped counting."""
+    det = [json.loads(l) for l in open(os.path.join(out, "samples-detail.jsonl")) if l.strip()]
+    last = det[-1]
+
+    def rate(span):
+        old = [d for d in det if d["t"] <= last["t"] - span]
+        if not old:
+            return None
+        return (last["connections"] - old[-1]["connections"]) / (last["t"] - old[-1]["t"])
+
+    mem = last["meminfo"]
+    fmax = one("/proc/sys/fs/file-max")
+    lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    print(f"  connections {last['connections']}; rate over the last 10 s {rate(10) or 0:.0f}/s, last 30 s {rate(30) or 0:.0f}/s")
+    print(f"  CPU: load {last['loadavg']}, pressure (some, avg10) {last.get('cpu_pressure_some_avg10')}% on {os.cpu_count()} CPUs")
+    print(f"  memory: MemAvailable {mem.get('MemAvailable', 0) >> 20} MiB, slab {mem.get('Slab', 0) >> 20} MiB")
+    print(f"  files: {last['files_open']} open of fs.file-max {fmax}; conntrack {last['conntrack_count']} of {last['conntrack_max']}")
+    print(f"  TCP: {last['sockstat']}; {last['netstat']}; source ports per address {hi - lo + 1}")
+    changed = {}
+    for d in det:
+        for srv in d["servers"]:
+            for shard, n in srv.get("shards", {}).items():
+                key = (srv["i"], shard)
+                if changed.get(key, (None, None))[0] != n:
+                    changed[key] = (n, d["t"])
+    grew = [d for d in det if d["t"] <= last["t"] - 15]
+    if grew and last["connections"] > grew[-1]["connections"] * 1.01:
+        for (i, shard), (n, t) in sorted(changed.items()):
+            if t <= last["t"] - 15:
+                print(f"  server {i} shard {shard}: count stuck at {n} since t={t:.0f}s while the total grew")
+
+
+def cmd_busy(out):
+    """Servers that still count connections (after every client has gone): index pid count."""
+    snap = json.load(open(os.path.join(out, "metrics-end.json")))
+    pids = {i: pid for i, pid, _ in servers(out)}
+    for s in snap["servers"]:
+        if s.get("connections"):
+            print(s["i"], pids[s["i"]], s["connections"], json.dumps(s["shards"]).replace(" ", ""))
 
 
 def ticks(pid):
@@ -554,6 +620,28 @@ def cmd_summary(out):
     if m_end and upgrades:
         pongs = (tot(m_end, "wsgate_frames_received_total") - tot(m_end, "wsgate_close_frames_received_total")) / upgrades
     try:
+        phases = json.load(open(os.path.join(out, "phases.json")))
+    except (OSError, ValueError):
+        phases = {}
+    in_hold = [d for d in det if d["epoch"] <= phases.get("hold_end", 0) - 1]
+    hb_hold = in_hold[-1].get("heartbeat_timeouts") if in_hold else None
+    try:
+        stuck = [l.split() for l in open(os.path.join(out, "stuck-servers.txt")) if l.strip()]
+    except OSError:
+        stuck = []
+    # When each stuck shard's count last changed, in seconds after the first bench
+    # started (samples up to the last snapshot, before the servers were stopped).
+    end_epoch = (m_end or {}).get("epoch", float("inf"))
+    frozen = {}
+    for d in det:
+        if d["epoch"] > end_epoch:
+            break
+        for srv in d["servers"]:
+            for shard, v in srv.get("shards", {}).items():
+                key = (srv["i"], shard)
+                if frozen.get(key, (None,))[0] != v:
+                    frozen[key] = (v, round(d["epoch"] - phases.get("bench_start", det[0]["epoch"])))
+    try:
         cpu = json.load(open(os.path.join(out, "cpu.json")))
     except (OSError, ValueError):
         cpu = None
@@ -589,6 +677,11 @@ def cmd_summary(out):
         "connections_per_shard_min_max": [min(shard_conns), max(shard_conns)] if shard_conns else None,
         "cpu_idle": cpu,
         "heartbeat_timeouts": tot(m_end, "wsgate_heartbeat_timeouts_total"),
+        "heartbeat_timeouts_by_end_of_hold": hb_hold,
+        "servers_stuck_at_end": [{"server": int(x[0]), "pid": int(x[1]), "connections": int(x[2]), "shards": x[3],
+                                  "count_unchanged_since_secs_after_bench_start": {sh: frozen.get((int(x[0]), sh), (0, None))[1]
+                                                                                   for sh, n in json.loads(x[3]).items() if n}}
+                                 for x in stuck],
         "pings_sent_per_connection_by_end_of_hold": round(pings, 2) if pings is not None else None,
         "pongs_received_per_connection": round(pongs, 2) if pongs is not None else None,
         "server_upgrades": upgrades,
@@ -596,7 +689,7 @@ def cmd_summary(out):
         "server_handshake_timeouts": tot(m_end, "wsgate_handshake_timeouts_total"),
         "server_abnormal_closes": tot(m_end, "wsgate_abnormal_closes_total"),
         "server_close_frames_received": tot(m_end, "wsgate_close_frames_received_total"),
-        "host_at_peak": {k: peak[k] for k in ("sockstat", "netstat", "conntrack_count", "conntrack_max", "files_open", "meminfo")},
+        "host_at_peak": {k: peak.get(k) for k in ("sockstat", "netstat", "conntrack_count", "conntrack_max", "files_open", "meminfo", "loadavg", "cpu_pressure_some_avg10")},
         "host_at_start": {k: base[k] for k in ("netstat", "meminfo")},
         "listen_overflows_during_run": peak["netstat"].get("ListenOverflows", 0) - base["netstat"].get("ListenOverflows", 0),
         "listen_drops_during_run": peak["netstat"].get("ListenDrops", 0) - base["netstat"].get("ListenDrops", 0),
@@ -617,10 +710,11 @@ def cmd_summary(out):
         ("  by cache (both ends)", ", ".join(f"{k} {v}" for k, v in by_cache.items()) + f", tcp buffers {s['tcp_buffer_bytes_per_connection_both_ends']}"),
         ("bench RSS / connection", f"{s['bench_rss_per_connection']} B"),
         ("CPU at idle (hold)", f"servers {cpu['server_pct_of_one_core']}% of one core over {cpu['window_secs']} s ({cpu['server_pct_per_process_mean']}% per process), bench {cpu['bench_pct_of_one_core']}%" if cpu else "not measured"),
-        ("heartbeat", f"timeouts {s['heartbeat_timeouts']}; pings sent per connection by the end of the hold {s['pings_sent_per_connection_by_end_of_hold']}, pongs received per connection {s['pongs_received_per_connection']} (ping {cfg['ping_interval']}, idle {cfg['idle_timeout']})"),
+        ("heartbeat", f"timeouts {s['heartbeat_timeouts_by_end_of_hold']} by the end of the hold, {s['heartbeat_timeouts']} in all (close phase included); pings sent per connection by the end of the hold {s['pings_sent_per_connection_by_end_of_hold']}, pongs received per connection {s['pongs_received_per_connection']} (ping {cfg['ping_interval']}, idle {cfg['idle_timeout']})"),
         ("spread", f"connections per process {s['connections_per_process_min_max']}, per shard {s['connections_per_shard_min_max']}"),
         ("close", f"server saw {s['server_close_frames_received']} close frames; bench close failures {counts(close_fail)}; abnormal closes {s['server_abnormal_closes']}"),
-        ("host", f"listen overflows {s['listen_overflows_during_run']}, drops {s['listen_drops_during_run']}; conntrack {peak['conntrack_count']}/{peak['conntrack_max']}; files open {peak['files_open']}; MemAvailable {fmt_b(base['meminfo'].get('MemAvailable'))} -> {fmt_b(peak['meminfo'].get('MemAvailable'))}"),
+        ("stuck shards", "; ".join(f"server {x['server']} shard " + ",".join(f"{sh} (count frozen since t={t}s)" for sh, t in x["count_unchanged_since_secs_after_bench_start"].items()) + f": {x['connections']} connections never released" for x in s["servers_stuck_at_end"]) + (" (threads in stuck-server-N.txt)" if s["servers_stuck_at_end"] else "") or "none"),
+        ("host", f"cpu pressure {peak.get('cpu_pressure_some_avg10')}% (some, avg10); listen overflows {s['listen_overflows_during_run']}, drops {s['listen_drops_during_run']}; conntrack {peak['conntrack_count']}/{peak['conntrack_max']}; files open {peak['files_open']}; MemAvailable {fmt_b(base['meminfo'].get('MemAvailable'))} -> {fmt_b(peak['meminfo'].get('MemAvailable'))}"),
     ]
     w = max(len(r[0]) for r in rows)
     print("\nwsgate density summary")
@@ -637,6 +731,10 @@ if __name__ == "__main__":
         cmd_scrape(out, sys.argv[3])
     elif cmd == "cpu":
         cmd_cpu(out, float(sys.argv[3]))
+    elif cmd == "why":
+        cmd_why(out)
+    elif cmd == "busy":
+        cmd_busy(out)
     elif cmd == "summary":
         cmd_summary(out)
 PY
@@ -733,9 +831,13 @@ if [ "$reached" = 1 ]; then
 else
   # The benches hold from the end of their ramp limit.
   hold_start=$(awk -v a="$bench_t0" -v r="$ramp_limit" 'BEGIN { printf "%.3f", a + r }')
-  say "not reached: $c of $connections; the benches hold from their ramp limit"
+  say "not reached: $c of $connections; the benches hold from their ramp limit. Where the ramp stood:"
+  python3 "$helper" why "$out" || true
   while [ "$(since "$hold_start")" -lt 0 ] && [ "$(alive_benches)" -gt 0 ]; do sleep 1; done
 fi
+
+hold_end=$(awk -v a="$hold_start" -v h="$hold_s" 'BEGIN { printf "%.3f", a + h }')
+echo "{\"bench_start\": $bench_t0, \"reached\": $reached, \"hold_start\": $hold_start, \"hold_end\": $hold_end}" > "$out/phases.json"
 
 # CPU at idle: 10 s of the hold, starting 2 s in.
 if [ "$hold_s" -ge 14 ]; then
@@ -745,7 +847,7 @@ else
   say "hold shorter than 14s: CPU at idle not measured"
 fi
 # The servers' counters near the end of the hold (heartbeats seen while holding).
-until_end=$(awk -v a="$hold_start" -v h="$hold_s" -v n="$(now)" 'BEGIN { printf "%d", a + h - 3 - n }')
+until_end=$(awk -v e="$hold_end" -v n="$(now)" 'BEGIN { printf "%d", e - 5 - n }')
 [ "$until_end" -gt 0 ] && sleep "$until_end"
 python3 "$helper" scrape "$out" hold || true
 
@@ -756,14 +858,44 @@ deadline=$(( SECONDS + bench_hard + 30 - $(since "$bench_t0") ))
 say "waiting for the benches to close and report (at most $(( deadline - SECONDS ))s)"
 while [ "$(alive_benches)" -gt 0 ] && [ $SECONDS -lt $deadline ]; do sleep 1; done
 [ "$(alive_benches)" -gt 0 ] && { say "benches still running past their deadline: stopping them"; stop_pids 10 "${bench_pids[@]}"; }
+failed_benches=0
 for ((k = 0; k < benches; k++)); do
   rc=0; wait "${bench_pids[$k]}" 2>/dev/null || rc=$?
   sed -i "$(( k + 1 ))s/\$/ $rc/" "$out/benches.tsv"
-  [ "$rc" = 0 ] || say "bench $k exited $rc: $(tail -c 300 "$out/bench-$k.err" | tr '\n' ' ')"
+  if [ "$rc" != 0 ]; then
+    failed_benches=$(( failed_benches + 1 ))
+    [ -s "$out/bench-$k.err" ] && say "bench $k exited $rc: $(tail -c 300 "$out/bench-$k.err" | tr '\n' ' ')"
+  fi
 done
+[ "$failed_benches" = 0 ] || say "$failed_benches of $benches bench processes exited non-zero (1: not every connection established and held; see the summary)"
 bench_pids=()
-sleep 3
+# Every client socket is closed now; the servers should count none within a few seconds.
+settle=$(( SECONDS + 15 ))
+while [ $SECONDS -lt $settle ]; do
+  read -r t c ok total < "$out/latest" || true
+  [ "${c:-1}" = 0 ] && break
+  sleep 1
+done
 python3 "$helper" scrape "$out" end || true
+busy=$(python3 "$helper" busy "$out" 2> /dev/null || true)
+if [ -n "$busy" ]; then
+  say "servers still counting connections after every bench exited (a shard not running?):"
+  echo "$busy" | sed 's/^/  server /'
+  while read -r i pid n shards; do
+    ours "$pid" || continue
+    f="$out/stuck-server-$i.txt"
+    say "  capturing the threads of server $i (pid $pid) in $f"
+    {
+      echo "server $i pid $pid: $n connections, per shard $shards"
+      for t in /proc/"$pid"/task/*; do
+        echo "--- thread ${t##*/} $(cat "$t/comm") state $(awk '{ sub(/^.*\) /, ""); print $1 }' "$t/stat") wchan $(cat "$t/wchan") syscall $(cut -d' ' -f1 "$t/syscall")"
+        cat "$t/stack" 2> /dev/null
+      done
+      command -v gdb > /dev/null && timeout 60 gdb -p "$pid" -batch -ex 'thread apply all bt' 2>&1 | grep -v '^\[New LWP\|^warning:'
+    } > "$f" 2>&1 || true
+  done <<< "$busy"
+  printf '%s\n' "$busy" > "$out/stuck-servers.txt"
+fi
 touch "$out/.stop"; stop_pids 10 "$sampler_pid"; sampler_pid=""
 say "stopping the servers"
 stop_pids 20 "${server_pids[@]}"; server_pids=()

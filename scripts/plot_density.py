@@ -19,11 +19,12 @@ import sys
 
 
 def nice(v):
-    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above v (axis top)."""
+    """The smallest round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of
+    ten) at or above v: the top of the axis."""
     if v <= 0:
         return 1
     scale = 10 ** math.floor(math.log10(v))
-    return next(m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= v)
+    return next(m * scale for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * scale >= v)
 
 
 def main():
@@ -57,7 +58,7 @@ def main():
         sys.exit("fewer than 1000 connections in every sample")
 
     w, h, left, right, top, bottom = 860, 480, 80, 30, 50, 60
-    xmax = max(p[0] for p in points)
+    xmax = nice(max(p[0] for p in points))
     ymax = nice(max(max(p[1], p[2]) for p in points) * 1.15)
     sx = lambda x: left + (w - left - right) * x / xmax
     sy = lambda y: h - bottom - (h - top - bottom) * y / ymax
@@ -87,9 +88,10 @@ def main():
     parts.append(line([(p[0], p[2]) for p in points], "#d62728"))
     parts.append(line([(p[0], p[1]) for p in points], "#1f77b4"))
     last = points[-1]
-    # The legend sits in the middle band, between the kernel curve (high) and the RSS
-    # curve (low), where neither usually runs.
-    lx, ly = left + 30, top + (h - top - bottom) * 0.45
+    # The legend sits in the band between the RSS curve (low) and the kernel curve
+    # (high), where neither runs.
+    gap_mid = (max(p[1] for p in points) + min(p[2] for p in points)) / 2
+    lx, ly = left + 30, min(max(sy(gap_mid) - 25, top + 5), h - bottom - 55)
     parts.append(f'<rect x="{lx}" y="{ly}" width="390" height="50" fill="white" fill-opacity="0.85" stroke="#999"/>')
     parts.append(f'<line x1="{lx + 10}" y1="{ly + 17}" x2="{lx + 40}" y2="{ly + 17}" stroke="#d62728" stroke-width="2.5"/>')
     kernel_label = "kernel per server socket (host-wide / 2)" if ends == 2 else "kernel socket memory"
