@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::ring::{BELL_DATA, Bell, Completion, ConnRing};
+use super::ring::{BELL_DATA, Bell, Completion, ConnRing, NOOP_DATA};
 use super::wheel::{Entry, Wheel};
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
@@ -334,6 +334,12 @@ impl Shard {
                 self.on_readable(entry, true);
             }
         }
+        self.drain_ring();
+        self.end_turn()
+    }
+
+    /// Handles every completion the ring holds.
+    fn drain_ring(&mut self) {
         loop {
             self.completions.clear();
             self.ring.drain(&mut self.completions, COMPLETION_BATCH);
@@ -345,12 +351,16 @@ impl Shard {
                 self.on_completion(completion);
             }
         }
-        self.end_turn()
     }
 
-    /// Runs the timer tick: deadlines, drain progress, accept back-off, metrics.
+    /// Runs the timer tick: deadlines, drain progress, accept back-off, metrics. It also
+    /// handles whatever the ring holds, so the shard makes progress every tick even if
+    /// a wake-up were lost (belt and braces: the doorbell is re-armed on failure and
+    /// overflowed completions are flushed, but a stalled shard is the worst failure a
+    /// gateway can have).
     pub fn on_tick(&mut self) -> ShardState {
         self.now = Instant::now();
+        self.drain_ring();
         let now = self.now;
         self.fired.clear();
         self.wheel.advance(now, &mut self.fired);
@@ -422,8 +432,17 @@ impl Shard {
     }
 
     fn on_completion(&mut self, completion: Completion) {
-        if completion.user_data == BELL_DATA {
-            return;
+        match completion.user_data {
+            NOOP_DATA => return,
+            BELL_DATA => {
+                // The doorbell pair failed (its successes post nothing): without a new
+                // one the shard would only wake on its tick.
+                if completion.result != -libc::ECANCELED {
+                    self.ring.arm_bell();
+                }
+                return;
+            }
+            _ => {}
         }
         match completion.user_data & KIND_MASK {
             KIND_ACCEPT => self.on_accept(completion),
