@@ -47,32 +47,29 @@ impl TestServer {
 
     /// Sums the shards' published metrics (published every tick).
     pub fn metrics(&self) -> ShardMetrics {
+        fn merge<K: std::hash::Hash + Eq>(into: &mut hashbrown::HashMap<K, u64>, from: hashbrown::HashMap<K, u64>) {
+            for (k, v) in from {
+                *into.entry(k).or_default() += v;
+            }
+        }
         let mut total = ShardMetrics::default();
         for shard in self.registry.snapshot() {
             total.connections += shard.connections;
             total.handshakes_in_progress += shard.handshakes_in_progress;
             total.accepted += shard.accepted;
-            total.close_timeouts += shard.close_timeouts;
-            total.abnormal_closes += shard.abnormal_closes;
-            total.test_heap_bytes += shard.test_heap_bytes;
-            for (k, v) in shard.auth_failures {
-                *total.auth_failures.entry(k).or_default() += v;
-            }
-            for (k, v) in shard.auth_accepted {
-                *total.auth_accepted.entry(k).or_default() += v;
-            }
             total.upgrades += shard.upgrades;
+            total.messages_in += shard.messages_in;
+            total.closed += shard.closed;
+            total.abnormal_closes += shard.abnormal_closes;
             total.slow_consumer_closes += shard.slow_consumer_closes;
             total.heartbeat_timeouts += shard.heartbeat_timeouts;
             total.handshake_timeouts += shard.handshake_timeouts;
-            total.messages_in += shard.messages_in;
-            total.closed += shard.closed;
-            for (k, v) in shard.handshake_failures {
-                *total.handshake_failures.entry(k).or_default() += v;
-            }
-            for (k, v) in shard.protocol_errors {
-                *total.protocol_errors.entry(k).or_default() += v;
-            }
+            total.close_timeouts += shard.close_timeouts;
+            total.test_heap_bytes += shard.test_heap_bytes;
+            merge(&mut total.handshake_failures, shard.handshake_failures);
+            merge(&mut total.protocol_errors, shard.protocol_errors);
+            merge(&mut total.auth_failures, shard.auth_failures);
+            merge(&mut total.auth_accepted, shard.auth_accepted);
         }
         total
     }
