@@ -614,17 +614,24 @@ def cmd_summary(out):
     # Idle connections: every frame the servers sent before the benches closed was a
     # ping. Received frames are counted when a connection ends, so the pongs show in the
     # last snapshot (minus the close frames).
-    pings = pongs = None
-    if m_hold and tot(m_hold, "wsgate_upgrades_total"):
-        pings = tot(m_hold, "wsgate_frames_sent_total") / tot(m_hold, "wsgate_upgrades_total")
+    pongs = None
     if m_end and upgrades:
         pongs = (tot(m_end, "wsgate_frames_received_total") - tot(m_end, "wsgate_close_frames_received_total")) / upgrades
     try:
         phases = json.load(open(os.path.join(out, "phases.json")))
     except (OSError, ValueError):
         phases = {}
-    in_hold = [d for d in det if d["epoch"] <= phases.get("hold_end", 0) - 1]
-    hb_hold = in_hold[-1].get("heartbeat_timeouts") if in_hold else None
+    # The hold ends, for this purpose, at the last sample still at the held level (the
+    # count measured with the CPU, else the peak): the first bench to finish its hold
+    # starts closing there.
+    try:
+        level = json.load(open(os.path.join(out, "cpu.json")))["connections_start"] or peak_conns
+    except (OSError, ValueError, KeyError):
+        level = peak_conns
+    held_row = [d for d in det if d["connections"] >= level * 0.999][-1]
+    hb_hold = held_row.get("heartbeat_timeouts")
+    sent = [s.get("frames_sent") for s in held_row["servers"]]
+    pings = sum(sent) / held_row["connections"] if held_row["connections"] and None not in sent else None
     try:
         stuck = [l.split() for l in open(os.path.join(out, "stuck-servers.txt")) if l.strip()]
     except OSError:
@@ -678,6 +685,7 @@ def cmd_summary(out):
         "cpu_idle": cpu,
         "heartbeat_timeouts": tot(m_end, "wsgate_heartbeat_timeouts_total"),
         "heartbeat_timeouts_by_end_of_hold": hb_hold,
+        "end_of_hold_secs_after_bench_start": round(held_row["epoch"] - phases.get("bench_start", det[0]["epoch"]), 1),
         "servers_stuck_at_end": [{"server": int(x[0]), "pid": int(x[1]), "connections": int(x[2]), "shards": x[3],
                                   "count_unchanged_since_secs_after_bench_start": {sh: frozen.get((int(x[0]), sh), (0, None))[1]
                                                                                    for sh, n in json.loads(x[3]).items() if n}}
@@ -710,7 +718,7 @@ def cmd_summary(out):
         ("  by cache (both ends)", ", ".join(f"{k} {v}" for k, v in by_cache.items()) + f", tcp buffers {s['tcp_buffer_bytes_per_connection_both_ends']}"),
         ("bench RSS / connection", f"{s['bench_rss_per_connection']} B"),
         ("CPU at idle (hold)", f"servers {cpu['server_pct_of_one_core']}% of one core over {cpu['window_secs']} s ({cpu['server_pct_per_process_mean']}% per process), bench {cpu['bench_pct_of_one_core']}%" if cpu else "not measured"),
-        ("heartbeat", f"timeouts {s['heartbeat_timeouts_by_end_of_hold']} by the end of the hold, {s['heartbeat_timeouts']} in all (close phase included); pings sent per connection by the end of the hold {s['pings_sent_per_connection_by_end_of_hold']}, pongs received per connection {s['pongs_received_per_connection']} (ping {cfg['ping_interval']}, idle {cfg['idle_timeout']})"),
+        ("heartbeat", f"timeouts {s['heartbeat_timeouts_by_end_of_hold']} by the end of the hold (t={s['end_of_hold_secs_after_bench_start']}s), {s['heartbeat_timeouts']} in all (close phase included); pings sent per connection by then {s['pings_sent_per_connection_by_end_of_hold']}, pongs received per connection {s['pongs_received_per_connection']} (ping {cfg['ping_interval']}, idle {cfg['idle_timeout']})"),
         ("spread", f"connections per process {s['connections_per_process_min_max']}, per shard {s['connections_per_shard_min_max']}"),
         ("close", f"server saw {s['server_close_frames_received']} close frames; bench close failures {counts(close_fail)}; abnormal closes {s['server_abnormal_closes']}"),
         ("stuck shards", "; ".join(f"server {x['server']} shard " + ",".join(f"{sh} (count frozen since t={t}s)" for sh, t in x["count_unchanged_since_secs_after_bench_start"].items()) + f": {x['connections']} connections never released" for x in s["servers_stuck_at_end"]) + (" (threads in stuck-server-N.txt)" if s["servers_stuck_at_end"] else "") or "none"),
@@ -846,9 +854,8 @@ if [ "$hold_s" -ge 14 ]; then
 else
   say "hold shorter than 14s: CPU at idle not measured"
 fi
-# The servers' counters near the end of the hold (heartbeats seen while holding).
-until_end=$(awk -v e="$hold_end" -v n="$(now)" 'BEGIN { printf "%d", e - 5 - n }')
-[ "$until_end" -gt 0 ] && sleep "$until_end"
+# The servers' counters while every connection is held (the benches whose ramp ended
+# first start closing before the last one's hold ends, so not later than this).
 python3 "$helper" scrape "$out" hold || true
 
 # ---------------------------------------------------------------------------------------
