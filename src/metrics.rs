@@ -63,6 +63,9 @@ pub struct ShardMetrics {
     pub abnormal_closes: u64,
     /// Connections closed, any way.
     pub closed: u64,
+    /// Times the watchdog woke this shard after it slept through its ticks (glommio
+    /// 0.9 can lose a wake-up under heavy CPU contention; see `server::watchdog`).
+    pub watchdog_wakes: u64,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.
     #[doc(hidden)]
@@ -291,6 +294,12 @@ const FAMILIES: &[Family] = &[
         help: "Connections closed, any way.",
         series: Series::Plain(|m| m.closed),
     },
+    Family {
+        name: "wsgate_shard_watchdog_wakes_total",
+        kind: Kind::Counter,
+        help: "Times the watchdog woke a shard that slept through its ticks.",
+        series: Series::Plain(|m| m.watchdog_wakes),
+    },
 ];
 
 /// The shard metrics (one slot per shard, in shard order, as [`Registry::snapshot`]
@@ -497,6 +506,9 @@ wsgate_abnormal_closes_total{shard="0"} 5
 # HELP wsgate_connections_closed_total Connections closed, any way.
 # TYPE wsgate_connections_closed_total counter
 wsgate_connections_closed_total{shard="0"} 6
+# HELP wsgate_shard_watchdog_wakes_total Times the watchdog woke a shard that slept through its ticks.
+# TYPE wsgate_shard_watchdog_wakes_total counter
+wsgate_shard_watchdog_wakes_total{shard="0"} 0
 # HELP wsgate_shards Shards configured.
 # TYPE wsgate_shards gauge
 wsgate_shards 1

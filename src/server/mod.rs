@@ -14,6 +14,7 @@
 
 pub mod ring;
 pub mod shard;
+pub mod watchdog;
 pub mod wheel;
 
 use std::cell::RefCell;
@@ -43,6 +44,9 @@ pub struct Server {
     local_addr: SocketAddr,
     handles: Vec<Arc<ShardHandle>>,
     threads: Vec<JoinHandle<()>>,
+    /// Stops the watchdog once the shards have ended.
+    watchdog_stop: Arc<std::sync::atomic::AtomicBool>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 /// Binds a listening socket with SO_REUSEPORT and the configured backlog (glommio's
@@ -113,10 +117,14 @@ impl Server {
             handles.push(handle);
             threads.push(thread);
         }
+        let watchdog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = watchdog::spawn(handles.clone(), cfg.tick, watchdog_stop.clone())?;
         Ok(Self {
             local_addr,
             handles,
             threads,
+            watchdog_stop,
+            watchdog: Some(watchdog),
         })
     }
 
@@ -133,9 +141,13 @@ impl Server {
     }
 
     /// Waits for every shard to finish (after a drain).
-    pub fn join(self) {
-        for thread in self.threads {
+    pub fn join(mut self) {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+        self.watchdog_stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
         }
     }
 }

@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,12 +90,27 @@ pub enum Command {
 pub struct ShardHandle {
     inbox: Mutex<Vec<Command>>,
     bell: Bell,
+    /// Ticks the shard has run: the watchdog's sign of life (one relaxed store a tick).
+    ticks: AtomicU64,
+    /// Times the watchdog found the shard asleep past its ticks and woke it.
+    watchdog_wakes: AtomicU64,
 }
 
 impl ShardHandle {
     /// Delivers `command` and wakes the shard.
     pub fn send(&self, command: Command) {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(command);
+        self.bell.ring();
+    }
+
+    /// Ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Wakes a shard that has missed its ticks (see `server::watchdog`).
+    pub fn kick(&self) {
+        self.watchdog_wakes.fetch_add(1, Ordering::Relaxed);
         self.bell.ring();
     }
 }
@@ -266,6 +282,8 @@ impl Shard {
         let handle = Arc::new(ShardHandle {
             inbox: Mutex::new(Vec::new()),
             bell: ring.bell(),
+            ticks: AtomicU64::new(0),
+            watchdog_wakes: AtomicU64::new(0),
         });
         let mut shard = Self {
             id,
@@ -360,6 +378,7 @@ impl Shard {
     /// gateway can have).
     pub fn on_tick(&mut self) -> ShardState {
         self.now = Instant::now();
+        self.handle.ticks.fetch_add(1, Ordering::Relaxed);
         self.drain_ring();
         let now = self.now;
         self.fired.clear();
@@ -1140,6 +1159,7 @@ impl Shard {
         self.metrics.connections = self.connections as u64;
         self.metrics.handshakes_in_progress = self.handshakes as u64;
         self.metrics.queued_bytes = self.queued_total as u64;
+        self.metrics.watchdog_wakes = self.handle.watchdog_wakes.load(Ordering::Relaxed);
         #[cfg(test)]
         {
             self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();
