@@ -4,7 +4,7 @@
 //! ring to its main ring is lost; seen here when 118 processes shared two cores during
 //! the density runs): the shard then sits in `io_uring_enter` while its sockets wait,
 //! and even its own tick timer does not run. An event on a source the executor watches
-//! can revive it, so one thread per process checks every shard's tick counter and rings
+//! may revive it, so one thread per process checks every shard's tick counter and rings
 //! the doorbell of a shard whose counter has not moved for [`STALL_TICKS`] ticks. A
 //! healthy shard costs this thread one relaxed load per check; each wake is counted
 //! (`wsgate_shard_watchdog_wakes_total`). This is a mitigation, not a cure: it cleared
