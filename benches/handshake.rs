@@ -17,21 +17,7 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use wsgate::limits::Limits;
 use wsgate::proto::handshake::{self, HandshakeConfig, parse_request};
 
-const CHROME: &[u8] = b"GET /ws?token=abc%20def&room=lobby HTTP/1.1\r\n\
-    Host: chat.example.com\r\n\
-    Connection: Upgrade\r\n\
-    Pragma: no-cache\r\n\
-    Cache-Control: no-cache\r\n\
-    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
-    Upgrade: websocket\r\n\
-    Origin: https://chat.example.com\r\n\
-    Sec-WebSocket-Version: 13\r\n\
-    Accept-Encoding: gzip, deflate, br, zstd\r\n\
-    Accept-Language: en-US,en;q=0.9\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
-    Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n\
-    \r\n";
+const CHROME: &[u8] = handshake::SAMPLE_CHROME_REQUEST;
 
 const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
 

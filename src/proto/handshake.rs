@@ -760,6 +760,25 @@ pub fn parse_request<'b>(
 /// Runs the parser on `data` with the default limits and config and panics if one of
 /// its invariants does not hold. For fuzzers (cargo-fuzz calls this) and the property
 /// tests; not part of the API.
+/// A real browser upgrade request (Chrome, `new WebSocket(url, ["chat.v1", "chat.v2"])`),
+/// shared by the tests and the benchmarks.
+#[doc(hidden)]
+pub const SAMPLE_CHROME_REQUEST: &[u8] = b"GET /ws?token=abc%20def&room=lobby HTTP/1.1\r\n\
+    Host: chat.example.com\r\n\
+    Connection: Upgrade\r\n\
+    Pragma: no-cache\r\n\
+    Cache-Control: no-cache\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
+    Upgrade: websocket\r\n\
+    Origin: https://chat.example.com\r\n\
+    Sec-WebSocket-Version: 13\r\n\
+    Accept-Encoding: gzip, deflate, br, zstd\r\n\
+    Accept-Language: en-US,en;q=0.9\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+    Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n\
+    \r\n";
+
 #[doc(hidden)]
 pub fn fuzz_parse(data: &[u8]) {
     let _ = check_parse_invariants(data, &Limits::default(), &HandshakeConfig::default());
@@ -1682,21 +1701,7 @@ mod tests {
     const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
     /// What Chrome sends for `new WebSocket(url, ["chat.v1", "chat.v2"])`.
-    const CHROME: &[u8] = b"GET /ws?token=abc%20def&room=lobby HTTP/1.1\r\n\
-        Host: chat.example.com\r\n\
-        Connection: Upgrade\r\n\
-        Pragma: no-cache\r\n\
-        Cache-Control: no-cache\r\n\
-        User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36\r\n\
-        Upgrade: websocket\r\n\
-        Origin: https://chat.example.com\r\n\
-        Sec-WebSocket-Version: 13\r\n\
-        Accept-Encoding: gzip, deflate, br, zstd\r\n\
-        Accept-Language: en-US,en;q=0.9\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
-        Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n\
-        \r\n";
+    const CHROME: &[u8] = SAMPLE_CHROME_REQUEST;
 
     fn minimal_headers() -> Vec<(&'static str, &'static str)> {
         vec![

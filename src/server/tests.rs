@@ -140,6 +140,19 @@ impl Client {
         self.stream.write_all(&out).unwrap();
     }
 
+    /// Sends a close frame with `code` (masked, as a client must).
+    pub fn send_close(&mut self, code: u16) {
+        let mut out = Vec::new();
+        crate::proto::frame::encode_frame(
+            &mut out,
+            true,
+            crate::proto::frame::OpCode::Close,
+            &code.to_be_bytes(),
+            Some([9, 9, 9, 9]),
+        );
+        self.send_raw(&out);
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
@@ -462,17 +475,6 @@ fn open_and_close_in_batches(batches: usize, per_batch: usize) {
         cfg.handshake_timeout = Duration::from_millis(100);
         cfg.limits.close_timeout = Duration::from_millis(100);
     });
-    let close = {
-        let mut out = Vec::new();
-        crate::proto::frame::encode_frame(
-            &mut out,
-            true,
-            crate::proto::frame::OpCode::Close,
-            &1000u16.to_be_bytes(),
-            Some([9, 9, 9, 9]),
-        );
-        out
-    };
     let mut baseline = None;
     for batch in 0..=batches {
         let mut clients: Vec<Client> = (0..per_batch).map(|_| Client::connect(server.addr)).collect();
@@ -480,7 +482,7 @@ fn open_and_close_in_batches(batches: usize, per_batch: usize) {
             let text = format!("message {i}");
             client.send_text(&text);
             assert_eq!(client.next_event(), Some(OwnedEvent::Text(text)));
-            client.send_raw(&close);
+            client.send_close(1000);
         }
         for client in &mut clients {
             assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(1000))));
@@ -523,17 +525,7 @@ fn many_connections_open_and_close_and_every_slot_is_freed() {
     for _batch in 0..5 {
         let mut clients: Vec<Client> = (0..200).map(|_| Client::connect(server.addr)).collect();
         for client in &mut clients {
-            client.send_raw(&{
-                let mut out = Vec::new();
-                crate::proto::frame::encode_frame(
-                    &mut out,
-                    true,
-                    crate::proto::frame::OpCode::Close,
-                    &1000u16.to_be_bytes(),
-                    Some([9, 9, 9, 9]),
-                );
-                out
-            });
+            client.send_close(1000);
         }
         for client in &mut clients {
             assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(1000))));
