@@ -757,6 +757,7 @@ say "starting $servers server process(es)"
 for ((i = 0; i < servers; i++)); do
   "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(( admin_base + i ))" \
     --shards "$shards" --max-connections "$server_max" --auth-mode none \
+    --upgrade-rate-per-ip 0 --message-rate 0 \
     --handshake-timeout 30s --max-handshakes-per-shard 8192 \
     --ping-interval "$ping_interval" --idle-timeout "$idle_timeout" \
     --drain-window 1s --drain-timeout 5s > "$out/server-$i.log" 2>&1 &

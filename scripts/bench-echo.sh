@@ -77,7 +77,7 @@ PY
 echo "wsgate bench echo: $connections connections, $in_flight in flight each, $duration per run" >&2
 port=18090
 "$wsgate" --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:18091 --echo --auth-mode none \
-  > "$out/wsgate.log" 2>&1 &
+  --upgrade-rate-per-ip 0 --message-rate 0 > "$out/wsgate.log" 2>&1 &
 pids+=($!)
 wait_port "127.0.0.1:$port"
 run_server wsgate "ws://127.0.0.1:$port/ws"

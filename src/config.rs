@@ -149,6 +149,13 @@ const _: () = assert!(DEFAULT_READ_BUFFER_BYTES as u64 >= *READ_BUFFER_BYTES_RAN
 const _: () = assert!(DEFAULT_TICK.as_millis() >= TICK_RANGE.start().as_millis());
 const _: () = assert!(DEFAULT_TICK.as_millis() <= TICK_RANGE.end().as_millis());
 
+/// Accepted rates and bursts of the edge limits (0 turns a limit off).
+pub const EDGE_RATE_RANGE: RangeInclusive<u32> = 0..=1_000_000;
+/// Accepted `max_connections_per_ip` and `max_connections_per_user` (0: no cap).
+pub const EDGE_COUNT_RANGE: RangeInclusive<u32> = 0..=10_000_000;
+/// Accepted `max_tracked_ips`.
+pub const MAX_TRACKED_IPS_RANGE: RangeInclusive<u32> = 64..=100_000_000;
+
 /// Every option key, in `--help` order. The file accepts exactly these keys, and each
 /// has the flag `--<key with dashes>` and the variable `WSGATE_<KEY>`.
 pub const KEYS: &[&str] = &[
@@ -187,6 +194,15 @@ pub const KEYS: &[&str] = &[
     "auth_leeway",
     "auth_query_param",
     "auth_subprotocol_carrier",
+    "upgrade_rate_per_ip",
+    "upgrade_burst_per_ip",
+    "max_connections_per_ip",
+    "max_connections_per_user",
+    "user_limit_policy",
+    "message_rate",
+    "message_burst",
+    "max_tracked_ips",
+    "trusted_proxies",
 ];
 
 /// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
@@ -238,6 +254,9 @@ pub struct Config {
     pub echo: bool,
     /// Token authentication before the upgrade (`auth_*` keys; see [`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
+    /// Limits at the edge: upgrade rate and connections per client address, connections
+    /// per user, message rate per connection, trusted proxies (see [`crate::edge`]).
+    pub edge: crate::edge::EdgeConfig,
     /// Protocol limits enforced per connection (header, frame and message sizes,
     /// heartbeat and close timeouts). Each field has its own flag, variable and file key
     /// of the same name.
@@ -272,6 +291,7 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             echo: false,
             auth: crate::auth::AuthConfig::default(),
+            edge: crate::edge::EdgeConfig::default(),
             limits: Limits::default(),
             paths: vec![DEFAULT_PATH.to_owned()],
             allowed_origins: Vec::new(),
@@ -305,6 +325,7 @@ impl Config {
         self.check_ranges()?;
         l.validate().map_err(ConfigError::Limits)?;
         crate::auth::check_subprotocols(&self.subprotocols).map_err(|e| relation(e.to_string()))?;
+        self.edge.validate().map_err(relation)?;
 
         if self.max_connections < self.shards {
             return Err(relation(format!(
@@ -373,6 +394,14 @@ impl Config {
         duration_in("close_timeout",            l.close_timeout,                     &CLOSE_TIMEOUT_RANGE)?;
         duration_in("ping_interval",            l.ping_interval,                     &HEARTBEAT_RANGE)?;
         duration_in("idle_timeout",             l.idle_timeout,                      &HEARTBEAT_RANGE)?;
+        let e = &self.edge;
+        count_in(   "upgrade_rate_per_ip",      e.upgrade_rate_per_ip,               &EDGE_RATE_RANGE)?;
+        count_in(   "upgrade_burst_per_ip",     e.upgrade_burst_per_ip,              &EDGE_RATE_RANGE)?;
+        count_in(   "max_connections_per_ip",   e.max_connections_per_ip,            &EDGE_COUNT_RANGE)?;
+        count_in(   "max_connections_per_user", e.max_connections_per_user,          &EDGE_COUNT_RANGE)?;
+        count_in(   "message_rate",             e.message_rate,                      &EDGE_RATE_RANGE)?;
+        count_in(   "message_burst",            e.message_burst,                     &EDGE_RATE_RANGE)?;
+        count_in(   "max_tracked_ips",          e.max_tracked_ips,                   &MAX_TRACKED_IPS_RANGE)?;
         Ok(())
     }
 
@@ -496,6 +525,15 @@ impl Config {
             "auth_leeway" => duration(self.auth.leeway),
             "auth_query_param" => Value::Text(self.auth.query_param.clone().unwrap_or_default()),
             "auth_subprotocol_carrier" => Value::Bool(self.auth.subprotocol_carrier),
+            "upgrade_rate_per_ip" => Value::Int(self.edge.upgrade_rate_per_ip.into()),
+            "upgrade_burst_per_ip" => Value::Int(self.edge.upgrade_burst_per_ip.into()),
+            "max_connections_per_ip" => Value::Int(self.edge.max_connections_per_ip.into()),
+            "max_connections_per_user" => Value::Int(self.edge.max_connections_per_user.into()),
+            "user_limit_policy" => Value::Text(self.edge.user_limit_policy.to_string()),
+            "message_rate" => Value::Int(self.edge.message_rate.into()),
+            "message_burst" => Value::Int(self.edge.message_burst.into()),
+            "max_tracked_ips" => Value::Int(self.edge.max_tracked_ips.into()),
+            "trusted_proxies" => Value::List(self.edge.trusted_proxies.iter().map(|c| c.to_string()).collect()),
             _ => unreachable!("value() asked for unknown key {key}"),
         }
     }
@@ -928,6 +966,40 @@ struct ServeArgs {
         help_heading = "Authentication"
     )]
     auth_subprotocol_carrier: Option<String>,
+
+    /// Upgrade requests per second one client address may sustain (token bucket). Beyond:
+    /// 429 with Retry-After. 0: off.
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    upgrade_rate_per_ip: Option<String>,
+    /// Upgrade requests one address may make in a burst (the bucket size).
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    upgrade_burst_per_ip: Option<String>,
+    /// Open connections per client address. Beyond: 429. 0: no cap (addresses behind
+    /// carrier NAT carry many users).
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    max_connections_per_ip: Option<String>,
+    /// Open connections per user (token sub). Beyond: see --user-limit-policy. 0: no cap.
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    max_connections_per_user: Option<String>,
+    /// newest: a user's oldest connection is closed (1008) for the new one. oldest: the
+    /// new upgrade is refused (429).
+    #[arg(long, value_name = "newest|oldest", help_heading = "Edge limits")]
+    user_limit_policy: Option<String>,
+    /// Data messages per second one connection may sustain. Beyond: close 1008 "message
+    /// rate exceeded". 0: off.
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    message_rate: Option<String>,
+    /// Data messages one connection may send in a burst.
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    message_burst: Option<String>,
+    /// Client addresses tracked for the per-address limits. Beyond: new addresses are let
+    /// in uncounted (counted as ip_table_full).
+    #[arg(long, value_name = "N", help_heading = "Edge limits")]
+    max_tracked_ips: Option<String>,
+    /// Proxies (addresses or CIDR networks) whose X-Forwarded-For is believed. Empty: the
+    /// header is ignored.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', help_heading = "Edge limits")]
+    trusted_proxies: Option<Vec<String>>,
 }
 
 /// The clap command with each option's help extended by its default and variable.
@@ -1187,6 +1259,22 @@ fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
     s.set(&mut auth.subprotocol_carrier, "auth_subprotocol_carrier", a.auth_subprotocol_carrier, parse_bool)?;
     if let Some(files) = s.list("auth_public_key_files", a.auth_public_key_files)? {
         auth.public_key_files = files.into_iter().map(PathBuf::from).collect();
+    }
+    let e = &mut c.edge;
+    s.set(&mut e.upgrade_rate_per_ip, "upgrade_rate_per_ip", a.upgrade_rate_per_ip, count(EDGE_RATE_RANGE))?;
+    s.set(&mut e.upgrade_burst_per_ip, "upgrade_burst_per_ip", a.upgrade_burst_per_ip, count(EDGE_RATE_RANGE))?;
+    s.set(&mut e.max_connections_per_ip, "max_connections_per_ip", a.max_connections_per_ip, count(EDGE_COUNT_RANGE))?;
+    s.set(&mut e.max_connections_per_user, "max_connections_per_user", a.max_connections_per_user, count(EDGE_COUNT_RANGE))?;
+    s.set(&mut e.user_limit_policy, "user_limit_policy", a.user_limit_policy, |v| v.parse())?;
+    s.set(&mut e.message_rate, "message_rate", a.message_rate, count(EDGE_RATE_RANGE))?;
+    s.set(&mut e.message_burst, "message_burst", a.message_burst, count(EDGE_RATE_RANGE))?;
+    s.set(&mut e.max_tracked_ips, "max_tracked_ips", a.max_tracked_ips, count(MAX_TRACKED_IPS_RANGE))?;
+    if let Some(items) = s.list("trusted_proxies", a.trusted_proxies)? {
+        e.trusted_proxies = items
+            .iter()
+            .map(|item| item.parse::<crate::edge::Cidr>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| relation(format!("trusted_proxies: {e}")))?;
     }
     if let Some(names) = s.list("auth_algorithms", a.auth_algorithms)? {
         auth.algorithms = names

@@ -70,12 +70,18 @@
 //! | [`Config::send_queue_bytes`](config::Config::send_queue_bytes) | 256 KiB | slow consumer: queue dropped, close 1008 (`slow_consumer_closes`) |
 //! | [`Config::shard_send_budget_bytes`](config::Config::shard_send_budget_bytes) | 1 GiB | the connection growing its queue is closed as a slow consumer |
 //! | [`Config::read_buffer_bytes`](config::Config::read_buffer_bytes) | 64 KiB | one buffer per shard; a connection reads at most 256 KiB per turn |
+//! | [`EdgeConfig::upgrade_rate_per_ip`](edge::EdgeConfig::upgrade_rate_per_ip), [`upgrade_burst_per_ip`](edge::EdgeConfig::upgrade_burst_per_ip) | 100/s, 500 | 429 + `Retry-After` (`wsgate_edge_limit_hits_total{limit="upgrade_rate"}`) |
+//! | [`EdgeConfig::max_connections_per_ip`](edge::EdgeConfig::max_connections_per_ip) | no cap | 429 (`connections_per_ip`) |
+//! | [`EdgeConfig::max_connections_per_user`](edge::EdgeConfig::max_connections_per_user) | 16 | newest wins: the oldest gets close 1008 (`user_replaced`); oldest wins: 429 (`connections_per_user`) |
+//! | [`EdgeConfig::message_rate`](edge::EdgeConfig::message_rate), [`message_burst`](edge::EdgeConfig::message_burst) | 100/s, 200 | close 1008 "message rate exceeded" (`message_rate`) |
+//! | [`EdgeConfig::max_tracked_ips`](edge::EdgeConfig::max_tracked_ips) | 1,000,000 | new addresses let in uncounted (`ip_table_full`) |
 //! | [`Config::drain_window`](config::Config::drain_window), [`Config::drain_timeout`](config::Config::drain_timeout) | 10 s, 30 s | close frames spread over the window; what is left at the deadline is dropped |
 //!
 //! # Invariants
 //!
-//! - An idle connection is one slot in its shard's slab (the protocol state machine,
-//!   72 bytes, asserted in tests, plus fd, generation, wheel tick and flags) and one
+//! - An idle connection is one slot in its shard's slab (128 bytes, asserted in tests:
+//!   the 72-byte protocol state machine, fd, generation, wheel tick, flags, the user
+//!   id, the address ticket and the message-rate clock) and one
 //!   kernel poll entry: no buffer, no task, no timer object. Buffers exist only while a
 //!   handshake, a split message or control frame, queued output or a close is in
 //!   progress.
@@ -91,6 +97,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod edge;
 pub mod limits;
 pub mod metrics;
 pub mod proto;

@@ -51,6 +51,10 @@ pub struct ShardMetrics {
     pub protocol_errors: HashMap<&'static str, u64>,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumer_closes: u64,
+    /// Edge limits hit, by limit (`upgrade_rate`, `connections_per_ip`,
+    /// `connections_per_user`, `user_replaced`, `message_rate`, `ip_table_full`; see
+    /// `crate::edge`).
+    pub limit_hits: HashMap<&'static str, u64>,
     /// Gauge: bytes queued for sending on all connections of the shard.
     pub queued_bytes: u64,
     /// Heartbeat timeouts (peer silent for the idle timeout).
@@ -259,6 +263,12 @@ const FAMILIES: &[Family] = &[
         series: Series::Plain(|m| m.slow_consumer_closes),
     },
     Family {
+        name: "wsgate_edge_limit_hits_total",
+        kind: Kind::Counter,
+        help: "Edge limits hit (429 at the upgrade, 1008 after it, or an address let in uncounted), by limit.",
+        series: Series::Labelled("limit", |m| sorted(&m.limit_hits)),
+    },
+    Family {
         name: "wsgate_send_queue_bytes",
         kind: Kind::Gauge,
         help: "Bytes queued for sending on all connections of the shard.",
@@ -425,6 +435,7 @@ mod tests {
             ..ShardMetrics::default()
         };
         ShardMetrics::bump(&mut m.handshake_failures, "handshake_limit");
+        ShardMetrics::bump(&mut m.limit_hits, "message_rate");
         ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
         ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
         ShardMetrics::bump(&mut m.close_codes_sent, 1009);
@@ -488,6 +499,9 @@ wsgate_protocol_errors_total{shard="0",error="frame_too_big"} 1
 # HELP wsgate_slow_consumer_closes_total Connections closed because their send queue or the shard's send budget was full.
 # TYPE wsgate_slow_consumer_closes_total counter
 wsgate_slow_consumer_closes_total{shard="0"} 1
+# HELP wsgate_edge_limit_hits_total Edge limits hit (429 at the upgrade, 1008 after it, or an address let in uncounted), by limit.
+# TYPE wsgate_edge_limit_hits_total counter
+wsgate_edge_limit_hits_total{shard="0",limit="message_rate"} 1
 # HELP wsgate_send_queue_bytes Bytes queued for sending on all connections of the shard.
 # TYPE wsgate_send_queue_bytes gauge
 wsgate_send_queue_bytes{shard="0"} 300

@@ -753,6 +753,9 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
     /// Where the token came from.
     pub carrier: Carrier,
+    /// The id was made up (`anon-<n>`, [`AuthMode::None`] without a `user` parameter):
+    /// nobody can address this user, so the server keeps no per-user state for it.
+    pub generated: bool,
 }
 
 impl Identity {
@@ -1120,6 +1123,7 @@ impl Authenticator {
             can_publish: claims.publish,
             expires_at: Some(token::system_time(exp)),
             carrier: Carrier::Header,
+            generated: false,
         })
     }
 
@@ -1162,12 +1166,15 @@ impl Authenticator {
     }
 
     fn anonymous(&self, request: &Request<'_>) -> Result<Identity, AuthError> {
-        let user_id = match request.query_param(ANONYMOUS_USER_PARAM) {
+        let (user_id, generated) = match request.query_param(ANONYMOUS_USER_PARAM) {
             Some(user) => {
                 check_user_id(&user)?;
-                user.into_owned()
+                (user.into_owned(), false)
             }
-            None => format!("anon-{}", self.next_anonymous.fetch_add(1, Ordering::Relaxed)),
+            None => (
+                format!("anon-{}", self.next_anonymous.fetch_add(1, Ordering::Relaxed)),
+                true,
+            ),
         };
         Ok(Identity {
             user_id,
@@ -1175,6 +1182,7 @@ impl Authenticator {
             can_publish: None,
             expires_at: None,
             carrier: Carrier::Anonymous,
+            generated,
         })
     }
 }

@@ -271,6 +271,7 @@ fn hs256_token_is_accepted() {
             can_publish: None,
             expires_at: Some(at(NOW + 3600)),
             carrier: Carrier::Header,
+            generated: false,
         }
     );
     assert!(identity.may_join("anything") && identity.may_publish("anything"));
@@ -1595,6 +1596,7 @@ fn anonymous_mode_admits_everybody() {
             can_publish: None,
             expires_at: None,
             carrier: Carrier::Anonymous,
+            generated: true,
         }
     );
     assert_eq!(second.user_id, "anon-2");

@@ -27,10 +27,11 @@ use std::thread::JoinHandle;
 
 use futures_lite::AsyncReadExt;
 
-pub use self::shard::{Command, ShardHandle};
+pub use self::shard::{Command, Peers, ShardHandle};
 use self::shard::{Shard, ShardState};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::edge::Edge;
 use crate::metrics::Registry;
 use crate::proto::close::CloseCode;
 
@@ -80,11 +81,15 @@ impl Server {
         }
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let edge = Arc::new(Edge::new(cfg.edge.clone()));
+        let peers: Peers = Arc::default();
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = cfg.clone();
             let registry = registry.clone();
             let auth = auth.clone();
+            let edge = edge.clone();
+            let peers = peers.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{id}"))
                 .spawn(move || {
@@ -100,7 +105,7 @@ impl Server {
                         }
                     };
                     executor.run(async move {
-                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, auth, listener) {
+                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, auth, edge, peers, listener) {
                             Ok(made) => made,
                             Err(e) => {
                                 let _ = tx.send(Err(e));
@@ -117,6 +122,9 @@ impl Server {
             handles.push(handle);
             threads.push(thread);
         }
+        peers
+            .set(handles.clone())
+            .expect("the peer list is set once, after every shard started");
         let watchdog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watchdog = watchdog::spawn(handles.clone(), cfg.tick, watchdog_stop.clone())?;
         Ok(Self {
@@ -187,3 +195,5 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_edge;

@@ -23,15 +23,17 @@
 //! is allocated while it is needed and freed when it is empty again.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::ring::{BELL_DATA, Bell, Completion, ConnRing, NOOP_DATA};
 use super::wheel::{Entry, Wheel};
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
+use crate::edge::{self, ConnRef, Edge, IpAdmission, IpTicket, MessageRate, Refusal};
 use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message, Timeout};
@@ -83,7 +85,20 @@ pub enum Command {
         /// 1001 (going away) or 1012 (service restart).
         code: CloseCode,
     },
+    /// Close one connection with 1008: its user opened one more than the per-user limit
+    /// allows and the newest wins (see `crate::edge`). Ignored if the slot's generation
+    /// has moved on (the connection already ended).
+    Kick {
+        /// The slot on this shard.
+        slot: u32,
+        /// The slot's generation when the connection was admitted.
+        gen_: u32,
+    },
 }
+
+/// Every shard's handle, filled in once all shards have started: how a shard reaches
+/// another (today only to close a connection evicted by the per-user limit).
+pub type Peers = Arc<OnceLock<Vec<Arc<ShardHandle>>>>;
 
 /// The part of a shard other threads may touch: its inbox and its bell.
 #[derive(Debug)]
@@ -195,6 +210,33 @@ struct Slot {
     /// The peer sent its close frame: once ours is out, the socket can be closed at
     /// once (the peer sends nothing more, so no lingering is needed).
     peer_closed: bool,
+    /// The authenticated user (`None` before the upgrade and for generated anonymous
+    /// ids, which nobody can address).
+    user: Option<Box<str>>,
+    /// The client address's share of the per-address limits, given back at the end.
+    ip: IpTicket,
+    /// The message-rate clock (`edge::MessageRate`): microseconds since the shard's
+    /// epoch at which the next message is due.
+    tat: u64,
+}
+
+impl Slot {
+    fn new(now: Instant) -> Self {
+        Self {
+            ws: Connection::new(Role::Server, now),
+            io: None,
+            fd: -1,
+            gen_: 0,
+            wheel_tick: 0,
+            phase: Phase::Free,
+            write_armed: false,
+            dirty: false,
+            peer_closed: false,
+            user: None,
+            ip: IpTicket::NONE,
+            tat: 0,
+        }
+    }
 }
 
 /// Drain progress.
@@ -230,6 +272,15 @@ pub struct Shard {
     registry: Arc<Registry>,
     /// Checks the token of every upgrade request before the 101 (read-only, shared).
     auth: Arc<Authenticator>,
+    /// Per-address and per-user limits, shared by all shards (touched at upgrade and
+    /// close only).
+    edge: Arc<Edge>,
+    /// The other shards, for evicting a connection held by one of them.
+    peers: Peers,
+    /// The per-connection message rate limit, if on.
+    message_rate: Option<MessageRate>,
+    /// Time zero of the message-rate clocks.
+    epoch: Instant,
     listener: Option<OwnedFd>,
     /// When accepting may resume after running out of descriptors.
     accept_paused_until: Option<Instant>,
@@ -274,6 +325,8 @@ impl Shard {
         cfg: Arc<Config>,
         registry: Arc<Registry>,
         auth: Arc<Authenticator>,
+        edge: Arc<Edge>,
+        peers: Peers,
         listener: OwnedFd,
     ) -> std::io::Result<(Self, OwnedFd)> {
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
@@ -296,6 +349,10 @@ impl Shard {
             handle,
             registry,
             auth,
+            message_rate: MessageRate::new(edge.config()),
+            edge,
+            peers,
+            epoch: now,
             listener: Some(listener),
             accept_paused_until: None,
             slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
@@ -344,6 +401,7 @@ impl Shard {
         for command in commands {
             match command {
                 Command::Drain { code } => self.start_drain(code),
+                Command::Kick { slot, gen_ } => self.evict(Entry { slot, gen_ }),
             }
         }
         let again = std::mem::take(&mut self.again);
@@ -554,17 +612,7 @@ impl Shard {
         let slot = match self.free.pop() {
             Some(index) => index,
             None => {
-                self.slots.push(Slot {
-                    ws: Connection::new(Role::Server, now),
-                    io: None,
-                    fd: -1,
-                    gen_: 0,
-                    wheel_tick: 0,
-                    phase: Phase::Free,
-                    write_armed: false,
-                    dirty: false,
-                    peer_closed: false,
-                });
+                self.slots.push(Slot::new(now));
                 (self.slots.len() - 1) as u32
             }
         };
@@ -637,6 +685,7 @@ impl Shard {
     fn on_request_bytes(&mut self, entry: Entry, n: usize) {
         let index = entry.slot as usize;
         let max = self.cfg.limits.max_header_bytes;
+        let fd = self.slots[index].fd;
         let io = self.slots[index].io.as_deref_mut().expect("a handshaking slot has io");
         if io.close_after_flush {
             return; // Refused already: ignore what else it sends.
@@ -651,8 +700,18 @@ impl Shard {
         enum Verdict {
             NeedMore,
             Refuse(&'static str),
-            Upgrade { leftover: Vec<u8> },
+            Upgrade {
+                leftover: Vec<u8>,
+                user: Option<Box<str>>,
+                ip: IpTicket,
+                evict: Option<ConnRef>,
+            },
         }
+        let conn = ConnRef {
+            shard: self.id as u32,
+            slot: entry.slot,
+            gen_: entry.gen_,
+        };
         self.scratch.clear();
         let verdict = match handshake::parse_request(data, &self.cfg.limits, &self.handshake) {
             Ok(None) => Verdict::NeedMore,
@@ -670,22 +729,70 @@ impl Shard {
                 handshake::write_error_response(&mut self.scratch, status, "connection limit", &[("Retry-After", "1")]);
                 Verdict::Refuse("connection_limit")
             }
-            Ok(Some(request)) => match self.auth.authenticate(&request, SystemTime::now()) {
-                Err(error) => {
-                    ShardMetrics::bump(&mut self.metrics.auth_failures, error.label());
-                    auth::write_unauthorized(&mut self.scratch, error);
-                    Verdict::Refuse("unauthorized")
-                }
-                Ok(identity) => {
-                    // The identity is checked and counted; nothing keeps it yet (the
-                    // messaging layer, which routes by user, will).
-                    ShardMetrics::bump(&mut self.metrics.auth_accepted, identity.carrier.label());
-                    request.write_response(&mut self.scratch);
-                    Verdict::Upgrade {
-                        leftover: data[request.header_len()..].to_vec(),
+            Ok(Some(request)) => {
+                // Edge limits before the token check: a flood from one address must not
+                // buy signature verifications.
+                // The peer is only looked up when a per-address limit needs it.
+                let peer = if self.edge.config().tracks_ips() {
+                    peer_ip(fd)
+                } else {
+                    None
+                };
+                let client = peer.map(|ip| self.edge.client_ip(ip, request.forwarded_for()));
+                let admitted = match client {
+                    Some(ip) => self.edge.admit_ip(ip, self.now),
+                    None => Ok(IpAdmission {
+                        ticket: IpTicket::NONE,
+                        untracked: false,
+                    }),
+                };
+                match admitted {
+                    Err(refusal) => {
+                        refuse_at_edge(&mut self.scratch, &mut self.metrics, refusal);
+                        Verdict::Refuse(refusal.label())
+                    }
+                    Ok(admission) => {
+                        if admission.untracked {
+                            ShardMetrics::bump(&mut self.metrics.limit_hits, "ip_table_full");
+                        }
+                        match self.auth.authenticate(&request, SystemTime::now()) {
+                            Err(error) => {
+                                self.edge.release_ip(admission.ticket);
+                                ShardMetrics::bump(&mut self.metrics.auth_failures, error.label());
+                                auth::write_unauthorized(&mut self.scratch, error);
+                                Verdict::Refuse("unauthorized")
+                            }
+                            Ok(identity) => {
+                                let per_user = if identity.generated {
+                                    Ok(None)
+                                } else {
+                                    self.edge.admit_user(&identity.user_id, conn)
+                                };
+                                match per_user {
+                                    Err(refusal) => {
+                                        self.edge.release_ip(admission.ticket);
+                                        refuse_at_edge(&mut self.scratch, &mut self.metrics, refusal);
+                                        Verdict::Refuse(refusal.label())
+                                    }
+                                    Ok(evict) => {
+                                        if evict.is_some() {
+                                            ShardMetrics::bump(&mut self.metrics.limit_hits, "user_replaced");
+                                        }
+                                        ShardMetrics::bump(&mut self.metrics.auth_accepted, identity.carrier.label());
+                                        request.write_response(&mut self.scratch);
+                                        Verdict::Upgrade {
+                                            leftover: data[request.header_len()..].to_vec(),
+                                            user: (!identity.generated).then(|| identity.user_id.into_boxed_str()),
+                                            ip: admission.ticket,
+                                            evict,
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
-            },
+            }
         };
         match verdict {
             Verdict::NeedMore => {
@@ -704,11 +811,19 @@ impl Shard {
                 io.deadline = Some(self.now + close_timeout);
                 self.enqueue(entry, Out::Bytes(response), true);
             }
-            Verdict::Upgrade { leftover } => {
+            Verdict::Upgrade {
+                leftover,
+                user,
+                ip,
+                evict,
+            } => {
                 let response = self.scratch.as_slice().into();
                 let slot = &mut self.slots[index];
                 slot.ws = Connection::new(Role::Server, self.now);
                 slot.phase = Phase::Open;
+                slot.user = user;
+                slot.ip = ip;
+                slot.tat = 0;
                 let io = slot.io.as_deref_mut().expect("handshaking slot has io");
                 io.request = Vec::new();
                 io.deadline = None;
@@ -717,6 +832,9 @@ impl Shard {
                 self.metrics.upgrades += 1;
                 self.enqueue(entry, Out::Bytes(response), true);
                 self.schedule(entry);
+                if let Some(victim) = evict {
+                    self.evict_anywhere(victim);
+                }
                 if !leftover.is_empty() {
                     // Frames sent right behind the request: feed them as if just read.
                     self.buf[..leftover.len()].copy_from_slice(&leftover);
@@ -733,14 +851,32 @@ impl Shard {
         while off < end {
             let echo = self.cfg.echo;
             let slot = &mut self.slots[index];
+            let sending = slot.ws.can_send();
             let (used, event) = slot
                 .ws
                 .handle_input(self.now, &self.cfg.limits, &mut self.buf[off..end]);
             let Some(event) = event else { break };
             off += used;
             let reply = match event {
+                Event::Message(_) if !sending => {
+                    // We are closing (e.g. over the message rate): what still arrives
+                    // is read for the close handshake but not acted on.
+                    None
+                }
                 Event::Message(message) => {
                     self.metrics.messages_in += 1;
+                    if let Some(limit) = self.message_rate
+                        && !limit.allow(&mut slot.tat, edge::micros_since(self.epoch, self.now))
+                    {
+                        ShardMetrics::bump(&mut self.metrics.limit_hits, "message_rate");
+                        slot.ws.close(
+                            self.now,
+                            &self.cfg.limits,
+                            CloseCode::POLICY_VIOLATION,
+                            "message rate exceeded",
+                        );
+                        continue;
+                    }
                     echo.then(|| match &message {
                         Message::Text(text) => SharedFrame::new(OpCode::Text, text.as_bytes()),
                         Message::Binary(bytes) => SharedFrame::new(OpCode::Binary, bytes),
@@ -808,7 +944,52 @@ impl Shard {
             slot.phase = Phase::Closing;
             self.connections -= 1;
             self.metrics.closed += 1;
+            self.forget_peer(entry);
         }
+    }
+
+    /// Gives the connection's share of the per-address and per-user limits back.
+    fn forget_peer(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        self.edge.release_ip(std::mem::take(&mut slot.ip));
+        if let Some(user) = slot.user.take() {
+            let conn = ConnRef {
+                shard: self.id as u32,
+                slot: entry.slot,
+                gen_: entry.gen_,
+            };
+            self.edge.release_user(&user, conn);
+        }
+    }
+
+    /// Closes a connection the per-user limit evicted, on whichever shard holds it.
+    fn evict_anywhere(&mut self, victim: ConnRef) {
+        let entry = Entry {
+            slot: victim.slot,
+            gen_: victim.gen_,
+        };
+        if victim.shard as usize == self.id {
+            self.evict(entry);
+        } else if let Some(peer) = self.peers.get().and_then(|peers| peers.get(victim.shard as usize)) {
+            peer.send(Command::Kick {
+                slot: victim.slot,
+                gen_: victim.gen_,
+            });
+        }
+    }
+
+    /// Closes `entry` with 1008 because a newer connection of its user replaced it.
+    fn evict(&mut self, entry: Entry) {
+        if !self.valid(entry) || self.slots[entry.slot as usize].phase != Phase::Open {
+            return;
+        }
+        self.slots[entry.slot as usize].ws.close(
+            self.now,
+            &self.cfg.limits,
+            CloseCode::POLICY_VIOLATION,
+            "replaced by a newer connection",
+        );
+        self.after_protocol(entry);
     }
 
     fn mark_dirty(&mut self, entry: Entry) {
@@ -987,9 +1168,11 @@ impl Shard {
             Phase::Open => {
                 self.connections -= 1;
                 self.metrics.closed += 1;
+                self.forget_peer(entry);
             }
             Phase::Closing | Phase::Linger => {}
         }
+        let slot = &mut self.slots[index];
         if abnormal {
             self.metrics.abnormal_closes += 1;
         }
@@ -1010,6 +1193,7 @@ impl Shard {
         slot.write_armed = false;
         slot.dirty = false;
         slot.peer_closed = false;
+        slot.tat = 0;
         slot.wheel_tick = 0;
         slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
         slot.ws = Connection::new(Role::Server, self.now);
@@ -1165,5 +1349,40 @@ impl Shard {
             self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();
         }
         self.registry.publish(self.id, &self.metrics);
+    }
+}
+
+/// The peer address of a connected socket (`None` if it is already gone).
+fn peer_ip(fd: RawFd) -> Option<IpAddr> {
+    // SAFETY: `fd` is an open socket owned by the calling shard for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let addr = socket2::SockRef::from(&fd).peer_addr().ok()?;
+    Some(addr.as_socket()?.ip())
+}
+
+/// Writes the 429 for an edge refusal and counts it.
+fn refuse_at_edge(out: &mut Vec<u8>, metrics: &mut ShardMetrics, refusal: Refusal) {
+    ShardMetrics::bump(&mut metrics.limit_hits, refusal.label());
+    let status = Status::TooManyRequests;
+    match refusal {
+        Refusal::UpgradeRate { retry_after_secs } => {
+            let secs = retry_after_secs.to_string();
+            handshake::write_error_response(out, status, refusal.reason(), &[("Retry-After", &secs)]);
+        }
+        Refusal::ConnectionsPerIp | Refusal::ConnectionsPerUser => {
+            handshake::write_error_response(out, status, refusal.reason(), &[]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The slot is what every idle connection costs in user space (besides the kernel's
+    /// share): a guard against it growing by accident.
+    #[test]
+    fn a_slot_stays_within_its_budget() {
+        let size = size_of::<super::Slot>();
+        eprintln!("Slot is {size} bytes");
+        assert!(size <= 128, "Slot grew to {size} bytes");
     }
 }

@@ -14,7 +14,7 @@ use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
 
-const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+pub(crate) const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 pub(crate) struct TestServer {
     pub server: Option<Server>,
@@ -33,6 +33,9 @@ impl TestServer {
             ..Config::default()
         };
         cfg.auth.mode = AuthMode::None;
+        // Tests open many connections from one address; the ones about edge limits set
+        // them.
+        cfg.edge = crate::edge::EdgeConfig::off();
         tweak(&mut cfg);
         let registry = Arc::new(Registry::new(cfg.shards));
         let auth = Arc::new(Authenticator::new(&cfg.auth).expect("auth config"));
@@ -70,6 +73,7 @@ impl TestServer {
             merge(&mut total.protocol_errors, shard.protocol_errors);
             merge(&mut total.auth_failures, shard.auth_failures);
             merge(&mut total.auth_accepted, shard.auth_accepted);
+            merge(&mut total.limit_hits, shard.limit_hits);
         }
         total
     }
@@ -569,9 +573,9 @@ fn interoperates_with_python_websockets() {
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
 }
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
 
-fn token(user: &str, issued_at: std::time::SystemTime) -> String {
+pub(crate) fn token(user: &str, issued_at: std::time::SystemTime) -> String {
     let options = MintOptions::new(user, MintKey::HmacSecret(Secret::new(SECRET)), issued_at);
     crate::auth::mint(&options).expect("mint")
 }

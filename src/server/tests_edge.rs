@@ -1,0 +1,176 @@
+//! End-to-end tests of the edge limits (`crate::edge`) on real shards and sockets: each
+//! limit triggers, answers as documented, is counted, and recovers.
+
+use std::time::Duration;
+
+use super::tests::{Client, OwnedEvent, SECRET, TestServer, UPGRADE, token};
+use crate::auth::{AuthMode, Secret};
+use crate::edge::UserLimitPolicy;
+
+fn upgrade_as(server: &TestServer, user: &str) -> (Client, String) {
+    let request = UPGRADE.replace("GET /ws ", &format!("GET /ws?user={user} "));
+    Client::handshake(server.addr, request.as_bytes())
+}
+
+fn with_header(name: &str, value: &str) -> String {
+    UPGRADE.replace("Host:", &format!("{name}: {value}\r\nHost:"))
+}
+
+#[test]
+fn upgrade_rate_per_address_answers_429_then_recovers() {
+    let server = TestServer::start(|cfg| {
+        cfg.edge.upgrade_rate_per_ip = 2;
+        cfg.edge.upgrade_burst_per_ip = 3;
+    });
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Client::connect(server.addr));
+    }
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    assert!(head.contains("Retry-After: 1\r\n"), "{head}");
+    assert!(head.contains("Connection: close"), "{head}");
+    // Half a second refills one token at 2/s.
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    server.wait_for("the rate limit counted", |m| {
+        m.limit_hits.get("upgrade_rate") == Some(&1) && m.handshake_failures.get("upgrade_rate") == Some(&1)
+    });
+}
+
+#[test]
+fn connections_per_address_are_capped_and_given_back() {
+    let server = TestServer::start(|cfg| cfg.edge.max_connections_per_ip = 2);
+    let mut first = Client::connect(server.addr);
+    let _second = Client::connect(server.addr);
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    // The body says why: "too many connections from this address\n".
+    assert!(head.contains("Content-Length: 39\r\n"), "{head}");
+    first.send_close(1000);
+    assert_eq!(first.next_event(), Some(OwnedEvent::Close(Some(1000))));
+    server.wait_for("the closed connection to be given back", |m| m.closed == 1);
+    let (_, head) = Client::handshake(server.addr, UPGRADE.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    server.wait_for("the cap counted", |m| {
+        m.limit_hits.get("connections_per_ip") == Some(&1)
+    });
+}
+
+#[test]
+fn forwarded_for_counts_the_client_behind_a_trusted_proxy() {
+    let server = TestServer::start(|cfg| {
+        cfg.edge.max_connections_per_ip = 1;
+        cfg.edge.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    });
+    // Two clients behind the proxy: two addresses.
+    let (_a, head) = Client::handshake(server.addr, with_header("X-Forwarded-For", "198.51.100.1").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (_b, head) = Client::handshake(server.addr, with_header("X-Forwarded-For", "198.51.100.2").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // The same client again, even with a forged entry in front: over its cap.
+    let forged = with_header("X-Forwarded-For", "203.0.113.77, 198.51.100.1");
+    let (_, head) = Client::handshake(server.addr, forged.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+
+    // Without trusted proxies the header is ignored: all three share 127.0.0.1.
+    let direct = TestServer::start(|cfg| cfg.edge.max_connections_per_ip = 1);
+    let (_c, head) = Client::handshake(direct.addr, with_header("X-Forwarded-For", "198.51.100.1").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (_, head) = Client::handshake(direct.addr, with_header("X-Forwarded-For", "198.51.100.2").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+}
+
+#[test]
+fn newest_connection_of_a_user_wins_and_the_oldest_gets_1008() {
+    let server = TestServer::start(|cfg| cfg.edge.max_connections_per_user = 2);
+    let (mut oldest, head) = upgrade_as(&server, "alice");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (mut middle, _) = upgrade_as(&server, "alice");
+    let (mut bob, _) = upgrade_as(&server, "bob");
+    // Anonymous connections without a user id are never counted.
+    let _anonymous: Vec<Client> = (0..3).map(|_| Client::connect(server.addr)).collect();
+    let (mut newest, head) = upgrade_as(&server, "alice");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // The oldest may be on the other shard: the eviction crosses shards.
+    assert_eq!(oldest.next_event(), Some(OwnedEvent::Close(Some(1008))));
+    for (client, text) in [(&mut middle, "m"), (&mut newest, "n"), (&mut bob, "b")] {
+        client.send_text(text);
+        assert_eq!(client.next_event(), Some(OwnedEvent::Text(text.into())));
+    }
+    server.wait_for("the eviction counted", |m| {
+        m.limit_hits.get("user_replaced") == Some(&1)
+    });
+}
+
+#[test]
+fn oldest_connection_of_a_user_wins_and_the_new_one_gets_429() {
+    let server = TestServer::start(|cfg| {
+        cfg.edge.max_connections_per_user = 1;
+        cfg.edge.user_limit_policy = UserLimitPolicy::Oldest;
+    });
+    let (mut first, _) = upgrade_as(&server, "alice");
+    let (_, head) = upgrade_as(&server, "alice");
+    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+    // "too many connections for this user\n"
+    assert!(head.contains("Content-Length: 35\r\n"), "{head}");
+    first.send_close(1000);
+    assert_eq!(first.next_event(), Some(OwnedEvent::Close(Some(1000))));
+    server.wait_for("alice's connection to end", |m| m.closed == 1);
+    let (_, head) = upgrade_as(&server, "alice");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+}
+
+#[test]
+fn a_tokens_sub_is_the_user_the_limits_count() {
+    let server = TestServer::start(|cfg| {
+        cfg.auth.mode = AuthMode::Jwt;
+        cfg.auth.hmac_secret = Some(Secret::new(SECRET));
+        cfg.edge.max_connections_per_user = 1;
+    });
+    let now = std::time::SystemTime::now();
+    let bearer = |user: &str| with_header("Authorization", &format!("Bearer {}", token(user, now)));
+    let (mut alice, head) = Client::handshake(server.addr, bearer("alice").as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (mut carol, _) = Client::handshake(server.addr, bearer("carol").as_bytes());
+    // A second token for alice (a `user` query parameter is ignored in jwt mode).
+    let request = bearer("alice").replace("GET /ws ", "GET /ws?user=carol ");
+    let (mut alice_again, head) = Client::handshake(server.addr, request.as_bytes());
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(alice.next_event(), Some(OwnedEvent::Close(Some(1008))));
+    for client in [&mut carol, &mut alice_again] {
+        client.send_text("still here");
+        assert_eq!(client.next_event(), Some(OwnedEvent::Text("still here".into())));
+    }
+}
+
+#[test]
+fn message_rate_closes_a_flooding_connection_with_1008_and_spares_the_others() {
+    let server = TestServer::start(|cfg| {
+        cfg.edge.message_rate = 20;
+        cfg.edge.message_burst = 5;
+    });
+    let mut calm = Client::connect(server.addr);
+    let mut flood = Client::connect(server.addr);
+    let mut burst = Vec::new();
+    for i in 0..50 {
+        flood
+            .ws
+            .write_message(&mut burst, true, format!("{i}").as_bytes())
+            .unwrap();
+    }
+    flood.send_raw(&burst);
+    // The burst is echoed, then the close.
+    for i in 0..5 {
+        assert_eq!(flood.next_event(), Some(OwnedEvent::Text(format!("{i}"))));
+    }
+    assert_eq!(flood.next_event(), Some(OwnedEvent::Close(Some(1008))));
+    // Within the rate, nobody is closed.
+    for i in 0..10 {
+        calm.send_text(&format!("calm {i}"));
+        assert_eq!(calm.next_event(), Some(OwnedEvent::Text(format!("calm {i}"))));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    server.wait_for("the flood counted", |m| m.limit_hits.get("message_rate") == Some(&1));
+}
