@@ -183,7 +183,9 @@ if [ "$hard" = unlimited ] || [ $(( connections + reserve )) -le "$hard" ]; then
   mode=single
   servers=1
   shards=$cpus
-  server_max=$connections
+  # Each shard takes max/shards and SO_REUSEPORT fills them unevenly: 10% spare so a
+  # full shard does not answer 503 while another has room (the fd limit still caps it).
+  server_max=$(( connections * 110 / 100 + shards ))
   bench_cap=$connections
   [ "$hard" != unlimited ] && bench_cap=$(( hard - reserve ))
   benches=$(( (connections + bench_cap - 1) / bench_cap ))
