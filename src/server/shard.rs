@@ -918,8 +918,13 @@ impl Shard {
                 };
                 ShardMetrics::bump(&mut self.metrics.close_codes_sent, code);
             }
-            // The heartbeat ping is the same two bytes for everyone: share one copy.
+            // The heartbeat ping is the same two bytes for everyone: share one copy, and
+            // when nothing else is queued write it at once, so a heartbeat round over a
+            // million idle connections allocates nothing (no `Io`, no queue).
             let frame = if control.as_bytes() == self.ping.as_bytes() {
+                if self.ping_directly(entry) {
+                    continue;
+                }
                 self.ping.clone()
             } else {
                 SharedFrame::from_wire(control.as_bytes())
@@ -935,6 +940,44 @@ impl Shard {
             self.mark_dirty(entry);
         }
         self.schedule(entry);
+    }
+
+    /// Writes the shared ping straight to an idle connection's socket. False (nothing
+    /// written) when output is queued or pending, or the socket does not take the whole
+    /// frame now: then it is queued like any frame.
+    fn ping_directly(&mut self, entry: Entry) -> bool {
+        let slot = &self.slots[entry.slot as usize];
+        if slot.io.as_deref().is_some_and(|io| !io.queue.is_empty()) || slot.write_armed {
+            return false;
+        }
+        let bytes = self.ping.as_bytes();
+        // SAFETY: a non-blocking send of a live buffer on our own socket. Two bytes into
+        // an empty send buffer are taken whole or not at all (EAGAIN) in practice; a
+        // short write is still handled below by never claiming success for it.
+        let sent = unsafe {
+            libc::send(
+                slot.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(sent) {
+            Ok(n) if n == bytes.len() => {
+                self.metrics.frames_out += 1;
+                self.metrics.bytes_out += n as u64;
+                true
+            }
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                // Part of the frame is out: the rest must follow before anything else.
+                self.metrics.frames_out += 1;
+                self.metrics.bytes_out += n as u64;
+                let rest: Box<[u8]> = bytes[n..].into();
+                self.enqueue(entry, Out::Bytes(rest), true);
+                true
+            }
+        }
     }
 
     /// Counts a connection out of the open set (once).
