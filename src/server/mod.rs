@@ -34,6 +34,21 @@ use crate::config::Config;
 use crate::metrics::Registry;
 use crate::proto::close::CloseCode;
 
+/// glommio's preemption timer for the shard executors: long enough never to fire.
+///
+/// glommio 0.9 arms this timer in its latency ring before each run of the task queues,
+/// and a run that finds it already expired (`need_preempt()`) runs no task at all and
+/// returns "nothing ran", after which the executor parks (`executor/mod.rs`,
+/// `run_task_queues` and `run`) without looking at its run queue. A thread that loses
+/// its CPU for longer than the timer between arming it and running its tasks (100 ms by
+/// default; routine with 240 threads on two cores) parks with runnable tasks. When both
+/// shard tasks were runnable (the ticker's timer had fired, the doorbell had rung) the
+/// park has nothing left to wait for: no timer (the ticker is not sleeping) and no
+/// read on the doorbell (the waker is not reading), so it never returns. The shard
+/// tasks are short turns and there is one task queue, so the timer has no work to do
+/// here; an hour means the condition cannot arise.
+pub const SHARD_PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// glommio's buffer memory for disk DMA, which the gateway does not use (the default is
 /// 10 MiB per executor, registered and locked).
 const EXECUTOR_IO_MEMORY: usize = 256 * 1024;
@@ -80,6 +95,10 @@ impl Server {
         }
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        #[cfg(test)]
+        let preempt_timer = tests::PREEMPT_TIMER.get().unwrap_or(SHARD_PREEMPT_TIMER);
+        #[cfg(not(test))]
+        let preempt_timer = SHARD_PREEMPT_TIMER;
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = cfg.clone();
@@ -91,6 +110,7 @@ impl Server {
                     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(id % cpus))
                         .name(&format!("shard-{id}"))
                         .io_memory(EXECUTOR_IO_MEMORY)
+                        .preempt_timer(preempt_timer)
                         .make();
                     let executor = match executor {
                         Ok(executor) => executor,
@@ -154,10 +174,20 @@ impl Server {
 
 /// The shard's two tasks: the waker loop (doorbell) and the ticker (timer wheel).
 async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
+    let handle = shard.handle();
+    // SAFETY: gettid has no preconditions.
+    handle.set_tid(unsafe { libc::gettid() });
     let shard = Rc::new(RefCell::new(shard));
     let ticker = {
         let shard = shard.clone();
+        let handle = handle.clone();
         glommio::spawn_local(async move {
+            // The watchdog's way in (see `ShardHandle::kick`).
+            std::future::poll_fn(|cx| {
+                handle.set_ticker_waker(cx.waker());
+                std::task::Poll::Ready(())
+            })
+            .await;
             loop {
                 glommio::timer::sleep(cfg.tick).await;
                 if shard.borrow_mut().on_tick() == ShardState::Finished {
@@ -183,6 +213,7 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
     // The shard is finished when either task sees it finish; the other is dropped
     // (cancelled) with it.
     futures_lite::future::or(ticker, waker).await;
+    handle.finish();
 }
 
 #[cfg(test)]

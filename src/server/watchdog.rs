@@ -64,11 +64,19 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
                 std::thread::sleep(tick);
                 let ticks: Vec<u64> = shards.iter().map(|s| s.ticks()).collect();
                 for shard in check(&mut seen, &ticks) {
+                    let Some(tid) = shards[shard].tid() else {
+                        // Not running yet, or finished.
+                        continue;
+                    };
+                    if !needs_wake(thread_state(tid)) {
+                        // Runnable, waiting for a CPU: it ticks when it gets one.
+                        continue;
+                    }
                     // Said once per shard; wsgate_shard_watchdog_wakes_total counts them all.
                     if !std::mem::replace(&mut logged[shard], true) {
                         eprintln!(
-                            "wsgate: shard {shard} missed {STALL_TICKS} ticks and was woken by the watchdog (an \
-                             executor wake-up was lost; counted in wsgate_shard_watchdog_wakes_total)"
+                            "wsgate: shard {shard} slept through {STALL_TICKS} ticks and was woken by the watchdog \
+                             (glommio parked it with runnable tasks; counted in wsgate_shard_watchdog_wakes_total)"
                         );
                     }
                     shards[shard].kick();
@@ -77,9 +85,54 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
         })
 }
 
+/// The scheduler state of thread `tid` of this process (`R`, `S`, `D`, ...), from
+/// `/proc`.
+pub fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; the state follows
+    // the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Whether a shard that missed its ticks needs a wake: yes if its thread sleeps (a
+/// parked executor) or its state is unknown; no if it is runnable or in the kernel's
+/// uninterruptible wait (it will tick once it gets a CPU, and a wake would not get it
+/// one sooner).
+pub fn needs_wake(state: Option<char>) -> bool {
+    !matches!(state, Some('R' | 'D'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn my_tid() -> i32 {
+        let link = std::fs::read_link("/proc/thread-self").expect("/proc");
+        link.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .expect("a tid")
+    }
+
+    #[test]
+    fn only_a_sleeping_shard_is_woken() {
+        assert!(needs_wake(Some('S')));
+        assert!(needs_wake(None));
+        assert!(!needs_wake(Some('R')));
+        assert!(!needs_wake(Some('D')));
+        assert_eq!(thread_state(my_tid()), Some('R'));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            tx.send(my_tid()).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(thread_state(tid), Some('S'));
+        sleeper.join().unwrap();
+        // Gone: unknown, which asks for a wake (the safe side).
+        assert_eq!(thread_state(tid), None);
+    }
 
     #[test]
     fn a_ticking_shard_is_left_alone() {
