@@ -8,9 +8,28 @@
 //!
 //! Each shard runs two glommio tasks on its executor: the *waker* loop, which sleeps on
 //! the doorbell and runs a turn of the shard when the ring has completions or another
-//! thread sent a command, and the *ticker*, which runs the timer wheel every tick. The
-//! ticker also bounds a glommio 0.9 quirk (an executor preempted before running a task
-//! may park with runnable tasks): something runs on every executor at least once a tick.
+//! thread sent a command, and the *ticker*, which runs the timer wheel every tick.
+//!
+//! # The shard stall (glommio 0.9 parks with runnable tasks)
+//!
+//! glommio 0.9's run loop (`executor/mod.rs`, `LocalExecutor::run`) arms a preemption
+//! timer in its latency ring (`poll_io`), then runs the task queues
+//! (`run_task_queues`). If `need_preempt()` is already true when that run starts (the
+//! timer fired, i.e. the thread lost its CPU for longer than the timer in between), it
+//! runs nothing and reports "nothing ran"; the loop then parks (`Parker::park` →
+//! `Reactor::react` → `sys::uring::Reactor::wait`), and `wait` decides to sleep from the
+//! rings alone, never from the run queue. The park still wakes for a timer that is
+//! registered or an I/O that is pending. If the ticker's timer had fired (the ticker is
+//! runnable, so no timer is registered) and the doorbell poll had completed (the waker
+//! is runnable, so nobody polls the socketpair), nothing is left: the thread sleeps in
+//! `io_uring_enter` for good, doorbell bytes pile up unread and the tick stops. That is
+//! the stall of the density runs (118 processes on two cores: threads routinely waited
+//! more than the default 100 ms for a CPU). Two defences: the shards' preemption timer
+//! is an hour ([`SHARD_PREEMPT_TIMER`]), which removes the trigger, and the watchdog
+//! (`watchdog`) wakes a shard that sleeps through its ticks through glommio's own
+//! cross-thread wake (the ticker's `Waker`, which writes the executor's eventfd, a read
+//! glommio keeps armed whenever it parks). `tests::shards_parked_with_runnable_tasks_are_woken`
+//! reproduces the stall in seconds with a 10 µs timer on one core.
 
 pub mod ring;
 pub mod shard;

@@ -1,15 +1,21 @@
 //! Wakes a shard that slept through its ticks.
 //!
-//! glommio 0.9 can park an executor that still has work (the wake-up from its latency
-//! ring to its main ring is lost; seen here when 118 processes shared two cores during
-//! the density runs): the shard then sits in `io_uring_enter` while its sockets wait,
-//! and even its own tick timer does not run. An event on a source the executor watches
-//! may revive it, so one thread per process checks every shard's tick counter and rings
-//! the doorbell of a shard whose counter has not moved for [`STALL_TICKS`] ticks. A
-//! healthy shard costs this thread one relaxed load per check; each wake is counted
-//! (`wsgate_shard_watchdog_wakes_total`). This is a mitigation, not a cure: it cleared
-//! every stall of a 500,000-connection run, but at 900,000 connections (CPU pressure
-//! 98%) five shards stayed parked despite repeated rings.
+//! glommio 0.9 can park an executor that still has runnable tasks (its preemption timer
+//! expired before the run loop ran any task; see the module docs of `server`). When
+//! both shard tasks are runnable the park waits for nothing: no timer, no read on the
+//! doorbell, so the shard sits in `io_uring_enter` for good while its sockets wait (5
+//! of 124 shards in the second million-connection run). The shards' one-hour
+//! preemption timer removes that trigger; this thread is the net under it.
+//!
+//! Every tick it checks each shard's tick counter. A shard whose counter has not moved
+//! for [`STALL_TICKS`] ticks and whose thread *sleeps* (`S` in `/proc`) is woken through
+//! its ticker task's `Waker`: glommio sends a wake from another thread to the owning
+//! executor's eventfd, whose read its reactor keeps armed whenever it parks, so this
+//! reaches even a park that waits for nothing else; the doorbell is rung too. A
+//! doorbell byte alone did not: nobody polls the socketpair while the waker task is
+//! runnable. A shard that is runnable (`R`, waiting for a CPU) is left alone; it ticks
+//! when it gets one. So `wsgate_shard_watchdog_wakes_total` counts only real rescues
+//! and should stay 0; any other value means glommio parked a shard with work again.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -20,9 +26,8 @@ use std::time::Duration;
 use super::shard::ShardHandle;
 
 /// Ticks a shard may miss before it is woken. Waking a shard that was only busy is
-/// harmless (one spare byte on its doorbell), so this is short: a stalled shard loses
-/// about three ticks (300 ms by default). In a 500,000-connection run on two
-/// oversubscribed cores the watchdog woke shards 158 times at ten ticks each.
+/// harmless (a spurious wake of its ticker, one spare byte on its doorbell), so this is
+/// short: a stalled shard loses about three ticks (300 ms by default).
 pub const STALL_TICKS: u32 = 3;
 
 /// What the watchdog remembers of one shard between checks.
