@@ -79,9 +79,13 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
                     }
                     // Said once per shard; wsgate_shard_watchdog_wakes_total counts them all.
                     if !std::mem::replace(&mut logged[shard], true) {
+                        // Where it sleeps: io_cqring_wait is glommio's park; anything else
+                        // (futex_wait: a lock) is not the glommio stall.
+                        let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan"))
+                            .unwrap_or_else(|_| "unknown".into());
                         eprintln!(
-                            "wsgate: shard {shard} slept through {STALL_TICKS} ticks and was woken by the watchdog \
-                             (glommio parked it with runnable tasks; counted in wsgate_shard_watchdog_wakes_total)"
+                            "wsgate: shard {shard} slept through {STALL_TICKS} ticks (in {wchan}) and was woken by \
+                             the watchdog (counted in wsgate_shard_watchdog_wakes_total)"
                         );
                     }
                     shards[shard].kick();
