@@ -68,7 +68,8 @@ pub struct ShardMetrics {
     /// Connections closed, any way.
     pub closed: u64,
     /// Times the watchdog woke this shard after it slept through its ticks (glommio
-    /// 0.9 can lose a wake-up under heavy CPU contention; see `server::watchdog`).
+    /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
+    /// stay 0.
     pub watchdog_wakes: u64,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.

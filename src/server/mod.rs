@@ -8,9 +8,28 @@
 //!
 //! Each shard runs two glommio tasks on its executor: the *waker* loop, which sleeps on
 //! the doorbell and runs a turn of the shard when the ring has completions or another
-//! thread sent a command, and the *ticker*, which runs the timer wheel every tick. The
-//! ticker also bounds a glommio 0.9 quirk (an executor preempted before running a task
-//! may park with runnable tasks): something runs on every executor at least once a tick.
+//! thread sent a command, and the *ticker*, which runs the timer wheel every tick.
+//!
+//! # The shard stall (glommio 0.9 parks with runnable tasks)
+//!
+//! glommio 0.9's run loop (`executor/mod.rs`, `LocalExecutor::run`) arms a preemption
+//! timer in its latency ring (`poll_io`), then runs the task queues
+//! (`run_task_queues`). If `need_preempt()` is already true when that run starts (the
+//! timer fired, i.e. the thread lost its CPU for longer than the timer in between), it
+//! runs nothing and reports "nothing ran"; the loop then parks (`Parker::park` →
+//! `Reactor::react` → `sys::uring::Reactor::wait`), and `wait` decides to sleep from the
+//! rings alone, never from the run queue. The park still wakes for a timer that is
+//! registered or an I/O that is pending. If the ticker's timer had fired (the ticker is
+//! runnable, so no timer is registered) and the doorbell poll had completed (the waker
+//! is runnable, so nobody polls the socketpair), nothing is left: the thread sleeps in
+//! `io_uring_enter` for good, doorbell bytes pile up unread and the tick stops. That is
+//! the stall of the density runs (118 processes on two cores: threads routinely waited
+//! more than the default 100 ms for a CPU). Two defences: the shards' preemption timer
+//! is an hour ([`SHARD_PREEMPT_TIMER`]), which removes the trigger, and the watchdog
+//! (`watchdog`) wakes a shard that sleeps through its ticks through glommio's own
+//! cross-thread wake (the ticker's `Waker`, which writes the executor's eventfd, a read
+//! glommio keeps armed whenever it parks). `tests::shards_parked_with_runnable_tasks_are_woken`
+//! reproduces the stall in seconds with a 10 µs timer on one core.
 
 pub mod ring;
 pub mod shard;
@@ -34,6 +53,21 @@ use crate::config::Config;
 use crate::edge::Edge;
 use crate::metrics::Registry;
 use crate::proto::close::CloseCode;
+
+/// glommio's preemption timer for the shard executors: long enough never to fire.
+///
+/// glommio 0.9 arms this timer in its latency ring before each run of the task queues,
+/// and a run that finds it already expired (`need_preempt()`) runs no task at all and
+/// returns "nothing ran", after which the executor parks (`executor/mod.rs`,
+/// `run_task_queues` and `run`) without looking at its run queue. A thread that loses
+/// its CPU for longer than the timer between arming it and running its tasks (100 ms by
+/// default; routine with 240 threads on two cores) parks with runnable tasks. When both
+/// shard tasks were runnable (the ticker's timer had fired, the doorbell had rung) the
+/// park has nothing left to wait for: no timer (the ticker is not sleeping) and no
+/// read on the doorbell (the waker is not reading), so it never returns. The shard
+/// tasks are short turns and there is one task queue, so the timer has no work to do
+/// here; an hour means the condition cannot arise.
+pub const SHARD_PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// glommio's buffer memory for disk DMA, which the gateway does not use (the default is
 /// 10 MiB per executor, registered and locked).
@@ -83,6 +117,10 @@ impl Server {
         let mut threads = Vec::new();
         let edge = Arc::new(Edge::new(cfg.edge.clone()));
         let peers: Peers = Arc::default();
+        #[cfg(test)]
+        let preempt_timer = tests::PREEMPT_TIMER.get().unwrap_or(SHARD_PREEMPT_TIMER);
+        #[cfg(not(test))]
+        let preempt_timer = SHARD_PREEMPT_TIMER;
         for (id, listener) in listeners.into_iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = cfg.clone();
@@ -96,6 +134,7 @@ impl Server {
                     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(id % cpus))
                         .name(&format!("shard-{id}"))
                         .io_memory(EXECUTOR_IO_MEMORY)
+                        .preempt_timer(preempt_timer)
                         .make();
                     let executor = match executor {
                         Ok(executor) => executor,
@@ -162,10 +201,20 @@ impl Server {
 
 /// The shard's two tasks: the waker loop (doorbell) and the ticker (timer wheel).
 async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
+    let handle = shard.handle();
+    // SAFETY: gettid has no preconditions.
+    handle.set_tid(unsafe { libc::gettid() });
     let shard = Rc::new(RefCell::new(shard));
     let ticker = {
         let shard = shard.clone();
+        let handle = handle.clone();
         glommio::spawn_local(async move {
+            // The watchdog's way in (see `ShardHandle::kick`).
+            std::future::poll_fn(|cx| {
+                handle.set_ticker_waker(cx.waker());
+                std::task::Poll::Ready(())
+            })
+            .await;
             loop {
                 glommio::timer::sleep(cfg.tick).await;
                 if shard.borrow_mut().on_tick() == ShardState::Finished {
@@ -191,6 +240,7 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
     // The shard is finished when either task sees it finish; the other is dropped
     // (cancelled) with it.
     futures_lite::future::or(ticker, waker).await;
+    handle.finish();
 }
 
 #[cfg(test)]

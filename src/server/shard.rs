@@ -25,8 +25,9 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::ring::{BELL_DATA, Bell, Completion, ConnRing, NOOP_DATA};
@@ -109,6 +110,14 @@ pub struct ShardHandle {
     ticks: AtomicU64,
     /// Times the watchdog found the shard asleep past its ticks and woke it.
     watchdog_wakes: AtomicU64,
+    /// The shard thread's kernel thread id (0 until it runs), for the watchdog to tell
+    /// a shard that sleeps through its ticks from one that waits for a CPU.
+    tid: AtomicI32,
+    /// The waker of the shard's ticker task, set by the shard while it runs. Waking it
+    /// from another thread goes through glommio's own cross-thread path (the executor's
+    /// eventfd, which its reactor always watches while parked), the one wake-up that
+    /// reaches an executor parked with runnable tasks (see `server::watchdog`).
+    ticker: Mutex<Option<Waker>>,
 }
 
 impl ShardHandle {
@@ -123,10 +132,55 @@ impl ShardHandle {
         self.ticks.load(Ordering::Relaxed)
     }
 
-    /// Wakes a shard that has missed its ticks (see `server::watchdog`).
+    /// Wakes a shard that has missed its ticks (see `server::watchdog`): wakes its
+    /// ticker task from this thread, which glommio turns into a write to the
+    /// executor's eventfd, and rings the doorbell.
     pub fn kick(&self) {
         self.watchdog_wakes.fetch_add(1, Ordering::Relaxed);
+        if let Some(waker) = &*self.ticker.lock().unwrap_or_else(|e| e.into_inner()) {
+            waker.wake_by_ref();
+        }
         self.bell.ring();
+    }
+
+    /// Times the watchdog woke this shard.
+    pub fn watchdog_wakes(&self) -> u64 {
+        self.watchdog_wakes.load(Ordering::Relaxed)
+    }
+
+    /// Rings the doorbell, as a completion of the connection ring would.
+    #[cfg(test)]
+    pub(crate) fn ring_for_test(&self) {
+        self.bell.ring();
+    }
+
+    /// The shard thread's kernel thread id while its tasks run (not before it starts,
+    /// not after it finishes).
+    pub fn tid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|&tid| tid > 0)
+    }
+
+    /// Called on the shard's thread when it starts running.
+    pub(crate) fn set_tid(&self, tid: i32) {
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// Keeps `waker` (the ticker task's) for [`ShardHandle::kick`]. Called on the
+    /// shard's thread.
+    pub(crate) fn set_ticker_waker(&self, waker: &Waker) {
+        let mut slot = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// Marks the shard finished and drops the ticker's waker. Called on the shard's
+    /// thread before its executor ends, so that no other thread wakes, or drops, a task
+    /// of a finished executor.
+    pub(crate) fn finish(&self) {
+        let waker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(waker);
+        self.tid.store(0, Ordering::Relaxed);
     }
 }
 
@@ -337,6 +391,8 @@ impl Shard {
             bell: ring.bell(),
             ticks: AtomicU64::new(0),
             watchdog_wakes: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            ticker: Mutex::new(None),
         });
         let mut shard = Self {
             id,

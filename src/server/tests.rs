@@ -16,6 +16,13 @@ use crate::proto::connection::{Connection, Event, Message};
 
 pub(crate) const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
+thread_local! {
+    /// A preemption timer for the shards of servers this thread starts (the default is
+    /// `SHARD_PREEMPT_TIMER`): a short one widens the window in which glommio parks
+    /// an executor with runnable tasks, so a test can reproduce it in seconds.
+    pub(crate) static PREEMPT_TIMER: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
 pub(crate) struct TestServer {
     pub server: Option<Server>,
     pub registry: Arc<Registry>,
@@ -639,4 +646,90 @@ fn eof_arriving_with_the_last_data_is_seen_at_once() {
     }
     // Without the hang-up check, some would wait for the heartbeat (a minute).
     server.wait_for("every connection gone", |m| m.connections == 0 && m.closed == 300);
+}
+
+/// Pins the calling thread, and the threads it spawns from now on, to CPU 0.
+fn pin_to_cpu0() {
+    // SAFETY: `set` is a plain bit set, zeroed then filled by the libc macro.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// The stall of the density runs, in seconds: shards starved of CPU (six shards, two
+/// busy threads and a doorbell ringer on one core) with a 10 µs preemption timer, so
+/// that glommio often finds its timer expired before it runs the shard's tasks and
+/// parks the executor with both tasks runnable (see `SHARD_PREEMPT_TIMER`). Without
+/// the watchdog's wake through the ticker's waker, shards stay parked for good (2-6
+/// of 8 in every run while this was written); with it, every shard ticks on. Knobs for
+/// longer runs: WSGATE_STALL_SECS, WSGATE_STALL_SHARDS, WSGATE_STALL_SPINNERS,
+/// WSGATE_STALL_PREEMPT_US.
+#[test]
+fn shards_parked_with_runnable_tasks_are_woken() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    fn knob(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+    let stress = Duration::from_secs(knob("WSGATE_STALL_SECS", 5));
+    let shards = knob("WSGATE_STALL_SHARDS", 6) as usize;
+    let spinners = knob("WSGATE_STALL_SPINNERS", 2);
+    pin_to_cpu0();
+    PREEMPT_TIMER.set(Some(Duration::from_micros(knob("WSGATE_STALL_PREEMPT_US", 10))));
+    let server = TestServer::start(|cfg| {
+        cfg.shards = shards;
+        cfg.tick = Duration::from_millis(20);
+    });
+    PREEMPT_TIMER.set(None);
+    let handles = server.server.as_ref().unwrap().handles.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for _ in 0..spinners {
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }));
+    }
+    {
+        // Keeps the doorbells busy, as connection traffic does, so that the waker task
+        // is often runnable when the ticker's timer fires.
+        let stop = stop.clone();
+        let handles = handles.clone();
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for handle in &handles {
+                    handle.ring_for_test();
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }));
+    }
+    std::thread::sleep(stress);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    // Three ticks for the watchdog to notice, a few more to wake and tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<u64> = handles.iter().map(|h| h.ticks()).collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let after: Vec<u64> = handles.iter().map(|h| h.ticks()).collect();
+    let wakes: u64 = handles.iter().map(|h| h.watchdog_wakes()).sum();
+    let frozen: Vec<usize> = (0..handles.len()).filter(|&i| after[i] == before[i]).collect();
+    if !frozen.is_empty() {
+        let states: Vec<Option<char>> = frozen
+            .iter()
+            .map(|&i| handles[i].tid().and_then(super::watchdog::thread_state))
+            .collect();
+        // Parked shards never finish a drain: leave them.
+        std::mem::forget(server);
+        panic!("shards {frozen:?} stopped ticking (thread states {states:?}; watchdog wakes {wakes})");
+    }
+    eprintln!("starved shards: ticks {after:?}, watchdog wakes {wakes}");
 }

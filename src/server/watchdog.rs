@@ -1,15 +1,21 @@
 //! Wakes a shard that slept through its ticks.
 //!
-//! glommio 0.9 can park an executor that still has work (the wake-up from its latency
-//! ring to its main ring is lost; seen here when 118 processes shared two cores during
-//! the density runs): the shard then sits in `io_uring_enter` while its sockets wait,
-//! and even its own tick timer does not run. An event on a source the executor watches
-//! may revive it, so one thread per process checks every shard's tick counter and rings
-//! the doorbell of a shard whose counter has not moved for [`STALL_TICKS`] ticks. A
-//! healthy shard costs this thread one relaxed load per check; each wake is counted
-//! (`wsgate_shard_watchdog_wakes_total`). This is a mitigation, not a cure: it cleared
-//! every stall of a 500,000-connection run, but at 900,000 connections (CPU pressure
-//! 98%) five shards stayed parked despite repeated rings.
+//! glommio 0.9 can park an executor that still has runnable tasks (its preemption timer
+//! expired before the run loop ran any task; see the module docs of `server`). When
+//! both shard tasks are runnable the park waits for nothing: no timer, no read on the
+//! doorbell, so the shard sits in `io_uring_enter` for good while its sockets wait (5
+//! of 124 shards in the second million-connection run). The shards' one-hour
+//! preemption timer removes that trigger; this thread is the net under it.
+//!
+//! Every tick it checks each shard's tick counter. A shard whose counter has not moved
+//! for [`STALL_TICKS`] ticks and whose thread *sleeps* (`S` in `/proc`) is woken through
+//! its ticker task's `Waker`: glommio sends a wake from another thread to the owning
+//! executor's eventfd, whose read its reactor keeps armed whenever it parks, so this
+//! reaches even a park that waits for nothing else; the doorbell is rung too. A
+//! doorbell byte alone did not: nobody polls the socketpair while the waker task is
+//! runnable. A shard that is runnable (`R`, waiting for a CPU) is left alone; it ticks
+//! when it gets one. So `wsgate_shard_watchdog_wakes_total` counts only real rescues
+//! and should stay 0; any other value means glommio parked a shard with work again.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -20,9 +26,8 @@ use std::time::Duration;
 use super::shard::ShardHandle;
 
 /// Ticks a shard may miss before it is woken. Waking a shard that was only busy is
-/// harmless (one spare byte on its doorbell), so this is short: a stalled shard loses
-/// about three ticks (300 ms by default). In a 500,000-connection run on two
-/// oversubscribed cores the watchdog woke shards 158 times at ten ticks each.
+/// harmless (a spurious wake of its ticker, one spare byte on its doorbell), so this is
+/// short: a stalled shard loses about three ticks (300 ms by default).
 pub const STALL_TICKS: u32 = 3;
 
 /// What the watchdog remembers of one shard between checks.
@@ -64,11 +69,23 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
                 std::thread::sleep(tick);
                 let ticks: Vec<u64> = shards.iter().map(|s| s.ticks()).collect();
                 for shard in check(&mut seen, &ticks) {
+                    let Some(tid) = shards[shard].tid() else {
+                        // Not running yet, or finished.
+                        continue;
+                    };
+                    if !needs_wake(thread_state(tid)) {
+                        // Runnable, waiting for a CPU: it ticks when it gets one.
+                        continue;
+                    }
                     // Said once per shard; wsgate_shard_watchdog_wakes_total counts them all.
                     if !std::mem::replace(&mut logged[shard], true) {
+                        // Where it sleeps: io_cqring_wait is glommio's park; anything else
+                        // (futex_wait: a lock) is not the glommio stall.
+                        let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan"))
+                            .unwrap_or_else(|_| "unknown".into());
                         eprintln!(
-                            "wsgate: shard {shard} missed {STALL_TICKS} ticks and was woken by the watchdog (an \
-                             executor wake-up was lost; counted in wsgate_shard_watchdog_wakes_total)"
+                            "wsgate: shard {shard} slept through {STALL_TICKS} ticks (in {wchan}) and was woken by \
+                             the watchdog (counted in wsgate_shard_watchdog_wakes_total)"
                         );
                     }
                     shards[shard].kick();
@@ -77,9 +94,54 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
         })
 }
 
+/// The scheduler state of thread `tid` of this process (`R`, `S`, `D`, ...), from
+/// `/proc`.
+pub fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; the state follows
+    // the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Whether a shard that missed its ticks needs a wake: yes if its thread sleeps (a
+/// parked executor) or its state is unknown; no if it is runnable or in the kernel's
+/// uninterruptible wait (it will tick once it gets a CPU, and a wake would not get it
+/// one sooner).
+pub fn needs_wake(state: Option<char>) -> bool {
+    !matches!(state, Some('R' | 'D'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn my_tid() -> i32 {
+        let link = std::fs::read_link("/proc/thread-self").expect("/proc");
+        link.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .expect("a tid")
+    }
+
+    #[test]
+    fn only_a_sleeping_shard_is_woken() {
+        assert!(needs_wake(Some('S')));
+        assert!(needs_wake(None));
+        assert!(!needs_wake(Some('R')));
+        assert!(!needs_wake(Some('D')));
+        assert_eq!(thread_state(my_tid()), Some('R'));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            tx.send(my_tid()).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(thread_state(tid), Some('S'));
+        sleeper.join().unwrap();
+        // Gone: unknown, which asks for a wake (the safe side).
+        assert_eq!(thread_state(tid), None);
+    }
 
     #[test]
     fn a_ticking_shard_is_left_alone() {
