@@ -98,3 +98,4 @@ pub mod server;
 pub mod sys;
 #[cfg(test)]
 mod testalloc;
+pub mod tls;
