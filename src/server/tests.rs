@@ -70,6 +70,10 @@ impl TestServer {
             merge(&mut total.protocol_errors, shard.protocol_errors);
             merge(&mut total.auth_failures, shard.auth_failures);
             merge(&mut total.auth_accepted, shard.auth_accepted);
+            total.tls_sessions += shard.tls_sessions;
+            total.tls_resumed += shard.tls_resumed;
+            merge(&mut total.tls_handshakes, shard.tls_handshakes);
+            merge(&mut total.tls_handshake_failures, shard.tls_handshake_failures);
         }
         total
     }
