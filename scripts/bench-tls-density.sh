@@ -1,38 +1,52 @@
 #!/usr/bin/env bash
-# Idle-connection memory of wss:// next to ws://, one fresh server per run.
+# Idle-connection memory and handshake rate of wss:// next to ws://, one fresh server
+# per run, the load generator in another process.
 #
 # Usage: scripts/bench-tls-density.sh [COUNT...]     (default: 10000 19000)
+#   RATE=2000/s  connects per second asked of the bench (default 2000/s)
+#   HOLD=20s     how long connections are held idle before the memory is read
+#   WSGATE_BIN   a prebuilt binary (default: build target/release/wsgate)
 #
-# Builds the release binary, makes a throw-away P-256 certificate for localhost,
-# then for each COUNT runs one server for ws:// and one for wss:// (2 shards, echo
-# off, pings every 10 minutes so the hold is idle) and holds COUNT connections from
-# scripts/tls_density.py in another process, which prints the server's RSS growth per
-# connection and the handshake rate (the Python client's limit, not the server's).
+# Makes a throw-away P-256 certificate for localhost, then for each COUNT runs one
+# server for ws:// and one for wss:// (same flags, 2 shards, pings every 10 minutes so
+# the hold is idle), and `wsgate bench density --server-pid` prints the server's RSS
+# growth per connection, the handshake rate and latency. Full TLS handshakes: the
+# bench does not resume sessions unless --tls-resume is added (RESUME=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(10000 19000)
+rate=${RATE:-2000/s}
+hold=${HOLD:-20s}
 [ -n "${WSGATE_BIN:-}" ] || cargo build --release --locked --bin wsgate >/dev/null
 bin=${WSGATE_BIN:-target/release/wsgate}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost 2>/dev/null
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+  -addext extendedKeyUsage=serverAuth 2>/dev/null
+resume=()
+[ -z "${RESUME:-}" ] || resume=(--tls-resume)
 for count in "${counts[@]}"; do
-  for mode in ws wss; do
+  for mode in ${MODES:-ws wss}; do
     "$bin" --auth-mode none --shards 2 --max-connections 40000 \
       --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
       --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem" --tls-listen 127.0.0.1:18443 \
       --ping-interval 10m --idle-timeout 20m 2>"$dir/server.log" &
     pid=$!
     sleep 1
+    echo "== $count connections over $mode:// (server pid $pid)"
     if [ "$mode" = wss ]; then
-      python3 scripts/tls_density.py --pid "$pid" --port 18443 --ca "$dir/cert.pem" --count "$count" || true
+      url="wss://localhost:18443/ws"
+      tls=(--ca "$dir/cert.pem" "${resume[@]}")
     else
-      python3 scripts/tls_density.py --pid "$pid" --port 18080 --count "$count" || true
+      url="ws://127.0.0.1:18080/ws"
+      tls=()
     fi
-    kill -TERM "$pid"; kill -TERM "$pid" 2>/dev/null || true
+    "$bin" bench density --url "$url" "${tls[@]}" --connections "$count" --rate "$rate" \
+      --hold "$hold" --server-pid "$pid" --connect-timeout 30s || true
+    kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     sleep 2
   done
