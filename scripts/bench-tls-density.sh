@@ -46,6 +46,10 @@ for count in "${counts[@]}"; do
     fi
     "$bin" bench density --url "$url" "${tls[@]}" --connections "$count" --rate "$rate" \
       --hold "$hold" --server-pid "$pid" --connect-timeout 30s || true
+    # The server's view: TLS handshakes, resumptions and failures by reason.
+    if command -v curl >/dev/null; then
+      curl -s http://127.0.0.1:19090/metrics | grep -E '^wsgate_(tls_handshake|tls_resumed|handshake_failures)' || true
+    fi
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     sleep 2

@@ -51,6 +51,12 @@ pub const SESSION_CACHE_ENTRIES: usize = 16_384;
 /// two costs a second ticket's encryption and bytes per handshake for nothing).
 pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 
+/// User-space memory of one idle TLS connection beyond a plain one, for the start-up
+/// memory report: rustls' connection state (about 2.3 KB of Rust heap, asserted under
+/// 4 KiB in the tests) plus aws-lc's two AEAD key contexts (about 1.2 KB of C heap);
+/// measured as 3.9-4.0 KiB of RSS per connection at 10,000 and 19,000 connections.
+pub const SESSION_BYTES_ESTIMATE: u64 = 4096;
+
 /// The ALPN protocol offered: WebSocket over TLS is HTTP/1.1 (RFC 6455). A client that
 /// offers ALPN without it is refused with `no_application_protocol`.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
