@@ -257,6 +257,10 @@ pub struct Shard {
     seal_buf: Vec<u8>,
     /// When accepting may resume after running out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// Which listeners' accepts ended for lack of descriptors (plain, TLS): only those
+    /// are armed again when the pause ends (a second multishot accept on a listener
+    /// that still has one would duplicate every completion).
+    accept_paused: [bool; 2],
     slots: Vec<Slot>,
     free: Vec<u32>,
     wheel: Wheel,
@@ -337,6 +341,7 @@ impl Shard {
             tls_listener,
             tls,
             accept_paused_until: None,
+            accept_paused: [false; 2],
             slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
             free: Vec::new(),
             wheel: Wheel::new(now, cfg.tick, WHEEL_SLOTS),
@@ -445,7 +450,11 @@ impl Shard {
         self.fired = fired;
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
-            self.arm_accept();
+            for which in [ACCEPT_PLAIN, ACCEPT_TLS] {
+                if std::mem::take(&mut self.accept_paused[(which & 1) as usize]) {
+                    self.arm_accept_on(which);
+                }
+            }
         }
         self.drain_step();
         self.publish_metrics();
@@ -553,6 +562,7 @@ impl Shard {
         if !completion.more && self.listener.is_some() && self.drain.is_none() {
             if completion.result == -libc::EMFILE || completion.result == -libc::ENFILE {
                 self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                self.accept_paused[(which & 1) as usize] = true;
             } else {
                 self.arm_accept_on(which);
             }
