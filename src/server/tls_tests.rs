@@ -285,3 +285,61 @@ fn interoperates_with_python_ssl_and_websockets() {
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 8, "{stdout}");
     server.wait_for("Python's handshakes", |m| m.tls_handshakes.values().sum::<u64>() >= 2);
 }
+
+/// The slow-consumer policy over TLS: queued frames are dropped before they are
+/// sealed, so the records that do go out stay in sequence and the client can still
+/// decrypt the close 1008 that follows.
+#[test]
+fn slow_consumer_over_tls_still_gets_a_readable_close() {
+    let cert = TestCert::new();
+    let dir = CertDir::new(&cert);
+    let server = tls_server(&dir, |cfg| {
+        cfg.shards = 1;
+        cfg.send_queue_bytes = 64 * 1024;
+    });
+    let mut slow = TlsClient::connect(tls_addr(&server), &client_config(&[&cert.der], BOTH));
+    slow.stream
+        .sock
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let payload = "x".repeat(16 * 1024);
+    let mut out = Vec::new();
+    for _ in 0..2000 {
+        out.clear();
+        slow.ws.write_message(&mut out, true, payload.as_bytes()).unwrap();
+        if slow.stream.write_all(&out).is_err() {
+            break;
+        }
+    }
+    server.wait_for("the slow consumer to be closed", |m| m.slow_consumer_closes == 1);
+    let mut last = None;
+    while let Some(event) = slow.next_event() {
+        let closed = matches!(event, OwnedEvent::Close(_));
+        last = Some(event);
+        if closed {
+            break;
+        }
+    }
+    assert_eq!(last, Some(OwnedEvent::Close(Some(1008))));
+}
+
+#[test]
+fn drain_closes_tls_clients_with_1001_then_close_notify() {
+    let cert = TestCert::new();
+    let dir = CertDir::new(&cert);
+    let mut server = tls_server(&dir, |cfg| {
+        cfg.drain_window = Duration::from_millis(200);
+        cfg.drain_timeout = Duration::from_secs(5);
+    });
+    let config = client_config(&[&cert.der], BOTH);
+    let mut clients: Vec<TlsClient> = (0..5).map(|_| TlsClient::connect(tls_addr(&server), &config)).collect();
+    server.wait_for("5 connections", |m| m.connections == 5);
+    let running = server.server.take().unwrap();
+    running.drain(crate::proto::close::CloseCode::GOING_AWAY);
+    for client in &mut clients {
+        assert_eq!(client.next_event(), Some(OwnedEvent::Close(Some(1001))));
+        let mut rest = [0u8; 16];
+        assert_eq!(client.stream.read(&mut rest).unwrap(), 0, "close_notify, then EOF");
+    }
+    running.join();
+}
