@@ -74,7 +74,7 @@ pub struct ShardMetrics {
     /// TLS handshakes completed by resuming an earlier session (ticket or cache).
     pub tls_resumed: u64,
     /// TLS handshakes failed, by reason (`tls::SessionError` label, or `timeout`,
-    /// `eof`).
+    /// `eof`, `too_large`, `after_handshake`).
     pub tls_handshake_failures: HashMap<&'static str, u64>,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.

@@ -739,6 +739,15 @@ impl Shard {
             let tls = slot.tls.as_deref_mut().expect("a TLS slot");
             let kept = tls.partial_len();
             let room = self.buf.len() - kept;
+            if room == 0 {
+                // Unfinished input fills the whole read buffer: a handshake message
+                // spread over many records that no real client sends (a ClientHello is
+                // a few KB). Refuse it rather than read 0 bytes and call it EOF.
+                ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "too_large");
+                tls.abandon();
+                self.tls_failed(entry);
+                continue;
+            }
             // SAFETY: reads into the shard's buffer behind the kept bytes; the pointer
             // and length stay inside the buffer.
             let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().add(kept).cast(), room, libc::MSG_DONTWAIT) };
@@ -758,6 +767,18 @@ impl Shard {
             }
             let n = n as usize;
             self.metrics.bytes_in += n as u64;
+            if tls.is_failed() {
+                // Only the alert and the linger are left: input is discarded.
+                if n < room && !to_end {
+                    return;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    self.again.push(entry);
+                    return;
+                }
+                continue;
+            }
             tls.take_partial(&mut self.buf);
             self.plain.clear();
             let was_established = tls.is_established();

@@ -343,3 +343,35 @@ fn drain_closes_tls_clients_with_1001_then_close_notify() {
     }
     running.join();
 }
+
+/// A handshake message spread over many records fills the read buffer: refused and
+/// counted, not mistaken for an EOF and not a panic.
+#[test]
+fn a_handshake_message_larger_than_the_read_buffer_is_refused() {
+    let cert = TestCert::new();
+    let dir = CertDir::new(&cert);
+    let server = tls_server(&dir, |cfg| {
+        cfg.shards = 1;
+        cfg.read_buffer_bytes = crate::tls::MIN_READ_BUFFER_BYTES;
+    });
+    let mut stream = TcpStream::connect(tls_addr(&server)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A ClientHello declaring 65,535 bytes, sent 1,000 bytes per record.
+    let mut message = vec![1u8, 0x00, 0xff, 0xff];
+    message.extend(std::iter::repeat_n(0x41u8, 0xffff));
+    for chunk in message.chunks(1000) {
+        let mut record = vec![22u8, 3, 1];
+        record.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        record.extend_from_slice(chunk);
+        if stream.write_all(&record).is_err() {
+            break;
+        }
+    }
+    let _ = stream.read_to_end(&mut Vec::new());
+    server.wait_for("the refusal counted", |m| {
+        m.tls_handshake_failures.values().sum::<u64>() == 1 && m.tls_sessions == 0
+    });
+    let failures = server.metrics().tls_handshake_failures;
+    assert_eq!(failures.get("too_large"), Some(&1), "{failures:?}");
+}

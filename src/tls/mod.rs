@@ -37,7 +37,9 @@ pub use self::session::{HandshakeInfo, Input, SessionError, TlsSession};
 /// plaintext plus rustls' allowance for expansion, 18,437 bytes on the wire) must fit
 /// in it behind nothing, because an unfinished record is moved to the buffer's front
 /// before the next read. `Config::validate` refuses a smaller `read_buffer_bytes` when
-/// TLS is on.
+/// TLS is on. A handshake message being joined from several records stays in the buffer
+/// too; if unfinished input ever fills the whole buffer (no real client sends a
+/// handshake message that large), the connection fails as `too_large`.
 pub const MIN_READ_BUFFER_BYTES: usize = 32 * 1024;
 
 /// TLS 1.2 sessions (and TLS 1.3 sessions when tickets are off) the server remembers

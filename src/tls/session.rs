@@ -175,9 +175,7 @@ impl TlsSession {
             let state = match status.state {
                 Ok(state) => state,
                 Err(error) => {
-                    start += discard;
                     self.fail();
-                    self.keep_partial(&incoming[start..]);
                     return Err(SessionError { error });
                 }
             };
@@ -245,9 +243,24 @@ impl TlsSession {
         HandshakeInfo { version, resumed }
     }
 
-    /// Marks the session failed and moves rustls' alert (if any) to the output.
+    /// Whether the session failed: input is to be discarded, only the alert (if any)
+    /// goes out.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Gives up on the session from outside (the caller found its input unacceptable):
+    /// it keeps no input and accepts none.
+    pub fn abandon(&mut self) {
+        self.failed = true;
+        self.partial = Vec::new();
+    }
+
+    /// Marks the session failed, drops kept input, and moves rustls' alert (if any) to
+    /// the output.
     fn fail(&mut self) {
         self.failed = true;
+        self.partial = Vec::new();
         for _ in 0..8 {
             match self.conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
