@@ -182,17 +182,29 @@ impl TlsSession {
             let mut done = false;
             match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
+                    let mut broken = None;
                     while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(|error| SessionError { error })?;
-                        discard += record.discard;
-                        plaintext.extend_from_slice(record.payload);
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plaintext.extend_from_slice(record.payload);
+                            }
+                            Err(error) => {
+                                broken = Some(error);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(error) = broken {
+                        self.fail();
+                        return Err(SessionError { error });
                     }
                 }
                 ConnectionState::ReadEarlyData(mut early) => {
                     // 0-RTT is never enabled (max_early_data_size stays 0: early data
                     // can be replayed); drop anything that claims to be it.
-                    while let Some(record) = early.next_record() {
-                        discard += record.map_err(|error| SessionError { error })?.discard;
+                    while let Some(Ok(record)) = early.next_record() {
+                        discard += record.discard;
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
