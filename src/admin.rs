@@ -73,6 +73,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// The soft open-files limit in force, reported as `wsgate_open_files_limit`.
     pub nofile_limit: u64,
+    /// TLS is configured: `/metrics` reports certificate reloads.
+    pub tls: AtomicBool,
 }
 
 impl AdminState {
@@ -83,6 +85,7 @@ impl AdminState {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             nofile_limit,
+            tls: AtomicBool::new(false),
         }
     }
 }
@@ -411,6 +414,7 @@ fn metrics(_: &Request, state: &AdminState) -> Response {
         draining: state.draining.load(Ordering::Relaxed),
         nofile_limit: state.nofile_limit,
         shards: shards.len(),
+        tls_reloads: state.tls.load(Ordering::Relaxed).then(|| state.registry.tls_reloads()),
     };
     Response {
         status: 200,

@@ -92,6 +92,10 @@ pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Config::paths`].
 pub const DEFAULT_PATH: &str = "/ws";
+/// Where the TLS listener binds when [`Config::tls_cert`] is set and
+/// [`Config::tls_listen`] is not: every interface, port 8443 (plain WebSocket stays on
+/// [`Config::listen`], so both run side by side).
+pub const DEFAULT_TLS_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8443));
 /// Default for [`Config::tick`]: heartbeats and timeouts are seconds long, so 100 ms of
 /// slack is invisible, and ten wake-ups a second per shard cost nothing.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
@@ -203,6 +207,10 @@ pub const KEYS: &[&str] = &[
     "message_burst",
     "max_tracked_ips",
     "trusted_proxies",
+    "tls_cert",
+    "tls_key",
+    "tls_listen",
+    "tls_tickets",
 ];
 
 /// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
@@ -272,6 +280,17 @@ pub struct Config {
     pub subprotocols: Vec<String>,
     /// Resolution of each shard's timer wheel: timeouts fire up to one tick late.
     pub tick: Duration,
+    /// PEM certificate chain (leaf first) for `wss://`. With [`Config::tls_key`], turns
+    /// on the TLS listener ([`Config::tls_listen_addr`]); re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of [`Config::tls_cert`] (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// The TLS listener, beside the plain one. Unset with a certificate configured:
+    /// [`DEFAULT_TLS_LISTEN`]. Setting it without a certificate is an error.
+    pub tls_listen: Option<SocketAddr>,
+    /// Stateless TLS session tickets (resumption without server state). Off: clients
+    /// resume through the per-process session cache only.
+    pub tls_tickets: bool,
 }
 
 impl Default for Config {
@@ -297,6 +316,10 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             tick: DEFAULT_TICK,
+            tls_cert: None,
+            tls_key: None,
+            tls_listen: None,
+            tls_tickets: true,
         }
     }
 }
@@ -316,6 +339,23 @@ impl Config {
     /// is never below the configured one.
     pub fn connections_per_shard(&self) -> usize {
         self.max_connections.div_ceil(self.shards.max(1))
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                tickets: self.tls_tickets,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Where the TLS listener binds, when TLS is configured.
+    pub fn tls_listen_addr(&self) -> Option<SocketAddr> {
+        self.tls_files().map(|_| self.tls_listen.unwrap_or(DEFAULT_TLS_LISTEN))
     }
 
     /// Checks every range and every relation between options. [`load_from`] calls it; a
@@ -368,7 +408,39 @@ impl Config {
                 self.listen, self.admin_listen
             )));
         }
+        self.validate_tls()?;
         self.validate_lists()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(relation(
+                "tls_cert and tls_key go together: set both for wss://, or neither".to_owned(),
+            ));
+        }
+        let Some(tls_listen) = self.tls_listen_addr() else {
+            if let Some(addr) = self.tls_listen {
+                return Err(relation(format!(
+                    "tls_listen ({addr}) needs tls_cert and tls_key: there is no certificate to serve"
+                )));
+            }
+            return Ok(());
+        };
+        for (key, addr) in [("listen", self.listen), ("admin_listen", self.admin_listen)] {
+            if same_port(tls_listen, addr) {
+                return Err(relation(format!(
+                    "tls_listen ({tls_listen}) and {key} ({addr}) would bind the same port"
+                )));
+            }
+        }
+        if self.read_buffer_bytes < crate::tls::MIN_READ_BUFFER_BYTES {
+            return Err(relation(format!(
+                "read_buffer_bytes ({}) must be at least {} with TLS on: a whole TLS record must fit in it",
+                format_bytes(self.read_buffer_bytes as u64),
+                format_bytes(crate::tls::MIN_READ_BUFFER_BYTES as u64)
+            )));
+        }
+        Ok(())
     }
 
     /// Every option within its accepted range; one option per line, laid out by hand.
@@ -534,6 +606,20 @@ impl Config {
             "message_burst" => Value::Int(self.edge.message_burst.into()),
             "max_tracked_ips" => Value::Int(self.edge.max_tracked_ips.into()),
             "trusted_proxies" => Value::List(self.edge.trusted_proxies.iter().map(|c| c.to_string()).collect()),
+            "tls_cert" => Value::Text(
+                self.tls_cert
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            "tls_key" => Value::Text(
+                self.tls_key
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            "tls_listen" => Value::Text(self.tls_listen.map(|a| a.to_string()).unwrap_or_default()),
+            "tls_tickets" => Value::Bool(self.tls_tickets),
             _ => unreachable!("value() asked for unknown key {key}"),
         }
     }
@@ -1000,6 +1086,26 @@ struct ServeArgs {
     /// header is ignored.
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',', help_heading = "Edge limits")]
     trusted_proxies: Option<Vec<String>>,
+    /// PEM certificate chain (leaf first) for wss://; with --tls-key it turns the TLS
+    /// listener on. Re-read on SIGHUP (a bad file keeps the old one).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_key: Option<String>,
+    /// TLS listener address, beside the plain --listen one.
+    #[arg(long, value_name = "IP:PORT", help_heading = "TLS")]
+    tls_listen: Option<String>,
+    /// Stateless session tickets for resumption. false: the session cache only.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        help_heading = "TLS"
+    )]
+    tls_tickets: Option<String>,
 }
 
 /// The clap command with each option's help extended by its default and variable.
@@ -1018,6 +1124,7 @@ fn annotate(arg: clap::Arg, defaults: &Config) -> clap::Arg {
     } else if KEYS.contains(&key.as_str()) {
         let default = match (key.as_str(), defaults.value(&key)) {
             ("shards", _) => format!("CPUs available, {} here", defaults.shards),
+            ("tls_listen", _) => format!("{DEFAULT_TLS_LISTEN} when --tls-cert is set"),
             (_, Value::Text(s)) => s,
             (_, Value::Int(n)) => n.to_string(),
             (_, Value::Bool(b)) => b.to_string(),
@@ -1239,6 +1346,17 @@ fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
     if let Some(protocols) = s.list("subprotocols", a.subprotocols)? {
         c.subprotocols = protocols;
     }
+
+    let path = |v: &str| -> Result<Option<PathBuf>, String> {
+        let v = v.trim();
+        Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+    };
+    s.set(&mut c.tls_cert, "tls_cert", a.tls_cert, path)?;
+    s.set(&mut c.tls_key, "tls_key", a.tls_key, path)?;
+    s.set(&mut c.tls_listen, "tls_listen", a.tls_listen, |v| {
+        if v.trim().is_empty() { Ok(None) } else { parse_addr(v).map(Some) }
+    })?;
+    s.set(&mut c.tls_tickets, "tls_tickets", a.tls_tickets, parse_bool)?;
 
     let auth = &mut c.auth;
     let text = |v: &str| -> Result<Option<String>, String> {
@@ -1752,11 +1870,43 @@ mod tests {
             allowed_origins: vec!["https://a.example:8443".into()],
             subprotocols: vec!["chat".into()],
             tick: Duration::from_millis(50),
+            tls_cert: Some("/etc/wsgate/chain.pem".into()),
+            tls_key: Some("/etc/wsgate/key.pem".into()),
+            tls_listen: Some("[::1]:7443".parse().unwrap()),
+            tls_tickets: false,
             ..Config::default()
         };
         config.validate().unwrap();
         let file = TempFile::new(&config.to_toml());
         assert_eq!(serve(&[&file.arg()], &no_env).unwrap(), config);
+    }
+
+    #[test]
+    fn tls_options_go_together_and_default_the_listener() {
+        let on = serve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &no_env).unwrap();
+        assert_eq!(on.tls_listen_addr(), Some(DEFAULT_TLS_LISTEN));
+        assert!(on.tls_files().is_some_and(|f| f.tickets));
+        let env = env_of(&[("WSGATE_TLS_LISTEN", "127.0.0.1:9443"), ("WSGATE_TLS_TICKETS", "false")]);
+        let on = serve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &env).unwrap();
+        assert_eq!(on.tls_listen_addr(), Some("127.0.0.1:9443".parse().unwrap()));
+        assert!(on.tls_files().is_some_and(|f| !f.tickets));
+        let off = serve(&[], &no_env).unwrap();
+        assert_eq!((off.tls_files(), off.tls_listen_addr()), (None, None));
+        for (args, needle) in [
+            (&["--tls-cert", "c.pem"][..], "go together"),
+            (&["--tls-listen", "0.0.0.0:8443"][..], "needs tls_cert"),
+            (
+                &["--tls-cert", "c", "--tls-key", "k", "--tls-listen", "0.0.0.0:8080"][..],
+                "same port",
+            ),
+            (
+                &["--tls-cert", "c", "--tls-key", "k", "--read-buffer-bytes", "16KiB"][..],
+                "whole TLS record",
+            ),
+        ] {
+            let message = error(args, &no_env);
+            assert!(message.contains(needle), "{args:?}: {message}");
+        }
     }
 
     #[test]

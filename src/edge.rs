@@ -267,6 +267,17 @@ impl IpTicket {
     }
 }
 
+/// A user admitted by [`Edge::admit_user`], to give back with [`Edge::release_user`]:
+/// the keyed hash of the user id, so a slot keeps 8 bytes, not the id.
+/// `UserTicket::NONE` when nothing was counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserTicket(u64);
+
+impl UserTicket {
+    /// Nothing counted: releasing it does nothing.
+    pub const NONE: Self = Self(0);
+}
+
 /// One open connection of a user, as the user table remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnRef {
@@ -366,7 +377,8 @@ impl Edge {
     }
 
     fn user_key(&self, user: &str) -> u64 {
-        self.hasher.hash_one(user)
+        // 0 means "not counted" in a ticket.
+        self.hasher.hash_one(user).max(1)
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -446,12 +458,12 @@ impl Edge {
     }
 
     /// Counts `conn` as one of `user`'s connections. With the `newest` policy a user at
-    /// the limit gets `Ok(Some(oldest))`, which the caller must close; with `oldest` the
+    /// the limit gets `Some(oldest)` back, which the caller must close; with `oldest` the
     /// new connection is refused.
-    pub fn admit_user(&self, user: &str, conn: ConnRef) -> Result<Option<ConnRef>, Refusal> {
+    pub fn admit_user(&self, user: &str, conn: ConnRef) -> Result<(UserTicket, Option<ConnRef>), Refusal> {
         let max = self.cfg.max_connections_per_user as usize;
         if max == 0 {
-            return Ok(None);
+            return Ok((UserTicket::NONE, None));
         }
         let key = self.user_key(user);
         let mut table = self.users[(key as usize) % STRIPES]
@@ -466,16 +478,16 @@ impl Edge {
             }
         }
         conns.push(conn);
-        Ok(evicted)
+        Ok((UserTicket(key), evicted))
     }
 
     /// Forgets `conn` as one of `user`'s connections (a connection evicted by a newer
     /// one is already forgotten: nothing happens).
-    pub fn release_user(&self, user: &str, conn: ConnRef) {
-        if self.cfg.max_connections_per_user == 0 {
+    pub fn release_user(&self, ticket: UserTicket, conn: ConnRef) {
+        if ticket == UserTicket::NONE {
             return;
         }
-        let key = self.user_key(user);
+        let key = ticket.0;
         let mut table = self.users[(key as usize) % STRIPES]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -700,16 +712,18 @@ mod tests {
             slot,
             gen_: 1,
         };
-        assert_eq!(e.admit_user("alice", conn(1)), Ok(None));
-        assert_eq!(e.admit_user("alice", conn(2)), Ok(None));
-        assert_eq!(e.admit_user("bob", conn(9)), Ok(None));
-        assert_eq!(e.admit_user("alice", conn(3)), Ok(Some(conn(1))));
+        let evicts = |user, slot| e.admit_user(user, conn(slot)).map(|(_, evicted)| evicted);
+        assert_eq!(evicts("alice", 1), Ok(None));
+        assert_eq!(evicts("alice", 2), Ok(None));
+        let (bob, _) = e.admit_user("bob", conn(9)).unwrap();
+        let (alice, evicted) = e.admit_user("alice", conn(3)).unwrap();
+        assert_eq!(evicted, Some(conn(1)));
         // The evicted connection's own release later is a no-op.
-        e.release_user("alice", conn(1));
-        assert_eq!(e.admit_user("alice", conn(4)), Ok(Some(conn(2))));
-        e.release_user("alice", conn(3));
-        e.release_user("alice", conn(4));
-        e.release_user("bob", conn(9));
+        e.release_user(alice, conn(1));
+        assert_eq!(evicts("alice", 4), Ok(Some(conn(2))));
+        e.release_user(alice, conn(3));
+        e.release_user(alice, conn(4));
+        e.release_user(bob, conn(9));
         assert_eq!(e.tracked().1, 0);
     }
 
@@ -724,10 +738,10 @@ mod tests {
             slot,
             gen_: 0,
         };
-        e.admit_user("alice", conn(1)).unwrap();
+        let (alice, _) = e.admit_user("alice", conn(1)).unwrap();
         assert_eq!(e.admit_user("alice", conn(2)), Err(Refusal::ConnectionsPerUser));
-        e.release_user("alice", conn(1));
-        assert_eq!(e.admit_user("alice", conn(2)), Ok(None));
+        e.release_user(alice, conn(1));
+        assert_eq!(e.admit_user("alice", conn(2)), Ok((alice, None)));
     }
 
     #[test]

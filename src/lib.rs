@@ -3,8 +3,8 @@
 //! wsgate terminates WebSocket connections and routes messages between them, aiming at
 //! millions of mostly idle connections per box. This crate is the library behind the
 //! `wsgate` binary. Built today: the sans-IO protocol core, the server runtime (shards,
-//! connection lifecycle, drain, metrics) and its configuration; messaging, TLS,
-//! authentication and scale-out come next (the README says what works).
+//! connection lifecycle, drain, metrics) and its configuration, token authentication
+//! and in-process TLS; messaging and scale-out come next (the README says what works).
 //!
 //! # Layout
 //!
@@ -15,6 +15,9 @@
 //!        ▼
 //!  server::ring       second io_uring per shard: multishot accept + multishot poll per
 //!        │            socket; a doorbell (eventfd → socketpair) wakes the shard's task
+//!        ├── a TLS listener per shard too (when configured): the slot gets a
+//!        │   tls::TlsSession, which decrypts from the shard's read buffer and
+//!        │   seals queued frames at flush; the plaintext takes the same path below
 //!        ▼
 //!  server::shard      slab of connection slots, reads into one shard buffer, bounded send
 //!        │            queues flushed with one sendmsg per connection per turn, drain
@@ -30,7 +33,7 @@
 //!
 //!  main.rs ── config (flags, env, TOML → one Config) ── sys (fd limit, start-up report)
 //!         ── admin (/healthz, /readyz, /metrics on its own thread) ◀── metrics::Registry
-//!         ── signals ──▶ Command::Drain to every shard
+//!         ── signals ──▶ Command::Drain to every shard; SIGHUP ──▶ tls::TlsContext::reload
 //! ```
 //!
 //! - [`proto`]: the sans-IO core. No sockets, no runtime, no clock: the caller passes
@@ -38,6 +41,8 @@
 //!   tested and fuzzed on plain slices.
 //! - [`auth`]: token authentication before the upgrade (JWT from a header, the query or
 //!   a subprotocol → an `Identity` or a 401); sans-IO once its keys are loaded.
+//! - [`tls`]: rustls behind a sans-IO session (ciphertext in, plaintext and ciphertext
+//!   out, caller-owned buffers) and the reloadable certificate configuration.
 //! - [`server`]: the only code that touches sockets and io_uring.
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
@@ -48,7 +53,7 @@
 //!   in the client role), so the client side costs as little per connection as the
 //!   server side.
 //!
-//! Planned, not built yet: TLS, `mesh/` (cross-core routing), `rooms/`, `store/`,
+//! Planned, not built yet: `mesh/` (cross-core routing), `rooms/`, `store/`,
 //! `cluster/` (Redis).
 //!
 //! # Limits
@@ -75,6 +80,8 @@
 //! | [`EdgeConfig::max_connections_per_user`](edge::EdgeConfig::max_connections_per_user) | 16 | newest wins: the oldest gets close 1008 (`user_replaced`); oldest wins: 429 (`connections_per_user`) |
 //! | [`EdgeConfig::message_rate`](edge::EdgeConfig::message_rate), [`message_burst`](edge::EdgeConfig::message_burst) | 100/s, 200 | close 1008 "message rate exceeded" (`message_rate`) |
 //! | [`EdgeConfig::max_tracked_ips`](edge::EdgeConfig::max_tracked_ips) | 1,000,000 | new addresses let in uncounted (`ip_table_full`) |
+//! | TLS read buffer ([`tls::MIN_READ_BUFFER_BYTES`]) | 32 KiB at least with TLS on | configuration refused (a whole record must fit); the shard also keeps a plaintext buffer of the same size |
+//! | [`tls::SESSION_CACHE_ENTRIES`] | 16,384 per process | the oldest session is forgotten; that client does a full handshake |
 //! | [`Config::drain_window`](config::Config::drain_window), [`Config::drain_timeout`](config::Config::drain_timeout) | 10 s, 30 s | close frames spread over the window; what is left at the deadline is dropped |
 //!
 //! # Invariants
@@ -84,7 +91,9 @@
 //!   id, the address ticket and the message-rate clock) and one
 //!   kernel poll entry: no buffer, no task, no timer object. Buffers exist only while a
 //!   handshake, a split message or control frame, queued output or a close is in
-//!   progress.
+//!   progress. A TLS connection adds one boxed rustls session (about 2.3 KB idle,
+//!   asserted under 4 KiB in `tls::tests`); its unfinished-record and ciphertext
+//!   buffers exist only while they hold bytes. A plain slot pays one pointer for TLS.
 //! - A declared length is checked against its limit before a byte is buffered.
 //! - After a close frame is queued, no data frame can be sent
 //!   ([`proto::connection::Connection::can_send`]) and nothing follows the close.
@@ -105,3 +114,4 @@ pub mod server;
 pub mod sys;
 #[cfg(test)]
 mod testalloc;
+pub mod tls;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use wsgate::admin::{self, AdminState};
 use wsgate::auth::{AuthMode, Authenticator};
 use wsgate::config::{self, Command, Config};
@@ -16,6 +16,7 @@ use wsgate::metrics::Registry;
 use wsgate::proto::close::CloseCode;
 use wsgate::server::Server;
 use wsgate::sys;
+use wsgate::tls::TlsContext;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -63,10 +64,21 @@ fn serve(cfg: Config) -> ExitCode {
     for warning in &report.warnings {
         eprintln!("wsgate: WARNING: {warning}");
     }
+    // Loaded before anything listens: a bad certificate or key is a configuration error.
+    let tls = match cfg.tls_files() {
+        Some(files) => match TlsContext::load(files) {
+            Ok(context) => Some(Arc::new(context)),
+            Err(e) => {
+                eprintln!("wsgate: TLS: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let cfg = Arc::new(cfg);
     let registry = Arc::new(Registry::new(cfg.shards));
     // Installed before the shards start so a signal during start-up is not lost.
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("wsgate: cannot install signal handlers: {e}");
@@ -85,7 +97,8 @@ fn serve(cfg: Config) -> ExitCode {
         eprintln!("wsgate: cannot start the admin listener: {e}");
         return ExitCode::FAILURE;
     }
-    let server = match Server::start(cfg.clone(), registry, authenticator) {
+    admin_state.tls.store(tls.is_some(), Ordering::Release);
+    let server = match Server::start_with_tls(cfg.clone(), registry.clone(), authenticator, tls.clone()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("wsgate: cannot start on {}: {e}", cfg.listen);
@@ -101,7 +114,18 @@ fn serve(cfg: Config) -> ExitCode {
         if cfg.echo { ", echoing every message" } else { "" },
         cfg.admin_listen,
     );
-    let first = signals.forever().next();
+    if let Some(addr) = server.tls_addr() {
+        eprintln!(
+            "wsgate: listening on wss://{addr}{} (TLS 1.3/1.2, ALPN http/1.1); SIGHUP reloads the certificate",
+            cfg.paths.first().map_or("/", String::as_str)
+        );
+    }
+    let first = loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => reload_tls(tls.as_deref(), &registry),
+            other => break other,
+        }
+    };
     let code = if first == Some(SIGUSR1) {
         CloseCode::SERVICE_RESTART
     } else {
@@ -114,7 +138,11 @@ fn serve(cfg: Config) -> ExitCode {
     );
     server.drain(code);
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                reload_tls(tls.as_deref(), &registry);
+                continue;
+            }
             eprintln!("wsgate: second signal: exiting without finishing the drain");
             std::process::exit(1);
         }
@@ -122,4 +150,31 @@ fn serve(cfg: Config) -> ExitCode {
     server.join();
     eprintln!("wsgate: drained");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the certificate and key. New TLS connections get the new pair; open
+/// ones keep theirs. A pair that does not load leaves the old one in force; either way
+/// the outcome is logged (file names and the reason, never key material) and counted in
+/// `wsgate_tls_reloads_total`.
+fn reload_tls(tls: Option<&TlsContext>, registry: &Registry) {
+    let Some(tls) = tls else {
+        eprintln!("wsgate: SIGHUP: TLS is not configured, nothing to reload");
+        return;
+    };
+    let files = tls.files();
+    match tls.reload() {
+        Ok(()) => {
+            registry.count_tls_reload(true);
+            eprintln!(
+                "wsgate: TLS: reloaded {} and {} (generation {}); new connections use them",
+                files.cert.display(),
+                files.key.display(),
+                tls.generation()
+            );
+        }
+        Err(e) => {
+            registry.count_tls_reload(false);
+            eprintln!("wsgate: TLS: reload failed, the certificate in force stays: {e}");
+        }
+    }
 }

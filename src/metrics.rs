@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
 
@@ -71,6 +72,15 @@ pub struct ShardMetrics {
     /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
     /// stay 0.
     pub watchdog_wakes: u64,
+    /// Gauge: connections on the TLS listener now (handshaking, open or closing).
+    pub tls_sessions: u64,
+    /// TLS handshakes completed, by protocol version (`tls13`, `tls12`).
+    pub tls_handshakes: HashMap<&'static str, u64>,
+    /// TLS handshakes completed by resuming an earlier session (ticket or cache).
+    pub tls_resumed: u64,
+    /// TLS handshakes failed, by reason (`tls::SessionError` label, or `timeout`,
+    /// `eof`, `too_large`, `after_handshake`).
+    pub tls_handshake_failures: HashMap<&'static str, u64>,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.
     #[doc(hidden)]
@@ -88,6 +98,8 @@ impl ShardMetrics {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<ShardMetrics>>,
+    /// Certificate reloads (SIGHUP) that took effect, and that failed (old kept).
+    tls_reloads: [AtomicU64; 2],
 }
 
 impl Registry {
@@ -95,7 +107,21 @@ impl Registry {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards).map(|_| Mutex::new(ShardMetrics::default())).collect(),
+            tls_reloads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
+    }
+
+    /// Counts one certificate reload, successful or not (the main thread does it).
+    pub fn count_tls_reload(&self, ok: bool) {
+        self.tls_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Certificate reloads so far: (took effect, failed).
+    pub fn tls_reloads(&self) -> (u64, u64) {
+        (
+            self.tls_reloads[0].load(Ordering::Relaxed),
+            self.tls_reloads[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Replaces shard `shard`'s published copy.
@@ -124,6 +150,9 @@ pub struct ProcessInfo {
     pub nofile_limit: u64,
     /// Configured shards.
     pub shards: usize,
+    /// Certificate reloads (took effect, failed) when TLS is on; `None` leaves the
+    /// family out.
+    pub tls_reloads: Option<(u64, u64)>,
 }
 
 /// Prometheus metric type of a family.
@@ -311,6 +340,30 @@ const FAMILIES: &[Family] = &[
         help: "Times the watchdog woke a shard that slept through its ticks.",
         series: Series::Plain(|m| m.watchdog_wakes),
     },
+    Family {
+        name: "wsgate_tls_sessions",
+        kind: Kind::Gauge,
+        help: "Connections on the TLS listener now (handshaking, open or closing).",
+        series: Series::Plain(|m| m.tls_sessions),
+    },
+    Family {
+        name: "wsgate_tls_handshakes_total",
+        kind: Kind::Counter,
+        help: "TLS handshakes completed, by protocol version.",
+        series: Series::Labelled("version", |m| sorted(&m.tls_handshakes)),
+    },
+    Family {
+        name: "wsgate_tls_resumed_total",
+        kind: Kind::Counter,
+        help: "TLS handshakes that resumed an earlier session (ticket or session cache).",
+        series: Series::Plain(|m| m.tls_resumed),
+    },
+    Family {
+        name: "wsgate_tls_handshake_failures_total",
+        kind: Kind::Counter,
+        help: "TLS handshakes failed, by reason.",
+        series: Series::Labelled("reason", |m| sorted(&m.tls_handshake_failures)),
+    },
 ];
 
 /// The shard metrics (one slot per shard, in shard order, as [`Registry::snapshot`]
@@ -348,6 +401,17 @@ pub fn render(shards: &[ShardMetrics], process: &ProcessInfo) -> String {
         let _ = writeln!(out, "{name} {value}");
     };
     gauge(&mut out, "wsgate_shards", "Shards configured.", process.shards as u64);
+    if let Some((ok, failed)) = process.tls_reloads {
+        let name = "wsgate_tls_reloads_total";
+        header(
+            &mut out,
+            name,
+            Kind::Counter,
+            "Certificate reloads (SIGHUP), by result; a failed one keeps the old certificate.",
+        );
+        let _ = writeln!(out, "{name}{{result=\"ok\"}} {ok}");
+        let _ = writeln!(out, "{name}{{result=\"failed\"}} {failed}");
+    }
     gauge(
         &mut out,
         "wsgate_draining",
@@ -433,8 +497,14 @@ mod tests {
             handshake_timeouts: 4,
             abnormal_closes: 5,
             closed: 6,
+            tls_sessions: 3,
+            tls_resumed: 1,
             ..ShardMetrics::default()
         };
+        ShardMetrics::bump(&mut m.tls_handshakes, "tls13");
+        ShardMetrics::bump(&mut m.tls_handshakes, "tls13");
+        ShardMetrics::bump(&mut m.tls_handshakes, "tls12");
+        ShardMetrics::bump(&mut m.tls_handshake_failures, "bad_message");
         ShardMetrics::bump(&mut m.handshake_failures, "handshake_limit");
         ShardMetrics::bump(&mut m.limit_hits, "message_rate");
         ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
@@ -448,6 +518,7 @@ mod tests {
             draining: true,
             nofile_limit: 1_048_576,
             shards: 1,
+            tls_reloads: Some((2, 1)),
         };
         let expected = r#"# HELP wsgate_connections Upgraded WebSocket connections open now.
 # TYPE wsgate_connections gauge
@@ -524,9 +595,26 @@ wsgate_connections_closed_total{shard="0"} 6
 # HELP wsgate_shard_watchdog_wakes_total Times the watchdog woke a shard that slept through its ticks.
 # TYPE wsgate_shard_watchdog_wakes_total counter
 wsgate_shard_watchdog_wakes_total{shard="0"} 0
+# HELP wsgate_tls_sessions Connections on the TLS listener now (handshaking, open or closing).
+# TYPE wsgate_tls_sessions gauge
+wsgate_tls_sessions{shard="0"} 3
+# HELP wsgate_tls_handshakes_total TLS handshakes completed, by protocol version.
+# TYPE wsgate_tls_handshakes_total counter
+wsgate_tls_handshakes_total{shard="0",version="tls12"} 1
+wsgate_tls_handshakes_total{shard="0",version="tls13"} 2
+# HELP wsgate_tls_resumed_total TLS handshakes that resumed an earlier session (ticket or session cache).
+# TYPE wsgate_tls_resumed_total counter
+wsgate_tls_resumed_total{shard="0"} 1
+# HELP wsgate_tls_handshake_failures_total TLS handshakes failed, by reason.
+# TYPE wsgate_tls_handshake_failures_total counter
+wsgate_tls_handshake_failures_total{shard="0",reason="bad_message"} 1
 # HELP wsgate_shards Shards configured.
 # TYPE wsgate_shards gauge
 wsgate_shards 1
+# HELP wsgate_tls_reloads_total Certificate reloads (SIGHUP), by result; a failed one keeps the old certificate.
+# TYPE wsgate_tls_reloads_total counter
+wsgate_tls_reloads_total{result="ok"} 2
+wsgate_tls_reloads_total{result="failed"} 1
 # HELP wsgate_draining 1 while the process drains connections before exiting, else 0.
 # TYPE wsgate_draining gauge
 wsgate_draining 1

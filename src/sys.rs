@@ -220,7 +220,7 @@ fn report(config: &Config, nofile_soft: u64, host: &Host) -> StartupReport {
             items.join(",")
         }
     };
-    let lines = vec![
+    let mut lines = vec![
         format!(
             "listening on {} ({} shards on {} CPUs), admin on {}",
             config.listen, config.shards, host.cpus, config.admin_listen
@@ -292,6 +292,12 @@ fn report(config: &Config, nofile_soft: u64, host: &Host) -> StartupReport {
             format_bytes(l.max_message_bytes)
         ),
     ];
+    if let Some(tls) = config.tls_listen_addr() {
+        lines.push(format!(
+            "  not included: TLS connections (wss on {tls}) cost about {} B more each (rustls state and AEAD keys, measured)",
+            crate::tls::SESSION_BYTES_ESTIMATE
+        ));
+    }
 
     let mut warnings = Vec::new();
     let needed = config.max_connections as u64 + reserve;

@@ -53,3 +53,19 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static COUNTING: Counting = Counting;
+
+/// Bytes the C heap (glibc malloc) has handed out, process-wide: what C libraries such
+/// as aws-lc allocate, which the counting allocator above does not see. 0 where the C
+/// library is not glibc.
+pub fn c_heap_bytes() -> i64 {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        info.uordblks as i64
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        0
+    }
+}

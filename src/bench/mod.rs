@@ -40,6 +40,7 @@ pub mod density;
 pub mod echo;
 pub mod host;
 pub mod sources;
+pub mod tls;
 pub mod url;
 pub mod worker;
 
@@ -98,7 +99,7 @@ pub enum BenchCommand {
 /// Options both subcommands take.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct CommonArgs {
-    /// The gateway's WebSocket URL (ws:// only; the host is resolved once).
+    /// The gateway's WebSocket URL, ws:// or wss:// (the host is resolved once).
     #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws", value_parser = WsUrl::parse)]
     pub url: WsUrl,
     /// Sent as `Authorization: Bearer TOKEN` with every upgrade request.
@@ -123,6 +124,17 @@ pub struct CommonArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// wss://: PEM file of the roots to trust for the gateway's certificate.
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_insecure")]
+    pub ca: Option<std::path::PathBuf>,
+    /// wss://: accept any certificate (a throw-away test one); handshake signatures are
+    /// still verified, so the server does the full work.
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// wss://: resume TLS sessions (tickets) on later connections instead of a full
+    /// handshake each.
+    #[arg(long)]
+    pub tls_resume: bool,
 }
 
 /// A connect rate: `count` per `per`.
@@ -236,6 +248,8 @@ pub(crate) struct Setup {
     pub request_prefix: Arc<str>,
     pub sources: Option<Arc<SourceIps>>,
     pub preflight: host::Preflight,
+    /// The TLS client configuration and server name, for wss://.
+    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
 }
 
 impl Setup {
@@ -257,6 +271,24 @@ impl Setup {
                 if target.is_ipv4() { "IPv4" } else { "IPv6" }
             )));
         }
+        let tls = if common.url.tls {
+            let trust = match (&common.ca, common.tls_insecure) {
+                (Some(path), _) => tls::Trust::Roots(path.clone()),
+                (None, true) => tls::Trust::Insecure,
+                (None, false) => {
+                    return Err(BenchError::Usage(
+                        "wss:// needs --ca FILE (the roots to trust) or --tls-insecure".to_owned(),
+                    ));
+                }
+            };
+            let config = tls::client_config(&trust, common.tls_resume).map_err(BenchError::Usage)?;
+            Some((
+                config,
+                tls::server_name(common.url.bare_host()).map_err(BenchError::Usage)?,
+            ))
+        } else {
+            None
+        };
         let cpus = crate::config::available_cpus();
         let workers = (common.workers.map_or(cpus, |w| w as usize))
             .min(connections as usize)
@@ -269,6 +301,7 @@ impl Setup {
             request_prefix: request_prefix(&common.url, common.token.as_deref()).into(),
             sources: common.source_ips.clone().map(Arc::new),
             preflight,
+            tls,
         })
     }
 }
@@ -355,6 +388,7 @@ impl Fleet {
                 target: setup.target,
                 sources: setup.sources.clone(),
                 request_prefix: setup.request_prefix.clone(),
+                tls: setup.tls.clone(),
                 connect_timeout: common.connect_timeout,
                 close_timeout: common.close_timeout,
                 hard_deadline,

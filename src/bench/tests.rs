@@ -24,7 +24,67 @@ fn common(addr: SocketAddr, sources: Option<&str>) -> CommonArgs {
         connect_timeout: Duration::from_secs(5),
         close_timeout: Duration::from_secs(3),
         json: false,
+        ca: None,
+        tls_insecure: false,
+        tls_resume: false,
     }
+}
+
+/// A server with a TLS listener and a certificate for localhost (kept in `CertDir`).
+fn tls_server() -> (TestServer, crate::tls::testing::CertDir, SocketAddr) {
+    let cert = crate::tls::testing::TestCert::new();
+    let dir = crate::tls::testing::CertDir::new(&cert);
+    let server = TestServer::start(|cfg| {
+        cfg.echo = true;
+        cfg.tls_cert = Some(dir.cert_path());
+        cfg.tls_key = Some(dir.key_path());
+        cfg.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let addr = server.server.as_ref().unwrap().tls_addr().unwrap();
+    (server, dir, addr)
+}
+
+#[test]
+fn density_and_echo_over_wss() {
+    let (server, dir, addr) = tls_server();
+    let mut args = density_args(addr, 100, None);
+    args.common.url = WsUrl::parse(&format!("wss://localhost:{}/ws", addr.port())).unwrap();
+    args.common.ca = Some(dir.cert_path());
+    let report = density::run(&args, &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 100, "{report:#?}");
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert_eq!(report.closed_clean, 100, "{:?}", report.close_failures);
+    // Insecure trust with resumption: the server counts resumed handshakes.
+    args.common.ca = None;
+    args.common.tls_insecure = true;
+    args.common.tls_resume = true;
+    args.common.url = WsUrl::parse(&format!("wss://127.0.0.1:{}/ws", addr.port())).unwrap();
+    let report = density::run(&args, &AtomicBool::new(false)).unwrap();
+    assert_eq!(report.established, 100, "{report:#?}");
+    server.wait_for("resumed handshakes", |m| {
+        m.tls_resumed > 0 && m.tls_handshakes.values().sum::<u64>() == 200
+    });
+    // Echo of messages larger than a TLS record.
+    let mut common = args.common.clone();
+    common.tls_resume = false;
+    let echo = EchoArgs {
+        connections: 2,
+        size: 40_000,
+        in_flight: 2,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(100),
+        binary: true,
+        common,
+    };
+    let report = echo::run(&echo, &AtomicBool::new(false)).unwrap();
+    assert!(report.messages > 0 && report.mismatches == 0, "{report:#?}");
+    assert!(report.success(), "{report:#?}");
+    // No trust given: a usage error.
+    args.common.tls_insecure = false;
+    assert!(matches!(
+        density::run(&args, &AtomicBool::new(false)),
+        Err(BenchError::Usage(_))
+    ));
 }
 
 fn density_args(addr: SocketAddr, connections: u64, sources: Option<&str>) -> DensityArgs {
@@ -249,7 +309,7 @@ fn the_command_line_reaches_the_bench() {
     for bad in [
         &["wsgate", "bench", "density", "--rate", "0/s"][..],
         &["wsgate", "bench", "density", "--hold", "10"],
-        &["wsgate", "bench", "density", "--url", "wss://x/ws"],
+        &["wsgate", "bench", "density", "--url", "http://x/ws"],
         &["wsgate", "bench", "echo", "--in-flight", "0"],
         &["wsgate", "bench", "echo", "--size", "0"],
         &["wsgate", "bench"],

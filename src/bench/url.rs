@@ -1,10 +1,9 @@
-//! The `--url` of the server under test: `ws://host[:port][/path][?query]`.
+//! The `--url` of the server under test: `ws://` or `wss://host[:port][/path][?query]`.
 //!
 //! Parsed once at start-up into what the workers need: the socket address to connect
 //! to (the host is resolved once, here, so no worker ever waits on DNS), the `Host`
-//! header and the request target (path and query) of the upgrade request. `wss://` is
-//! refused: the bench measures the gateway, not a TLS library, and the gateway speaks
-//! plain WebSocket behind a TLS terminator.
+//! header and the request target (path and query) of the upgrade request, and whether
+//! the connection is TLS (`wss://`, measured against the gateway's own TLS listener).
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -13,19 +12,21 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 /// (4 KiB by default) anyway.
 pub const MAX_URL_BYTES: usize = 4096;
 
-/// A parsed `ws://` URL.
+/// A parsed `ws://` or `wss://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsUrl {
+    /// `wss://`: TLS before the upgrade.
+    pub tls: bool,
     /// Host as written (an IP literal keeps its brackets for IPv6), for `Host:`.
     pub host: String,
-    /// Port given, or 80.
+    /// Port given, or 80 (443 for `wss://`).
     pub port: u16,
     /// Request target: path (at least `/`) and `?query` if any.
     pub target: String,
 }
 
 impl WsUrl {
-    /// Parses `ws://host[:port][/path][?query]` (no user info, no fragment).
+    /// Parses `ws[s]://host[:port][/path][?query]` (no user info, no fragment).
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = url.trim();
         if url.len() > MAX_URL_BYTES {
@@ -34,15 +35,11 @@ impl WsUrl {
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err("a URL like ws://127.0.0.1:8080/ws".to_owned());
         };
-        match scheme.to_ascii_lowercase().as_str() {
-            "ws" => {}
-            "wss" => {
-                return Err(
-                    "wss:// is not supported: point the bench at the gateway's plain ws:// listener".to_owned(),
-                );
-            }
-            other => return Err(format!("scheme {other:?}: only ws:// is supported")),
-        }
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => false,
+            "wss" => true,
+            other => return Err(format!("scheme {other:?}: only ws:// and wss:// are supported")),
+        };
         if rest.contains('#') {
             return Err("a URL with no #fragment".to_owned());
         }
@@ -51,7 +48,7 @@ impl WsUrl {
         if authority.contains('@') {
             return Err("a URL with no user@ part (use --token for credentials)".to_owned());
         }
-        let (host, port) = split_host_port(authority)?;
+        let (host, port) = split_host_port(authority, if tls { 443 } else { 80 })?;
         let target = match target {
             "" => "/".to_owned(),
             t if t.starts_with('?') => format!("/{t}"),
@@ -61,19 +58,29 @@ impl WsUrl {
             return Err("a path and query of printable ASCII with no spaces (percent-encode the rest)".to_owned());
         }
         Ok(Self {
+            tls,
             host: host.to_owned(),
             port,
             target,
         })
     }
 
-    /// The `Host` header value: the host, and the port unless it is 80.
+    /// The `Host` header value: the host, and the port unless it is the scheme's default.
     pub fn host_header(&self) -> String {
-        if self.port == 80 {
+        if self.port == self.default_port() {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls { 443 } else { 80 }
+    }
+
+    /// The host without IPv6 brackets: the TLS server name (a DNS name or an IP).
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// Resolves the host (an IP literal without a lookup), preferring IPv4.
@@ -97,12 +104,13 @@ impl WsUrl {
 
 impl std::fmt::Display for WsUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ws://{}{}", self.host_header(), self.target)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.host_header(), self.target)
     }
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port`.
-fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
+fn split_host_port(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
     let bad_port = |p: &str| format!("port {p:?}: a number from 1 to 65535");
     let parse_port = |p: &str| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad_port(p));
     let (host, port) = if authority.starts_with('[') {
@@ -114,7 +122,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
             return Err(format!("{host} is not an IPv6 address"));
         }
         match rest {
-            "" => (host, 80),
+            "" => (host, default_port),
             r if r.starts_with(':') => (host, parse_port(&r[1..])?),
             _ => return Err(format!("unexpected {rest:?} after {host}")),
         }
@@ -124,7 +132,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
                 return Err("an IPv6 host in brackets: ws://[::1]:8080/ws".to_owned());
             }
             Some((h, p)) => (h, parse_port(p)?),
-            None => (authority, 80),
+            None => (authority, default_port),
         }
     };
     let valid = |b: u8| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b);
@@ -140,6 +148,7 @@ mod tests {
 
     fn url(host: &str, port: u16, target: &str) -> WsUrl {
         WsUrl {
+            tls: false,
             host: host.to_owned(),
             port,
             target: target.to_owned(),
@@ -167,7 +176,6 @@ mod tests {
     fn refuses_what_it_cannot_serve_with_a_reason() {
         for (bad, says) in [
             ("127.0.0.1:8080/ws", "ws://"),
-            ("wss://h/ws", "wss://"),
             ("http://h/ws", "scheme"),
             ("ws://h:0/ws", "port"),
             ("ws://h:65536/ws", "port"),
@@ -198,5 +206,13 @@ mod tests {
         assert_eq!(u.resolve().unwrap(), "[::1]:80".parse().unwrap());
         let u = WsUrl::parse("ws://localhost:9/").unwrap();
         assert!(u.resolve().unwrap().ip().is_loopback());
+        let u = WsUrl::parse("wss://localhost/ws").unwrap();
+        assert!(u.tls);
+        assert_eq!(
+            (u.port, u.host_header(), u.to_string()),
+            (443, "localhost".to_owned(), "wss://localhost/ws".to_owned())
+        );
+        let u = WsUrl::parse("wss://[::1]:8443/ws").unwrap();
+        assert_eq!((u.bare_host(), u.host_header()), ("::1", "[::1]:8443".to_owned()));
     }
 }

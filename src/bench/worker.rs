@@ -198,6 +198,8 @@ pub struct Plan {
     pub sources: Option<Arc<SourceIps>>,
     /// The upgrade request up to the key; the key and `\r\n\r\n` follow.
     pub request_prefix: Arc<str>,
+    /// wss://: the client configuration and the server name to verify.
+    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
     /// From `connect()` to the verified 101; beyond, the attempt fails as a timeout.
     pub connect_timeout: Duration,
     /// From our close frame to the server's EOF.
@@ -384,6 +386,8 @@ struct Slot {
     ws: Connection,
     /// Buffers of a busy connection.
     busy: Option<Box<Busy>>,
+    /// wss://: the connection's TLS state (rustls' buffered client).
+    tls: Option<Box<rustls::ClientConnection>>,
     /// The socket; `None` when free.
     sock: Option<Socket>,
     /// When `connect()` was called (ns since the epoch), for the handshake latency.
@@ -435,6 +439,9 @@ struct Worker {
     buf: Vec<u8>,
     /// Output being built for one connection.
     scratch: Vec<u8>,
+    /// wss://: ciphertext on its way to `send_raw`, and the plaintext of one read.
+    tls_out: Vec<u8>,
+    plain: Vec<u8>,
     completions: Vec<Completion>,
     /// Connections that used their read budget with data left: read again next turn.
     again: Vec<Entry>,
@@ -505,6 +512,8 @@ pub fn run(
         close_deadlines: VecDeque::new(),
         buf: vec![0; READ_BUFFER_BYTES],
         scratch: Vec::with_capacity(1024),
+        tls_out: Vec::new(),
+        plain: Vec::new(),
         completions: Vec::with_capacity(COMPLETION_BATCH),
         again: Vec::new(),
         pattern,
@@ -697,6 +706,7 @@ impl Worker {
                 self.slots.push(Slot {
                     ws: Connection::new_client(self.now, 1),
                     busy: None,
+                    tls: None,
                     sock: None,
                     started_ns: 0,
                     id: 0,
@@ -739,6 +749,21 @@ impl Worker {
         let fd = sock.as_raw_fd();
         self.slots[index].state = State::Handshake;
         self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+        if let Some((config, name)) = &self.plan.tls {
+            match rustls::ClientConnection::new(config.clone(), name.clone()) {
+                // The upgrade request below waits in rustls until the handshake is done.
+                Ok(mut conn) => {
+                    // Everything written is moved to the socket path at once (whose own
+                    // backlog is capped), so rustls' buffer needs no cap of its own.
+                    conn.set_buffer_limit(None);
+                    self.slots[index].tls = Some(Box::new(conn));
+                }
+                Err(_) => {
+                    self.fail(entry, "tls_setup");
+                    return;
+                }
+            }
+        }
         let mut request = std::mem::take(&mut self.scratch);
         request.clear();
         request.extend_from_slice(self.plan.request_prefix.as_bytes());
@@ -827,10 +852,15 @@ impl Worker {
                 // Echo latency: stamp each read, not the turn.
                 self.set_now(Instant::now());
             }
-            match self.slots[index].state {
-                State::Handshake => self.on_response_bytes(entry, n),
-                State::Open | State::Closing => self.on_frame_bytes(entry, n),
-                State::Connecting | State::Free => unreachable!("no read poll before the connect completes"),
+            if self.slots[index].tls.is_some() {
+                let Some(plain) = self.decrypt(entry, n) else { return };
+                if plain > 0 {
+                    std::mem::swap(&mut self.buf, &mut self.plain);
+                    self.on_plaintext(entry, plain);
+                    std::mem::swap(&mut self.buf, &mut self.plain);
+                }
+            } else {
+                self.on_plaintext(entry, n);
             }
             if !self.valid(entry) {
                 return;
@@ -846,6 +876,48 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Plaintext arrived in `buf[..n]`.
+    fn on_plaintext(&mut self, entry: Entry, n: usize) {
+        match self.slots[entry.slot as usize].state {
+            State::Handshake => self.on_response_bytes(entry, n),
+            State::Open | State::Closing => self.on_frame_bytes(entry, n),
+            State::Connecting | State::Free => unreachable!("no read poll before the connect completes"),
+        }
+    }
+
+    /// wss://: feeds `buf[..n]` to rustls, sends what it answers (handshake flights),
+    /// and leaves the plaintext in `plain`; returns its length, or `None` when the
+    /// connection failed (counted and released).
+    fn decrypt(&mut self, entry: Entry, n: usize) -> Option<usize> {
+        let index = entry.slot as usize;
+        let conn = self.slots[index].tls.as_deref_mut().expect("a TLS slot");
+        self.plain.clear();
+        let mut ciphertext = &self.buf[..n];
+        let mut failed = None;
+        while !ciphertext.is_empty() {
+            if let Err(e) = conn.read_tls(&mut ciphertext) {
+                failed = Some(format!("tls_read_{:?}", e.kind()));
+                break;
+            }
+            if let Err(e) = conn.process_new_packets() {
+                failed = Some(tls_failure(&e));
+                break;
+            }
+            // WouldBlock: no more plaintext now; Ok(0): the server's close_notify.
+            let _ = std::io::Read::read_to_end(&mut conn.reader(), &mut self.plain);
+        }
+        if let Some(label) = failed {
+            // rustls may have an alert to send: give it its chance, then give up.
+            self.send(entry, &[]);
+            if self.valid(entry) {
+                self.on_broken(entry, &label);
+            }
+            return None;
+        }
+        self.send(entry, &[]);
+        self.valid(entry).then_some(self.plain.len())
     }
 
     /// Response bytes arrived in `buf[..n]`.
@@ -1078,9 +1150,34 @@ impl Worker {
     // Writing
     // -----------------------------------------------------------------------------
 
+    /// Sends `bytes` of WebSocket (or HTTP) data: as they are, or through the
+    /// connection's TLS session (with whatever handshake records it has to send).
+    fn send(&mut self, entry: Entry, bytes: &[u8]) {
+        let index = entry.slot as usize;
+        let Some(conn) = self.slots[index].tls.as_deref_mut() else {
+            self.send_raw(entry, bytes);
+            return;
+        };
+        if !bytes.is_empty() && std::io::Write::write_all(&mut conn.writer(), bytes).is_err() {
+            self.on_broken(entry, "tls_write");
+            return;
+        }
+        let mut out = std::mem::take(&mut self.tls_out);
+        out.clear();
+        while conn.wants_write() {
+            if conn.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            self.send_raw(entry, &out);
+        }
+        self.tls_out = out;
+    }
+
     /// Writes `bytes` now, or queues what the socket does not take and waits for it to
     /// be writable. Order is kept: nothing bypasses queued bytes.
-    fn send(&mut self, entry: Entry, bytes: &[u8]) {
+    fn send_raw(&mut self, entry: Entry, bytes: &[u8]) {
         let index = entry.slot as usize;
         let queued = self.slots[index].busy.as_deref().is_some_and(|b| !b.out.is_empty());
         let written = if queued {
@@ -1309,11 +1406,23 @@ impl Worker {
         }
         slot.sock = None;
         slot.busy = None;
+        slot.tls = None;
         slot.state = State::Free;
         slot.write_armed = false;
         slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
         self.live -= 1;
         self.free.push(entry.slot);
+    }
+}
+
+/// A short label for a TLS failure (`tls_alert_...`, `tls_certificate`, `tls_other`).
+fn tls_failure(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::AlertReceived(alert) => format!("tls_alert_{alert:?}").to_ascii_lowercase(),
+        rustls::Error::InvalidCertificate(_) => "tls_certificate".to_owned(),
+        rustls::Error::NoApplicationProtocol => "tls_no_alpn".to_owned(),
+        rustls::Error::PeerIncompatible(_) => "tls_incompatible".to_owned(),
+        _ => "tls_other".to_owned(),
     }
 }
 

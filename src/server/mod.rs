@@ -53,6 +53,7 @@ use crate::config::Config;
 use crate::edge::Edge;
 use crate::metrics::Registry;
 use crate::proto::close::CloseCode;
+use crate::tls::TlsContext;
 
 /// glommio's preemption timer for the shard executors: long enough never to fire.
 ///
@@ -77,6 +78,10 @@ const EXECUTOR_IO_MEMORY: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    /// The TLS listeners' address, when TLS is on.
+    tls_addr: Option<SocketAddr>,
+    /// The TLS configuration, reloadable through [`Server::tls`].
+    tls: Option<Arc<TlsContext>>,
     handles: Vec<Arc<ShardHandle>>,
     threads: Vec<JoinHandle<()>>,
     /// Stops the watchdog once the shards have ended.
@@ -99,20 +104,53 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
 }
 
+/// `count` listeners on `addr` (SO_REUSEPORT); with port 0 the first picks the port and
+/// the others join it. Returns them and the address they listen on.
+fn bind_group(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<(Vec<OwnedFd>, SocketAddr)> {
+    let first = bind_listener(addr, backlog)?;
+    let local_addr = {
+        let socket = socket2::SockRef::from(&first);
+        socket.local_addr()?.as_socket().expect("an IP listener")
+    };
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(bind_listener(local_addr, backlog)?);
+    }
+    Ok((listeners, local_addr))
+}
+
 impl Server {
     /// Binds one listener per shard and starts the shards. With port 0, the first bind
-    /// picks the port and the others join it.
+    /// picks the port and the others join it. With TLS configured, loads the certificate
+    /// and key first (see [`Server::start_with_tls`]).
     pub fn start(cfg: Arc<Config>, registry: Arc<Registry>, auth: Arc<Authenticator>) -> io::Result<Self> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let first = bind_listener(cfg.listen, cfg.listen_backlog)?;
-        let local_addr = {
-            let socket = socket2::SockRef::from(&first);
-            socket.local_addr()?.as_socket().expect("an IP listener")
+        let tls = match cfg.tls_files() {
+            Some(files) => Some(Arc::new(
+                TlsContext::load(files).map_err(|e| io::Error::other(e.to_string()))?,
+            )),
+            None => None,
         };
-        let mut listeners = vec![first];
-        for _ in 1..cfg.shards {
-            listeners.push(bind_listener(local_addr, cfg.listen_backlog)?);
-        }
+        Self::start_with_tls(cfg, registry, auth, tls)
+    }
+
+    /// [`Server::start`] with the TLS configuration already loaded (the binary loads it
+    /// itself, to exit with a configuration error when the files are bad). With `tls`,
+    /// every shard also gets a listener on [`Config::tls_listen_addr`].
+    pub fn start_with_tls(
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        auth: Arc<Authenticator>,
+        tls: Option<Arc<TlsContext>>,
+    ) -> io::Result<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (listeners, local_addr) = bind_group(cfg.listen, cfg.listen_backlog, cfg.shards)?;
+        let (mut tls_listeners, tls_addr) = match (&tls, cfg.tls_listen_addr()) {
+            (Some(_), Some(addr)) => {
+                let (group, addr) = bind_group(addr, cfg.listen_backlog, cfg.shards)?;
+                (group.into_iter().map(Some).collect(), Some(addr))
+            }
+            _ => ((0..cfg.shards).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let edge = Arc::new(Edge::new(cfg.edge.clone()));
@@ -122,6 +160,7 @@ impl Server {
         #[cfg(not(test))]
         let preempt_timer = SHARD_PREEMPT_TIMER;
         for (id, listener) in listeners.into_iter().enumerate() {
+            let shard_tls = tls_listeners[id].take().zip(tls.clone());
             let (tx, rx) = std::sync::mpsc::channel();
             let cfg = cfg.clone();
             let registry = registry.clone();
@@ -144,13 +183,14 @@ impl Server {
                         }
                     };
                     executor.run(async move {
-                        let (shard, bell) = match Shard::new(id, cfg.clone(), registry, auth, edge, peers, listener) {
-                            Ok(made) => made,
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
-                        };
+                        let (shard, bell) =
+                            match Shard::new(id, cfg.clone(), registry, auth, edge, peers, listener, shard_tls) {
+                                Ok(made) => made,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e));
+                                    return;
+                                }
+                            };
                         let _ = tx.send(Ok(shard.handle()));
                         run_shard(shard, bell, cfg).await;
                     });
@@ -168,6 +208,8 @@ impl Server {
         let watchdog = watchdog::spawn(handles.clone(), cfg.tick, watchdog_stop.clone())?;
         Ok(Self {
             local_addr,
+            tls_addr,
+            tls,
             handles,
             threads,
             watchdog_stop,
@@ -178,6 +220,18 @@ impl Server {
     /// The address the shards listen on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TLS listeners' address (with the real port when 0 was asked for), when TLS is
+    /// on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The TLS configuration, for reloading it ([`TlsContext::reload`]): new
+    /// connections pick up a reloaded certificate at accept, open ones keep theirs.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.tls.as_ref()
     }
 
     /// Starts the graceful drain on every shard.
@@ -247,3 +301,5 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_edge;
+#[cfg(test)]
+mod tls_tests;

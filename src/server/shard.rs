@@ -34,12 +34,13 @@ use super::ring::{BELL_DATA, Bell, Completion, ConnRing, NOOP_DATA};
 use super::wheel::{Entry, Wheel};
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
-use crate::edge::{self, ConnRef, Edge, IpAdmission, IpTicket, MessageRate, Refusal};
+use crate::edge::{self, ConnRef, Edge, IpAdmission, IpTicket, MessageRate, Refusal, UserTicket};
 use crate::metrics::{Registry, ShardMetrics};
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message, Timeout};
 use crate::proto::frame::{OpCode, Role, SharedFrame};
 use crate::proto::handshake::{self, HandshakeConfig, Status};
+use crate::tls::{TlsContext, TlsSession};
 
 /// `user_data` layout: kind in the top 2 bits, generation in the next 30, slot index in
 /// the low 32.
@@ -47,6 +48,10 @@ const KIND_READ: u64 = 0;
 const KIND_WRITE: u64 = 1 << 62;
 const KIND_ACCEPT: u64 = 2 << 62;
 const KIND_MASK: u64 = 3 << 62;
+/// The accept request of the plain listener and of the TLS listener (the low bit tells
+/// which listener a new socket came from).
+const ACCEPT_PLAIN: u64 = KIND_ACCEPT;
+const ACCEPT_TLS: u64 = KIND_ACCEPT | 1;
 const GEN_MASK: u32 = (1 << 30) - 1;
 
 /// Bytes one connection may read in one turn before the shard moves on to others (the
@@ -59,6 +64,10 @@ const IOV_BATCH: usize = 64;
 /// Slots of the timer wheel: with the default 100 ms tick, a 102 s horizon, above the
 /// default heartbeat (25 s) and idle (60 s) deadlines.
 const WHEEL_SLOTS: usize = 1024;
+/// Plaintext gathered from a TLS connection's send queue into one `seal` (one full TLS
+/// record): many small frames share a record instead of paying 22 bytes and an AEAD call
+/// each, and at most this much ciphertext (plus one message) waits per connection.
+const TLS_SEAL_BATCH_BYTES: usize = 16 * 1024;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -249,6 +258,9 @@ struct Slot {
     ws: Connection,
     /// Buffers and deadlines of a busy connection.
     io: Option<Box<Io>>,
+    /// The TLS session of a connection from the TLS listener (`None` for plain ones, so
+    /// a plain slot pays one pointer for TLS).
+    tls: Option<Box<TlsSession>>,
     /// The socket.
     fd: RawFd,
     /// Changes every time the slot is freed (30 bits used).
@@ -264,9 +276,9 @@ struct Slot {
     /// The peer sent its close frame: once ours is out, the socket can be closed at
     /// once (the peer sends nothing more, so no lingering is needed).
     peer_closed: bool,
-    /// The authenticated user (`None` before the upgrade and for generated anonymous
-    /// ids, which nobody can address).
-    user: Option<Box<str>>,
+    /// The user's share of the per-user limit (`NONE` before the upgrade, with the
+    /// limit off, and for generated anonymous ids, which nobody can address).
+    user: UserTicket,
     /// The client address's share of the per-address limits, given back at the end.
     ip: IpTicket,
     /// The message-rate clock (`edge::MessageRate`): microseconds since the shard's
@@ -279,6 +291,7 @@ impl Slot {
         Self {
             ws: Connection::new(Role::Server, now),
             io: None,
+            tls: None,
             fd: -1,
             gen_: 0,
             wheel_tick: 0,
@@ -286,7 +299,7 @@ impl Slot {
             write_armed: false,
             dirty: false,
             peer_closed: false,
-            user: None,
+            user: UserTicket::NONE,
             ip: IpTicket::NONE,
             tat: 0,
         }
@@ -336,8 +349,24 @@ pub struct Shard {
     /// Time zero of the message-rate clocks.
     epoch: Instant,
     listener: Option<OwnedFd>,
+    /// The TLS listener, when TLS is configured.
+    tls_listener: Option<OwnedFd>,
+    /// The process's TLS configuration (reloaded by the main thread on SIGHUP).
+    tls: Option<Arc<TlsContext>>,
+    /// The configuration new TLS connections get, and its generation: refreshed at
+    /// accept when the context's generation moved.
+    tls_config: Option<(u64, Arc<rustls::ServerConfig>)>,
+    /// Decrypted bytes of one TLS read: swapped with `buf` while they go through the
+    /// same upgrade and frame code as plain bytes. Empty unless TLS is on.
+    plain: Vec<u8>,
+    /// Queued plaintext gathered for one `seal`.
+    seal_buf: Vec<u8>,
     /// When accepting may resume after running out of descriptors.
     accept_paused_until: Option<Instant>,
+    /// Which listeners' accepts ended for lack of descriptors (plain, TLS): only those
+    /// are armed again when the pause ends (a second multishot accept on a listener
+    /// that still has one would duplicate every completion).
+    accept_paused: [bool; 2],
     slots: Vec<Slot>,
     free: Vec<u32>,
     wheel: Wheel,
@@ -373,7 +402,8 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    /// A shard serving `listener`, and the doorbell's far end its task waits on.
+    /// A shard serving `listener` (and `tls`: a TLS listener and the configuration its
+    /// connections get), and the doorbell's far end its task waits on.
     pub fn new(
         id: usize,
         cfg: Arc<Config>,
@@ -382,8 +412,13 @@ impl Shard {
         edge: Arc<Edge>,
         peers: Peers,
         listener: OwnedFd,
+        tls: Option<(OwnedFd, Arc<TlsContext>)>,
     ) -> std::io::Result<(Self, OwnedFd)> {
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
+        let (tls_listener, tls) = match tls {
+            Some((listener, context)) => (Some(listener), Some(context)),
+            None => (None, None),
+        };
         let max_connections = cfg.max_connections.div_ceil(cfg.shards);
         let now = Instant::now();
         let handle = Arc::new(ShardHandle {
@@ -410,7 +445,17 @@ impl Shard {
             peers,
             epoch: now,
             listener: Some(listener),
+            tls_config: tls.as_ref().map(|context| context.current()),
+            plain: if tls.is_some() {
+                Vec::with_capacity(cfg.read_buffer_bytes)
+            } else {
+                Vec::new()
+            },
+            seal_buf: Vec::new(),
+            tls_listener,
+            tls,
             accept_paused_until: None,
+            accept_paused: [false; 2],
             slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
             free: Vec::new(),
             wheel: Wheel::new(now, cfg.tick, WHEEL_SLOTS),
@@ -442,9 +487,19 @@ impl Shard {
     }
 
     fn arm_accept(&mut self) {
-        if let Some(listener) = &self.listener {
+        self.arm_accept_on(ACCEPT_PLAIN);
+        self.arm_accept_on(ACCEPT_TLS);
+    }
+
+    fn arm_accept_on(&mut self, which: u64) {
+        let listener = if which == ACCEPT_TLS {
+            &self.tls_listener
+        } else {
+            &self.listener
+        };
+        if let Some(listener) = listener {
             let fd = listener.as_raw_fd();
-            self.ring.accept_multi(fd, KIND_ACCEPT);
+            self.ring.accept_multi(fd, which);
         }
     }
 
@@ -510,7 +565,11 @@ impl Shard {
         self.fired = fired;
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
-            self.arm_accept();
+            for which in [ACCEPT_PLAIN, ACCEPT_TLS] {
+                if std::mem::take(&mut self.accept_paused[(which & 1) as usize]) {
+                    self.arm_accept_on(which);
+                }
+            }
         }
         self.drain_step();
         self.publish_metrics();
@@ -614,11 +673,13 @@ impl Shard {
     }
 
     fn on_accept(&mut self, completion: Completion) {
+        let which = completion.user_data;
         if !completion.more && self.listener.is_some() && self.drain.is_none() {
             if completion.result == -libc::EMFILE || completion.result == -libc::ENFILE {
                 self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                self.accept_paused[(which & 1) as usize] = true;
             } else {
-                self.arm_accept();
+                self.arm_accept_on(which);
             }
         }
         if completion.result < 0 {
@@ -640,18 +701,33 @@ impl Shard {
             };
             ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
             // SAFETY: `fd` was just accepted and is owned by nobody else; the response
-            // is a static buffer; the fd is closed right after.
+            // is a static buffer; the fd is closed right after. A TLS client would read
+            // plaintext as garbage, so it only sees the connection close.
             unsafe {
-                libc::send(
-                    fd,
-                    BUSY_RESPONSE.as_ptr().cast(),
-                    BUSY_RESPONSE.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                );
+                if which != ACCEPT_TLS {
+                    libc::send(
+                        fd,
+                        BUSY_RESPONSE.as_ptr().cast(),
+                        BUSY_RESPONSE.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    );
+                }
                 libc::close(fd);
             }
             return;
         }
+        let tls = if which == ACCEPT_TLS {
+            match self.new_tls_session() {
+                Some(session) => Some(session),
+                None => {
+                    // SAFETY: `fd` was just accepted and is owned by nobody else.
+                    unsafe { libc::close(fd) };
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let one: libc::c_int = 1;
         // SAFETY: setsockopt on our own socket with a pointer to a live c_int. Nagle's
         // algorithm would hold back small messages; a messaging gateway wants them out.
@@ -676,6 +752,10 @@ impl Shard {
         debug_assert_eq!(s.phase, Phase::Free);
         s.fd = fd;
         s.phase = Phase::Handshake;
+        if tls.is_some() {
+            self.metrics.tls_sessions += 1;
+        }
+        s.tls = tls;
         s.io = Some(Box::new(Io {
             deadline: Some(now + self.cfg.handshake_timeout),
             ..Io::default()
@@ -689,6 +769,10 @@ impl Shard {
     /// Reads what the socket has. A short read normally means the socket is drained;
     /// with `to_end` (the poll saw a hang-up) reading goes on until EOF or EAGAIN.
     fn on_readable(&mut self, entry: Entry, to_end: bool) {
+        if self.slots[entry.slot as usize].tls.is_some() {
+            self.on_tls_readable(entry, to_end);
+            return;
+        }
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let fd = self.slots[entry.slot as usize].fd;
@@ -727,6 +811,154 @@ impl Shard {
         }
     }
 
+    /// A session for a connection accepted on the TLS listener, with the configuration
+    /// in force (re-read only when a reload changed it). `None` (counted) if rustls
+    /// cannot make one.
+    fn new_tls_session(&mut self) -> Option<Box<TlsSession>> {
+        let context = self.tls.as_ref()?;
+        let generation = context.generation();
+        if self.tls_config.as_ref().is_none_or(|(cached, _)| *cached != generation) {
+            self.tls_config = Some(context.current());
+        }
+        let (_, config) = self.tls_config.as_ref()?;
+        match TlsSession::new(config.clone()) {
+            Ok(session) => Some(Box::new(session)),
+            Err(error) => {
+                ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, error.label());
+                None
+            }
+        }
+    }
+
+    /// Reads a TLS connection: ciphertext lands in `buf` behind the unfinished record
+    /// kept from the last read, the session decrypts it, and the plaintext goes through
+    /// the same handshake and frame code as a plain connection's bytes (by swapping it
+    /// into `buf`).
+    fn on_tls_readable(&mut self, entry: Entry, to_end: bool) {
+        let index = entry.slot as usize;
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let slot = &mut self.slots[index];
+            let fd = slot.fd;
+            let tls = slot.tls.as_deref_mut().expect("a TLS slot");
+            let kept = tls.partial_len();
+            let room = self.buf.len() - kept;
+            if room == 0 {
+                // Unfinished input fills the whole read buffer: a handshake message
+                // spread over many records that no real client sends (a ClientHello is
+                // a few KB). Refuse it rather than read 0 bytes and call it EOF.
+                ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "too_large");
+                tls.abandon();
+                self.tls_failed(entry);
+                continue;
+            }
+            // SAFETY: reads into the shard's buffer behind the kept bytes; the pointer
+            // and length stay inside the buffer.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().add(kept).cast(), room, libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                if n < 0 {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EAGAIN) => return,
+                        Some(libc::EINTR) => continue,
+                        _ => {}
+                    }
+                }
+                if !tls.is_established() && self.slots[index].phase == Phase::Handshake {
+                    ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "eof");
+                }
+                self.on_eof(entry);
+                return;
+            }
+            let n = n as usize;
+            self.metrics.bytes_in += n as u64;
+            if tls.is_failed() {
+                // Only the alert and the linger are left: input is discarded.
+                if n < room && !to_end {
+                    return;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    self.again.push(entry);
+                    return;
+                }
+                continue;
+            }
+            tls.take_partial(&mut self.buf);
+            self.plain.clear();
+            let was_established = tls.is_established();
+            let result = tls.handle_ciphertext(&mut self.buf[..kept + n], &mut self.plain);
+            if tls.wants_transmit() {
+                self.mark_dirty(entry);
+            }
+            let input = match result {
+                Ok(input) => input,
+                Err(error) => {
+                    let label = if was_established {
+                        "after_handshake"
+                    } else {
+                        error.label()
+                    };
+                    ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, label);
+                    self.tls_failed(entry);
+                    return;
+                }
+            };
+            if let Some(info) = input.handshake_done {
+                ShardMetrics::bump(&mut self.metrics.tls_handshakes, info.version);
+                self.metrics.tls_resumed += u64::from(info.resumed);
+            }
+            let plain = self.plain.len();
+            if plain > 0 {
+                std::mem::swap(&mut self.buf, &mut self.plain);
+                match self.slots[index].phase {
+                    Phase::Handshake => self.on_request_bytes(entry, plain),
+                    Phase::Open => self.on_frame_bytes(entry, 0, plain),
+                    Phase::Closing | Phase::Linger => {}
+                    Phase::Free => unreachable!("read on a free slot"),
+                }
+                std::mem::swap(&mut self.buf, &mut self.plain);
+            }
+            if !self.valid(entry) {
+                return;
+            }
+            if input.peer_closed {
+                // close_notify: the peer sends nothing more, as with a FIN.
+                self.on_eof(entry);
+                return;
+            }
+            if n < room && !to_end {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.again.push(entry);
+                return;
+            }
+        }
+    }
+
+    /// The TLS session failed: drop queued data, send rustls' alert (if any), then
+    /// close like a refused handshake (linger for the peer's EOF, up to the close
+    /// timeout).
+    fn tls_failed(&mut self, entry: Entry) {
+        self.leave_open(entry);
+        let close_timeout = self.cfg.limits.close_timeout;
+        let now = self.now;
+        let slot = &mut self.slots[entry.slot as usize];
+        let io = slot.io.get_or_insert_with(Box::default);
+        for out in io.queue.drain(..) {
+            let len = out.as_bytes().len();
+            self.queued_total -= len;
+        }
+        io.queued_bytes = 0;
+        io.head_written = 0;
+        io.request = Vec::new();
+        io.close_after_flush = true;
+        io.deadline = Some(now + close_timeout);
+        self.mark_dirty(entry);
+        self.schedule(entry);
+    }
+
     fn on_eof(&mut self, entry: Entry) {
         let slot = &mut self.slots[entry.slot as usize];
         let abnormal = match slot.phase {
@@ -758,7 +990,7 @@ impl Shard {
             Refuse(&'static str),
             Upgrade {
                 leftover: Vec<u8>,
-                user: Option<Box<str>>,
+                user: UserTicket,
                 ip: IpTicket,
                 evict: Option<ConnRef>,
             },
@@ -820,7 +1052,7 @@ impl Shard {
                             }
                             Ok(identity) => {
                                 let per_user = if identity.generated {
-                                    Ok(None)
+                                    Ok((UserTicket::NONE, None))
                                 } else {
                                     self.edge.admit_user(&identity.user_id, conn)
                                 };
@@ -830,7 +1062,7 @@ impl Shard {
                                         refuse_at_edge(&mut self.scratch, &mut self.metrics, refusal);
                                         Verdict::Refuse(refusal.label())
                                     }
-                                    Ok(evict) => {
+                                    Ok((user, evict)) => {
                                         if evict.is_some() {
                                             ShardMetrics::bump(&mut self.metrics.limit_hits, "user_replaced");
                                         }
@@ -838,7 +1070,7 @@ impl Shard {
                                         request.write_response(&mut self.scratch);
                                         Verdict::Upgrade {
                                             leftover: data[request.header_len()..].to_vec(),
-                                            user: (!identity.generated).then(|| identity.user_id.into_boxed_str()),
+                                            user,
                                             ip: admission.ticket,
                                             evict,
                                         }
@@ -1051,14 +1283,13 @@ impl Shard {
     fn forget_peer(&mut self, entry: Entry) {
         let slot = &mut self.slots[entry.slot as usize];
         self.edge.release_ip(std::mem::take(&mut slot.ip));
-        if let Some(user) = slot.user.take() {
-            let conn = ConnRef {
-                shard: self.id as u32,
-                slot: entry.slot,
-                gen_: entry.gen_,
-            };
-            self.edge.release_user(&user, conn);
-        }
+        let user = std::mem::take(&mut slot.user);
+        let conn = ConnRef {
+            shard: self.id as u32,
+            slot: entry.slot,
+            gen_: entry.gen_,
+        };
+        self.edge.release_user(user, conn);
     }
 
     /// Closes a connection the per-user limit evicted, on whichever shard holds it.
@@ -1147,6 +1378,10 @@ impl Shard {
         if self.slots[index].write_armed {
             return;
         }
+        if self.slots[index].tls.is_some() {
+            self.flush_tls(entry);
+            return;
+        }
         loop {
             let slot = &mut self.slots[index];
             let Some(io) = slot.io.as_deref_mut() else { return };
@@ -1226,7 +1461,12 @@ impl Shard {
                 return;
             }
         }
-        // Everything is out.
+        self.after_flush(entry);
+    }
+
+    /// Everything queued is out: finish a closing connection, or free an empty `Io`.
+    fn after_flush(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
         let slot = &mut self.slots[index];
         let finished = slot.io.as_deref().is_some_and(|io| io.close_after_flush);
         if finished && slot.peer_closed {
@@ -1236,6 +1476,92 @@ impl Shard {
         } else if slot.io.as_deref().is_some_and(Io::is_empty) {
             slot.io = None;
         }
+    }
+
+    /// [`Self::flush`] for a TLS connection: queued plaintext is sealed in batches into
+    /// the session's output (which exists only while it holds ciphertext) and written
+    /// from there; close_notify follows the last record of a finished connection.
+    fn flush_tls(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
+        loop {
+            let slot = &mut self.slots[index];
+            let tls = slot.tls.as_deref_mut().expect("a TLS slot");
+            if let Some(io) = slot.io.as_deref_mut()
+                && tls.is_established()
+                && !tls.close_sent()
+                && tls.poll_transmit().len() < TLS_SEAL_BATCH_BYTES
+            {
+                self.seal_buf.clear();
+                while let Some(out) = io.queue.front() {
+                    let len = out.as_bytes().len();
+                    if !self.seal_buf.is_empty() && self.seal_buf.len() + len > TLS_SEAL_BATCH_BYTES {
+                        break;
+                    }
+                    self.seal_buf.extend_from_slice(out.as_bytes());
+                    let out = io.queue.pop_front().expect("peeked above");
+                    if matches!(out, Out::Frame(_)) {
+                        self.metrics.frames_out += 1;
+                    }
+                    io.queued_bytes -= len;
+                    self.queued_total -= len;
+                }
+                if !self.seal_buf.is_empty() && tls.seal(&self.seal_buf).is_err() {
+                    self.release(entry, true);
+                    return;
+                }
+                if self.seal_buf.capacity() > 4 * TLS_SEAL_BATCH_BYTES {
+                    // One huge message passed through: do not keep its buffer.
+                    self.seal_buf = Vec::new();
+                }
+                if io.queue.is_empty() && io.close_after_flush && tls.poll_transmit().len() < TLS_SEAL_BATCH_BYTES {
+                    tls.close();
+                }
+            }
+            let pending = tls.poll_transmit();
+            if pending.is_empty() {
+                break;
+            }
+            // SAFETY: sends from the session's output buffer, valid for its length.
+            let sent = unsafe {
+                libc::send(
+                    slot.fd,
+                    pending.as_ptr().cast(),
+                    pending.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if sent < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        slot.write_armed = true;
+                        let fd = slot.fd;
+                        self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                        return;
+                    }
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        self.release(entry, true);
+                        return;
+                    }
+                }
+            }
+            let sent = sent as usize;
+            let short = sent < pending.len();
+            tls.consume_transmit(sent);
+            self.metrics.bytes_out += sent as u64;
+            if short {
+                slot.write_armed = true;
+                let fd = slot.fd;
+                self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                return;
+            }
+        }
+        let queued = self.slots[index].io.as_deref().is_some_and(|io| !io.queue.is_empty());
+        if queued {
+            // Not sealable (the handshake is still running): wait for it.
+            return;
+        }
+        self.after_flush(entry);
     }
 
     /// Our side is done: shut down writing so the peer sees our last bytes and an EOF,
@@ -1286,6 +1612,9 @@ impl Shard {
         }
         if let Some(io) = slot.io.take() {
             self.queued_total -= io.queued_bytes;
+        }
+        if slot.tls.take().is_some() {
+            self.metrics.tls_sessions -= 1;
         }
         slot.fd = -1;
         slot.phase = Phase::Free;
@@ -1343,6 +1672,13 @@ impl Shard {
                     if !refused {
                         self.metrics.handshake_timeouts += 1;
                         ShardMetrics::bump(&mut self.metrics.handshake_failures, "handshake_timeout");
+                        if self.slots[index]
+                            .tls
+                            .as_deref()
+                            .is_some_and(|tls| !tls.is_established())
+                        {
+                            ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "timeout");
+                        }
                     }
                     self.release(entry, !refused);
                 }
@@ -1372,7 +1708,11 @@ impl Shard {
             return;
         }
         if let Some(listener) = self.listener.take() {
-            self.ring.cancel(KIND_ACCEPT);
+            self.ring.cancel(ACCEPT_PLAIN);
+            drop(listener);
+        }
+        if let Some(listener) = self.tls_listener.take() {
+            self.ring.cancel(ACCEPT_TLS);
             drop(listener);
         }
         let mut order: Vec<Entry> = (0..self.slots.len() as u32)
