@@ -93,6 +93,7 @@ pub mod bench;
 pub mod config;
 pub mod limits;
 pub mod metrics;
+pub mod msg;
 pub mod proto;
 pub mod server;
 pub mod sys;
