@@ -299,16 +299,17 @@ impl ParseError {
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    kind: Text<'a>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    to: Option<Cow<'a, str>>,
+    to: Option<Text<'a>>,
     #[serde(borrow, default)]
-    room: Option<Cow<'a, str>>,
+    room: Option<Text<'a>>,
     #[serde(borrow, default)]
-    user: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    user: Option<Text<'a>>,
+    // `"body": null` is a body (JSON null), not a missing one.
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     #[serde(default)]
     since: Option<WirePosition>,
@@ -320,18 +321,51 @@ struct Wire<'a> {
     seq: Option<u64>,
 }
 
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct WirePosition {
     epoch: u64,
     seq: u64,
 }
 
-/// Just the id, read leniently when the whole message did not parse, so the error can
-/// still echo it.
+/// The type and id, read leniently (any JSON value) when the whole message did not
+/// parse: a string `type` makes it a protocol message with a bad field (answer, echoing
+/// the id); anything else is garbage.
 #[derive(Deserialize)]
-struct IdOnly<'a> {
+struct Probe<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+}
+
+/// A string field that borrows from the frame when it has no escapes. (serde borrows a
+/// bare `Cow<str>` field on request, but not one inside an `Option`.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 /// Whether a frame was text or binary.
@@ -366,21 +400,16 @@ pub fn parse<'a>(kind: FrameKind, frame: &'a [u8], limits: &MsgLimits) -> Result
             return Err(match e.classify() {
                 Category::Syntax | Category::Eof | Category::Io => not_json,
                 Category::Data => {
-                    // A JSON object with a field of the wrong type, a duplicate field or
-                    // no `type`. A missing or mistyped `type` is garbage: nothing tells
-                    // us what the client meant.
-                    let id = serde_json::from_str::<IdOnly<'_>>(text)
-                        .ok()
-                        .and_then(|o| o.id)
-                        .and_then(|raw| ClientId::from_raw(raw).ok());
-                    if e.to_string().contains("`type`") {
-                        not_json
-                    } else {
-                        ParseError::Invalid {
+                    // A JSON object with a field of the wrong type or a duplicate field,
+                    // or without a string `type`. A missing or mistyped `type` is
+                    // garbage: nothing tells us what the client meant.
+                    match serde_json::from_str::<Probe<'_>>(text) {
+                        Ok(Probe { kind: Some(kind), id }) if kind.get().starts_with('"') => ParseError::Invalid {
                             code: ErrorCode::BadRequest,
-                            id,
+                            id: id.and_then(|raw| ClientId::from_raw(raw).ok()),
                             detail: e.to_string(),
-                        }
+                        },
+                        _ => not_json,
                     }
                 }
             });
@@ -392,9 +421,10 @@ pub fn parse<'a>(kind: FrameKind, frame: &'a [u8], limits: &MsgLimits) -> Result
             Some(ClientId::from_raw(raw).map_err(|detail| ParseError::invalid(ErrorCode::TooLarge, &None, detail))?)
         }
     };
-    let need = |field: Option<Cow<'a, str>>, name: &str, max: usize| -> Result<Cow<'a, str>, ParseError> {
-        let value =
-            field.ok_or_else(|| ParseError::invalid(ErrorCode::BadRequest, &id, format!("{name} is missing")))?;
+    let need = |field: Option<Text<'a>>, name: &str, max: usize| -> Result<Cow<'a, str>, ParseError> {
+        let value = field
+            .map(|t| t.0)
+            .ok_or_else(|| ParseError::invalid(ErrorCode::BadRequest, &id, format!("{name} is missing")))?;
         check_name(&value, name, max).map_err(|(code, detail)| ParseError::invalid(code, &id, detail))?;
         Ok(value)
     };
@@ -413,7 +443,7 @@ pub fn parse<'a>(kind: FrameKind, frame: &'a [u8], limits: &MsgLimits) -> Result
         epoch: p.epoch,
         seq: p.seq,
     });
-    let msg = match &*wire.kind {
+    let msg = match &*wire.kind.0 {
         "send" => ClientMsg::Send {
             to: need(wire.to, "to", limits.max_user_id_bytes)?,
             body: body(wire.body)?,
