@@ -433,6 +433,7 @@ impl<S: Store> MsgShard<S> {
 
     fn error(&mut self, conn: ConnId, code: ErrorCode, text: &str, id: Option<&ClientId>) {
         self.metrics.client_errors += 1;
+        *self.metrics.errors_by_code.entry(code.label()).or_insert(0) += 1;
         let frame = self.encode(|o| protocol::encode_error(o, code, text, id));
         self.send(conn, frame);
     }

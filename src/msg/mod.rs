@@ -46,6 +46,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashMap;
+
 pub mod core;
 pub mod local;
 pub mod mesh;
@@ -223,6 +225,8 @@ pub struct MsgMetrics {
     pub presence_counts: u64,
     /// `error` messages sent to clients.
     pub client_errors: u64,
+    /// `error` messages by code (`ErrorCode::label`).
+    pub errors_by_code: HashMap<&'static str, u64>,
     /// Connections closed for frames that are not protocol messages (1003, 1008).
     pub protocol_closes: u64,
     /// Deliveries dropped because the connection was waiting for its welcome or a
@@ -259,6 +263,9 @@ impl MsgMetrics {
             protocol_closes,
             superseded_deliveries
         );
+        for (code, n) in &other.errors_by_code {
+            *self.errors_by_code.entry(code).or_insert(0) += n;
+        }
     }
 }
 

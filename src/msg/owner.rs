@@ -257,6 +257,7 @@ impl<S: Store> Owner<S> {
                     None => {
                         m.receipts_unknown += 1;
                         m.client_errors += 1;
+                        *m.errors_by_code.entry(ErrorCode::UnknownSeq.label()).or_insert(0) += 1;
                         let text = "seq is not in the inbox history";
                         let frame = self.frame(|o| protocol::encode_error(o, ErrorCode::UnknownSeq, text, id.as_ref()));
                         out.push((from, MeshMsg::ToConn { conn, frame }));

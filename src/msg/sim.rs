@@ -747,7 +747,10 @@ fn bad_input_gets_errors_garbage_gets_closed() {
     let owner = usize::from(owner_of(KeyKind::Room, "public-1", 2));
     assert_eq!(sim.shards[0].core.hub().members("public-1"), 0);
     let _ = owner;
-    assert_eq!(sim.metrics().protocol_closes, 2);
+    let m = sim.metrics();
+    assert_eq!(m.protocol_closes, 2);
+    assert_eq!(m.errors_by_code["forbidden"], 2);
+    assert_eq!(m.client_errors, 4);
 }
 
 #[test]
