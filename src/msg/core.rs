@@ -321,7 +321,7 @@ impl<S: Store> MsgShard<S> {
         let mut answers = std::mem::take(&mut self.answers);
         self.owner.handle_tick(now, &mut answers, &mut self.metrics);
         for (to, msg) in answers.drain(..) {
-            self.to_shard(to, msg);
+            self.dispatch_to(to, msg);
         }
         self.answers = answers;
         self.run_local(now);
@@ -330,10 +330,10 @@ impl<S: Store> MsgShard<S> {
     /// Sends `msg` to the owner of `key`.
     fn route(&mut self, kind: KeyKind, key: Key, msg: MeshMsg) {
         let to = owner_of(kind, &key, self.shards);
-        self.to_shard(to, msg);
+        self.dispatch_to(to, msg);
     }
 
-    fn to_shard(&mut self, to: ShardId, msg: MeshMsg) {
+    fn dispatch_to(&mut self, to: ShardId, msg: MeshMsg) {
         if to == self.id {
             self.local.push_back(msg);
         } else {
@@ -413,7 +413,7 @@ impl<S: Store> MsgShard<S> {
                 let mut answers = std::mem::take(&mut self.answers);
                 self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
                 for (to, msg) in answers.drain(..) {
-                    self.to_shard(to, msg);
+                    self.dispatch_to(to, msg);
                 }
                 self.answers = answers;
             }

@@ -1064,7 +1064,8 @@ mod tests {
             json!({"type":"msg","seq":5,"from":"al\"ice\n\u{1}","id":"m\"1","body":{"a":[1,2]}})
         );
         let at = Position { epoch: 9, seq: 3 };
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, Value)> = vec![
+        type Encode<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
+        let cases: Vec<(Encode<'_>, Value)> = vec![
             (
                 Box::new(|o| encode_room_msg(o, "r", 3, "bob", None, "true")),
                 json!({"type":"room_msg","room":"r","seq":3,"from":"bob","body":true}),
