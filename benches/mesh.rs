@@ -8,6 +8,10 @@
 //! - `burst_64`: the producer flushes (rings the doorbell) every 64 messages, as a shard
 //!   turn does; the others flush every 1024.
 //!
+//! - `fanout/publish_10k_local`: the sans-IO core alone: one publish from a client frame
+//!   to 10,000 members on the owner's own shard (parse, sequence, store, encode once,
+//!   one `Output::Send` per member sharing the frame). Throughput is in deliveries.
+//!
 //! The doorbell here only counts (the server's rings a socketpair: one `send(2)` per peer
 //! per turn, amortised over the turn's messages). Each iteration batch spawns the two
 //! threads, so the figure includes a thread start per batch; criterion's batches are
@@ -19,7 +23,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wsgate::auth::{Carrier, Identity};
+use wsgate::msg::core::{MsgShard, Output};
 use wsgate::msg::mesh::{self, Class, Doorbell, Endpoint, MeshMsg};
+use wsgate::msg::protocol::{Encoding, FrameKind};
+use wsgate::msg::{ConnId, MsgLimits};
 use wsgate::proto::frame::SharedFrame;
 
 /// Pins the calling thread to `cpu` (best effort: a machine with fewer CPUs runs the
@@ -119,5 +127,42 @@ fn mesh_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mesh_throughput);
+fn fanout(c: &mut Criterion) {
+    const MEMBERS: u64 = 10_000;
+    let limits = MsgLimits::default();
+    let now = Instant::now();
+    let mut shard = MsgShard::new(0, 1, &limits, 1);
+    for i in 0..MEMBERS {
+        let identity = Identity {
+            user_id: format!("user-{i}"),
+            can_join: None,
+            can_publish: None,
+            expires_at: None,
+            carrier: Carrier::Anonymous,
+        };
+        shard.handle_connect(ConnId(i), &identity, Encoding::Json, now);
+        shard.handle_client_frame(ConnId(i), FrameKind::Text, br#"{"type":"join","room":"hot"}"#, now);
+    }
+    while shard.poll_output().is_some() {}
+    let publish = br#"{"type":"publish","room":"hot","id":"p","body":{"text":"hello, room"}}"#;
+    let mut group = c.benchmark_group("fanout");
+    group.throughput(Throughput::Elements(MEMBERS));
+    group.sample_size(20);
+    group.bench_function("publish_10k_local", |b| {
+        b.iter(|| {
+            shard.handle_client_frame(ConnId(0), FrameKind::Text, publish, now);
+            let mut n = 0u64;
+            while let Some(out) = shard.poll_output() {
+                if let Output::Send { frame, .. } = out {
+                    black_box(&frame);
+                    n += 1;
+                }
+            }
+            assert_eq!(n, MEMBERS + 1, "every member and the ack");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, mesh_throughput, fanout);
 criterion_main!(benches);

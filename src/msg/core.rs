@@ -206,12 +206,13 @@ impl<S: Store> MsgShard<S> {
                 presence,
             } => {
                 let room: Key = room.as_ref().into();
-                if let Err(code) = self
+                let ticket = match self
                     .hub
                     .begin_join(conn, &room, presence, self.limits.max_rooms_per_connection)
                 {
-                    return self.error(conn, code, "join refused", id.as_ref());
-                }
+                    Ok(ticket) => ticket,
+                    Err(code) => return self.error(conn, code, "join refused", id.as_ref()),
+                };
                 let msg = MeshMsg::Join {
                     room: room.clone(),
                     user,
@@ -219,6 +220,7 @@ impl<S: Store> MsgShard<S> {
                     since,
                     presence,
                     id,
+                    ticket,
                 };
                 self.route(KeyKind::Room, room, msg);
             }
@@ -366,8 +368,13 @@ impl<S: Store> MsgShard<S> {
                     }
                 }
             }
-            MeshMsg::Joined { conn, room, frames } => {
-                if self.hub.joined(conn, &room) {
+            MeshMsg::Joined {
+                conn,
+                room,
+                ticket,
+                frames,
+            } => {
+                if self.hub.joined(conn, &room, ticket) {
                     self.metrics.frames_delivered += frames.len() as u64;
                     for frame in frames {
                         self.out.push_back(Output::Send { conn, frame });

@@ -31,6 +31,8 @@ struct RoomSlot {
     room: Key,
     /// `true` once the owner's `joined` arrived.
     joined: bool,
+    /// This join's number: only the `joined` answering it counts.
+    ticket: u32,
     /// Asked for presence events.
     watch: bool,
 }
@@ -48,6 +50,8 @@ pub struct ConnInfo {
     welcome_pending: bool,
     replays_pending: u32,
     rooms: Vec<RoomSlot>,
+    /// The ticket of the next join.
+    next_ticket: u32,
 }
 
 impl ConnInfo {
@@ -122,6 +126,7 @@ impl LocalHub {
             welcome_pending: true,
             replays_pending: 0,
             rooms: Vec::new(),
+            next_ticket: 0,
         };
         let previous = self.conns.insert(conn, info);
         assert!(previous.is_none(), "connection {conn:?} added twice");
@@ -181,8 +186,9 @@ impl LocalHub {
         }
     }
 
-    /// A `join` is about to go to the owner: checks and records it as joining.
-    pub fn begin_join(&mut self, conn: ConnId, room: &Key, watch: bool, max_rooms: usize) -> Result<(), ErrorCode> {
+    /// A `join` is about to go to the owner: checks and records it as joining; returns
+    /// the ticket the owner's `joined` must carry.
+    pub fn begin_join(&mut self, conn: ConnId, room: &Key, watch: bool, max_rooms: usize) -> Result<u32, ErrorCode> {
         let info = self.conns.get_mut(&conn).ok_or(ErrorCode::BadRequest)?;
         if info.rooms.iter().any(|s| s.room == *room) {
             return Err(ErrorCode::AlreadyJoined);
@@ -193,21 +199,29 @@ impl LocalHub {
         if !info.may_join(room) {
             return Err(ErrorCode::Forbidden);
         }
+        let ticket = info.next_ticket;
+        info.next_ticket = info.next_ticket.wrapping_add(1);
         info.rooms.push(RoomSlot {
             room: room.clone(),
             joined: false,
+            ticket,
             watch,
         });
-        Ok(())
+        Ok(ticket)
     }
 
-    /// The owner's `joined` arrived: the connection is a member from now on. `false`
-    /// if it is gone or left meanwhile (its frames must not be sent then).
-    pub fn joined(&mut self, conn: ConnId, room: &Key) -> bool {
+    /// The owner's `joined` for the join with `ticket` arrived: the connection is a
+    /// member from now on. `false` if it is gone or left meanwhile (also when it joined
+    /// again since: that join has its own ticket), and then its frames must not be sent.
+    pub fn joined(&mut self, conn: ConnId, room: &Key, ticket: u32) -> bool {
         let Some(info) = self.conns.get_mut(&conn) else {
             return false;
         };
-        let Some(slot) = info.rooms.iter_mut().find(|s| s.room == *room && !s.joined) else {
+        let Some(slot) = info
+            .rooms
+            .iter_mut()
+            .find(|s| s.room == *room && !s.joined && s.ticket == ticket)
+        else {
             return false;
         };
         slot.joined = true;
@@ -284,12 +298,13 @@ mod tests {
         hub.add(ConnId(1), &identity("a", None), Encoding::Json);
         hub.add(ConnId(2), &identity("a", Some(&["x*"])), Encoding::Json);
         assert_eq!(hub.begin_join(ConnId(2), &room, false, 8), Err(ErrorCode::Forbidden));
-        hub.begin_join(ConnId(1), &room, true, 8).unwrap();
+        let ticket = hub.begin_join(ConnId(1), &room, true, 8).unwrap();
         assert_eq!(hub.begin_join(ConnId(1), &room, true, 8), Err(ErrorCode::AlreadyJoined));
         let mut got = Vec::new();
         hub.for_room("r", None, false, |c| got.push(c));
         assert!(got.is_empty(), "joining is not a member yet");
-        assert!(hub.joined(ConnId(1), &room));
+        assert!(!hub.joined(ConnId(1), &room, ticket + 1), "not this join's answer");
+        assert!(hub.joined(ConnId(1), &room, ticket));
         hub.for_room("r", None, true, |c| got.push(c));
         assert_eq!(got, [ConnId(1)]);
         got.clear();

@@ -144,6 +144,9 @@ pub enum MeshMsg {
         presence: bool,
         /// The client's request id.
         id: Option<ClientId>,
+        /// The local side's number for this join, echoed in `Joined`, so the answer to
+        /// an earlier join of the same room (left meanwhile) is recognised.
+        ticket: u32,
     },
     /// `conn` (of `user`) left `room` (asked to, or disconnected).
     Leave {
@@ -203,6 +206,8 @@ pub enum MeshMsg {
         conn: ConnId,
         /// The room.
         room: Key,
+        /// The `Join`'s ticket.
+        ticket: u32,
         /// The frames in order.
         frames: Vec<SharedFrame>,
     },
@@ -529,6 +534,14 @@ mod tests {
         let mut got = Vec::new();
         e.recv(usize::MAX, |from, m| got.push((from, m.0)));
         got
+    }
+
+    #[test]
+    fn a_mesh_message_is_small() {
+        // Every ring slot holds one, for every ordered pair of shards: keep it within
+        // two cache lines (the config docs estimate ring memory from this).
+        let size = std::mem::size_of::<MeshMsg>();
+        assert!(size <= 96, "MeshMsg is {size} bytes");
     }
 
     #[test]

@@ -76,6 +76,17 @@ fn count_mut(list: &mut Vec<ShardCount>, shard: ShardId) -> &mut ShardCount {
     &mut list[i]
 }
 
+/// The fields of a [`MeshMsg::Join`].
+struct JoinRequest {
+    room: Key,
+    user: Key,
+    conn: ConnId,
+    since: Option<Position>,
+    presence: bool,
+    id: Option<ClientId>,
+    ticket: u32,
+}
+
 /// What the owner holds for one user.
 #[derive(Debug)]
 struct UserEntry {
@@ -310,7 +321,19 @@ impl<S: Store> Owner<S> {
                 since,
                 presence,
                 id,
-            } => self.on_join(from, room, user, conn, since, presence, id, now, out, m),
+                ticket,
+            } => {
+                let request = JoinRequest {
+                    room,
+                    user,
+                    conn,
+                    since,
+                    presence,
+                    id,
+                    ticket,
+                };
+                self.on_join(from, request, now, out, m);
+            }
             MeshMsg::Leave { room, user, presence } => self.on_leave(from, room, &user, presence, now, out, m),
             MeshMsg::Publish {
                 room,
@@ -485,20 +508,23 @@ impl<S: Store> Owner<S> {
         out.push((from, MeshMsg::ToConn { conn, frame: ack }));
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_join(
         &mut self,
         from: ShardId,
-        room: Key,
-        user: Key,
-        conn: ConnId,
-        since: Option<Position>,
-        presence: bool,
-        id: Option<ClientId>,
+        request: JoinRequest,
         now: Instant,
         out: &mut Vec<(ShardId, MeshMsg)>,
         m: &mut MsgMetrics,
     ) {
+        let JoinRequest {
+            room,
+            user,
+            conn,
+            since,
+            presence,
+            id,
+            ticket,
+        } = request;
         debug_assert_eq!(owner_of(KeyKind::Room, &room, self.shards), self.shard);
         let entry = self.room_entry(&room, now);
         let c = count_mut(&mut entry.shards, from);
@@ -522,6 +548,7 @@ impl<S: Store> Owner<S> {
             MeshMsg::Joined {
                 conn,
                 room: room.clone(),
+                ticket,
                 frames,
             },
         ));

@@ -565,6 +565,37 @@ fn join_with_since_replays_the_room_or_resyncs() {
 }
 
 #[test]
+fn leave_and_rejoin_before_the_first_joined_arrives() {
+    let mut sim = Sim::new(2, &MsgLimits::default());
+    let room_owner = owner_of(KeyKind::Room, "r", 2);
+    let publisher = sim.connect(room_owner, "p");
+    let c = sim.connect(1 - room_owner, "c");
+    sim.say(publisher, json!({"type":"publish","room":"r","body":0}));
+    sim.run();
+    let epoch = sim.of_type(publisher, "ack")[0]["epoch"].clone();
+    // Join, leave and join again in one burst, publishes in between: the first
+    // `joined` answers a join that no longer exists and must not make a member.
+    sim.say(c, json!({"type":"join","room":"r","id":"first"}));
+    sim.say(publisher, json!({"type":"publish","room":"r","body":1}));
+    sim.say(c, json!({"type":"leave","room":"r"}));
+    sim.say(publisher, json!({"type":"publish","room":"r","body":2}));
+    sim.say(c, json!({"type":"join","room":"r","id":"second","since":{"epoch":epoch,"seq":1}}));
+    sim.say(publisher, json!({"type":"publish","room":"r","body":3}));
+    sim.run();
+    sim.say(publisher, json!({"type":"publish","room":"r","body":4}));
+    sim.run();
+    let frames = sim.take(c);
+    let joined: Vec<&Value> = frames.iter().filter(|f| f["type"] == "joined").collect();
+    assert_eq!(joined.len(), 1, "{frames:?}");
+    assert_eq!(joined[0]["id"], "second");
+    let at = joined[0]["at"]["seq"].as_u64().unwrap();
+    let replayed = joined[0]["replayed"].as_u64().unwrap();
+    assert_eq!(replayed, at - 1, "replayed everything after seq 1");
+    let msgs: Vec<Value> = frames.iter().filter(|f| f["type"] == "room_msg").cloned().collect();
+    assert_eq!(seqs(&msgs), [2, 3, 4, 5], "{frames:?}");
+}
+
+#[test]
 fn offline_queue_delivers_on_connect_within_its_limits() {
     let limits = MsgLimits {
         offline_max_messages: 3,
@@ -812,6 +843,7 @@ enum Op {
     Disconnect { pick: u8 },
     Send { pick: u8, to: u8 },
     Join { pick: u8, room: u8 },
+    Leave { pick: u8, room: u8 },
     Publish { pick: u8, room: u8 },
     Steps(u8),
 }
@@ -822,6 +854,7 @@ fn op() -> impl Strategy<Value = Op> {
         any::<u8>().prop_map(|pick| Op::Disconnect { pick }),
         (any::<u8>(), 0u8..4).prop_map(|(pick, to)| Op::Send { pick, to }),
         (any::<u8>(), 0u8..2).prop_map(|(pick, room)| Op::Join { pick, room }),
+        (any::<u8>(), 0u8..2).prop_map(|(pick, room)| Op::Leave { pick, room }),
         (any::<u8>(), 0u8..2).prop_map(|(pick, room)| Op::Publish { pick, room }),
         (0u8..4).prop_map(Op::Steps),
     ]
@@ -857,13 +890,16 @@ fn check_connection(frames: &[Value]) {
                 let room = f["room"].as_str().unwrap().to_owned();
                 room_next.insert(room, f["at"]["seq"].as_u64().unwrap() + 1);
             }
+            "left" => {
+                room_next.remove(f["room"].as_str().unwrap());
+            }
             "room_msg" => {
                 let room = f["room"].as_str().unwrap();
-                let next = room_next.get_mut(room).expect("room messages after joined");
+                let next = room_next.get_mut(room).expect("room messages only between joined and left");
                 assert_eq!(f["seq"].as_u64().unwrap(), *next, "room gap or repeat: {frames:?}");
                 *next += 1;
             }
-            "ack" | "error" | "presence" | "receipt" | "left" => {}
+            "ack" | "error" | "presence" | "receipt" => {}
             other => panic!("unexpected {other}"),
         }
     }
@@ -897,6 +933,14 @@ proptest! {
                     if !rooms.contains(&room) {
                         rooms.push(room);
                         sim.say(c, json!({"type":"join","room":format!("r{room}")}));
+                    }
+                }
+                Op::Leave { pick, room } if !live.is_empty() => {
+                    let c = live[usize::from(pick) % live.len()];
+                    let rooms = joined.entry(c).or_default();
+                    if let Some(i) = rooms.iter().position(|r| *r == room) {
+                        rooms.remove(i);
+                        sim.say(c, json!({"type":"leave","room":format!("r{room}")}));
                     }
                 }
                 Op::Publish { pick, room } if !live.is_empty() => {
