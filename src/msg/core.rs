@@ -23,6 +23,28 @@
 //!   mesh [`Endpoint`](super::mesh::Endpoint) (`send`, then `flush` once per turn;
 //!   whatever it sheds comes back through `handle_shed`).
 //!
+//! Or let the shard's [`Endpoint`] do both mesh directions:
+//! [`recv_mesh`](MsgShard::recv_mesh) at the start of a turn (and on the tick),
+//! [`flush_mesh`](MsgShard::flush_mesh) at its end, before draining `poll_output` (a
+//! request the mesh shed becomes an `overloaded` error to send).
+//!
+//! # Wiring it into `server::shard` (not done yet)
+//!
+//! 1. Start-up: `mesh::build::<MeshMsg>(bells, cfg.msg.ring_depth,
+//!    cfg.msg.ring_full_wait)` with one doorbell per shard (a closure ringing that
+//!    shard's `server::ring::Bell`); shard `i` takes endpoint `i` and
+//!    `MsgShard::new(i, shards, &cfg.msg, seed)` (seed: start time mixed with `i`).
+//!    Add `wsgate.v1.json` to the subprotocols the handshake selects.
+//! 2. Upgrade done: `ConnId` = the slab entry (slot | generation << 32);
+//!    `handle_connect(conn, &identity, Encoding::from_subprotocol(selected)?, now)`.
+//! 3. `Event::Message`: `handle_client_frame(conn, Text|Binary, bytes, now)`.
+//! 4. Connection gone (any reason): `handle_disconnect(conn, now)`.
+//! 5. Each turn (`on_wake`) and tick (`on_tick`, also `handle_tick`): `recv_mesh` first;
+//!    at the end `flush_mesh`, then drain `poll_output` into the send queues
+//!    (`Out::Frame(frame)`; a stale `ConnId` is simply dropped) and closes; if
+//!    `endpoint.pending() > 0`, come back soon (ring the own bell or wait for the tick).
+//! 6. Copy `metrics()` into the shard's published metrics each tick.
+//!
 //! Messages whose owner is this shard never touch a ring: they go through a local FIFO
 //! that is processed before each `handle_*` returns, so the order between an owner and
 //! the connections of its own shard is the same as across shards.
@@ -32,7 +54,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::local::LocalHub;
-use super::mesh::MeshMsg;
+use super::mesh::{Endpoint, MeshMsg};
 use super::owner::Owner;
 use super::protocol::{self, ClientId, ClientMsg, Encoding, ErrorCode, FrameKind, ParseError};
 use super::store::{MemStore, Store};
@@ -285,6 +307,29 @@ impl<S: Store> MsgShard<S> {
                 self.route(KeyKind::Room, room.clone(), MeshMsg::QueryRoom { room, conn, id });
             }
         }
+    }
+
+    /// Hands every message for other shards to `endpoint` (`send`, then `flush`, which
+    /// rings the peers' doorbells) and answers what it sheds. Call at the end of a
+    /// turn, then drain [`poll_output`](Self::poll_output) (a shed request's
+    /// `overloaded` error is a new output).
+    pub fn flush_mesh(&mut self, endpoint: &mut Endpoint<MeshMsg>, now: Instant) {
+        while let Some((to, msg)) = self.mesh_out.pop_front() {
+            if let Err(msg) = endpoint.send(to, msg, now) {
+                self.handle_shed(to, msg);
+            }
+        }
+        let mut shed = Vec::new();
+        endpoint.flush(now, &mut shed);
+        for (to, msg) in shed {
+            self.handle_shed(to, msg);
+        }
+    }
+
+    /// Takes up to `max_per_source` messages off each ring of `endpoint` and handles
+    /// them; returns how many. Call at the start of a turn and on the tick.
+    pub fn recv_mesh(&mut self, endpoint: &mut Endpoint<MeshMsg>, now: Instant, max_per_source: usize) -> usize {
+        endpoint.recv(max_per_source, |from, msg| self.handle_mesh(from, msg, now))
     }
 
     /// A message from shard `from` (off a ring).

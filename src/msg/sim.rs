@@ -179,18 +179,9 @@ impl Sim {
         for i in 0..self.shards.len() {
             self.pump_outputs(i);
             let SimShard { core, ep, .. } = &mut self.shards[i];
-            while let Some((to, msg)) = core.poll_mesh() {
-                moved = true;
-                if let Err(msg) = ep.send(to, msg, now) {
-                    core.handle_shed(to, msg);
-                }
-            }
-            let mut shed = Vec::new();
-            ep.flush(now, &mut shed);
-            for (to, msg) in shed {
-                core.handle_shed(to, msg);
-            }
-            moved |= ep.pending() > 0;
+            let sent = ep.stats().sent;
+            core.flush_mesh(ep, now);
+            moved |= ep.stats().sent > sent || ep.pending() > 0;
             self.pump_outputs(i);
         }
         for i in 0..self.shards.len() {
@@ -579,7 +570,10 @@ fn leave_and_rejoin_before_the_first_joined_arrives() {
     sim.say(publisher, json!({"type":"publish","room":"r","body":1}));
     sim.say(c, json!({"type":"leave","room":"r"}));
     sim.say(publisher, json!({"type":"publish","room":"r","body":2}));
-    sim.say(c, json!({"type":"join","room":"r","id":"second","since":{"epoch":epoch,"seq":1}}));
+    sim.say(
+        c,
+        json!({"type":"join","room":"r","id":"second","since":{"epoch":epoch,"seq":1}}),
+    );
     sim.say(publisher, json!({"type":"publish","room":"r","body":3}));
     sim.run();
     sim.say(publisher, json!({"type":"publish","room":"r","body":4}));
@@ -895,7 +889,9 @@ fn check_connection(frames: &[Value]) {
             }
             "room_msg" => {
                 let room = f["room"].as_str().unwrap();
-                let next = room_next.get_mut(room).expect("room messages only between joined and left");
+                let next = room_next
+                    .get_mut(room)
+                    .expect("room messages only between joined and left");
                 assert_eq!(f["seq"].as_u64().unwrap(), *next, "room gap or repeat: {frames:?}");
                 *next += 1;
             }
