@@ -219,6 +219,9 @@ pub struct MsgMetrics {
     pub receipts: u64,
     /// Client acks naming a sequence number no longer (or never) in history.
     pub receipts_unknown: u64,
+    /// Receipts dropped because the original sender had no connection (receipts are
+    /// not queued offline).
+    pub receipts_undeliverable: u64,
     /// Join/leave presence events sent.
     pub presence_events: u64,
     /// Member-count presence events sent for large rooms.
@@ -257,6 +260,7 @@ impl MsgMetrics {
             resyncs,
             receipts,
             receipts_unknown,
+            receipts_undeliverable,
             presence_events,
             presence_counts,
             client_errors,

@@ -293,8 +293,8 @@ impl<S: Store> Owner<S> {
                     .map_or_else(Vec::new, |e| e.shards.iter().map(|c| c.shard).collect());
                 if shards.is_empty() {
                     // The sender is offline: receipts are not queued (the sender can
-                    // ask the backend for message state); counted as unknown.
-                    m.receipts_unknown += 1;
+                    // ask the backend for message state); counted.
+                    m.receipts_undeliverable += 1;
                     return;
                 }
                 let frame = self.frame(|o| protocol::encode_receipt(o, &by, seq, id.as_ref()));

@@ -295,8 +295,15 @@ fn user_to_user_across_shards_with_ack_and_receipt() {
     let errors = sim.of_type(bob, "error");
     assert_eq!(errors[0]["code"], "unknown_seq");
     assert_eq!(errors[0]["id"], "x");
+    // Once the sender is gone, a receipt has nowhere to go: dropped and counted.
+    sim.say(alice, json!({"type":"send","to":bob_name,"id":"m2","body":2}));
+    sim.run();
+    sim.disconnect(alice);
+    sim.say(bob, json!({"type":"ack","seq":2}));
+    sim.run();
     let m = sim.metrics();
-    assert_eq!((m.sends_accepted, m.receipts, m.receipts_unknown), (1, 1, 1));
+    assert_eq!((m.sends_accepted, m.receipts, m.receipts_unknown), (2, 1, 1));
+    assert_eq!(m.receipts_undeliverable, 1);
     assert!(m.mesh_sent > 0 && m.mesh_sent == m.mesh_received);
     assert!(sim.rung.iter().all(|r| r.load(Ordering::Relaxed) > 0), "doorbells rang");
 }
