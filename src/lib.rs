@@ -105,6 +105,13 @@
 //!   ([`proto::connection::Connection::can_send`]) and nothing follows the close.
 //! - A completion or timer entry for a closed connection can never reach the next
 //!   connection in the same slot: both carry the slot's generation.
+//! - Messaging (`msg`, property-tested in its simulation): per connection, an inbox's
+//!   and a room's messages arrive in sequence order, never twice; without shedding,
+//!   with no gap after the `welcome` / `joined` position. A room publish crosses each
+//!   ring once per interested shard and is encoded once.
+//! - Every cross-shard queue is bounded: data waits at most `mesh_ring_full_wait` and
+//!   `mesh_ring_depth` messages per peer before it is shed and counted; control
+//!   messages (directory, membership, recovery) are never shed.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 

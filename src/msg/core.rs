@@ -20,7 +20,7 @@
 //!   the same `SharedFrame` on each connection) or [`Output::Close`] a connection that
 //!   sent garbage.
 //! - [`poll_mesh`](MsgShard::poll_mesh): a message for another shard, to hand to the
-//!   mesh [`Endpoint`](super::mesh::Endpoint) (`send`, then `flush` once per turn;
+//!   mesh [`Endpoint`] (`send`, then `flush` once per turn;
 //!   whatever it sheds comes back through `handle_shed`).
 //!
 //! Or let the shard's [`Endpoint`] do both mesh directions:
