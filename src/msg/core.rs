@@ -31,8 +31,8 @@
 //! # Wiring it into `server::shard` (not done yet)
 //!
 //! 1. Start-up: `mesh::build::<MeshMsg>(bells, cfg.msg.ring_depth,
-//!    cfg.msg.ring_full_wait)` with one doorbell per shard (a closure ringing that
-//!    shard's `server::ring::Bell`); shard `i` takes endpoint `i` and
+//!    cfg.msg.ring_full_wait)` with one doorbell per shard (each shard's
+//!    `server::ring::Bell` is a [`Doorbell`](super::mesh::Doorbell)); shard `i` takes endpoint `i` and
 //!    `MsgShard::new(i, shards, &cfg.msg, seed)` (seed: start time mixed with `i`).
 //!    Add `wsgate.v1.json` to the subprotocols the handshake selects.
 //! 2. Upgrade done: `ConnId` = the slab entry (slot | generation << 32);

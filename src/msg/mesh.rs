@@ -278,6 +278,14 @@ impl<F: Fn() + Send + Sync> Doorbell for F {
     }
 }
 
+/// The server's shard doorbell (eventfd → socketpair): what `mesh::build` gets in the
+/// server, one per shard.
+impl Doorbell for crate::server::ring::Bell {
+    fn ring(&self) {
+        crate::server::ring::Bell::ring(self)
+    }
+}
+
 /// Counters of one endpoint (folded into `MsgMetrics` by the caller).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointStats {
