@@ -309,6 +309,20 @@ fn user_to_user_across_shards_with_ack_and_receipt() {
 }
 
 #[test]
+fn answers_to_requests_sent_before_the_welcome_may_precede_it() {
+    // The sender's owner is remote and the recipient's is local: the ack is ready
+    // before the welcome comes back (the README tells clients to wait for the welcome).
+    let mut sim = Sim::new(2, &MsgLimits::default());
+    let user = user_owned_by("early", 1, 2);
+    let to = user_owned_by("target", 0, 2);
+    let c = sim.connect_as(0, &identity(&user));
+    sim.say(c, json!({"type":"send","to":to,"id":1,"body":1}));
+    sim.run();
+    let kinds: Vec<&str> = sim.frames(c).iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ack", "welcome"]);
+}
+
+#[test]
 fn multi_device_delivery_is_in_order_on_every_device() {
     let mut sim = Sim::new(3, &MsgLimits::default());
     let bob = [
