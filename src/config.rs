@@ -54,6 +54,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::limits::{InvalidLimits, Limits};
+use crate::msg::MsgLimits;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -147,6 +148,34 @@ pub const CLOSE_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(
 /// [`Limits::idle_timeout`]).
 pub const HEARTBEAT_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(86_400);
 
+/// Accepted `history_max_messages` and `offline_max_messages` ([`MsgLimits`]): 0 keeps
+/// nothing (every resume resyncs; messages to offline users are only in history).
+pub const MSG_COUNT_RANGE: RangeInclusive<usize> = 0..=1_000_000;
+/// Accepted `history_max_bytes` and `offline_max_bytes`, per inbox, room or queue.
+pub const MSG_BYTES_RANGE: RangeInclusive<u64> = 0..=GIB;
+/// Accepted `history_max_age`.
+pub const HISTORY_MAX_AGE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(7 * 86_400);
+/// Accepted `offline_max_age`.
+pub const OFFLINE_MAX_AGE_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(30 * 86_400);
+/// Accepted `max_rooms_per_connection`: each room a connection is in costs an entry on
+/// its shard and a member count at the room's owner.
+pub const MAX_ROOMS_PER_CONNECTION_RANGE: RangeInclusive<usize> = 0..=10_000;
+/// Accepted `max_room_name_bytes`.
+pub const MAX_ROOM_NAME_BYTES_RANGE: RangeInclusive<u64> = 1..=4 * KIB;
+/// Accepted `max_user_id_bytes`: no token can name a longer user
+/// ([`crate::auth::MAX_USER_ID_BYTES`]).
+pub const MAX_USER_ID_BYTES_RANGE: RangeInclusive<u64> = 1..=crate::auth::MAX_USER_ID_BYTES as u64;
+/// Accepted `max_payload_bytes` (and it must fit in `max_message_bytes`).
+pub const MAX_PAYLOAD_BYTES_RANGE: RangeInclusive<u64> = 1..=(u32::MAX as u64);
+/// Accepted `presence_event_max_members`: 0 sends counts only.
+pub const PRESENCE_EVENT_MAX_MEMBERS_RANGE: RangeInclusive<usize> = 0..=100_000;
+/// Accepted `mesh_ring_depth`: slots of each cross-shard ring; memory is
+/// `shards × (shards - 1) × depth` slots of about 100 bytes.
+pub const MESH_RING_DEPTH_RANGE: RangeInclusive<usize> = 2..=(1 << 20);
+/// Accepted `mesh_ring_full_wait`: a data message waits at most this long for room in a
+/// full ring before it is shed.
+pub const MESH_RING_FULL_WAIT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(1);
+
 const _: () = assert!(DEFAULT_DRAIN_TIMEOUT.as_millis() >= DEFAULT_DRAIN_WINDOW.as_millis());
 const _: () = assert!(DEFAULT_SEND_QUEUE_BYTES <= DEFAULT_SHARD_SEND_BUDGET_BYTES);
 const _: () = assert!(DEFAULT_READ_BUFFER_BYTES as u64 >= *READ_BUFFER_BYTES_RANGE.start());
@@ -211,6 +240,19 @@ pub const KEYS: &[&str] = &[
     "tls_key",
     "tls_listen",
     "tls_tickets",
+    "history_max_messages",
+    "history_max_bytes",
+    "history_max_age",
+    "offline_max_messages",
+    "offline_max_bytes",
+    "offline_max_age",
+    "max_rooms_per_connection",
+    "max_room_name_bytes",
+    "max_user_id_bytes",
+    "max_payload_bytes",
+    "presence_event_max_members",
+    "mesh_ring_depth",
+    "mesh_ring_full_wait",
 ];
 
 /// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
@@ -291,6 +333,10 @@ pub struct Config {
     /// Stateless TLS session tickets (resumption without server state). Off: clients
     /// resume through the per-process session cache only.
     pub tls_tickets: bool,
+    /// Messaging limits: history, offline queues, rooms, name and payload sizes,
+    /// presence, cross-shard rings (see [`MsgLimits`]). Each field has its own key; the
+    /// ring keys are `mesh_ring_depth` and `mesh_ring_full_wait`.
+    pub msg: MsgLimits,
 }
 
 impl Default for Config {
@@ -320,6 +366,7 @@ impl Default for Config {
             tls_key: None,
             tls_listen: None,
             tls_tickets: true,
+            msg: MsgLimits::default(),
         }
     }
 }
@@ -402,6 +449,13 @@ impl Config {
                 )));
             }
         }
+        if self.msg.max_payload_bytes as u64 >= l.max_message_bytes {
+            return Err(relation(format!(
+                "max_payload_bytes ({}) must be below max_message_bytes ({}): the body travels inside a message",
+                format_bytes(self.msg.max_payload_bytes as u64),
+                format_bytes(l.max_message_bytes)
+            )));
+        }
         if same_port(self.listen, self.admin_listen) {
             return Err(relation(format!(
                 "listen ({}) and admin_listen ({}) would bind the same port",
@@ -474,6 +528,20 @@ impl Config {
         count_in(   "message_rate",             e.message_rate,                      &EDGE_RATE_RANGE)?;
         count_in(   "message_burst",            e.message_burst,                     &EDGE_RATE_RANGE)?;
         count_in(   "max_tracked_ips",          e.max_tracked_ips,                   &MAX_TRACKED_IPS_RANGE)?;
+        let m = &self.msg;
+        count_in(   "history_max_messages",     m.history_max_messages,              &MSG_COUNT_RANGE)?;
+        bytes_in(   "history_max_bytes",        m.history_max_bytes as u64,          &MSG_BYTES_RANGE)?;
+        duration_in("history_max_age",          m.history_max_age,                   &HISTORY_MAX_AGE_RANGE)?;
+        count_in(   "offline_max_messages",     m.offline_max_messages,              &MSG_COUNT_RANGE)?;
+        bytes_in(   "offline_max_bytes",        m.offline_max_bytes as u64,          &MSG_BYTES_RANGE)?;
+        duration_in("offline_max_age",          m.offline_max_age,                   &OFFLINE_MAX_AGE_RANGE)?;
+        count_in(   "max_rooms_per_connection", m.max_rooms_per_connection,          &MAX_ROOMS_PER_CONNECTION_RANGE)?;
+        bytes_in(   "max_room_name_bytes",      m.max_room_name_bytes as u64,        &MAX_ROOM_NAME_BYTES_RANGE)?;
+        bytes_in(   "max_user_id_bytes",        m.max_user_id_bytes as u64,          &MAX_USER_ID_BYTES_RANGE)?;
+        bytes_in(   "max_payload_bytes",        m.max_payload_bytes as u64,          &MAX_PAYLOAD_BYTES_RANGE)?;
+        count_in(   "presence_event_max_members", m.presence_event_max_members,      &PRESENCE_EVENT_MAX_MEMBERS_RANGE)?;
+        count_in(   "mesh_ring_depth",          m.ring_depth,                        &MESH_RING_DEPTH_RANGE)?;
+        duration_in("mesh_ring_full_wait",      m.ring_full_wait,                    &MESH_RING_FULL_WAIT_RANGE)?;
         Ok(())
     }
 
@@ -620,6 +688,19 @@ impl Config {
             ),
             "tls_listen" => Value::Text(self.tls_listen.map(|a| a.to_string()).unwrap_or_default()),
             "tls_tickets" => Value::Bool(self.tls_tickets),
+            "history_max_messages" => Value::Int(self.msg.history_max_messages as u64),
+            "history_max_bytes" => size(self.msg.history_max_bytes as u64),
+            "history_max_age" => duration(self.msg.history_max_age),
+            "offline_max_messages" => Value::Int(self.msg.offline_max_messages as u64),
+            "offline_max_bytes" => size(self.msg.offline_max_bytes as u64),
+            "offline_max_age" => duration(self.msg.offline_max_age),
+            "max_rooms_per_connection" => Value::Int(self.msg.max_rooms_per_connection as u64),
+            "max_room_name_bytes" => size(self.msg.max_room_name_bytes as u64),
+            "max_user_id_bytes" => size(self.msg.max_user_id_bytes as u64),
+            "max_payload_bytes" => size(self.msg.max_payload_bytes as u64),
+            "presence_event_max_members" => Value::Int(self.msg.presence_event_max_members as u64),
+            "mesh_ring_depth" => Value::Int(self.msg.ring_depth as u64),
+            "mesh_ring_full_wait" => duration(self.msg.ring_full_wait),
             _ => unreachable!("value() asked for unknown key {key}"),
         }
     }
@@ -1106,6 +1187,48 @@ struct ServeArgs {
         help_heading = "TLS"
     )]
     tls_tickets: Option<String>,
+    /// Messages kept per inbox and per room for recovery. Beyond: the oldest is
+    /// forgotten; a client resuming from before it is told to resync.
+    #[arg(long, value_name = "N", help_heading = "Messaging")]
+    history_max_messages: Option<String>,
+    /// Bytes kept per inbox and per room history; as above.
+    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
+    history_max_bytes: Option<String>,
+    /// Age after which history is forgotten; as above.
+    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
+    history_max_age: Option<String>,
+    /// Messages waiting for an offline user. Beyond: the oldest is dropped and counted.
+    #[arg(long, value_name = "N", help_heading = "Messaging")]
+    offline_max_messages: Option<String>,
+    /// Bytes waiting for an offline user; as above.
+    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
+    offline_max_bytes: Option<String>,
+    /// Age after which an offline message is dropped and counted.
+    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
+    offline_max_age: Option<String>,
+    /// Rooms one connection may be in. Beyond: error too_many_rooms.
+    #[arg(long, value_name = "N", help_heading = "Messaging")]
+    max_rooms_per_connection: Option<String>,
+    /// Bytes of a room name. Beyond: error too_large.
+    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
+    max_room_name_bytes: Option<String>,
+    /// Bytes of a user id named in a message. Beyond: error too_large.
+    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
+    max_user_id_bytes: Option<String>,
+    /// Bytes of a message body (its JSON text). Beyond: error too_large.
+    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
+    max_payload_bytes: Option<String>,
+    /// Rooms with more members get member counts (once per tick) instead of join/leave
+    /// events.
+    #[arg(long, value_name = "N", help_heading = "Messaging")]
+    presence_event_max_members: Option<String>,
+    /// Slots of each cross-shard ring (rounded up to a power of two).
+    #[arg(long, value_name = "N", help_heading = "Messaging")]
+    mesh_ring_depth: Option<String>,
+    /// How long a data message waits for room in a full cross-shard ring before it is
+    /// shed and counted (the sender gets error overloaded).
+    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
+    mesh_ring_full_wait: Option<String>,
 }
 
 /// The clap command with each option's help extended by its default and variable.
@@ -1357,6 +1480,20 @@ fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
         if v.trim().is_empty() { Ok(None) } else { parse_addr(v).map(Some) }
     })?;
     s.set(&mut c.tls_tickets, "tls_tickets", a.tls_tickets, parse_bool)?;
+    let m = &mut c.msg;
+    s.set(&mut m.history_max_messages,       "history_max_messages",       a.history_max_messages,       count(MSG_COUNT_RANGE))?;
+    s.set(&mut m.history_max_bytes,          "history_max_bytes",          a.history_max_bytes,          size(MSG_BYTES_RANGE))?;
+    s.set(&mut m.history_max_age,            "history_max_age",            a.history_max_age,            duration(HISTORY_MAX_AGE_RANGE))?;
+    s.set(&mut m.offline_max_messages,       "offline_max_messages",       a.offline_max_messages,       count(MSG_COUNT_RANGE))?;
+    s.set(&mut m.offline_max_bytes,          "offline_max_bytes",          a.offline_max_bytes,          size(MSG_BYTES_RANGE))?;
+    s.set(&mut m.offline_max_age,            "offline_max_age",            a.offline_max_age,            duration(OFFLINE_MAX_AGE_RANGE))?;
+    s.set(&mut m.max_rooms_per_connection,   "max_rooms_per_connection",   a.max_rooms_per_connection,   count(MAX_ROOMS_PER_CONNECTION_RANGE))?;
+    s.set(&mut m.max_room_name_bytes,        "max_room_name_bytes",        a.max_room_name_bytes,        size(MAX_ROOM_NAME_BYTES_RANGE))?;
+    s.set(&mut m.max_user_id_bytes,          "max_user_id_bytes",          a.max_user_id_bytes,          size(MAX_USER_ID_BYTES_RANGE))?;
+    s.set(&mut m.max_payload_bytes,          "max_payload_bytes",          a.max_payload_bytes,          size(MAX_PAYLOAD_BYTES_RANGE))?;
+    s.set(&mut m.presence_event_max_members, "presence_event_max_members", a.presence_event_max_members, count(PRESENCE_EVENT_MAX_MEMBERS_RANGE))?;
+    s.set(&mut m.ring_depth,                 "mesh_ring_depth",            a.mesh_ring_depth,            count(MESH_RING_DEPTH_RANGE))?;
+    s.set(&mut m.ring_full_wait,             "mesh_ring_full_wait",        a.mesh_ring_full_wait,        duration(MESH_RING_FULL_WAIT_RANGE))?;
 
     let auth = &mut c.auth;
     let text = |v: &str| -> Result<Option<String>, String> {
@@ -1792,6 +1929,28 @@ mod tests {
             &no_env,
         );
         assert!(e.contains("same port"), "{e}");
+        let e = error(&["--max-payload-bytes", "1MiB"], &no_env);
+        assert!(
+            e.contains("max_payload_bytes (1MiB) must be below max_message_bytes (1MiB)"),
+            "{e}"
+        );
+        let e = error(&["--mesh-ring-depth", "1"], &no_env);
+        assert!(e.contains("--mesh-ring-depth") && e.contains("2 to 1048576"), "{e}");
+        let e = error(&[], &env_of(&[("WSGATE_HISTORY_MAX_AGE", "30")]));
+        assert!(e.contains("WSGATE_HISTORY_MAX_AGE") && e.contains("bare number"), "{e}");
+        assert_eq!(
+            serve(
+                &["--offline-max-messages", "5", "--mesh-ring-full-wait", "1ms"],
+                &no_env
+            )
+            .unwrap()
+            .msg,
+            MsgLimits {
+                offline_max_messages: 5,
+                ring_full_wait: Duration::from_millis(1),
+                ..MsgLimits::default()
+            }
+        );
         assert!(error(&["--paths", "ws"], &no_env).contains("must start with '/'"));
         assert!(error(&["--paths", "/ws,/ws"], &no_env).contains("twice"));
         assert!(error(&["--allowed-origins", "*"], &no_env).contains("leave allowed_origins empty"));
@@ -1874,6 +2033,15 @@ mod tests {
             tls_key: Some("/etc/wsgate/key.pem".into()),
             tls_listen: Some("[::1]:7443".parse().unwrap()),
             tls_tickets: false,
+            msg: MsgLimits {
+                history_max_messages: 10,
+                history_max_bytes: 3000,
+                offline_max_age: Duration::from_secs(7200),
+                max_payload_bytes: 1000,
+                ring_depth: 64,
+                ring_full_wait: Duration::from_millis(2),
+                ..MsgLimits::default()
+            },
             ..Config::default()
         };
         config.validate().unwrap();

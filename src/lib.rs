@@ -3,8 +3,9 @@
 //! wsgate terminates WebSocket connections and routes messages between them, aiming at
 //! millions of mostly idle connections per box. This crate is the library behind the
 //! `wsgate` binary. Built today: the sans-IO protocol core, the server runtime (shards,
-//! connection lifecycle, drain, metrics) and its configuration, token authentication
-//! and in-process TLS; messaging and scale-out come next (the README says what works).
+//! connection lifecycle, drain, metrics) and its configuration, token authentication,
+//! edge limits, in-process TLS, and the sans-IO messaging core; scale-out comes next
+//! (the README says what works).
 //!
 //! # Layout
 //!
@@ -31,6 +32,16 @@
 //!        ├── proto::utf8    one-shot and incremental (fail-fast) UTF-8 validation
 //!        └── proto::close   close codes, close payloads, ProtocolError → close code
 //!
+//!  msg::core::MsgShard (not wired into server::shard yet): per shard, sans-IO
+//!        │   connect / client frame / mesh message / tick in → frames and mesh messages out
+//!        ├── msg::protocol  wsgate.v1.json: parse client messages, encode server messages
+//!        ├── msg::local     local side: user / room → this shard's ConnIds
+//!        ├── msg::owner     owner of hash(key) % shards: directory, seq + epoch, history,
+//!        │                  offline queue, room interest by shard, presence
+//!        ├── msg::store     Store trait (logs, offline queues) + in-memory store
+//!        └── msg::mesh      MeshMsg + one bounded SPSC ring per ordered shard pair,
+//!                           doorbell per shard, wait-then-shed when a ring is full
+//!
 //!  main.rs ── config (flags, env, TOML → one Config) ── sys (fd limit, start-up report)
 //!         ── admin (/healthz, /readyz, /metrics on its own thread) ◀── metrics::Registry
 //!         ── signals ──▶ Command::Drain to every shard; SIGHUP ──▶ tls::TlsContext::reload
@@ -44,6 +55,10 @@
 //! - [`tls`]: rustls behind a sans-IO session (ciphertext in, plaintext and ciphertext
 //!   out, caller-owned buffers) and the reloadable certificate configuration.
 //! - [`server`]: the only code that touches sockets and io_uring.
+//! - [`msg`]: messaging, sans-IO: the client protocol, owner shards for users and rooms
+//!   (sequence numbers, history, offline queues, presence), the local side of each
+//!   shard, and the cross-shard messages with their rings. Tested by a deterministic
+//!   multi-shard simulation in one thread; the shards do not call it yet.
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
@@ -53,8 +68,7 @@
 //!   in the client role), so the client side costs as little per connection as the
 //!   server side.
 //!
-//! Planned, not built yet: `mesh/` (cross-core routing), `rooms/`, `store/`,
-//! `cluster/` (Redis).
+//! Planned, not built yet: durable stores (on-disk log, Redis), `cluster/` (Redis).
 //!
 //! # Limits
 //!
@@ -83,6 +97,12 @@
 //! | TLS read buffer ([`tls::MIN_READ_BUFFER_BYTES`]) | 32 KiB at least with TLS on | configuration refused (a whole record must fit); the shard also keeps a plaintext buffer of the same size |
 //! | [`tls::SESSION_CACHE_ENTRIES`] | 16,384 per process | the oldest session is forgotten; that client does a full handshake |
 //! | [`Config::drain_window`](config::Config::drain_window), [`Config::drain_timeout`](config::Config::drain_timeout) | 10 s, 30 s | close frames spread over the window; what is left at the deadline is dropped |
+//! | [`MsgLimits::history_max_messages`](msg::MsgLimits::history_max_messages), `_bytes`, `_age` | 256, 256 KiB, 10 min per inbox / room | oldest forgotten (`history_trimmed`); a resume from before it gets `resync` |
+//! | [`MsgLimits::offline_max_messages`](msg::MsgLimits::offline_max_messages), `_bytes`, `_age` | 256, 256 KiB, 24 h per user | oldest dropped (`offline_dropped`); aged out (`offline_expired`) |
+//! | [`MsgLimits::max_rooms_per_connection`](msg::MsgLimits::max_rooms_per_connection) | 64 | `error: too_many_rooms` |
+//! | [`MsgLimits::max_room_name_bytes`](msg::MsgLimits::max_room_name_bytes), `max_user_id_bytes`, `max_payload_bytes` | 128 B, 256 B, 64 KiB | `error: too_large` |
+//! | [`MsgLimits::presence_event_max_members`](msg::MsgLimits::presence_event_max_members) | 100 | member counts (one per tick) instead of join/leave events |
+//! | [`MsgLimits::ring_depth`](msg::MsgLimits::ring_depth), [`ring_full_wait`](msg::MsgLimits::ring_full_wait) | 4096 slots, 5 ms | data waits in the outbox up to the bound, then is shed (`mesh_shed`, `error: overloaded`); control is never shed |
 //!
 //! # Invariants
 //!
@@ -99,6 +119,13 @@
 //!   ([`proto::connection::Connection::can_send`]) and nothing follows the close.
 //! - A completion or timer entry for a closed connection can never reach the next
 //!   connection in the same slot: both carry the slot's generation.
+//! - Messaging (`msg`, property-tested in its simulation): per connection, an inbox's
+//!   and a room's messages arrive in sequence order, never twice; without shedding,
+//!   with no gap after the `welcome` / `joined` position. A room publish crosses each
+//!   ring once per interested shard and is encoded once.
+//! - Every cross-shard queue is bounded: data waits at most `mesh_ring_full_wait` and
+//!   `mesh_ring_depth` messages per peer before it is shed and counted; control
+//!   messages (directory, membership, recovery) are never shed.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
@@ -109,6 +136,7 @@ pub mod config;
 pub mod edge;
 pub mod limits;
 pub mod metrics;
+pub mod msg;
 pub mod proto;
 pub mod server;
 pub mod sys;

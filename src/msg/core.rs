@@ -1,0 +1,492 @@
+//! [`MsgShard`]: one shard's messaging, the owner side and the local side behind one
+//! sans-IO API, which is what `server::shard` drives.
+//!
+//! # Driving it
+//!
+//! Inputs (`handle_*`), each with `now`:
+//!
+//! | when | call |
+//! |---|---|
+//! | a connection finished its upgrade | [`handle_connect`](MsgShard::handle_connect) with its [`ConnId`], [`Identity`] and [`Encoding`] |
+//! | a text or binary message arrived on it | [`handle_client_frame`](MsgShard::handle_client_frame) |
+//! | it is gone (any reason, also after an [`Output::Close`]) | [`handle_disconnect`](MsgShard::handle_disconnect) |
+//! | a message came off a mesh ring | [`handle_mesh`](MsgShard::handle_mesh) with the source shard |
+//! | the mesh shed a message this shard sent | [`handle_shed`](MsgShard::handle_shed) |
+//! | the timer tick | [`handle_tick`](MsgShard::handle_tick) |
+//!
+//! Outputs (`poll_*`), drained after every input or batch of inputs:
+//!
+//! - [`poll_output`](MsgShard::poll_output): [`Output::Send`] a frame (shared: queue
+//!   the same `SharedFrame` on each connection) or [`Output::Close`] a connection that
+//!   sent garbage.
+//! - [`poll_mesh`](MsgShard::poll_mesh): a message for another shard, to hand to the
+//!   mesh [`Endpoint`] (`send`, then `flush` once per turn;
+//!   whatever it sheds comes back through `handle_shed`).
+//!
+//! Or let the shard's [`Endpoint`] do both mesh directions:
+//! [`recv_mesh`](MsgShard::recv_mesh) at the start of a turn (and on the tick),
+//! [`flush_mesh`](MsgShard::flush_mesh) at its end, before draining `poll_output` (a
+//! request the mesh shed becomes an `overloaded` error to send).
+//!
+//! # Wiring it into `server::shard` (not done yet)
+//!
+//! 1. Start-up: `mesh::build::<MeshMsg>(bells, cfg.msg.ring_depth,
+//!    cfg.msg.ring_full_wait)` with one doorbell per shard (each shard's
+//!    `server::ring::Bell` is a [`Doorbell`](super::mesh::Doorbell)); shard `i` takes endpoint `i` and
+//!    `MsgShard::new(i, shards, &cfg.msg, seed)` (seed: start time mixed with `i`).
+//!    Add `wsgate.v1.json` to the subprotocols the handshake selects.
+//! 2. Upgrade done: `ConnId` = the slab entry (slot | generation << 32);
+//!    `handle_connect(conn, &identity, Encoding::from_subprotocol(selected)?, now)`.
+//! 3. `Event::Message`: `handle_client_frame(conn, Text|Binary, bytes, now)`.
+//! 4. Connection gone (any reason): `handle_disconnect(conn, now)`.
+//! 5. Each turn (`on_wake`) and tick (`on_tick`, also `handle_tick`): `recv_mesh` first;
+//!    at the end `flush_mesh`, then drain `poll_output` into the send queues
+//!    (`Out::Frame(frame)`; a stale `ConnId` is simply dropped) and closes; if
+//!    `endpoint.pending() > 0`, come back soon (ring the own bell or wait for the tick).
+//! 6. Copy `metrics()` into the shard's published metrics each tick.
+//!
+//! Messages whose owner is this shard never touch a ring: they go through a local FIFO
+//! that is processed before each `handle_*` returns, so the order between an owner and
+//! the connections of its own shard is the same as across shards.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::local::LocalHub;
+use super::mesh::{Endpoint, MeshMsg};
+use super::owner::Owner;
+use super::protocol::{self, ClientId, ClientMsg, Encoding, ErrorCode, FrameKind, ParseError};
+use super::store::{MemStore, Store};
+use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, ShardId, owner_of};
+use crate::auth::Identity;
+use crate::proto::close::CloseCode;
+use crate::proto::frame::SharedFrame;
+
+/// Something a connection of this shard must be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Queue `frame` on `conn`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The frame, shared with other recipients.
+        frame: SharedFrame,
+    },
+    /// Close `conn` with `code` and `reason`: it does not speak the protocol. Call
+    /// [`MsgShard::handle_disconnect`] once it is gone.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// 1003 or 1008 (see `protocol`).
+        code: CloseCode,
+        /// A short reason.
+        reason: &'static str,
+    },
+}
+
+/// One shard's messaging state. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct MsgShard<S = MemStore> {
+    id: ShardId,
+    shards: usize,
+    limits: MsgLimits,
+    owner: Owner<S>,
+    hub: LocalHub,
+    metrics: MsgMetrics,
+    out: VecDeque<Output>,
+    mesh_out: VecDeque<(ShardId, MeshMsg)>,
+    /// Messages from this shard to itself, handled before each input returns.
+    local: VecDeque<MeshMsg>,
+    /// Scratch for the owner's answers.
+    answers: Vec<(ShardId, MeshMsg)>,
+    buf: Vec<u8>,
+}
+
+impl MsgShard<MemStore> {
+    /// Shard `id` of `shards` with the in-memory store.
+    pub fn new(id: ShardId, shards: usize, limits: &MsgLimits, epoch_seed: u64) -> Self {
+        Self::with_store(id, shards, limits, MemStore::new(limits), epoch_seed)
+    }
+}
+
+impl<S: Store> MsgShard<S> {
+    /// Shard `id` of `shards` with `store` for its owner side.
+    pub fn with_store(id: ShardId, shards: usize, limits: &MsgLimits, store: S, epoch_seed: u64) -> Self {
+        Self {
+            id,
+            shards,
+            limits: limits.clone(),
+            owner: Owner::new(id, shards, limits, store, epoch_seed),
+            hub: LocalHub::new(),
+            metrics: MsgMetrics::default(),
+            out: VecDeque::new(),
+            mesh_out: VecDeque::new(),
+            local: VecDeque::new(),
+            answers: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Counters so far.
+    pub fn metrics(&self) -> &MsgMetrics {
+        &self.metrics
+    }
+
+    /// The local side (gauges, tests).
+    pub fn hub(&self) -> &LocalHub {
+        &self.hub
+    }
+
+    /// The owner side (gauges, tests).
+    pub fn owner(&self) -> &Owner<S> {
+        &self.owner
+    }
+
+    /// The owner side, mutably (tests that simulate a restart).
+    pub fn owner_mut(&mut self) -> &mut Owner<S> {
+        &mut self.owner
+    }
+
+    /// The next frame or close for a local connection.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next message for another shard's ring.
+    pub fn poll_mesh(&mut self) -> Option<(ShardId, MeshMsg)> {
+        self.mesh_out.pop_front()
+    }
+
+    /// A connection of `identity`'s user is open (upgraded) with `encoding`. Its
+    /// `welcome` follows once the user's owner registered it.
+    pub fn handle_connect(&mut self, conn: ConnId, identity: &Identity, encoding: Encoding, now: Instant) {
+        let user = self.hub.add(conn, identity, encoding);
+        self.route(KeyKind::User, user.clone(), MeshMsg::Connect { user, conn });
+        self.run_local(now);
+    }
+
+    /// A connection is gone: its user's owner and its rooms' owners hear about it.
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        let Some(removed) = self.hub.remove(conn) else {
+            return;
+        };
+        for (room, presence) in removed.rooms {
+            let user = removed.user.clone();
+            self.route(KeyKind::Room, room.clone(), MeshMsg::Leave { room, user, presence });
+        }
+        let user = removed.user;
+        self.route(KeyKind::User, user.clone(), MeshMsg::Disconnect { user, conn });
+        self.run_local(now);
+    }
+
+    /// A whole message from `conn` (text already UTF-8-validated by the frame layer).
+    pub fn handle_client_frame(&mut self, conn: ConnId, kind: FrameKind, payload: &[u8], now: Instant) {
+        let Some(info) = self.hub.conn(conn) else {
+            debug_assert!(false, "frame from unknown connection {conn:?}");
+            return;
+        };
+        let user = info.user.clone();
+        let msg = match protocol::parse(kind, payload, &self.limits) {
+            Ok(msg) => msg,
+            Err(ParseError::Garbage { code, reason }) => {
+                self.metrics.protocol_closes += 1;
+                self.out.push_back(Output::Close { conn, code, reason });
+                return;
+            }
+            Err(ParseError::Invalid { code, id, detail }) => {
+                self.error(conn, code, &detail, id.as_ref());
+                return;
+            }
+        };
+        self.on_client_msg(conn, user, msg);
+        self.run_local(now);
+    }
+
+    fn on_client_msg(&mut self, conn: ConnId, user: Key, msg: ClientMsg<'_>) {
+        match msg {
+            ClientMsg::Send { to, id, body } => {
+                let to: Key = to.as_ref().into();
+                let msg = MeshMsg::Send {
+                    to: to.clone(),
+                    from: user,
+                    conn,
+                    id,
+                    body: body.get().into(),
+                };
+                self.route(KeyKind::User, to, msg);
+            }
+            ClientMsg::Join {
+                room,
+                id,
+                since,
+                presence,
+            } => {
+                let room: Key = room.as_ref().into();
+                let ticket = match self
+                    .hub
+                    .begin_join(conn, &room, presence, self.limits.max_rooms_per_connection)
+                {
+                    Ok(ticket) => ticket,
+                    Err(code) => return self.error(conn, code, "join refused", id.as_ref()),
+                };
+                let msg = MeshMsg::Join {
+                    room: room.clone(),
+                    user,
+                    conn,
+                    since,
+                    presence,
+                    id,
+                    ticket,
+                };
+                self.route(KeyKind::Room, room, msg);
+            }
+            ClientMsg::Leave { room, id } => match self.hub.leave(conn, &room) {
+                Ok(presence) => {
+                    let room: Key = room.as_ref().into();
+                    let frame = self.encode(|o| protocol::encode_left(o, id.as_ref(), &room));
+                    self.send(conn, frame);
+                    self.route(KeyKind::Room, room.clone(), MeshMsg::Leave { room, user, presence });
+                }
+                Err(code) => self.error(conn, code, "not in this room", id.as_ref()),
+            },
+            ClientMsg::Publish {
+                room,
+                id,
+                body,
+                exclude_self,
+            } => {
+                let allowed = self.hub.conn(conn).is_some_and(|c| c.may_publish(&room));
+                if !allowed {
+                    return self.error(
+                        conn,
+                        ErrorCode::Forbidden,
+                        "publish not allowed by the token",
+                        id.as_ref(),
+                    );
+                }
+                let room: Key = room.as_ref().into();
+                let msg = MeshMsg::Publish {
+                    room: room.clone(),
+                    from: user,
+                    conn,
+                    id,
+                    body: body.get().into(),
+                    exclude_self,
+                };
+                self.route(KeyKind::Room, room, msg);
+            }
+            ClientMsg::Ack { seq, id } => {
+                self.route(KeyKind::User, user.clone(), MeshMsg::Ack { user, seq, conn, id });
+            }
+            ClientMsg::Resume { since, id } => {
+                self.hub.begin_resume(conn);
+                let msg = MeshMsg::Resume {
+                    user: user.clone(),
+                    conn,
+                    since,
+                    id,
+                };
+                self.route(KeyKind::User, user, msg);
+            }
+            ClientMsg::PresenceUser { user: target, id } => {
+                let target: Key = target.as_ref().into();
+                self.route(
+                    KeyKind::User,
+                    target.clone(),
+                    MeshMsg::QueryUser { user: target, conn, id },
+                );
+            }
+            ClientMsg::PresenceRoom { room, id } => {
+                let room: Key = room.as_ref().into();
+                self.route(KeyKind::Room, room.clone(), MeshMsg::QueryRoom { room, conn, id });
+            }
+        }
+    }
+
+    /// Hands every message for other shards to `endpoint` (`send`, then `flush`, which
+    /// rings the peers' doorbells) and answers what it sheds. Call at the end of a
+    /// turn, then drain [`poll_output`](Self::poll_output) (a shed request's
+    /// `overloaded` error is a new output).
+    pub fn flush_mesh(&mut self, endpoint: &mut Endpoint<MeshMsg>, now: Instant) {
+        while let Some((to, msg)) = self.mesh_out.pop_front() {
+            if let Err(msg) = endpoint.send(to, msg, now) {
+                self.handle_shed(to, msg);
+            }
+        }
+        let mut shed = Vec::new();
+        endpoint.flush(now, &mut shed);
+        for (to, msg) in shed {
+            self.handle_shed(to, msg);
+        }
+    }
+
+    /// Takes up to `max_per_source` messages off each ring of `endpoint` and handles
+    /// them; returns how many. Call at the start of a turn and on the tick.
+    pub fn recv_mesh(&mut self, endpoint: &mut Endpoint<MeshMsg>, now: Instant, max_per_source: usize) -> usize {
+        endpoint.recv(max_per_source, |from, msg| self.handle_mesh(from, msg, now))
+    }
+
+    /// A message from shard `from` (off a ring).
+    pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
+        self.metrics.mesh_received += 1;
+        self.dispatch(from, msg, now);
+        self.run_local(now);
+    }
+
+    /// The mesh shed `msg` on its way to `to`: a request from a local connection is
+    /// answered with `overloaded`; anything else is only counted (deliveries leave a
+    /// sequence gap the client recovers from).
+    pub fn handle_shed(&mut self, to: ShardId, msg: MeshMsg) {
+        let _ = to;
+        self.metrics.mesh_shed += 1;
+        let (conn, id) = match msg {
+            MeshMsg::Send { conn, id, .. }
+            | MeshMsg::Publish { conn, id, .. }
+            | MeshMsg::Ack { conn, id, .. }
+            | MeshMsg::QueryUser { conn, id, .. }
+            | MeshMsg::QueryRoom { conn, id, .. } => (conn, id),
+            _ => return,
+        };
+        if self.hub.conn(conn).is_some() {
+            self.error(
+                conn,
+                ErrorCode::Overloaded,
+                "the gateway is overloaded; retry",
+                id.as_ref(),
+            );
+        }
+    }
+
+    /// The timer tick: the owner's counts for large rooms, history and offline ageing.
+    pub fn handle_tick(&mut self, now: Instant) {
+        let mut answers = std::mem::take(&mut self.answers);
+        self.owner.handle_tick(now, &mut answers, &mut self.metrics);
+        for (to, msg) in answers.drain(..) {
+            self.dispatch_to(to, msg);
+        }
+        self.answers = answers;
+        self.run_local(now);
+    }
+
+    /// Sends `msg` to the owner of `key`.
+    fn route(&mut self, kind: KeyKind, key: Key, msg: MeshMsg) {
+        let to = owner_of(kind, &key, self.shards);
+        self.dispatch_to(to, msg);
+    }
+
+    fn dispatch_to(&mut self, to: ShardId, msg: MeshMsg) {
+        if to == self.id {
+            self.local.push_back(msg);
+        } else {
+            self.metrics.mesh_sent += 1;
+            self.mesh_out.push_back((to, msg));
+        }
+    }
+
+    fn run_local(&mut self, now: Instant) {
+        while let Some(msg) = self.local.pop_front() {
+            self.dispatch(self.id, msg, now);
+        }
+    }
+
+    fn dispatch(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
+        match msg {
+            MeshMsg::Welcome { conn, frames } => {
+                if self.hub.welcomed(conn) {
+                    self.metrics.frames_delivered += frames.len() as u64;
+                    for frame in frames {
+                        self.out.push_back(Output::Send { conn, frame });
+                    }
+                }
+            }
+            MeshMsg::Resumed { conn, frames } => {
+                if self.hub.resumed(conn) {
+                    self.metrics.frames_delivered += frames.len() as u64;
+                    for frame in frames {
+                        self.out.push_back(Output::Send { conn, frame });
+                    }
+                }
+            }
+            MeshMsg::Joined {
+                conn,
+                room,
+                ticket,
+                frames,
+            } => {
+                if self.hub.joined(conn, &room, ticket) {
+                    self.metrics.frames_delivered += frames.len() as u64;
+                    for frame in frames {
+                        self.out.push_back(Output::Send { conn, frame });
+                    }
+                }
+            }
+            MeshMsg::ToConn { conn, frame } => {
+                if self.hub.conn(conn).is_some() {
+                    self.send(conn, frame);
+                }
+            }
+            MeshMsg::ToUser { user, frame } => {
+                let out = &mut self.out;
+                let mut n = 0;
+                let skipped = self.hub.for_user(&user, |conn| {
+                    n += 1;
+                    out.push_back(Output::Send {
+                        conn,
+                        frame: frame.clone(),
+                    });
+                });
+                self.metrics.frames_delivered += n;
+                self.metrics.superseded_deliveries += skipped;
+            }
+            MeshMsg::ToRoom {
+                room,
+                frame,
+                exclude,
+                watchers_only,
+            } => {
+                let out = &mut self.out;
+                let mut n = 0;
+                self.hub.for_room(&room, exclude, watchers_only, |conn| {
+                    n += 1;
+                    out.push_back(Output::Send {
+                        conn,
+                        frame: frame.clone(),
+                    });
+                });
+                self.metrics.frames_delivered += n;
+            }
+            owner_msg => {
+                let mut answers = std::mem::take(&mut self.answers);
+                self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
+                for (to, msg) in answers.drain(..) {
+                    self.dispatch_to(to, msg);
+                }
+                self.answers = answers;
+            }
+        }
+    }
+
+    fn encode(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> SharedFrame {
+        self.buf.clear();
+        encode(&mut self.buf);
+        SharedFrame::text(std::str::from_utf8(&self.buf).expect("encoders write UTF-8"))
+    }
+
+    fn send(&mut self, conn: ConnId, frame: SharedFrame) {
+        self.metrics.frames_delivered += 1;
+        self.out.push_back(Output::Send { conn, frame });
+    }
+
+    fn error(&mut self, conn: ConnId, code: ErrorCode, text: &str, id: Option<&ClientId>) {
+        self.metrics.client_errors += 1;
+        *self.metrics.errors_by_code.entry(code.label()).or_insert(0) += 1;
+        let frame = self.encode(|o| protocol::encode_error(o, code, text, id));
+        self.send(conn, frame);
+    }
+}

