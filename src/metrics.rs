@@ -94,10 +94,39 @@ impl ShardMetrics {
     }
 }
 
+/// One shard's messaging figures for `GET /api/stats`, published next to its
+/// [`ShardMetrics`] (`MsgShard::totals` builds it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsgTotals {
+    /// Users owned by the shard with at least one connection anywhere.
+    pub online_users: u64,
+    /// Rooms owned by the shard with at least one member.
+    pub rooms: u64,
+    /// Messages accepted into inboxes (`send`, client or API).
+    pub sends: u64,
+    /// Messages accepted into rooms (`publish`, client or API).
+    pub publishes: u64,
+    /// Frames handed to the shard's connections.
+    pub deliveries: u64,
+}
+
+impl MsgTotals {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Self) {
+        self.online_users += other.online_users;
+        self.rooms += other.rooms;
+        self.sends += other.sends;
+        self.publishes += other.publishes;
+        self.deliveries += other.deliveries;
+    }
+}
+
 /// Where shards publish their metrics for the admin listener.
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<ShardMetrics>>,
+    /// Per shard: messaging totals (`publish_msg`).
+    msg: Vec<Mutex<MsgTotals>>,
     /// Certificate reloads (SIGHUP) that took effect, and that failed (old kept).
     tls_reloads: [AtomicU64; 2],
 }
@@ -107,6 +136,7 @@ impl Registry {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards).map(|_| Mutex::new(ShardMetrics::default())).collect(),
+            msg: (0..shards).map(|_| Mutex::new(MsgTotals::default())).collect(),
             tls_reloads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
@@ -128,6 +158,20 @@ impl Registry {
     pub fn publish(&self, shard: usize, metrics: &ShardMetrics) {
         let mut slot = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         slot.clone_from(metrics);
+    }
+
+    /// Replaces shard `shard`'s published messaging totals.
+    pub fn publish_msg(&self, shard: usize, totals: &MsgTotals) {
+        *self.msg[shard].lock().unwrap_or_else(|e| e.into_inner()) = *totals;
+    }
+
+    /// The sum of every shard's latest messaging totals.
+    pub fn msg_totals(&self) -> MsgTotals {
+        let mut sum = MsgTotals::default();
+        for slot in &self.msg {
+            sum.add(&slot.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        sum
     }
 
     /// A copy of every shard's latest published metrics, in shard order.

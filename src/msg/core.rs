@@ -53,6 +53,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::api::{API_DISCONNECT_CLOSE, API_DISCONNECT_REASON, ApiOp, ApiReply, ApiRequest};
 use super::local::LocalHub;
 use super::mesh::{Endpoint, MeshMsg};
 use super::owner::Owner;
@@ -78,7 +79,7 @@ pub enum Output {
     Close {
         /// The connection.
         conn: ConnId,
-        /// 1003 or 1008 (see `protocol`).
+        /// 1003 or 1008 (see `protocol`), or 4000 (the backend API's disconnect).
         code: CloseCode,
         /// A short reason.
         reason: &'static str,
@@ -136,6 +137,18 @@ impl<S: Store> MsgShard<S> {
     /// Counters so far.
     pub fn metrics(&self) -> &MsgMetrics {
         &self.metrics
+    }
+
+    /// This shard's figures for `GET /api/stats` (publish them with
+    /// `Registry::publish_msg` each tick).
+    pub fn totals(&self) -> crate::metrics::MsgTotals {
+        crate::metrics::MsgTotals {
+            online_users: self.owner.online_users() as u64,
+            rooms: self.owner.occupied_rooms() as u64,
+            sends: self.metrics.sends_accepted,
+            publishes: self.metrics.publishes_accepted,
+            deliveries: self.metrics.frames_delivered,
+        }
     }
 
     /// The local side (gauges, tests).
@@ -346,6 +359,7 @@ impl<S: Store> MsgShard<S> {
         let _ = to;
         self.metrics.mesh_shed += 1;
         let (conn, id) = match msg {
+            MeshMsg::Api(request) => return request.answer(ApiReply::Overloaded),
             MeshMsg::Send { conn, id, .. }
             | MeshMsg::Publish { conn, id, .. }
             | MeshMsg::Ack { conn, id, .. }
@@ -361,6 +375,41 @@ impl<S: Store> MsgShard<S> {
                 id.as_ref(),
             );
         }
+    }
+
+    /// A request from the backend API (`crate::admin`, through the server's shard
+    /// inbox). Publish, send and presence go to the owner of the room or user, like a
+    /// client's request, and the owner answers on the request's channel. Disconnect
+    /// closes this shard's connections of the user ([`Output::Close`] with
+    /// [`API_DISCONNECT_CLOSE`]; call [`handle_disconnect`](Self::handle_disconnect)
+    /// for each once gone, as for any close) and answers how many: the admin side
+    /// sends it to every shard.
+    pub fn handle_api(&mut self, request: ApiRequest, now: Instant) {
+        match &request.op {
+            ApiOp::Publish { room, .. } | ApiOp::PresenceRoom { room } => {
+                let room = room.clone();
+                self.route(KeyKind::Room, room, MeshMsg::Api(Box::new(request)));
+            }
+            ApiOp::Send { to: user, .. } | ApiOp::PresenceUser { user } => {
+                let user = user.clone();
+                self.route(KeyKind::User, user, MeshMsg::Api(Box::new(request)));
+            }
+            ApiOp::Disconnect { user } => {
+                let mut closed = 0;
+                let out = &mut self.out;
+                self.hub.for_each_conn_of(user, |conn| {
+                    closed += 1;
+                    out.push_back(Output::Close {
+                        conn,
+                        code: API_DISCONNECT_CLOSE,
+                        reason: API_DISCONNECT_REASON,
+                    });
+                });
+                self.metrics.api_disconnects += closed;
+                request.answer(ApiReply::Disconnected { shard: self.id, closed });
+            }
+        }
+        self.run_local(now);
     }
 
     /// The timer tick: the owner's counts for large rooms, history and offline ageing.

@@ -260,6 +260,11 @@ impl LocalHub {
         skipped
     }
 
+    /// Calls `f` with every local connection of `user`, whatever it waits for.
+    pub fn for_each_conn_of(&self, user: &str, f: impl FnMut(ConnId)) {
+        self.users.get(user).into_iter().flatten().copied().for_each(f);
+    }
+
     /// Calls `f` with every local member of `room` (only those watching presence when
     /// `watchers_only`), except `exclude`.
     pub fn for_room(&self, room: &str, exclude: Option<ConnId>, watchers_only: bool, mut f: impl FnMut(ConnId)) {

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::spsc_queue::{self, Consumer, Producer};
 
+use super::api::ApiRequest;
 use super::protocol::ClientId;
 use super::{ConnId, Key, Position, ShardId};
 use crate::proto::frame::SharedFrame;
@@ -236,6 +237,11 @@ pub enum MeshMsg {
         /// Only members that asked for presence events (a presence event).
         watchers_only: bool,
     },
+
+    // --- from the backend API (crate::admin), to the owner of the room or user ------
+    /// A backend request (publish, send, presence), answered by the owner on the
+    /// request's own channel. Boxed, so the other messages stay small.
+    Api(Box<ApiRequest>),
 }
 
 /// Whether a message may be shed when a ring stays full (see the module docs).

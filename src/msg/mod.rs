@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 
+pub mod api;
 pub mod core;
 pub mod local;
 pub mod mesh;
@@ -235,6 +236,8 @@ pub struct MsgMetrics {
     /// Deliveries dropped because the connection was waiting for its welcome or a
     /// replay that covers them (not a loss: the replay carries them).
     pub superseded_deliveries: u64,
+    /// Connections closed by the backend API's disconnect.
+    pub api_disconnects: u64,
 }
 
 impl MsgMetrics {
@@ -265,7 +268,8 @@ impl MsgMetrics {
             presence_counts,
             client_errors,
             protocol_closes,
-            superseded_deliveries
+            superseded_deliveries,
+            api_disconnects
         );
         for (code, n) in &other.errors_by_code {
             *self.errors_by_code.entry(code).or_insert(0) += n;

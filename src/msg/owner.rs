@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
+use super::api::{ApiOp, ApiReply, ApiRequest};
 use super::mesh::MeshMsg;
 use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use super::store::{LogKey, Record, Sender, Store};
@@ -139,6 +140,10 @@ pub struct Owner<S> {
     rooms: HashMap<Key, RoomEntry>,
     /// Rooms whose member count changed above the event threshold since the last tick.
     count_dirty: Vec<Key>,
+    /// Users with at least one connection (gauge, kept as they come and go).
+    online_users: usize,
+    /// Rooms with at least one member (gauge).
+    occupied_rooms: usize,
     epoch_seed: u64,
     epochs_made: u64,
     last_sweep: Option<Instant>,
@@ -162,6 +167,8 @@ impl<S: Store> Owner<S> {
             users: HashMap::new(),
             rooms: HashMap::new(),
             count_dirty: Vec::new(),
+            online_users: 0,
+            occupied_rooms: 0,
             epoch_seed,
             epochs_made: 0,
             last_sweep: None,
@@ -178,6 +185,16 @@ impl<S: Store> Owner<S> {
     /// Rooms with an entry here (gauge).
     pub fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Users of this owner with at least one connection (gauge).
+    pub fn online_users(&self) -> usize {
+        self.online_users
+    }
+
+    /// Rooms of this owner with at least one member (gauge).
+    pub fn occupied_rooms(&self) -> usize {
+        self.occupied_rooms
     }
 
     /// The store (tests, gauges).
@@ -261,7 +278,11 @@ impl<S: Store> Owner<S> {
                 conn,
                 id,
                 body,
-            } => self.on_send(from, to, sender, conn, id, &body, now, out, m),
+            } => {
+                let (pos, _) = self.on_send(&to, Some(sender), id.clone(), &body, now, out, m);
+                let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
+                out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+            }
             MeshMsg::Ack { user, seq, conn, id } => {
                 let log = LogKey::Inbox(user.clone());
                 match self.store.get_mut(&log, seq) {
@@ -310,7 +331,7 @@ impl<S: Store> Owner<S> {
                 }
             }
             MeshMsg::QueryUser { user, conn, id } => {
-                let connections = self.users.get(&user).map_or(0, UserEntry::connections);
+                let connections = self.user_connections(&user);
                 let frame = self.frame(|o| protocol::encode_presence_user(o, id.as_ref(), &user, connections));
                 out.push((from, MeshMsg::ToConn { conn, frame }));
             }
@@ -342,7 +363,13 @@ impl<S: Store> Owner<S> {
                 id,
                 body,
                 exclude_self,
-            } => self.on_publish(from, room, publisher, conn, id, &body, exclude_self, now, out, m),
+            } => {
+                let exclude = exclude_self.then_some((from, conn));
+                let pos = self.on_publish(&room, Some(&publisher), id.as_ref(), &body, exclude, now, out, m);
+                let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Room { room: &room }, pos));
+                out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+            }
+            MeshMsg::Api(request) => self.on_api(*request, now, out, m),
             MeshMsg::QueryRoom { room, conn, id } => {
                 let max = self.limits.presence_event_max_members;
                 let frame = match self.rooms.get(&room) {
@@ -388,6 +415,7 @@ impl<S: Store> Owner<S> {
         let entry = self.user_entry(&user, now);
         let was_offline = entry.connections() == 0;
         count_mut(&mut entry.shards, from).conns += 1;
+        self.online_users += usize::from(was_offline);
         let pos = entry.pos;
         let limits = self.limits.clone();
         let mut frames = vec![self.frame(|o| protocol::encode_welcome(o, Encoding::Json, &user, pos, &limits))];
@@ -417,6 +445,7 @@ impl<S: Store> Owner<S> {
         }
         if entry.shards.is_empty() {
             entry.idle_since = now;
+            self.online_users -= 1;
         }
     }
 
@@ -457,37 +486,36 @@ impl<S: Store> Owner<S> {
         verdict
     }
 
+    /// Sequences, stores and delivers (or queues) a message for `to`'s inbox from
+    /// `sender` (`None`: the backend API). Returns the message's position and whether
+    /// `to` was online.
     #[allow(clippy::too_many_arguments)]
     fn on_send(
         &mut self,
-        from: ShardId,
-        to: Key,
-        sender: Key,
-        conn: ConnId,
+        to: &Key,
+        sender: Option<Key>,
         id: Option<ClientId>,
         body: &str,
         now: Instant,
         out: &mut Vec<(ShardId, MeshMsg)>,
         m: &mut MsgMetrics,
-    ) {
-        debug_assert_eq!(owner_of(KeyKind::User, &to, self.shards), self.shard);
-        let entry = self.user_entry(&to, now);
+    ) -> (Position, bool) {
+        debug_assert_eq!(owner_of(KeyKind::User, to, self.shards), self.shard);
+        let entry = self.user_entry(to, now);
         entry.pos.seq += 1;
         let pos = entry.pos;
-        let frame = self.frame(|o| protocol::encode_msg(o, pos.seq, &sender, id.as_ref(), body));
+        let frame = self.frame(|o| protocol::encode_msg(o, pos.seq, sender.as_deref(), id.as_ref(), body));
         let record = Record {
             seq: pos.seq,
             at: now,
             frame: frame.clone(),
-            sender: Some(Sender {
-                user: sender,
-                id: id.clone(),
-            }),
+            sender: sender.map(|user| Sender { user, id }),
             acked: false,
         };
-        let entry = self.users.get(&to).expect("created above");
-        if entry.shards.is_empty() {
-            let pushed = self.store.offline_push(&to, record.clone(), now);
+        let entry = self.users.get(to).expect("created above");
+        let online = !entry.shards.is_empty();
+        if !online {
+            let pushed = self.store.offline_push(to, record.clone(), now);
             m.offline_queued += 1;
             m.offline_dropped += pushed.dropped;
             m.offline_expired += pushed.expired;
@@ -504,8 +532,7 @@ impl<S: Store> Owner<S> {
         }
         m.history_trimmed += self.store.append(&LogKey::Inbox(to.clone()), record, now);
         m.sends_accepted += 1;
-        let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
-        out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+        (pos, online)
     }
 
     fn on_join(
@@ -533,6 +560,9 @@ impl<S: Store> Owner<S> {
         let count = entry.users.entry(user.clone()).or_insert(0);
         *count += 1;
         let first_of_user = *count == 1;
+        if first_of_user && entry.users.len() == 1 {
+            self.occupied_rooms += 1;
+        }
         let pos = entry.pos;
         let mut frames = Vec::new();
         let mut replayed = 0;
@@ -600,6 +630,9 @@ impl<S: Store> Owner<S> {
         if entry.shards.is_empty() {
             entry.idle_since = now;
         }
+        if last_of_user && entry.users.is_empty() {
+            self.occupied_rooms -= 1;
+        }
         if last_of_user {
             self.member_changed(&room, user, false, out, m);
         }
@@ -647,33 +680,34 @@ impl<S: Store> Owner<S> {
         }
     }
 
+    /// Sequences, stores and fans out a message to `room` from `publisher` (`None`:
+    /// the backend API), skipping the connection `exclude` (its shard and id). Returns
+    /// the message's position.
     #[allow(clippy::too_many_arguments)]
     fn on_publish(
         &mut self,
-        from: ShardId,
-        room: Key,
-        publisher: Key,
-        conn: ConnId,
-        id: Option<ClientId>,
+        room: &Key,
+        publisher: Option<&str>,
+        id: Option<&ClientId>,
         body: &str,
-        exclude_self: bool,
+        exclude: Option<(ShardId, ConnId)>,
         now: Instant,
         out: &mut Vec<(ShardId, MeshMsg)>,
         m: &mut MsgMetrics,
-    ) {
-        debug_assert_eq!(owner_of(KeyKind::Room, &room, self.shards), self.shard);
-        let entry = self.room_entry(&room, now);
+    ) -> Position {
+        debug_assert_eq!(owner_of(KeyKind::Room, room, self.shards), self.shard);
+        let entry = self.room_entry(room, now);
         entry.pos.seq += 1;
         let pos = entry.pos;
-        let frame = self.frame(|o| protocol::encode_room_msg(o, &room, pos.seq, &publisher, id.as_ref(), body));
-        let entry = self.rooms.get(&room).expect("created above");
+        let frame = self.frame(|o| protocol::encode_room_msg(o, room, pos.seq, publisher, id, body));
+        let entry = self.rooms.get(room).expect("created above");
         for c in &entry.shards {
             out.push((
                 c.shard,
                 MeshMsg::ToRoom {
                     room: room.clone(),
                     frame: frame.clone(),
-                    exclude: (exclude_self && c.shard == from).then_some(conn),
+                    exclude: exclude.and_then(|(shard, conn)| (shard == c.shard).then_some(conn)),
                     watchers_only: false,
                 },
             ));
@@ -687,8 +721,63 @@ impl<S: Store> Owner<S> {
         };
         m.history_trimmed += self.store.append(&LogKey::Room(room.clone()), record, now);
         m.publishes_accepted += 1;
-        let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Room { room: &room }, pos));
-        out.push((from, MeshMsg::ToConn { conn, frame: ack }));
+        pos
+    }
+
+    /// Open connections of `user` (0: offline).
+    fn user_connections(&self, user: &str) -> u64 {
+        self.users.get(user).map_or(0, UserEntry::connections)
+    }
+
+    /// A backend request for a user or room of this shard: done, and answered on the
+    /// request's channel (see [`super::api`]).
+    fn on_api(&mut self, request: ApiRequest, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let reply = match &request.op {
+            ApiOp::Publish { room, body } => {
+                let pos = self.on_publish(room, None, None, body, None, now, out, m);
+                ApiReply::Published {
+                    room: room.clone(),
+                    epoch: pos.epoch,
+                    seq: pos.seq,
+                }
+            }
+            ApiOp::Send { to, body } => {
+                let (pos, online) = self.on_send(to, None, None, body, now, out, m);
+                ApiReply::Sent {
+                    to: to.clone(),
+                    epoch: pos.epoch,
+                    seq: pos.seq,
+                    online,
+                }
+            }
+            ApiOp::PresenceUser { user } => ApiReply::PresenceUser {
+                user: user.clone(),
+                connections: self.user_connections(user),
+            },
+            ApiOp::PresenceRoom { room } => {
+                let max = self.limits.presence_event_max_members;
+                match self.rooms.get(room) {
+                    Some(entry) => ApiReply::PresenceRoom {
+                        room: room.clone(),
+                        members: entry.users.len() as u64,
+                        connections: entry.connections(),
+                        users: (entry.users.len() <= max).then(|| {
+                            let mut users: Vec<Key> = entry.users.keys().cloned().collect();
+                            users.sort_unstable();
+                            users
+                        }),
+                    },
+                    None => ApiReply::PresenceRoom {
+                        room: room.clone(),
+                        members: 0,
+                        connections: 0,
+                        users: Some(Vec::new()),
+                    },
+                }
+            }
+            ApiOp::Disconnect { .. } => unreachable!("disconnects are handled by each shard's local side"),
+        };
+        request.answer(reply);
     }
 
     /// The owner's tick: member counts for large rooms that changed, and (every
@@ -767,6 +856,8 @@ impl<S: Store> Owner<S> {
         self.users.clear();
         self.rooms.clear();
         self.count_dirty.clear();
+        self.online_users = 0;
+        self.occupied_rooms = 0;
         self.store = store;
     }
 }

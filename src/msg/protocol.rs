@@ -593,6 +593,13 @@ impl<'o> Obj<'o> {
         self
     }
 
+    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.raw(key, "null"),
+        }
+    }
+
     fn raw(&mut self, key: &str, json: &str) -> &mut Self {
         self.key(key).extend_from_slice(json.as_bytes());
         self
@@ -658,21 +665,23 @@ pub fn encode_welcome(out: &mut Vec<u8>, encoding: Encoding, user: &str, inbox: 
 }
 
 /// `msg`: a message in the recipient's inbox.
-pub fn encode_msg(out: &mut Vec<u8>, seq: u64, from: &str, id: Option<&ClientId>, body: &str) {
+/// `from` is `None` for a message from the backend API, written `"from": null`.
+pub fn encode_msg(out: &mut Vec<u8>, seq: u64, from: Option<&str>, id: Option<&ClientId>, body: &str) {
     Obj::new(out, "msg")
         .u64("seq", seq)
-        .str("from", from)
+        .opt_str("from", from)
         .id(id)
         .raw("body", body)
         .end();
 }
 
 /// `room_msg`: a message published to a room.
-pub fn encode_room_msg(out: &mut Vec<u8>, room: &str, seq: u64, from: &str, id: Option<&ClientId>, body: &str) {
+/// `from` is `None` for a publish from the backend API, written `"from": null`.
+pub fn encode_room_msg(out: &mut Vec<u8>, room: &str, seq: u64, from: Option<&str>, id: Option<&ClientId>, body: &str) {
     Obj::new(out, "room_msg")
         .str("room", room)
         .u64("seq", seq)
-        .str("from", from)
+        .opt_str("from", from)
         .id(id)
         .raw("body", body)
         .end();
@@ -1058,7 +1067,7 @@ mod tests {
     fn encoders_write_valid_json() {
         let id = ClientId::from_json_text("\"m\\\"1\"");
         let mut out = Vec::new();
-        encode_msg(&mut out, 5, "al\"ice\n\u{1}", Some(&id), r#"{"a":[1,2]}"#);
+        encode_msg(&mut out, 5, Some("al\"ice\n\u{1}"), Some(&id), r#"{"a":[1,2]}"#);
         assert_eq!(
             parse_json(&out),
             json!({"type":"msg","seq":5,"from":"al\"ice\n\u{1}","id":"m\"1","body":{"a":[1,2]}})
@@ -1067,7 +1076,7 @@ mod tests {
         type Encode<'a> = Box<dyn Fn(&mut Vec<u8>) + 'a>;
         let cases: Vec<(Encode<'_>, Value)> = vec![
             (
-                Box::new(|o| encode_room_msg(o, "r", 3, "bob", None, "true")),
+                Box::new(|o| encode_room_msg(o, "r", 3, Some("bob"), None, "true")),
                 json!({"type":"room_msg","room":"r","seq":3,"from":"bob","body":true}),
             ),
             (
