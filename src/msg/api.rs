@@ -152,12 +152,7 @@ impl ApiReply {
                 s(&mut out, room);
                 let _ = write!(out, ",\"epoch\":{epoch},\"seq\":{seq}}}");
             }
-            Self::Sent {
-                to,
-                epoch,
-                seq,
-                online,
-            } => {
+            Self::Sent { to, epoch, seq, online } => {
                 out.push_str("{\"to\":");
                 s(&mut out, to);
                 let _ = write!(out, ",\"epoch\":{epoch},\"seq\":{seq},\"online\":{online}}}");
@@ -165,11 +160,7 @@ impl ApiReply {
             Self::PresenceUser { user, connections } => {
                 out.push_str("{\"user\":");
                 s(&mut out, user);
-                let _ = write!(
-                    out,
-                    ",\"online\":{},\"connections\":{connections}}}",
-                    *connections > 0
-                );
+                let _ = write!(out, ",\"online\":{},\"connections\":{connections}}}", *connections > 0);
             }
             Self::PresenceRoom {
                 room,

@@ -415,8 +415,8 @@ impl<S: Store> Owner<S> {
         let entry = self.user_entry(&user, now);
         let was_offline = entry.connections() == 0;
         count_mut(&mut entry.shards, from).conns += 1;
-        self.online_users += usize::from(was_offline);
         let pos = entry.pos;
+        self.online_users += usize::from(was_offline);
         let limits = self.limits.clone();
         let mut frames = vec![self.frame(|o| protocol::encode_welcome(o, Encoding::Json, &user, pos, &limits))];
         if was_offline {
@@ -560,10 +560,9 @@ impl<S: Store> Owner<S> {
         let count = entry.users.entry(user.clone()).or_insert(0);
         *count += 1;
         let first_of_user = *count == 1;
-        if first_of_user && entry.users.len() == 1 {
-            self.occupied_rooms += 1;
-        }
+        let first_member = first_of_user && entry.users.len() == 1;
         let pos = entry.pos;
+        self.occupied_rooms += usize::from(first_member);
         let mut frames = Vec::new();
         let mut replayed = 0;
         if let Some(since) = since {

@@ -12,6 +12,7 @@ use hashbrown::HashMap;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use super::api::{API_DISCONNECT_CLOSE, ApiOp, ApiReply, ApiRequest};
 use super::core::{MsgShard, Output};
 use super::mesh::{self, Doorbell, Endpoint, MeshMsg};
 use super::protocol::{Encoding, FrameKind};
@@ -217,6 +218,19 @@ impl Sim {
             }
         }
         panic!("the simulation does not settle");
+    }
+
+    /// Hands a backend API request to `shard` (as the server's `Command::Api` does),
+    /// runs the mesh until it settles and returns every answer that came.
+    fn api(&mut self, shard: ShardId, op: ApiOp) -> Vec<ApiReply> {
+        let (reply, answers) = std::sync::mpsc::sync_channel(self.shards.len());
+        let now = self.now;
+        self.shards[usize::from(shard)]
+            .core
+            .handle_api(ApiRequest { op, reply }, now);
+        self.pump_outputs(usize::from(shard));
+        self.run();
+        answers.try_iter().collect()
     }
 
     fn frames(&self, conn: ConnId) -> &[Value] {
@@ -1152,4 +1166,251 @@ fn two_threads_deliver_in_order() {
             .collect();
         assert_one_to(&seqs(&room), 2 * N, "room seqs");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend API (`MsgShard::handle_api`)
+// ---------------------------------------------------------------------------------------
+
+fn room_owned_by(prefix: &str, shard: ShardId, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|r| owner_of(KeyKind::Room, r, n) == shard)
+        .unwrap()
+}
+
+#[test]
+fn api_publish_reaches_every_member_from_any_shard_in_order() {
+    let mut sim = Sim::new(2, &MsgLimits::default());
+    let room = room_owned_by("news", 1, 2);
+    let members = [sim.connect(0, "a"), sim.connect(1, "b"), sim.connect(0, "c")];
+    for &m in &members {
+        sim.say(m, json!({"type":"join","room":room}));
+    }
+    sim.run();
+    for &m in &members {
+        sim.take(m);
+    }
+    // Handed to the owner (shard 1) and to another shard (0): both reach the owner.
+    let first = sim.api(
+        1,
+        ApiOp::Publish {
+            room: room.as_str().into(),
+            body: r#"{"n":1}"#.into(),
+        },
+    );
+    let [ApiReply::Published { seq, epoch, .. }] = &first[..] else {
+        panic!("{first:?}")
+    };
+    assert_eq!(*seq, 1);
+    let (epoch, room_key) = (*epoch, room.as_str());
+    let second = sim.api(
+        0,
+        ApiOp::Publish {
+            room: room.as_str().into(),
+            body: "2".into(),
+        },
+    );
+    assert_eq!(
+        second,
+        [ApiReply::Published {
+            room: room_key.into(),
+            epoch,
+            seq: 2
+        }]
+    );
+    for &m in &members {
+        assert_eq!(
+            sim.take(m),
+            [
+                json!({"type":"room_msg","room":room,"seq":1,"from":null,"body":{"n":1}}),
+                json!({"type":"room_msg","room":room,"seq":2,"from":null,"body":2}),
+            ]
+        );
+    }
+    // A client publish after them continues the same sequence.
+    sim.say(members[0], json!({"type":"publish","room":room,"body":3}));
+    sim.run();
+    assert_eq!(seqs(&sim.of_type(members[1], "room_msg")), [3]);
+    // A room nobody is in still sequences and keeps history.
+    let empty = sim.api(
+        0,
+        ApiOp::Publish {
+            room: "nobody-here".into(),
+            body: "0".into(),
+        },
+    );
+    assert!(matches!(&empty[..], [ApiReply::Published { seq: 1, .. }]), "{empty:?}");
+    assert_eq!(sim.metrics().publishes_accepted, 4);
+}
+
+#[test]
+fn api_send_reaches_every_device_or_the_offline_queue() {
+    let mut sim = Sim::new(2, &MsgLimits::default());
+    let bob_name = user_owned_by("bob", 1, 2);
+    let bob = [sim.connect(0, &bob_name), sim.connect(1, &bob_name)];
+    for &b in &bob {
+        sim.take(b);
+    }
+    let sent = sim.api(
+        0,
+        ApiOp::Send {
+            to: bob_name.as_str().into(),
+            body: r#""hello""#.into(),
+        },
+    );
+    let [
+        ApiReply::Sent {
+            seq: 1, online: true, ..
+        },
+    ] = &sent[..]
+    else {
+        panic!("{sent:?}")
+    };
+    for &b in &bob {
+        assert_eq!(sim.take(b), [json!({"type":"msg","seq":1,"from":null,"body":"hello"})]);
+    }
+    // An ack of a server message has no sender to send a receipt to: nothing happens.
+    sim.say(bob[0], json!({"type":"ack","seq":1}));
+    sim.run();
+    assert!(sim.take(bob[0]).is_empty() && sim.take(bob[1]).is_empty());
+    assert_eq!(sim.metrics().receipts_undeliverable, 0);
+
+    // Offline: queued, delivered on the next connect, in order after what came before.
+    let carol = user_owned_by("carol", 0, 2);
+    for i in 1..=2 {
+        let sent = sim.api(
+            1,
+            ApiOp::Send {
+                to: carol.as_str().into(),
+                body: i.to_string().into(),
+            },
+        );
+        assert!(
+            matches!(&sent[..], [ApiReply::Sent { online: false, seq, .. }] if *seq == i),
+            "{sent:?}"
+        );
+    }
+    let c = sim.connect(1, &carol);
+    let msgs = sim.of_type(c, "msg");
+    assert_eq!(seqs(&msgs), [1, 2]);
+    assert_eq!(msgs[0]["from"], Value::Null);
+    assert_eq!(sim.metrics().offline_delivered, 2);
+}
+
+#[test]
+fn api_presence_of_users_and_rooms() {
+    let limits = MsgLimits {
+        presence_event_max_members: 2,
+        ..MsgLimits::default()
+    };
+    let mut sim = Sim::new(2, &limits);
+    let offline = sim.api(0, ApiOp::PresenceUser { user: "bob".into() });
+    assert_eq!(
+        offline,
+        [ApiReply::PresenceUser {
+            user: "bob".into(),
+            connections: 0
+        }]
+    );
+    assert_eq!(offline[0].to_json(), r#"{"user":"bob","online":false,"connections":0}"#);
+    let b = [sim.connect(0, "bob"), sim.connect(1, "bob")];
+    let a = sim.connect(1, "alice");
+    for s in 0..2 {
+        let online = sim.api(s, ApiOp::PresenceUser { user: "bob".into() });
+        assert!(
+            matches!(&online[..], [ApiReply::PresenceUser { connections: 2, .. }]),
+            "{online:?}"
+        );
+    }
+    for conn in [b[0], b[1], a] {
+        sim.say(conn, json!({"type":"join","room":"r"}));
+    }
+    sim.run();
+    let room = sim.api(0, ApiOp::PresenceRoom { room: "r".into() });
+    assert_eq!(
+        room,
+        [ApiReply::PresenceRoom {
+            room: "r".into(),
+            members: 2,
+            connections: 3,
+            users: Some(vec!["alice".into(), "bob".into()]),
+        }]
+    );
+    assert_eq!(
+        room[0].to_json(),
+        r#"{"room":"r","members":2,"connections":3,"users":["alice","bob"]}"#
+    );
+    // Above presence_event_max_members: the counts only.
+    let c = sim.connect(0, "carol");
+    sim.say(c, json!({"type":"join","room":"r"}));
+    sim.run();
+    let big = sim.api(1, ApiOp::PresenceRoom { room: "r".into() });
+    assert_eq!(big[0].to_json(), r#"{"room":"r","members":3,"connections":4}"#);
+    let none = sim.api(1, ApiOp::PresenceRoom { room: "empty".into() });
+    assert_eq!(
+        none[0].to_json(),
+        r#"{"room":"empty","members":0,"connections":0,"users":[]}"#
+    );
+    // The stats gauges agree: three users online, one occupied room.
+    let mut totals = crate::metrics::MsgTotals::default();
+    for s in &sim.shards {
+        totals.add(&s.core.totals());
+    }
+    assert_eq!((totals.online_users, totals.rooms), (3, 1));
+}
+
+#[test]
+fn api_disconnect_closes_every_connection_of_the_user_on_every_shard() {
+    let mut sim = Sim::new(3, &MsgLimits::default());
+    let bob = [sim.connect(0, "bob"), sim.connect(1, "bob"), sim.connect(1, "bob")];
+    let alice = sim.connect(2, "alice");
+    sim.say(bob[0], json!({"type":"join","room":"r"}));
+    sim.say(alice, json!({"type":"join","room":"r"}));
+    sim.run();
+    // The admin side sends it to every shard; each answers for itself.
+    let mut closed = Vec::new();
+    for s in 0..3 {
+        let answers = sim.api(s, ApiOp::Disconnect { user: "bob".into() });
+        let [ApiReply::Disconnected { shard, closed: n }] = &answers[..] else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(*shard, s);
+        closed.push(*n);
+    }
+    assert_eq!(closed, [1, 2, 0]);
+    for b in bob {
+        assert_eq!(sim.clients[&b].closed, Some(API_DISCONNECT_CLOSE.0));
+        sim.disconnect(b);
+    }
+    assert_eq!(sim.clients[&alice].closed, None);
+    sim.run();
+    let presence = sim.api(2, ApiOp::PresenceUser { user: "bob".into() });
+    assert!(matches!(&presence[..], [ApiReply::PresenceUser { connections: 0, .. }]));
+    let room = sim.api(2, ApiOp::PresenceRoom { room: "r".into() });
+    assert!(
+        matches!(&room[..], [ApiReply::PresenceRoom { members: 1, .. }]),
+        "{room:?}"
+    );
+    assert_eq!(sim.metrics().api_disconnects, 3);
+}
+
+#[test]
+fn api_request_shed_by_the_mesh_is_answered_overloaded() {
+    let mut sim = Sim::new(2, &MsgLimits::default());
+    let (reply, answers) = std::sync::mpsc::sync_channel(1);
+    let request = ApiRequest {
+        op: ApiOp::Send {
+            to: "x".into(),
+            body: "1".into(),
+        },
+        reply,
+    };
+    sim.shards[0].core.handle_shed(1, MeshMsg::Api(Box::new(request)));
+    assert_eq!(answers.try_recv(), Ok(ApiReply::Overloaded));
+    assert_eq!(sim.metrics().mesh_shed, 1);
+    // A reply nobody waits for any more is dropped, never blocks the shard.
+    drop(answers);
+    let gone = sim.api(0, ApiOp::PresenceUser { user: "x".into() });
+    assert_eq!(gone.len(), 1);
 }
