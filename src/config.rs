@@ -194,6 +194,8 @@ pub const MAX_TRACKED_IPS_RANGE: RangeInclusive<u32> = 64..=100_000_000;
 pub const KEYS: &[&str] = &[
     "listen",
     "admin_listen",
+    "api_key",
+    "api_key_file",
     "listen_backlog",
     "shards",
     "max_connections",
@@ -265,6 +267,14 @@ pub struct Config {
     /// The admin listener: `/healthz`, `/readyz`, `/metrics`, served by a plain thread
     /// off the shard cores (see [`crate::admin`]). Must not collide with `listen`.
     pub admin_listen: SocketAddr,
+    /// `api_key`: the key the backend API on the admin listener requires
+    /// (`Authorization: Bearer <key>`), at least [`MIN_API_KEY_BYTES`]. Neither this nor
+    /// `api_key_file`: the API is off (its routes answer 404). Prefer `api_key_file`: a
+    /// flag shows in `ps`. Never written out by [`Config::to_toml`].
+    pub api_key: Option<crate::auth::Secret>,
+    /// `api_key_file`: a file holding the API key (one trailing newline ignored), read
+    /// at start-up by [`Config::load_api_key`].
+    pub api_key_file: Option<PathBuf>,
     /// Number of shards (threads with their own io_uring). Shard `i` is pinned to CPU
     /// `i % cpus`. Default: the CPUs available to the process. Range: [`SHARDS_RANGE`].
     pub shards: usize,
@@ -344,6 +354,8 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN,
             admin_listen: DEFAULT_ADMIN_LISTEN,
+            api_key: None,
+            api_key_file: None,
             shards: default_shards(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshakes_per_shard: DEFAULT_MAX_HANDSHAKES_PER_SHARD,
@@ -463,7 +475,42 @@ impl Config {
             )));
         }
         self.validate_tls()?;
+        self.validate_api_key()?;
         self.validate_lists()
+    }
+
+    fn validate_api_key(&self) -> Result<(), ConfigError> {
+        if self.api_key.is_some() && self.api_key_file.is_some() {
+            return Err(relation("api_key and api_key_file are both set; give one".to_owned()));
+        }
+        if let Some(key) = &self.api_key {
+            check_api_key(key.expose()).map_err(|e| relation(format!("api_key {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The backend API key in force: `api_key`, or the contents of `api_key_file` (one
+    /// trailing newline removed), checked like `api_key`; `None` when neither is set
+    /// (the API is off). Errors name the file, never the key.
+    pub fn load_api_key(&self) -> Result<Option<crate::auth::Secret>, ConfigError> {
+        let Some(path) = &self.api_key_file else {
+            return Ok(self.api_key.clone());
+        };
+        let mut bytes = std::fs::read(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            error: format!("api_key_file: {e}"),
+        })?;
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        check_api_key(&bytes).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            error: format!("api_key_file: the key {e}"),
+        })?;
+        Ok(Some(crate::auth::Secret::new(bytes)))
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {
@@ -597,7 +644,7 @@ impl Config {
         // keys: this keeps the order of [`KEYS`], where related options sit together.
         let mut out = String::new();
         for key in KEYS {
-            if *key == "auth_hmac_secret" {
+            if *key == "auth_hmac_secret" || *key == "api_key" {
                 continue;
             }
             let value = match self.value(key) {
@@ -645,6 +692,14 @@ impl Config {
             "auth_mode" => Value::Text(self.auth.mode.to_string()),
             // Never written out: `to_toml` skips it (a secret does not belong in a dump).
             "auth_hmac_secret" => Value::Text(String::new()),
+            // Never written out either.
+            "api_key" => Value::Text(String::new()),
+            "api_key_file" => Value::Text(
+                self.api_key_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
             "auth_hmac_secret_file" => Value::Text(
                 self.auth
                     .hmac_secret_file
@@ -712,6 +767,21 @@ enum Value {
     Int(u64),
     Bool(bool),
     List(Vec<String>),
+}
+
+/// Shortest backend API key accepted: 16 bytes, 128 bits if random.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
+/// An API key is sent as a header value: at least [`MIN_API_KEY_BYTES`] of visible
+/// ASCII (no spaces or controls), which is what `Authorization: Bearer` carries intact.
+fn check_api_key(key: &[u8]) -> Result<(), String> {
+    if key.len() < MIN_API_KEY_BYTES {
+        return Err(format!("must be at least {MIN_API_KEY_BYTES} bytes"));
+    }
+    if !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII without spaces (it travels in a header)".to_owned());
+    }
+    Ok(())
 }
 
 fn relation(message: String) -> ConfigError {
@@ -997,6 +1067,13 @@ struct ServeArgs {
     /// Admin listener address (/healthz, /readyz, /metrics). Keep it private.
     #[arg(long, value_name = "IP:PORT", help_heading = "Listeners")]
     admin_listen: Option<String>,
+    /// Key of the backend API on the admin listener (Authorization: Bearer KEY), at least
+    /// 16 bytes. Unset: the API is off. Prefer --api-key-file: a flag shows in ps.
+    #[arg(long, value_name = "KEY", help_heading = "Backend API")]
+    api_key: Option<String>,
+    /// File holding the backend API key (one trailing newline ignored).
+    #[arg(long, value_name = "FILE", help_heading = "Backend API")]
+    api_key_file: Option<String>,
     /// listen(2) backlog per shard socket. The kernel caps it at net.core.somaxconn; when
     /// full, the kernel drops SYNs and clients retry.
     #[arg(long, value_name = "N", help_heading = "Listeners")]
@@ -1437,6 +1514,8 @@ fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
     let mut c = Config::default();
     s.set(&mut c.listen,                   "listen",                   a.listen,                   parse_addr)?;
     s.set(&mut c.admin_listen,             "admin_listen",             a.admin_listen,             parse_addr)?;
+    s.set(&mut c.api_key,                  "api_key",                  a.api_key,                  |v| Ok((!v.is_empty()).then(|| crate::auth::Secret::new(v.as_bytes()))))?;
+    s.set(&mut c.api_key_file,             "api_key_file",             a.api_key_file,             |v| Ok((!v.trim().is_empty()).then(|| PathBuf::from(v.trim()))))?;
     s.set(&mut c.listen_backlog,           "listen_backlog",           a.listen_backlog,           count(LISTEN_BACKLOG_RANGE))?;
     s.set(&mut c.shards,                   "shards",                   a.shards,                   count(SHARDS_RANGE))?;
     s.set(&mut c.max_connections,          "max_connections",          a.max_connections,          count(MAX_CONNECTIONS_RANGE))?;
@@ -2047,6 +2126,43 @@ mod tests {
         config.validate().unwrap();
         let file = TempFile::new(&config.to_toml());
         assert_eq!(serve(&[&file.arg()], &no_env).unwrap(), config);
+    }
+
+    #[test]
+    fn api_key_from_flag_env_or_file_checked_and_never_written_out() {
+        let off = serve(&[], &no_env).unwrap();
+        assert_eq!(off.load_api_key().unwrap(), None);
+        let key = "k3y-of-sixteen-bytes";
+        let flag = serve(&["--api-key", key], &no_env).unwrap();
+        assert_eq!(flag.load_api_key().unwrap().unwrap().expose(), key.as_bytes());
+        assert!(!flag.to_toml().contains(key), "the key is never dumped");
+        assert!(!format!("{flag:?}").contains(key), "nor debug-printed");
+        let env = env_of(&[("WSGATE_API_KEY", key)]);
+        assert!(serve(&[], &env).unwrap().api_key.is_some());
+        let short = serve(&["--api-key", "short"], &no_env).unwrap_err().to_string();
+        assert!(
+            short.contains("at least 16 bytes") && !short.contains("short\""),
+            "{short}"
+        );
+        assert!(serve(&["--api-key", "has a space in it!!"], &no_env).is_err());
+
+        let file = TempFile::new(&format!("{key}\n"));
+        let path = file.0.display().to_string();
+        let from_file = serve(&["--api-key-file", &path], &no_env).unwrap();
+        assert_eq!(from_file.load_api_key().unwrap().unwrap().expose(), key.as_bytes());
+        assert!(from_file.to_toml().contains(&format!("api_key_file = \"{path}\"")));
+        let both = serve(&["--api-key-file", &path, "--api-key", key], &no_env).unwrap_err();
+        assert!(both.to_string().contains("both set"), "{both}");
+        let bad = TempFile::new("tiny\n");
+        let bad_path = bad.0.display().to_string();
+        let err = serve(&["--api-key-file", &bad_path], &no_env)
+            .unwrap()
+            .load_api_key()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&bad_path) && !err.contains("tiny\""), "{err}");
+        let missing = serve(&["--api-key-file", "/nonexistent/wsgate-key"], &no_env).unwrap();
+        assert!(missing.load_api_key().is_err());
     }
 
     #[test]
