@@ -24,16 +24,38 @@
 //! path; a path in the table with another method gets 405 and an `Allow` header, any
 //! other path 404. A new endpoint such as `POST /api/...` is one row in `ROUTES` and one
 //! handler function.
+//!
+//! # The backend API
+//!
+//! `/api/...` (see the README's "Backend API"): application backends publish to rooms,
+//! send to users, ask for presence, disconnect users and read totals. Off unless an
+//! API key is configured ([`ApiState`]); every call needs `Authorization: Bearer <key>`
+//! (compared in constant time; the key is never logged or echoed). JSON in and out;
+//! bodies bounded by [`ADMIN_MAX_BODY_BYTES`] and fields by the messaging limits.
+//!
+//! The admin thread never touches shard state: it validates the request and hands an
+//! [`ApiRequest`] to the owner shard of the key through an [`ApiSink`], then waits up
+//! to [`API_REPLY_TIMEOUT`] for the answer on the request's channel (504 after that).
+//! Requests are counted in `wsgate_api_requests_total{route,status}`.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{ProcessInfo, Registry, render};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::auth::Secret;
+use crate::metrics::{ProcessInfo, Registry, render, render_api_requests};
+use crate::msg::api::{ApiOp, ApiReply, ApiRequest, ApiSink};
+use crate::msg::protocol::check_name;
+use crate::msg::{KeyKind, MsgLimits, ShardId, owner_of};
 
 /// Bytes of request line and headers of one admin request. Beyond it: 431 and close.
 /// Probes and scrapers send a few hundred bytes; 8 KiB matches common HTTP servers.
@@ -44,7 +66,7 @@ pub const ADMIN_MAX_HEADERS: usize = 32;
 /// it: 408 and close. A deadline for the whole request rather than per read, so a client
 /// trickling a byte at a time cannot hold a thread longer than this.
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request body bytes (`Content-Length`), for the API routes to come. Beyond it: 413.
+/// Request body bytes (`Content-Length`) of the API routes. Beyond it: 413.
 pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Admin connections served at once (each on its own thread). Beyond it the accept
 /// thread answers 503 at once and closes, so stuck clients cost at most this many
@@ -75,6 +97,11 @@ pub struct AdminState {
     pub nofile_limit: u64,
     /// TLS is configured: `/metrics` reports certificate reloads.
     pub tls: AtomicBool,
+    /// The backend API, when an API key is configured; `None`: the `/api/` routes
+    /// answer 404 "API disabled".
+    pub api: Option<ApiState>,
+    /// Backend API requests answered: (route, status) → count.
+    api_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl AdminState {
@@ -86,7 +113,68 @@ impl AdminState {
             ready: AtomicBool::new(false),
             nofile_limit,
             tls: AtomicBool::new(false),
+            api: None,
+            api_requests: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Turns the backend API on.
+    #[must_use]
+    pub fn with_api(mut self, api: ApiState) -> Self {
+        self.api = Some(api);
+        self
+    }
+
+    fn count_api(&self, route: &'static str, status: u16) {
+        let mut counts = self.api_requests.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry((route, status)).or_insert(0) += 1;
+    }
+}
+
+/// How long an API call waits for the shard's answer. Beyond it: 504 (the request may
+/// still take effect: a publish that timed out may have been sequenced).
+pub const API_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The backend API's key, the way to the shards and the field limits.
+pub struct ApiState {
+    key: Secret,
+    sink: Arc<dyn ApiSink>,
+    max_payload_bytes: usize,
+    max_room_name_bytes: usize,
+    max_user_id_bytes: usize,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key redacts itself; the sink is described by its own Debug.
+        f.debug_struct("ApiState")
+            .field("key", &self.key)
+            .field("sink", &self.sink)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The API with `key` (from `Config::load_api_key`), reaching the shards through
+    /// `sink`, with the field limits of `limits` (the same a client gets).
+    pub fn new(key: Secret, sink: Arc<dyn ApiSink>, limits: &MsgLimits) -> Self {
+        Self {
+            key,
+            sink,
+            max_payload_bytes: limits.max_payload_bytes,
+            max_room_name_bytes: limits.max_room_name_bytes,
+            max_user_id_bytes: limits.max_user_id_bytes,
+            timeout: API_REPLY_TIMEOUT,
+        }
+    }
+
+    /// The same with another reply timeout (tests).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -218,13 +306,13 @@ fn linger(stream: &mut TcpStream) {
 
 /// One parsed admin request, owned, handed to a route handler.
 #[derive(Debug)]
-#[expect(dead_code, reason = "query, headers and body are for the /api routes to come")]
 struct Request {
     /// `GET`, `POST`, ... as sent (methods are case-sensitive).
     method: String,
     /// The target before any `?`.
     path: String,
     /// The target after the `?`, if any.
+    #[expect(dead_code, reason = "no route takes a query yet")]
     query: Option<String>,
     /// Header names and values as sent, in order.
     headers: Vec<(String, Vec<u8>)>,
@@ -346,11 +434,29 @@ fn own_request(parsed: &httparse::Request<'_, '_>) -> Result<(Request, usize), R
 // Routes
 // ---------------------------------------------------------------------------------------
 
-/// One endpoint: a method and an exact path, and the function that answers it.
+/// One endpoint: a method and a path, and the function that answers it.
 struct Route {
     method: &'static str,
+    /// The exact path, or with `prefix` the path's beginning (ending in `/`; the rest,
+    /// not empty, is the handler's parameter).
     path: &'static str,
+    prefix: bool,
     handler: fn(&Request, &AdminState) -> Response,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        if self.prefix {
+            path.len() > self.path.len() && path.starts_with(self.path)
+        } else {
+            path == self.path
+        }
+    }
+
+    /// The label of `wsgate_api_requests_total`: the path without a trailing `/`.
+    fn label(&self) -> &'static str {
+        self.path.strip_suffix('/').unwrap_or(self.path)
+    }
 }
 
 /// Every endpoint. A path may appear once per method.
@@ -358,35 +464,84 @@ const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/healthz",
+        prefix: false,
         handler: healthz,
     },
     Route {
         method: "GET",
         path: "/readyz",
+        prefix: false,
         handler: readyz,
     },
     Route {
         method: "GET",
         path: "/metrics",
+        prefix: false,
         handler: metrics,
+    },
+    Route {
+        method: "POST",
+        path: "/api/publish",
+        prefix: false,
+        handler: api_publish,
+    },
+    Route {
+        method: "POST",
+        path: "/api/send",
+        prefix: false,
+        handler: api_send,
+    },
+    Route {
+        method: "GET",
+        path: "/api/presence/user/",
+        prefix: true,
+        handler: api_presence_user,
+    },
+    Route {
+        method: "GET",
+        path: "/api/presence/room/",
+        prefix: true,
+        handler: api_presence_room,
+    },
+    Route {
+        method: "POST",
+        path: "/api/disconnect",
+        prefix: false,
+        handler: api_disconnect,
+    },
+    Route {
+        method: "GET",
+        path: "/api/stats",
+        prefix: false,
+        handler: api_stats,
     },
 ];
 
 fn route(request: &Request, state: &AdminState) -> Response {
-    let mut on_path = ROUTES.iter().filter(|r| r.path == request.path).peekable();
-    if on_path.peek().is_none() {
-        return Response::text(404, "not found\n");
+    let (label, response) = route_inner(request, state);
+    if request.path.starts_with("/api/") {
+        state.count_api(label, response.status);
     }
+    response
+}
+
+/// The response and the route label it is counted under.
+fn route_inner(request: &Request, state: &AdminState) -> (&'static str, Response) {
+    let mut on_path = ROUTES.iter().filter(|r| r.matches(&request.path)).peekable();
+    let Some(first) = on_path.peek() else {
+        return ("unknown", Response::text(404, "not found\n"));
+    };
+    let label = first.label();
     let mut allowed = Vec::new();
     for r in on_path {
         if r.method == request.method {
-            return (r.handler)(request, state);
+            return (label, (r.handler)(request, state));
         }
         allowed.push(r.method);
     }
     let mut response = Response::text(405, "method not allowed\n");
     response.allow = Some(allowed.join(", "));
-    response
+    (label, response)
 }
 
 /// The process is alive and its admin thread answers.
@@ -416,12 +571,322 @@ fn metrics(_: &Request, state: &AdminState) -> Response {
         shards: shards.len(),
         tls_reloads: state.tls.load(Ordering::Relaxed).then(|| state.registry.tls_reloads()),
     };
+    let mut text = render(&shards, &process);
+    let counts = state.api_requests.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    render_api_requests(
+        &mut text,
+        counts.iter().map(|(&(route, status), &n)| (route, status, n)),
+    );
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: render(&shards, &process).into_bytes(),
+        body: text.into_bytes(),
         allow: None,
+        challenge: false,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend API
+// ---------------------------------------------------------------------------------------
+
+/// Runs `handler` if the API is on and the request carries the key; else 404 or 401.
+fn with_api(request: &Request, state: &AdminState, handler: impl FnOnce(&ApiState) -> Response) -> Response {
+    let Some(api) = &state.api else {
+        return api_error(404, "api_disabled", "API disabled: configure api_key or api_key_file");
+    };
+    let presented = request
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, value)| bearer_token(value));
+    match presented {
+        Some(token) if constant_time_eq(token, api.key.expose()) => handler(api),
+        _ => {
+            let mut response = api_error(
+                401,
+                "unauthorized",
+                "missing or wrong API key (Authorization: Bearer <key>)",
+            );
+            response.challenge = true;
+            response
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let scheme = b"bearer ";
+    if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    Some(value[scheme.len()..].trim_ascii())
+}
+
+/// Compares a presented token with the key in time that depends only on the token's
+/// length, never on where the first difference is or on the key.
+fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
+    if key.is_empty() {
+        return false;
+    }
+    let mut diff = u8::from(presented.len() != key.len());
+    for (i, &b) in presented.iter().enumerate() {
+        diff |= b ^ key[i % key.len()];
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// `{"error": code, "detail": detail}` with `status`.
+fn api_error(status: u16, code: &str, detail: &str) -> Response {
+    Response::json(
+        status,
+        serde_json::json!({ "error": code, "detail": detail }).to_string(),
+    )
+}
+
+/// Parses a JSON body into `T` (unknown fields refused) or answers 400.
+fn json_body<'a, T: Deserialize<'a>>(request: &'a Request) -> Result<T, Response> {
+    serde_json::from_slice(&request.body).map_err(|e| api_error(400, "bad_request", &format!("invalid JSON body: {e}")))
+}
+
+/// Checks a user id or room from the API like the client protocol does (400 or 413).
+fn check_field(value: &str, field: &str, max: usize) -> Result<(), Response> {
+    check_name(value, field, max).map_err(|(code, detail)| {
+        let status = if code.label() == "too_large" { 413 } else { 400 };
+        api_error(status, code.label(), &detail)
+    })
+}
+
+fn check_body(api: &ApiState, body: &RawValue) -> Result<(), Response> {
+    if body.get().len() > api.max_payload_bytes {
+        return Err(api_error(
+            413,
+            "too_large",
+            &format!("body is over {} bytes", api.max_payload_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// Hands `op` to `shard` and waits for the answer (503 if no shard takes it, 504 if it
+/// does not answer in time).
+fn call(api: &ApiState, shard: ShardId, op: ApiOp) -> Result<ApiReply, Response> {
+    let (reply, answer) = sync_channel(1);
+    if api.sink.deliver(shard, ApiRequest { op, reply }).is_err() {
+        return Err(unavailable());
+    }
+    match answer.recv_timeout(api.timeout) {
+        Ok(ApiReply::Overloaded) => Err(api_error(503, "overloaded", "the gateway is overloaded; retry")),
+        Ok(reply) => Ok(reply),
+        Err(RecvTimeoutError::Timeout) => Err(api_error(504, "timeout", "the shard did not answer in time")),
+        // The shard dropped the request unanswered (stopping).
+        Err(RecvTimeoutError::Disconnected) => Err(unavailable()),
+    }
+}
+
+fn unavailable() -> Response {
+    api_error(503, "unavailable", "messaging is not running")
+}
+
+/// The owner shard of `key`, or 503 when no shard runs.
+fn owner(api: &ApiState, kind: KeyKind, key: &str) -> Result<ShardId, Response> {
+    match api.sink.shards() {
+        0 => Err(unavailable()),
+        n => Ok(owner_of(kind, key, n)),
+    }
+}
+
+fn reply_json(result: Result<ApiReply, Response>) -> Response {
+    match result {
+        Ok(reply) => Response::json(200, reply.to_json()),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    room: String,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// `POST /api/publish {"room", "body"}` → `{"room", "epoch", "seq"}`.
+fn api_publish(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |api| {
+        let run = || {
+            let parsed: PublishBody<'_> = json_body(request)?;
+            check_field(&parsed.room, "room", api.max_room_name_bytes)?;
+            check_body(api, parsed.body)?;
+            let shard = owner(api, KeyKind::Room, &parsed.room)?;
+            let op = ApiOp::Publish {
+                room: parsed.room.as_str().into(),
+                body: parsed.body.get().into(),
+            };
+            call(api, shard, op)
+        };
+        reply_json(run())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody<'a> {
+    to: String,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// `POST /api/send {"to", "body"}` → `{"to", "epoch", "seq", "online"}`.
+fn api_send(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |api| {
+        let run = || {
+            let parsed: SendBody<'_> = json_body(request)?;
+            check_field(&parsed.to, "to", api.max_user_id_bytes)?;
+            check_body(api, parsed.body)?;
+            let shard = owner(api, KeyKind::User, &parsed.to)?;
+            let op = ApiOp::Send {
+                to: parsed.to.as_str().into(),
+                body: parsed.body.get().into(),
+            };
+            call(api, shard, op)
+        };
+        reply_json(run())
+    })
+}
+
+/// The percent-decoded path parameter after `prefix`, checked as a user id or room.
+fn path_param(request: &Request, prefix: &str, field: &str, max: usize) -> Result<String, Response> {
+    let raw = request.path.strip_prefix(prefix).unwrap_or_default();
+    let value = percent_decode(raw).ok_or_else(|| {
+        api_error(
+            400,
+            "bad_request",
+            &format!("{field} is not valid percent-encoded UTF-8"),
+        )
+    })?;
+    check_field(&value, field, max)?;
+    Ok(value)
+}
+
+/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a bad escape or
+/// bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /api/presence/user/{id}` → `{"user", "online", "connections"}`.
+fn api_presence_user(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |api| {
+        let run = || {
+            let user = path_param(request, "/api/presence/user/", "user", api.max_user_id_bytes)?;
+            let shard = owner(api, KeyKind::User, &user)?;
+            call(api, shard, ApiOp::PresenceUser { user: user.into() })
+        };
+        reply_json(run())
+    })
+}
+
+/// `GET /api/presence/room/{room}` → `{"room", "members", "connections", "users"?}`.
+fn api_presence_room(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |api| {
+        let run = || {
+            let room = path_param(request, "/api/presence/room/", "room", api.max_room_name_bytes)?;
+            let shard = owner(api, KeyKind::Room, &room)?;
+            call(api, shard, ApiOp::PresenceRoom { room: room.into() })
+        };
+        reply_json(run())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+}
+
+/// `POST /api/disconnect {"user"}` → `{"user", "closed"}`: every shard closes the
+/// user's connections (close code 4000) and says how many.
+fn api_disconnect(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |api| {
+        let run = || -> Result<Response, Response> {
+            let parsed: DisconnectBody = json_body(request)?;
+            check_field(&parsed.user, "user", api.max_user_id_bytes)?;
+            let shards = api.sink.shards();
+            if shards == 0 {
+                return Err(unavailable());
+            }
+            let (reply, answers) = sync_channel(shards);
+            let user: crate::msg::Key = parsed.user.as_str().into();
+            for shard in 0..shards {
+                let op = ApiOp::Disconnect { user: user.clone() };
+                let request = ApiRequest {
+                    op,
+                    reply: reply.clone(),
+                };
+                if api.sink.deliver(shard as ShardId, request).is_err() {
+                    return Err(unavailable());
+                }
+            }
+            drop(reply);
+            let deadline = Instant::now() + api.timeout;
+            let mut closed = 0;
+            for _ in 0..shards {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match answers.recv_timeout(left) {
+                    Ok(ApiReply::Disconnected { closed: n, .. }) => closed += n,
+                    Ok(_) | Err(RecvTimeoutError::Disconnected) => return Err(unavailable()),
+                    Err(RecvTimeoutError::Timeout) => {
+                        return Err(api_error(
+                            504,
+                            "timeout",
+                            &format!("not every shard answered in time; {closed} connections closed so far"),
+                        ));
+                    }
+                }
+            }
+            let body = serde_json::json!({ "user": parsed.user, "closed": closed });
+            Ok(Response::json(200, body.to_string()))
+        };
+        run().unwrap_or_else(|response| response)
+    })
+}
+
+/// `GET /api/stats` → totals from the shards' latest published figures.
+fn api_stats(request: &Request, state: &AdminState) -> Response {
+    with_api(request, state, |_| {
+        let shards = state.registry.snapshot();
+        let sum = |get: fn(&crate::metrics::ShardMetrics) -> u64| shards.iter().map(get).sum::<u64>();
+        let msg = state.registry.msg_totals();
+        let body = serde_json::json!({
+            "shards": shards.len(),
+            "connections": sum(|m| m.connections),
+            "users_online": msg.online_users,
+            "rooms": msg.rooms,
+            "messages": {
+                "sent": msg.sends,
+                "published": msg.publishes,
+                "delivered": msg.deliveries,
+                "frames_in": sum(|m| m.messages_in),
+                "frames_out": sum(|m| m.messages_out),
+            },
+        });
+        Response::json(200, body.to_string())
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,6 +900,8 @@ struct Response {
     body: Vec<u8>,
     /// The methods a path allows, for 405.
     allow: Option<String>,
+    /// 401: send `WWW-Authenticate: Bearer`.
+    challenge: bool,
 }
 
 impl Response {
@@ -444,6 +911,17 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: body.as_bytes().to_vec(),
             allow: None,
+            challenge: false,
+        }
+    }
+
+    fn json(status: u16, body: String) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into_bytes(),
+            allow: None,
+            challenge: false,
         }
     }
 
@@ -451,6 +929,7 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
@@ -458,6 +937,7 @@ impl Response {
             431 => "Request Header Fields Too Large",
             501 => "Not Implemented",
             503 => "Service Unavailable",
+            504 => "Gateway Timeout",
             other => unreachable!("admin response status {other} has no reason phrase"),
         };
         let mut head = format!(
@@ -468,6 +948,9 @@ impl Response {
         );
         if let Some(allow) = &self.allow {
             head.push_str(&format!("Allow: {allow}\r\n"));
+        }
+        if self.challenge {
+            head.push_str("WWW-Authenticate: Bearer realm=\"wsgate-api\"\r\n");
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
@@ -648,5 +1131,364 @@ mod tests {
             assert!(Instant::now() < deadline, "slot never freed");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // The backend API over a real socket
+    // -----------------------------------------------------------------------------------
+
+    use crate::msg::ConnId;
+    use crate::msg::api::SinkError;
+    use crate::msg::sim::Sim;
+    use std::sync::mpsc;
+
+    const KEY: &str = "test-key-0123456789abcdef";
+
+    /// Hands requests to a thread that owns a two-shard simulation of the messaging
+    /// core (`msg::sim`), as the server's shards would get them through their inbox.
+    #[derive(Debug)]
+    struct SimSink {
+        tx: Mutex<Option<mpsc::Sender<(ShardId, ApiRequest)>>>,
+        shards: usize,
+    }
+
+    impl SimSink {
+        /// Stops the simulation thread (the admin threads keep the state, and the sink,
+        /// for ever).
+        fn finish(&self) {
+            self.tx.lock().unwrap().take();
+        }
+    }
+
+    impl ApiSink for SimSink {
+        fn shards(&self) -> usize {
+            self.shards
+        }
+
+        fn deliver(&self, shard: ShardId, request: ApiRequest) -> Result<(), SinkError> {
+            assert!(usize::from(shard) < self.shards);
+            let tx = self.tx.lock().unwrap();
+            let tx = tx.as_ref().ok_or(SinkError::Unavailable)?;
+            tx.send((shard, request)).map_err(|_| SinkError::Unavailable)
+        }
+    }
+
+    /// Bob on both shards (one in room "lobby"), Alice on shard 1 in "lobby". Returns
+    /// the sink and a channel that gets the simulation back when the sink is dropped.
+    fn sim_sink(limits: &MsgLimits) -> (Arc<SimSink>, mpsc::Receiver<(Sim, [ConnId; 3])>) {
+        let (tx, rx) = mpsc::channel::<(ShardId, ApiRequest)>();
+        let (done_tx, done) = mpsc::channel();
+        let limits = limits.clone();
+        std::thread::spawn(move || {
+            let mut sim = Sim::new(2, &limits);
+            let conns = [sim.connect(0, "bob"), sim.connect(1, "bob"), sim.connect(1, "alice")];
+            for (shard, conn) in [(0, conns[0]), (1, conns[2])] {
+                let join = serde_json::json!({"type":"join","room":"lobby"}).to_string();
+                sim.say_text(shard, conn, &join);
+            }
+            while let Ok((shard, request)) = rx.recv() {
+                sim.api_request(shard, request);
+            }
+            let _ = done_tx.send((sim, conns));
+        });
+        let sink = SimSink {
+            tx: Mutex::new(Some(tx)),
+            shards: 2,
+        };
+        (Arc::new(sink), done)
+    }
+
+    fn api_state(sink: Arc<dyn ApiSink>, limits: &MsgLimits) -> Arc<AdminState> {
+        let api = ApiState::new(Secret::from(KEY), sink, limits);
+        Arc::new(AdminState::new(Arc::new(Registry::new(2)), 4096).with_api(api))
+    }
+
+    fn call_api(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String, Value) {
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, head, body) = exchange(addr, raw.as_bytes());
+        let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, head, json)
+    }
+
+    use serde_json::{Value, json};
+
+    #[test]
+    fn api_end_to_end_over_a_socket_and_the_simulated_shards() {
+        let limits = MsgLimits::default();
+        let (sink, done) = sim_sink(&limits);
+        let state = api_state(sink.clone(), &limits);
+        let addr = start(&state, None);
+        let post = |path: &str, body: Value| call_api(addr, "POST", path, Some(KEY), &body.to_string());
+        let get = |path: &str| call_api(addr, "GET", path, Some(KEY), "");
+
+        let (status, head, body) = post("/api/publish", json!({"room":"lobby","body":{"text":"hi"}}));
+        assert_eq!(status, 200, "{body}");
+        assert!(head.contains("Content-Type: application/json"), "{head}");
+        assert_eq!(body["room"], "lobby");
+        assert_eq!(body["seq"], 1);
+        let epoch = body["epoch"].as_u64().unwrap();
+        assert!(epoch > 0);
+        let (_, _, body) = post("/api/publish", json!({"room":"lobby","body":[1, 2]}));
+        assert_eq!((body["seq"].as_u64(), body["epoch"].as_u64()), (Some(2), Some(epoch)));
+
+        let (status, _, body) = post("/api/send", json!({"to":"bob","body":"ping"}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((body["to"].as_str(), body["seq"].as_u64()), (Some("bob"), Some(1)));
+        assert_eq!(body["online"], true);
+        let (_, _, body) = post("/api/send", json!({"to":"nobody","body":null}));
+        assert_eq!((body["seq"].as_u64(), body["online"].as_bool()), (Some(1), Some(false)));
+
+        let (status, _, body) = get("/api/presence/user/bob");
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({"user":"bob","online":true,"connections":2}));
+        let (_, _, body) = get("/api/presence/room/lobby");
+        assert_eq!(
+            body,
+            json!({"room":"lobby","members":2,"connections":2,"users":["alice","bob"]})
+        );
+        // Percent-encoded path parameters.
+        let (status, _, body) = get("/api/presence/user/b%C3%B6b%2F1");
+        assert_eq!(status, 200);
+        assert_eq!(body["user"], "b\u{f6}b/1");
+        assert_eq!(get("/api/presence/user/%zz").0, 400);
+        assert_eq!(get("/api/presence/user/").0, 404);
+
+        let (status, _, body) = post("/api/disconnect", json!({"user":"bob"}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"user":"bob","closed":2}));
+        let (_, _, body) = get("/api/presence/user/bob");
+        assert_eq!(body["online"], false);
+        let (_, _, body) = get("/api/presence/room/lobby");
+        assert_eq!(body["members"], 1);
+        let (_, _, body) = post("/api/disconnect", json!({"user":"bob"}));
+        assert_eq!(body["closed"], 0);
+
+        // Stats: from the registry (what the shards last published).
+        state.registry.publish(
+            0,
+            &ShardMetrics {
+                connections: 3,
+                ..ShardMetrics::default()
+            },
+        );
+        state.registry.publish_msg(
+            1,
+            &crate::metrics::MsgTotals {
+                online_users: 5,
+                rooms: 2,
+                sends: 7,
+                publishes: 11,
+                deliveries: 40,
+            },
+        );
+        let (status, _, body) = get("/api/stats");
+        assert_eq!(status, 200);
+        assert_eq!(body["connections"], 3);
+        assert_eq!(body["users_online"], 5);
+        assert_eq!(body["rooms"], 2);
+        assert_eq!(body["messages"]["published"], 11);
+        assert_eq!(body["shards"], 2);
+
+        // The counter family.
+        let (_, _, text) = super::tests::get(addr, "/metrics");
+        for needle in [
+            "wsgate_api_requests_total{route=\"/api/publish\",status=\"200\"} 2\n",
+            "wsgate_api_requests_total{route=\"/api/presence/user\",status=\"400\"} 1\n",
+            "wsgate_api_requests_total{route=\"unknown\",status=\"404\"} 1\n",
+            "wsgate_api_requests_total{route=\"/api/disconnect\",status=\"200\"} 2\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+
+        // What the clients saw: room messages and the inbox message from the server
+        // ("from": null), then close code 4000.
+        sink.finish();
+        let (sim, [bob0, bob1, alice]) = done.recv_timeout(Duration::from_secs(10)).unwrap();
+        let room_msgs: Vec<&Value> = sim.frames(alice).iter().filter(|f| f["type"] == "room_msg").collect();
+        assert_eq!(room_msgs.len(), 2);
+        assert_eq!(room_msgs[0]["from"], Value::Null);
+        assert_eq!(room_msgs[0]["body"], json!({"text":"hi"}));
+        for bob in [bob0, bob1] {
+            let msg: Vec<&Value> = sim.frames(bob).iter().filter(|f| f["type"] == "msg").collect();
+            assert_eq!(msg, [&json!({"type":"msg","seq":1,"from":null,"body":"ping"})]);
+            assert_eq!(sim.closed(bob), Some(4000));
+        }
+        assert_eq!(sim.closed(alice), None);
+    }
+
+    #[test]
+    fn api_needs_the_key_and_checks_every_field() {
+        let limits = MsgLimits {
+            max_payload_bytes: 64,
+            max_room_name_bytes: 16,
+            ..MsgLimits::default()
+        };
+        let (sink, _done) = sim_sink(&limits);
+        let state = api_state(sink, &limits);
+        let addr = start(&state, None);
+        let body = r#"{"room":"r","body":1}"#;
+
+        let (status, head, json) = call_api(addr, "POST", "/api/publish", None, body);
+        assert_eq!(status, 401);
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert_eq!(json["error"], "unauthorized");
+        assert!(!head.contains(KEY) && !json.to_string().contains(KEY));
+        assert_eq!(
+            call_api(addr, "POST", "/api/publish", Some("test-key-0123456789abcdeX"), body).0,
+            401
+        );
+        assert_eq!(call_api(addr, "POST", "/api/publish", Some(&KEY[..10]), body).0, 401);
+        assert_eq!(call_api(addr, "GET", "/api/stats", Some(&format!("{KEY}x")), "").0, 401);
+        let raw = format!("GET /api/stats HTTP/1.1\r\nauthorization: bearer   {KEY}  \r\n\r\n");
+        assert_eq!(exchange(addr, raw.as_bytes()).0, 200, "scheme and spaces are lenient");
+        let raw = format!("GET /api/stats HTTP/1.1\r\nAuthorization: Basic {KEY}\r\n\r\n");
+        assert_eq!(exchange(addr, raw.as_bytes()).0, 401);
+
+        let bad = |path: &str, body: &str| call_api(addr, "POST", path, Some(KEY), body);
+        for (path, body, status, code) in [
+            ("/api/publish", "{", 400, "bad_request"),
+            ("/api/publish", "", 400, "bad_request"),
+            ("/api/publish", r#"{"room":"r"}"#, 400, "bad_request"),
+            ("/api/publish", r#"{"room":"r","body":1,"extra":2}"#, 400, "bad_request"),
+            ("/api/publish", r#"{"room":5,"body":1}"#, 400, "bad_request"),
+            ("/api/publish", r#"{"room":"","body":1}"#, 400, "invalid_name"),
+            ("/api/publish", r#"{"room":"a\u0001","body":1}"#, 400, "invalid_name"),
+            (
+                "/api/publish",
+                r#"{"room":"seventeen-bytes!!","body":1}"#,
+                413,
+                "too_large",
+            ),
+            (
+                "/api/send",
+                r#"{"to":"u","body":"0123456789012345678901234567890123456789012345678901234567890123"}"#,
+                413,
+                "too_large",
+            ),
+            ("/api/send", r#"{"room":"u","body":1}"#, 400, "bad_request"),
+            ("/api/disconnect", r#"{"user":""}"#, 400, "invalid_name"),
+            ("/api/disconnect", r#"[]"#, 400, "bad_request"),
+        ] {
+            let (got, _, json) = bad(path, body);
+            assert_eq!(
+                (got, json["error"].as_str()),
+                (status, Some(code)),
+                "{path} {body}: {json}"
+            );
+            assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+        let (_, _, json) = bad("/api/publish", r#"{"room":"r"}"#);
+        assert!(
+            json["detail"].as_str().unwrap().contains("missing field `body`"),
+            "{json}"
+        );
+        // A body exactly at the limit is fine.
+        let at_limit = format!(r#"{{"to":"u","body":"{}"}}"#, "a".repeat(62));
+        assert_eq!(bad("/api/send", &at_limit).0, 200);
+        // Methods and unknown API paths.
+        let (status, head, _) = call_api(addr, "GET", "/api/publish", Some(KEY), "");
+        assert_eq!(status, 405);
+        assert!(head.contains("Allow: POST"), "{head}");
+        assert_eq!(call_api(addr, "POST", "/api/presence/user/x", Some(KEY), "").0, 405);
+        assert_eq!(call_api(addr, "GET", "/api/nope", Some(KEY), "").0, 404);
+    }
+
+    #[test]
+    fn api_off_without_a_key() {
+        let state = state();
+        let addr = start(&state, None);
+        for (method, path) in [
+            ("POST", "/api/publish"),
+            ("POST", "/api/send"),
+            ("GET", "/api/presence/user/u"),
+            ("GET", "/api/presence/room/r"),
+            ("POST", "/api/disconnect"),
+            ("GET", "/api/stats"),
+        ] {
+            let (status, _, json) = call_api(addr, method, path, Some(KEY), "{}");
+            assert_eq!((status, json["error"].as_str()), (404, Some("api_disabled")), "{path}");
+        }
+        let (_, _, text) = get(addr, "/metrics");
+        assert!(text.contains("wsgate_api_requests_total{route=\"/api/stats\",status=\"404\"} 1\n"));
+    }
+
+    /// A sink whose shards keep requests unanswered, drop them, or are not there.
+    #[derive(Debug)]
+    enum BrokenSink {
+        Silent(Mutex<Vec<ApiRequest>>),
+        Dropping,
+        Down,
+        Overloaded,
+    }
+
+    impl ApiSink for BrokenSink {
+        fn shards(&self) -> usize {
+            match self {
+                Self::Down => 0,
+                _ => 2,
+            }
+        }
+
+        fn deliver(&self, _: ShardId, request: ApiRequest) -> Result<(), SinkError> {
+            match self {
+                Self::Silent(kept) => kept.lock().unwrap().push(request),
+                Self::Dropping => drop(request),
+                Self::Down => return Err(SinkError::Unavailable),
+                Self::Overloaded => request.answer(ApiReply::Overloaded),
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn api_answers_504_when_shards_are_slow_and_503_when_they_are_gone() {
+        let limits = MsgLimits::default();
+        for (sink, status, code) in [
+            (BrokenSink::Silent(Mutex::new(Vec::new())), 504, "timeout"),
+            (BrokenSink::Dropping, 503, "unavailable"),
+            (BrokenSink::Down, 503, "unavailable"),
+            (BrokenSink::Overloaded, 503, "overloaded"),
+        ] {
+            let api =
+                ApiState::new(Secret::from(KEY), Arc::new(sink), &limits).with_timeout(Duration::from_millis(200));
+            let state = Arc::new(AdminState::new(Arc::new(Registry::new(2)), 4096).with_api(api));
+            let addr = start(&state, None);
+            let started = Instant::now();
+            let (got, _, json) = call_api(addr, "POST", "/api/send", Some(KEY), r#"{"to":"u","body":1}"#);
+            assert_eq!((got, json["error"].as_str()), (status, Some(code)), "{json}");
+            if code == "overloaded" {
+                continue;
+            }
+            let (got, _, json) = call_api(addr, "POST", "/api/disconnect", Some(KEY), r#"{"user":"u"}"#);
+            assert_eq!((got, json["error"].as_str()), (status, Some(code)), "{json}");
+            assert!(started.elapsed() < Duration::from_secs(3));
+        }
+    }
+
+    #[test]
+    fn key_comparison_and_helpers() {
+        assert!(constant_time_eq(b"abcdefgh", b"abcdefgh"));
+        assert!(!constant_time_eq(b"abcdefgX", b"abcdefgh"));
+        assert!(!constant_time_eq(b"abcdefghabcdefgh", b"abcdefgh"), "a repeated key");
+        assert!(!constant_time_eq(b"", b"abcdefgh"));
+        assert!(!constant_time_eq(b"", b""));
+        assert_eq!(bearer_token(b"Bearer xyz"), Some(&b"xyz"[..]));
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Token xyz"), None);
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b+c"));
+        assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("\u{20ac}"));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        let debug = format!(
+            "{:?}",
+            ApiState::new(Secret::from(KEY), Arc::new(BrokenSink::Down), &MsgLimits::default())
+        );
+        assert!(!debug.contains(KEY), "{debug}");
     }
 }

@@ -489,6 +489,26 @@ pub fn render(shards: &[ShardMetrics], process: &ProcessInfo) -> String {
     out
 }
 
+/// Appends `wsgate_api_requests_total{route,status}`: backend API requests answered
+/// by the admin thread, by route (the table's path, `unknown` for other `/api/` paths)
+/// and HTTP status. `counts` in the order to print.
+pub fn render_api_requests<'a>(out: &mut String, counts: impl IntoIterator<Item = (&'a str, u16, u64)>) {
+    let name = "wsgate_api_requests_total";
+    header(
+        out,
+        name,
+        Kind::Counter,
+        "Backend API requests, by route and HTTP status.",
+    );
+    for (route, status, n) in counts {
+        let _ = writeln!(
+            out,
+            "{name}{{route=\"{}\",status=\"{status}\"}} {n}",
+            escape_label_value(route)
+        );
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: Kind, help: &str) {
     let kind = match kind {
         Kind::Counter => "counter",

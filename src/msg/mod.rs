@@ -57,7 +57,7 @@ pub mod protocol;
 pub mod store;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 /// A shard's index, `0..shards`.
 pub type ShardId = u16;

@@ -504,8 +504,9 @@ pub fn parse<'a>(kind: FrameKind, frame: &'a [u8], limits: &MsgLimits) -> Result
     Ok(msg)
 }
 
-/// A user id or room name: non-empty, within `max` bytes, no control characters.
-fn check_name(value: &str, name: &str, max: usize) -> Result<(), (ErrorCode, String)> {
+/// Checks a user id or room name (`name` is the field, for the message): at most `max`
+/// bytes, not empty, no control characters. Also used by the backend API.
+pub fn check_name(value: &str, name: &str, max: usize) -> Result<(), (ErrorCode, String)> {
     if value.len() > max {
         return Err((ErrorCode::TooLarge, format!("{name} is over {max} bytes")));
     }

@@ -36,7 +36,7 @@ struct Client {
     gone: bool,
 }
 
-struct Sim {
+pub(crate) struct Sim {
     now: Instant,
     shards: Vec<SimShard>,
     rung: Vec<Arc<AtomicUsize>>,
@@ -68,7 +68,7 @@ fn identity(user: &str) -> Identity {
 }
 
 impl Sim {
-    fn new(n: usize, limits: &MsgLimits) -> Self {
+    pub(crate) fn new(n: usize, limits: &MsgLimits) -> Self {
         let rung: Vec<Arc<AtomicUsize>> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
         let bells = rung
             .iter()
@@ -117,7 +117,7 @@ impl Sim {
     }
 
     /// Connects and waits for the welcome.
-    fn connect(&mut self, shard: ShardId, user: &str) -> ConnId {
+    pub(crate) fn connect(&mut self, shard: ShardId, user: &str) -> ConnId {
         let conn = self.connect_as(shard, &identity(user));
         self.run();
         assert_eq!(self.frames(conn)[0]["type"], "welcome", "{:?}", self.frames(conn));
@@ -224,16 +224,44 @@ impl Sim {
     /// runs the mesh until it settles and returns every answer that came.
     fn api(&mut self, shard: ShardId, op: ApiOp) -> Vec<ApiReply> {
         let (reply, answers) = std::sync::mpsc::sync_channel(self.shards.len());
-        let now = self.now;
-        self.shards[usize::from(shard)]
-            .core
-            .handle_api(ApiRequest { op, reply }, now);
-        self.pump_outputs(usize::from(shard));
-        self.run();
+        self.api_request(shard, ApiRequest { op, reply });
         answers.try_iter().collect()
     }
 
-    fn frames(&self, conn: ConnId) -> &[Value] {
+    /// Hands `request` to `shard` and runs the mesh until it settles; connections the
+    /// request closed are then reported gone, as the server's shard does (the admin
+    /// tests drive the simulation this way from a thread of its own).
+    pub(crate) fn api_request(&mut self, shard: ShardId, request: ApiRequest) {
+        let now = self.now;
+        self.shards[usize::from(shard)].core.handle_api(request, now);
+        self.pump_outputs(usize::from(shard));
+        self.run();
+        let closed: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.closed.is_some() && !c.gone)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in closed {
+            self.disconnect(conn);
+        }
+        self.run();
+    }
+
+    /// `conn` on `shard` sends a text frame, and the mesh settles.
+    pub(crate) fn say_text(&mut self, shard: ShardId, conn: ConnId, text: &str) {
+        assert_eq!(self.clients[&conn].shard, shard);
+        self.say_raw(conn, FrameKind::Text, text.as_bytes());
+        self.run();
+    }
+
+    /// The close code `conn` got, if any.
+    pub(crate) fn closed(&self, conn: ConnId) -> Option<u16> {
+        self.clients[&conn].closed
+    }
+
+    /// Every frame `conn` got, as JSON.
+    pub(crate) fn frames(&self, conn: ConnId) -> &[Value] {
         &self.clients[&conn].frames
     }
 
