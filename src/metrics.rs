@@ -68,6 +68,14 @@ pub struct ShardMetrics {
     pub abnormal_closes: u64,
     /// Connections closed, any way.
     pub closed: u64,
+    /// Messaging counters (`crate::msg`), copied from the shard's `MsgShard` each tick.
+    pub msg: crate::msg::MsgMetrics,
+    /// Gauge: users with a connection on this shard.
+    pub msg_users: u64,
+    /// Gauge: rooms with a member on this shard.
+    pub msg_rooms: u64,
+    /// Gauge: cross-shard messages waiting for room on a full ring.
+    pub mesh_pending: u64,
     /// Times the watchdog woke this shard after it slept through its ticks (glommio
     /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
     /// stay 0.
