@@ -871,18 +871,17 @@ fn api_stats(request: &Request, state: &AdminState) -> Response {
     with_api(request, state, |_| {
         let shards = state.registry.snapshot();
         let sum = |get: fn(&crate::metrics::ShardMetrics) -> u64| shards.iter().map(get).sum::<u64>();
-        let msg = state.registry.msg_totals();
         let body = serde_json::json!({
             "shards": shards.len(),
             "connections": sum(|m| m.connections),
-            "users_online": msg.online_users,
-            "rooms": msg.rooms,
+            "users_online": sum(|m| m.msg_owned_users_online),
+            "rooms": sum(|m| m.msg_owned_rooms),
             "messages": {
-                "sent": msg.sends,
-                "published": msg.publishes,
-                "delivered": msg.deliveries,
-                "frames_in": sum(|m| m.messages_in),
-                "frames_out": sum(|m| m.messages_out),
+                "sent": sum(|m| m.msg.sends_accepted),
+                "published": sum(|m| m.msg.publishes_accepted),
+                "delivered": sum(|m| m.msg.frames_delivered),
+                "in": sum(|m| m.messages_in),
+                "out": sum(|m| m.messages_out),
             },
         });
         Response::json(200, body.to_string())
@@ -1274,19 +1273,17 @@ mod tests {
             0,
             &ShardMetrics {
                 connections: 3,
+                msg_owned_users_online: 2,
                 ..ShardMetrics::default()
             },
         );
-        state.registry.publish_msg(
-            1,
-            &crate::metrics::MsgTotals {
-                online_users: 5,
-                rooms: 2,
-                sends: 7,
-                publishes: 11,
-                deliveries: 40,
-            },
-        );
+        let mut one = ShardMetrics {
+            msg_owned_users_online: 3,
+            msg_owned_rooms: 2,
+            ..ShardMetrics::default()
+        };
+        one.msg.publishes_accepted = 11;
+        state.registry.publish(1, &one);
         let (status, _, body) = get("/api/stats");
         assert_eq!(status, 200);
         assert_eq!(body["connections"], 3);

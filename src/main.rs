@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-use wsgate::admin::{self, AdminState};
+use wsgate::admin::{self, AdminState, ApiState};
 use wsgate::auth::{AuthMode, Authenticator};
 use wsgate::config::{self, Command, Config};
 use wsgate::metrics::Registry;
+use wsgate::msg::api::ApiSinkSlot;
 use wsgate::proto::close::CloseCode;
 use wsgate::server::Server;
 use wsgate::sys;
@@ -75,6 +76,14 @@ fn serve(cfg: Config) -> ExitCode {
         },
         None => None,
     };
+    // Read before anything listens, like the TLS files; the key itself is never printed.
+    let api_key = match cfg.load_api_key() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = Arc::new(cfg);
     let registry = Arc::new(Registry::new(cfg.shards));
     // Installed before the shards start so a signal during start-up is not lost.
@@ -92,7 +101,13 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin_state = Arc::new(AdminState::new(registry.clone(), nofile));
+    // The backend API reaches the shards once they run; until then it answers 503.
+    let api_shards = Arc::new(ApiSinkSlot::new());
+    let mut admin_state = AdminState::new(registry.clone(), nofile);
+    if let Some(key) = api_key {
+        admin_state = admin_state.with_api(ApiState::new(key, api_shards.clone(), &cfg.msg));
+    }
+    let admin_state = Arc::new(admin_state);
     if let Err(e) = admin::spawn(admin_listener, admin_state.clone()) {
         eprintln!("wsgate: cannot start the admin listener: {e}");
         return ExitCode::FAILURE;
@@ -105,6 +120,7 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    api_shards.set(Arc::new(server.api_shards()));
     admin_state.ready.store(true, Ordering::Release);
     eprintln!(
         "wsgate: listening on ws://{}{} with {} shards{}; admin on http://{}",
@@ -114,6 +130,12 @@ fn serve(cfg: Config) -> ExitCode {
         if cfg.echo { ", echoing every message" } else { "" },
         cfg.admin_listen,
     );
+    if admin_state.api.is_some() {
+        eprintln!(
+            "wsgate: backend API on http://{}/api/ (Authorization: Bearer <api_key>)",
+            cfg.admin_listen
+        );
+    }
     if let Some(addr) = server.tls_addr() {
         eprintln!(
             "wsgate: listening on wss://{addr}{} (TLS 1.3/1.2, ALPN http/1.1); SIGHUP reloads the certificate",

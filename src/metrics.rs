@@ -76,6 +76,11 @@ pub struct ShardMetrics {
     pub msg_rooms: u64,
     /// Gauge: cross-shard messages waiting for room on a full ring.
     pub mesh_pending: u64,
+    /// Gauge: users this shard owns that have a connection on any shard (summed over
+    /// the shards: distinct users online, for `GET /api/stats`).
+    pub msg_owned_users_online: u64,
+    /// Gauge: rooms this shard owns that have a member (summed: distinct rooms).
+    pub msg_owned_rooms: u64,
     /// Times the watchdog woke this shard after it slept through its ticks (glommio
     /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
     /// stay 0.
@@ -102,39 +107,10 @@ impl ShardMetrics {
     }
 }
 
-/// One shard's messaging figures for `GET /api/stats`, published next to its
-/// [`ShardMetrics`] (`MsgShard::totals` builds it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MsgTotals {
-    /// Users owned by the shard with at least one connection anywhere.
-    pub online_users: u64,
-    /// Rooms owned by the shard with at least one member.
-    pub rooms: u64,
-    /// Messages accepted into inboxes (`send`, client or API).
-    pub sends: u64,
-    /// Messages accepted into rooms (`publish`, client or API).
-    pub publishes: u64,
-    /// Frames handed to the shard's connections.
-    pub deliveries: u64,
-}
-
-impl MsgTotals {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &Self) {
-        self.online_users += other.online_users;
-        self.rooms += other.rooms;
-        self.sends += other.sends;
-        self.publishes += other.publishes;
-        self.deliveries += other.deliveries;
-    }
-}
-
 /// Where shards publish their metrics for the admin listener.
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<ShardMetrics>>,
-    /// Per shard: messaging totals (`publish_msg`).
-    msg: Vec<Mutex<MsgTotals>>,
     /// Certificate reloads (SIGHUP) that took effect, and that failed (old kept).
     tls_reloads: [AtomicU64; 2],
 }
@@ -144,7 +120,6 @@ impl Registry {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards).map(|_| Mutex::new(ShardMetrics::default())).collect(),
-            msg: (0..shards).map(|_| Mutex::new(MsgTotals::default())).collect(),
             tls_reloads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
@@ -166,20 +141,6 @@ impl Registry {
     pub fn publish(&self, shard: usize, metrics: &ShardMetrics) {
         let mut slot = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         slot.clone_from(metrics);
-    }
-
-    /// Replaces shard `shard`'s published messaging totals.
-    pub fn publish_msg(&self, shard: usize, totals: &MsgTotals) {
-        *self.msg[shard].lock().unwrap_or_else(|e| e.into_inner()) = *totals;
-    }
-
-    /// The sum of every shard's latest messaging totals.
-    pub fn msg_totals(&self) -> MsgTotals {
-        let mut sum = MsgTotals::default();
-        for slot in &self.msg {
-            sum.add(&slot.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        sum
     }
 
     /// A copy of every shard's latest published metrics, in shard order.
@@ -397,6 +358,18 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Gauge,
         help: "Users with a connection on the shard (messaging).",
         series: Series::Plain(|m| m.msg_users),
+    },
+    Family {
+        name: "wsgate_msg_owned_users_online",
+        kind: Kind::Gauge,
+        help: "Users owned by the shard with a connection on any shard (the sum over shards counts each user once).",
+        series: Series::Plain(|m| m.msg_owned_users_online),
+    },
+    Family {
+        name: "wsgate_msg_owned_rooms",
+        kind: Kind::Gauge,
+        help: "Rooms owned by the shard with at least one member (the sum over shards counts each room once).",
+        series: Series::Plain(|m| m.msg_owned_rooms),
     },
     Family {
         name: "wsgate_msg_rooms",

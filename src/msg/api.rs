@@ -24,6 +24,7 @@
 
 use std::fmt::Write as _;
 use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, OnceLock};
 
 use super::{Key, ShardId};
 use crate::proto::close::CloseCode;
@@ -206,4 +207,35 @@ pub trait ApiSink: Send + Sync + std::fmt::Debug {
     fn shards(&self) -> usize;
     /// Queues `request` on shard `shard` and wakes it.
     fn deliver(&self, shard: ShardId, request: ApiRequest) -> Result<(), SinkError>;
+}
+
+/// A sink filled in later: the admin listener starts before the shards, so `main`
+/// gives it this slot and sets the shards' sink once they run. Until then every
+/// request is [`SinkError::Unavailable`] (503).
+#[derive(Debug, Default)]
+pub struct ApiSinkSlot(OnceLock<Arc<dyn ApiSink>>);
+
+impl ApiSinkSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fills the slot; a second call is ignored.
+    pub fn set(&self, sink: Arc<dyn ApiSink>) {
+        let _ = self.0.set(sink);
+    }
+}
+
+impl ApiSink for ApiSinkSlot {
+    fn shards(&self) -> usize {
+        self.0.get().map_or(0, |sink| sink.shards())
+    }
+
+    fn deliver(&self, shard: ShardId, request: ApiRequest) -> Result<(), SinkError> {
+        match self.0.get() {
+            Some(sink) => sink.deliver(shard, request),
+            None => Err(SinkError::Unavailable),
+        }
+    }
 }

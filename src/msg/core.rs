@@ -139,18 +139,6 @@ impl<S: Store> MsgShard<S> {
         &self.metrics
     }
 
-    /// This shard's figures for `GET /api/stats` (publish them with
-    /// `Registry::publish_msg` each tick).
-    pub fn totals(&self) -> crate::metrics::MsgTotals {
-        crate::metrics::MsgTotals {
-            online_users: self.owner.online_users() as u64,
-            rooms: self.owner.occupied_rooms() as u64,
-            sends: self.metrics.sends_accepted,
-            publishes: self.metrics.publishes_accepted,
-            deliveries: self.metrics.frames_delivered,
-        }
-    }
-
     /// The local side (gauges, tests).
     pub fn hub(&self) -> &LocalHub {
         &self.hub

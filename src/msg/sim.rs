@@ -1381,11 +1381,11 @@ fn api_presence_of_users_and_rooms() {
         r#"{"room":"empty","members":0,"connections":0,"users":[]}"#
     );
     // The stats gauges agree: three users online, one occupied room.
-    let mut totals = crate::metrics::MsgTotals::default();
-    for s in &sim.shards {
-        totals.add(&s.core.totals());
-    }
-    assert_eq!((totals.online_users, totals.rooms), (3, 1));
+    let owned = |f: fn(&super::owner::Owner<super::store::MemStore>) -> usize| {
+        sim.shards.iter().map(|s| f(s.core.owner())).sum::<usize>()
+    };
+    assert_eq!(owned(|o| o.online_users()), 3);
+    assert_eq!(owned(|o| o.occupied_rooms()), 1);
 }
 
 #[test]

@@ -52,6 +52,8 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::metrics::Registry;
+use crate::msg::ShardId;
+use crate::msg::api::{ApiRequest, ApiSink, SinkError};
 use crate::msg::mesh::{self, Doorbell, Endpoint, MeshMsg};
 use crate::proto::close::CloseCode;
 use crate::tls::TlsContext;
@@ -88,6 +90,25 @@ pub struct Server {
     /// Stops the watchdog once the shards have ended.
     watchdog_stop: Arc<std::sync::atomic::AtomicBool>,
     watchdog: Option<JoinHandle<()>>,
+}
+
+/// The backend API's way to the shards: a request goes into the shard's inbox as
+/// [`Command::Api`] and rings its doorbell, like any command from another thread.
+#[derive(Debug)]
+pub struct ApiShards {
+    handles: Vec<Arc<ShardHandle>>,
+}
+
+impl ApiSink for ApiShards {
+    fn shards(&self) -> usize {
+        self.handles.len()
+    }
+
+    fn deliver(&self, shard: ShardId, request: ApiRequest) -> Result<(), SinkError> {
+        let handle = self.handles.get(usize::from(shard)).ok_or(SinkError::Unavailable)?;
+        handle.send(Command::Api(Box::new(request)));
+        Ok(())
+    }
 }
 
 /// Binds a listening socket with SO_REUSEPORT and the configured backlog (glommio's
@@ -265,6 +286,13 @@ impl Server {
         }
     }
 
+    /// How the backend API (`crate::admin`) reaches these shards.
+    pub fn api_shards(&self) -> ApiShards {
+        ApiShards {
+            handles: self.handles.clone(),
+        }
+    }
+
     /// Waits for every shard to finish (after a drain).
     pub fn join(mut self) {
         for thread in self.threads.drain(..) {
@@ -323,6 +351,8 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_api;
 #[cfg(test)]
 mod tests_edge;
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn entry_of(user_data: u64) -> Entry {
 }
 
 /// A command from another thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Stop accepting, close every connection with `code` spread over the drain window,
     /// and finish when all are closed or the drain deadline passes.
@@ -122,6 +122,11 @@ pub enum Command {
         /// The slot's generation when the connection was admitted.
         gen_: u32,
     },
+    /// A backend API request from the admin thread (`crate::admin`, through
+    /// [`ApiShards`](super::ApiShards)): handed to messaging, whose owner answers on the
+    /// request's channel. In echo mode it is dropped, which the admin side reports as
+    /// 503.
+    Api(Box<crate::msg::api::ApiRequest>),
 }
 
 /// Every shard's handle, filled in once all shards have started: how a shard reaches
@@ -632,6 +637,11 @@ impl Shard {
             match command {
                 Command::Drain { code } => self.start_drain(code),
                 Command::Kick { slot, gen_ } => self.evict(Entry { slot, gen_ }),
+                Command::Api(request) => {
+                    if let Some(msg) = self.msg.as_mut() {
+                        msg.handle_api(*request, self.now);
+                    }
+                }
             }
         }
         self.recv_mesh();
@@ -1936,6 +1946,8 @@ impl Shard {
             self.metrics.msg.clone_from(msg.metrics());
             self.metrics.msg_users = msg.hub().users() as u64;
             self.metrics.msg_rooms = msg.hub().rooms() as u64;
+            self.metrics.msg_owned_users_online = msg.owner().online_users() as u64;
+            self.metrics.msg_owned_rooms = msg.owner().occupied_rooms() as u64;
         }
         if let Some(mesh) = &self.mesh {
             self.metrics.mesh_pending = mesh.pending() as u64;
