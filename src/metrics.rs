@@ -777,6 +777,12 @@ wsgate_shard_watchdog_wakes_total{shard="0"} 0
 # HELP wsgate_msg_users Users with a connection on the shard (messaging).
 # TYPE wsgate_msg_users gauge
 wsgate_msg_users{shard="0"} 0
+# HELP wsgate_msg_owned_users_online Users owned by the shard with a connection on any shard (the sum over shards counts each user once).
+# TYPE wsgate_msg_owned_users_online gauge
+wsgate_msg_owned_users_online{shard="0"} 0
+# HELP wsgate_msg_owned_rooms Rooms owned by the shard with at least one member (the sum over shards counts each room once).
+# TYPE wsgate_msg_owned_rooms gauge
+wsgate_msg_owned_rooms{shard="0"} 0
 # HELP wsgate_msg_rooms Rooms with a member on the shard.
 # TYPE wsgate_msg_rooms gauge
 wsgate_msg_rooms{shard="0"} 0
