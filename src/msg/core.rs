@@ -13,6 +13,7 @@
 //! | a message came off a mesh ring | [`handle_mesh`](MsgShard::handle_mesh) with the source shard |
 //! | the mesh shed a message this shard sent | [`handle_shed`](MsgShard::handle_shed) |
 //! | the timer tick | [`handle_tick`](MsgShard::handle_tick) |
+//! | a backend API request arrived in the shard's inbox (`Command::Api`) | [`handle_api`](MsgShard::handle_api) |
 //!
 //! Outputs (`poll_*`), drained after every input or batch of inputs:
 //!

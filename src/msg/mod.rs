@@ -39,8 +39,12 @@
 //!   the server's shard calls (connect, disconnect, client frame, mesh message, tick →
 //!   frames for connections and messages for other shards).
 //!
-//! Not wired yet: `server::shard` does not call [`core::MsgShard`] so far; that
-//! integration (and the backend HTTP API) is the next step.
+//! - [`api`]: the backend HTTP API's requests to the shards ([`api::ApiRequest`], with
+//!   the channel the owner answers on) and the [`api::ApiSink`] the admin thread hands
+//!   them to (`server::ApiShards`: `Command::Api` into the shard's inbox).
+//!
+//! `server::shard` drives a [`core::MsgShard`] per shard (unless `--echo`), and
+//! `crate::admin` serves the backend API (`/api/...`) from its own threads.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
