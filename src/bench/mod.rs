@@ -42,6 +42,7 @@ pub mod host;
 pub mod sources;
 pub mod tls;
 pub mod url;
+pub mod wire;
 pub mod worker;
 
 use std::collections::BTreeMap;
