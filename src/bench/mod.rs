@@ -38,6 +38,7 @@
 
 pub mod density;
 pub mod echo;
+pub mod fanout;
 pub mod host;
 pub mod sources;
 pub mod tls;
@@ -60,7 +61,7 @@ use serde::Serialize;
 
 use self::sources::SourceIps;
 use self::url::WsUrl;
-use self::worker::{Control, EchoPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
+use self::worker::{Control, EchoPlan, FanoutPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
 
 /// Extra time the ramp may take beyond N / rate + the connect timeout before the run
 /// moves on without the stragglers (they are counted as aborted).
@@ -95,6 +96,10 @@ pub enum BenchCommand {
     /// Keep K messages in flight on each of C connections against a gateway run with
     /// --echo; report messages per second and round-trip latency.
     Echo(echo::EchoArgs),
+    /// S subscribers join one room, P publishers publish to it at a fixed rate (server
+    /// speaking wsgate.v1.json); report deliveries per second and publish-to-delivery
+    /// latency.
+    Fanout(fanout::FanoutArgs),
 }
 
 /// Options both subcommands take.
@@ -230,6 +235,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
             r.print(a.common.json);
             r.success()
         }),
+        BenchCommand::Fanout(a) => fanout::run(a, &interrupt).map(|r| {
+            r.print(a.common.json);
+            r.success()
+        }),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -254,6 +263,11 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Offers `subprotocol` in every upgrade request.
+    pub fn offer_subprotocol(&mut self, common: &CommonArgs, subprotocol: &str) {
+        self.request_prefix = request_prefix(&common.url, common.token.as_deref(), Some(subprotocol)).into();
+    }
+
     /// Resolves the URL, checks the source addresses against it and the limits.
     pub fn new(common: &CommonArgs, connections: u64) -> Result<Self, BenchError> {
         if connections == 0 || connections > MAX_CONNECTIONS {
@@ -299,7 +313,7 @@ impl Setup {
         Ok(Self {
             target,
             workers,
-            request_prefix: request_prefix(&common.url, common.token.as_deref()).into(),
+            request_prefix: request_prefix(&common.url, common.token.as_deref(), None).into(),
             sources: common.source_ips.clone().map(Arc::new),
             preflight,
             tls,
@@ -308,7 +322,7 @@ impl Setup {
 }
 
 /// The upgrade request up to the key (the worker appends the key and `\r\n\r\n`).
-fn request_prefix(url: &WsUrl, token: Option<&str>) -> String {
+fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>) -> String {
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsgate-bench/{}\r\n",
         url.target,
@@ -317,6 +331,9 @@ fn request_prefix(url: &WsUrl, token: Option<&str>) -> String {
     );
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(subprotocol) = subprotocol {
+        request.push_str(&format!("Sec-WebSocket-Protocol: {subprotocol}\r\n"));
     }
     request.push_str("Sec-WebSocket-Key: ");
     request
@@ -352,6 +369,11 @@ pub(crate) struct Totals {
     pub open: u64,
     pub echoes: u64,
     pub in_flight: u64,
+    pub welcomed: u64,
+    pub joined: u64,
+    pub deliveries: u64,
+    pub published: u64,
+    pub acked: u64,
     pub done: usize,
 }
 
@@ -363,6 +385,7 @@ impl Fleet {
         rate: f64,
         common: &CommonArgs,
         echo: Option<EchoPlan>,
+        fanout: Option<FanoutPlan>,
         run_time: Duration,
     ) -> Result<Self, BenchError> {
         let control = Arc::new(Control::new());
@@ -395,6 +418,7 @@ impl Fleet {
                 hard_deadline,
                 seed,
                 echo,
+                fanout: fanout.clone(),
             };
             let p = Arc::new(Progress::default());
             progress.push(p.clone());
@@ -466,6 +490,11 @@ impl Fleet {
             t.open += p.open.load(Ordering::Relaxed);
             t.echoes += p.echoes.load(Ordering::Relaxed);
             t.in_flight += p.in_flight.load(Ordering::Relaxed);
+            t.welcomed += p.welcomed.load(Ordering::Relaxed);
+            t.joined += p.joined.load(Ordering::Relaxed);
+            t.deliveries += p.deliveries.load(Ordering::Relaxed);
+            t.published += p.published.load(Ordering::Relaxed);
+            t.acked += p.acked.load(Ordering::Relaxed);
             t.done += usize::from(p.done.load(Ordering::Acquire));
         }
         t
