@@ -32,7 +32,7 @@
 //!        ├── proto::utf8    one-shot and incremental (fail-fast) UTF-8 validation
 //!        └── proto::close   close codes, close payloads, ProtocolError → close code
 //!
-//!  msg::core::MsgShard (not wired into server::shard yet): per shard, sans-IO
+//!  msg::core::MsgShard (driven by server::shard, unless --echo): per shard, sans-IO
 //!        │   connect / client frame / mesh message / tick in → frames and mesh messages out
 //!        ├── msg::protocol  wsgate.v1.json: parse client messages, encode server messages
 //!        ├── msg::local     local side: user / room → this shard's ConnIds

@@ -68,6 +68,14 @@ pub struct ShardMetrics {
     pub abnormal_closes: u64,
     /// Connections closed, any way.
     pub closed: u64,
+    /// Messaging counters (`crate::msg`), copied from the shard's `MsgShard` each tick.
+    pub msg: crate::msg::MsgMetrics,
+    /// Gauge: users with a connection on this shard.
+    pub msg_users: u64,
+    /// Gauge: rooms with a member on this shard.
+    pub msg_rooms: u64,
+    /// Gauge: cross-shard messages waiting for room on a full ring.
+    pub mesh_pending: u64,
     /// Times the watchdog woke this shard after it slept through its ticks (glommio
     /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
     /// stay 0.
@@ -341,6 +349,138 @@ const FAMILIES: &[Family] = &[
         series: Series::Plain(|m| m.watchdog_wakes),
     },
     Family {
+        name: "wsgate_msg_users",
+        kind: Kind::Gauge,
+        help: "Users with a connection on the shard (messaging).",
+        series: Series::Plain(|m| m.msg_users),
+    },
+    Family {
+        name: "wsgate_msg_rooms",
+        kind: Kind::Gauge,
+        help: "Rooms with a member on the shard.",
+        series: Series::Plain(|m| m.msg_rooms),
+    },
+    Family {
+        name: "wsgate_msg_sends_total",
+        kind: Kind::Counter,
+        help: "User-to-user messages accepted by their owner (sequenced and stored).",
+        series: Series::Plain(|m| m.msg.sends_accepted),
+    },
+    Family {
+        name: "wsgate_msg_publishes_total",
+        kind: Kind::Counter,
+        help: "Room publishes accepted by their owner.",
+        series: Series::Plain(|m| m.msg.publishes_accepted),
+    },
+    Family {
+        name: "wsgate_msg_deliveries_total",
+        kind: Kind::Counter,
+        help: "Messaging frames handed to local connections (one per recipient connection).",
+        series: Series::Plain(|m| m.msg.frames_delivered),
+    },
+    Family {
+        name: "wsgate_mesh_sent_total",
+        kind: Kind::Counter,
+        help: "Cross-shard messages pushed onto rings.",
+        series: Series::Plain(|m| m.msg.mesh_sent),
+    },
+    Family {
+        name: "wsgate_mesh_received_total",
+        kind: Kind::Counter,
+        help: "Cross-shard messages taken off rings.",
+        series: Series::Plain(|m| m.msg.mesh_received),
+    },
+    Family {
+        name: "wsgate_mesh_waited_total",
+        kind: Kind::Counter,
+        help: "Cross-shard messages that found their ring full and waited.",
+        series: Series::Plain(|m| m.msg.mesh_waited),
+    },
+    Family {
+        name: "wsgate_mesh_shed_total",
+        kind: Kind::Counter,
+        help: "Cross-shard data messages shed: their ring stayed full past mesh_ring_full_wait.",
+        series: Series::Plain(|m| m.msg.mesh_shed),
+    },
+    Family {
+        name: "wsgate_mesh_pending",
+        kind: Kind::Gauge,
+        help: "Cross-shard messages waiting for room on a full ring.",
+        series: Series::Plain(|m| m.mesh_pending),
+    },
+    Family {
+        name: "wsgate_offline_queued_total",
+        kind: Kind::Counter,
+        help: "Messages queued for an offline user.",
+        series: Series::Plain(|m| m.msg.offline_queued),
+    },
+    Family {
+        name: "wsgate_offline_dropped_total",
+        kind: Kind::Counter,
+        help: "Offline messages dropped because the user's queue was full (oldest first).",
+        series: Series::Plain(|m| m.msg.offline_dropped),
+    },
+    Family {
+        name: "wsgate_offline_expired_total",
+        kind: Kind::Counter,
+        help: "Offline messages dropped for age.",
+        series: Series::Plain(|m| m.msg.offline_expired),
+    },
+    Family {
+        name: "wsgate_offline_delivered_total",
+        kind: Kind::Counter,
+        help: "Offline messages delivered on connect.",
+        series: Series::Plain(|m| m.msg.offline_delivered),
+    },
+    Family {
+        name: "wsgate_history_trimmed_total",
+        kind: Kind::Counter,
+        help: "History entries forgotten (count, bytes or age limits).",
+        series: Series::Plain(|m| m.msg.history_trimmed),
+    },
+    Family {
+        name: "wsgate_msg_replays_total",
+        kind: Kind::Counter,
+        help: "Resumes and joins answered with a replay from history.",
+        series: Series::Plain(|m| m.msg.replays),
+    },
+    Family {
+        name: "wsgate_msg_resyncs_total",
+        kind: Kind::Counter,
+        help: "Resumes and joins answered with resync.",
+        series: Series::Plain(|m| m.msg.resyncs),
+    },
+    Family {
+        name: "wsgate_msg_receipts_total",
+        kind: Kind::Counter,
+        help: "Delivery receipts sent to senders.",
+        series: Series::Plain(|m| m.msg.receipts),
+    },
+    Family {
+        name: "wsgate_msg_receipts_undeliverable_total",
+        kind: Kind::Counter,
+        help: "Receipts dropped because the sender had no connection.",
+        series: Series::Plain(|m| m.msg.receipts_undeliverable),
+    },
+    Family {
+        name: "wsgate_msg_presence_events_total",
+        kind: Kind::Counter,
+        help: "Room join/leave presence events sent.",
+        series: Series::Plain(|m| m.msg.presence_events),
+    },
+    Family {
+        name: "wsgate_msg_protocol_closes_total",
+        kind: Kind::Counter,
+        help: "Connections closed for frames that are not protocol messages (1003, 1008).",
+        series: Series::Plain(|m| m.msg.protocol_closes),
+    },
+    Family {
+        name: "wsgate_msg_client_errors_total",
+        kind: Kind::Counter,
+        help: "Error messages sent to clients, by code.",
+        series: Series::Labelled("code", |m| sorted(&m.msg.errors_by_code)),
+    },
+    Family {
         name: "wsgate_tls_sessions",
         kind: Kind::Gauge,
         help: "Connections on the TLS listener now (handshaking, open or closing).",
@@ -507,6 +647,8 @@ mod tests {
         ShardMetrics::bump(&mut m.tls_handshake_failures, "bad_message");
         ShardMetrics::bump(&mut m.handshake_failures, "handshake_limit");
         ShardMetrics::bump(&mut m.limit_hits, "message_rate");
+        m.msg.publishes_accepted = 1;
+        m.msg.errors_by_code.insert("too_large", 2);
         ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
         ShardMetrics::bump(&mut m.handshake_failures, "bad_version");
         ShardMetrics::bump(&mut m.close_codes_sent, 1009);
@@ -595,6 +737,72 @@ wsgate_connections_closed_total{shard="0"} 6
 # HELP wsgate_shard_watchdog_wakes_total Times the watchdog woke a shard that slept through its ticks.
 # TYPE wsgate_shard_watchdog_wakes_total counter
 wsgate_shard_watchdog_wakes_total{shard="0"} 0
+# HELP wsgate_msg_users Users with a connection on the shard (messaging).
+# TYPE wsgate_msg_users gauge
+wsgate_msg_users{shard="0"} 0
+# HELP wsgate_msg_rooms Rooms with a member on the shard.
+# TYPE wsgate_msg_rooms gauge
+wsgate_msg_rooms{shard="0"} 0
+# HELP wsgate_msg_sends_total User-to-user messages accepted by their owner (sequenced and stored).
+# TYPE wsgate_msg_sends_total counter
+wsgate_msg_sends_total{shard="0"} 0
+# HELP wsgate_msg_publishes_total Room publishes accepted by their owner.
+# TYPE wsgate_msg_publishes_total counter
+wsgate_msg_publishes_total{shard="0"} 1
+# HELP wsgate_msg_deliveries_total Messaging frames handed to local connections (one per recipient connection).
+# TYPE wsgate_msg_deliveries_total counter
+wsgate_msg_deliveries_total{shard="0"} 0
+# HELP wsgate_mesh_sent_total Cross-shard messages pushed onto rings.
+# TYPE wsgate_mesh_sent_total counter
+wsgate_mesh_sent_total{shard="0"} 0
+# HELP wsgate_mesh_received_total Cross-shard messages taken off rings.
+# TYPE wsgate_mesh_received_total counter
+wsgate_mesh_received_total{shard="0"} 0
+# HELP wsgate_mesh_waited_total Cross-shard messages that found their ring full and waited.
+# TYPE wsgate_mesh_waited_total counter
+wsgate_mesh_waited_total{shard="0"} 0
+# HELP wsgate_mesh_shed_total Cross-shard data messages shed: their ring stayed full past mesh_ring_full_wait.
+# TYPE wsgate_mesh_shed_total counter
+wsgate_mesh_shed_total{shard="0"} 0
+# HELP wsgate_mesh_pending Cross-shard messages waiting for room on a full ring.
+# TYPE wsgate_mesh_pending gauge
+wsgate_mesh_pending{shard="0"} 0
+# HELP wsgate_offline_queued_total Messages queued for an offline user.
+# TYPE wsgate_offline_queued_total counter
+wsgate_offline_queued_total{shard="0"} 0
+# HELP wsgate_offline_dropped_total Offline messages dropped because the user's queue was full (oldest first).
+# TYPE wsgate_offline_dropped_total counter
+wsgate_offline_dropped_total{shard="0"} 0
+# HELP wsgate_offline_expired_total Offline messages dropped for age.
+# TYPE wsgate_offline_expired_total counter
+wsgate_offline_expired_total{shard="0"} 0
+# HELP wsgate_offline_delivered_total Offline messages delivered on connect.
+# TYPE wsgate_offline_delivered_total counter
+wsgate_offline_delivered_total{shard="0"} 0
+# HELP wsgate_history_trimmed_total History entries forgotten (count, bytes or age limits).
+# TYPE wsgate_history_trimmed_total counter
+wsgate_history_trimmed_total{shard="0"} 0
+# HELP wsgate_msg_replays_total Resumes and joins answered with a replay from history.
+# TYPE wsgate_msg_replays_total counter
+wsgate_msg_replays_total{shard="0"} 0
+# HELP wsgate_msg_resyncs_total Resumes and joins answered with resync.
+# TYPE wsgate_msg_resyncs_total counter
+wsgate_msg_resyncs_total{shard="0"} 0
+# HELP wsgate_msg_receipts_total Delivery receipts sent to senders.
+# TYPE wsgate_msg_receipts_total counter
+wsgate_msg_receipts_total{shard="0"} 0
+# HELP wsgate_msg_receipts_undeliverable_total Receipts dropped because the sender had no connection.
+# TYPE wsgate_msg_receipts_undeliverable_total counter
+wsgate_msg_receipts_undeliverable_total{shard="0"} 0
+# HELP wsgate_msg_presence_events_total Room join/leave presence events sent.
+# TYPE wsgate_msg_presence_events_total counter
+wsgate_msg_presence_events_total{shard="0"} 0
+# HELP wsgate_msg_protocol_closes_total Connections closed for frames that are not protocol messages (1003, 1008).
+# TYPE wsgate_msg_protocol_closes_total counter
+wsgate_msg_protocol_closes_total{shard="0"} 0
+# HELP wsgate_msg_client_errors_total Error messages sent to clients, by code.
+# TYPE wsgate_msg_client_errors_total counter
+wsgate_msg_client_errors_total{shard="0",code="too_large"} 2
 # HELP wsgate_tls_sessions Connections on the TLS listener now (handshaking, open or closing).
 # TYPE wsgate_tls_sessions gauge
 wsgate_tls_sessions{shard="0"} 3

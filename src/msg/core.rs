@@ -28,7 +28,7 @@
 //! [`flush_mesh`](MsgShard::flush_mesh) at its end, before draining `poll_output` (a
 //! request the mesh shed becomes an `overloaded` error to send).
 //!
-//! # Wiring it into `server::shard` (not done yet)
+//! # How `server::shard` wires it
 //!
 //! 1. Start-up: `mesh::build::<MeshMsg>(bells, cfg.msg.ring_depth,
 //!    cfg.msg.ring_full_wait)` with one doorbell per shard (each shard's

@@ -101,6 +101,11 @@ impl LocalHub {
         self.conns.len()
     }
 
+    /// Users with a local connection (gauge).
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
     /// Rooms with local members (gauge).
     pub fn rooms(&self) -> usize {
         self.rooms.len()

@@ -182,8 +182,7 @@ impl Default for MsgLimits {
 }
 
 /// Messaging counters of one shard: plain integers bumped on the hot path, like
-/// [`crate::metrics::ShardMetrics`]. Not published to `/metrics` yet (the shard
-/// integration will copy them there each tick).
+/// [`crate::metrics::ShardMetrics`]; the shard copies them there each tick.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MsgMetrics {
     /// `send` requests accepted by their owner (sequenced and stored).

@@ -46,12 +46,13 @@ use std::thread::JoinHandle;
 
 use futures_lite::AsyncReadExt;
 
-pub use self::shard::{Command, Peers, ShardHandle};
+pub use self::shard::{Command, Peers, ShardHandle, Shared};
 use self::shard::{Shard, ShardState};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::metrics::Registry;
+use crate::msg::mesh::{self, Doorbell, Endpoint, MeshMsg};
 use crate::proto::close::CloseCode;
 use crate::tls::TlsContext;
 
@@ -159,14 +160,23 @@ impl Server {
         let preempt_timer = tests::PREEMPT_TIMER.get().unwrap_or(SHARD_PREEMPT_TIMER);
         #[cfg(not(test))]
         let preempt_timer = SHARD_PREEMPT_TIMER;
+        let shared = Shared {
+            cfg: cfg.clone(),
+            registry,
+            auth,
+            edge,
+            peers: peers.clone(),
+        };
+        // Each shard gets its ends of the cross-shard rings once every shard exists
+        // (the rings ring the shards' doorbells); until then its thread waits.
+        let mut mesh_senders = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let shard_tls = tls_listeners[id].take().zip(tls.clone());
             let (tx, rx) = std::sync::mpsc::channel();
+            let (mesh_tx, mesh_rx) = std::sync::mpsc::channel::<Endpoint<MeshMsg>>();
+            mesh_senders.push(mesh_tx);
             let cfg = cfg.clone();
-            let registry = registry.clone();
-            let auth = auth.clone();
-            let edge = edge.clone();
-            let peers = peers.clone();
+            let shared = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{id}"))
                 .spawn(move || {
@@ -183,15 +193,19 @@ impl Server {
                         }
                     };
                     executor.run(async move {
-                        let (shard, bell) =
-                            match Shard::new(id, cfg.clone(), registry, auth, edge, peers, listener, shard_tls) {
-                                Ok(made) => made,
-                                Err(e) => {
-                                    let _ = tx.send(Err(e));
-                                    return;
-                                }
-                            };
+                        let (mut shard, bell) = match Shard::new(id, shared, listener, shard_tls) {
+                            Ok(made) => made,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
                         let _ = tx.send(Ok(shard.handle()));
+                        match mesh_rx.recv() {
+                            Ok(endpoint) => shard.attach_mesh(endpoint),
+                            // Another shard failed to start: the server is not coming up.
+                            Err(_) => return,
+                        }
                         run_shard(shard, bell, cfg).await;
                     });
                 })?;
@@ -204,6 +218,16 @@ impl Server {
         peers
             .set(handles.clone())
             .expect("the peer list is set once, after every shard started");
+        let bells: Vec<Arc<dyn Doorbell>> = handles
+            .iter()
+            .map(|handle| Arc::new(handle.bell()) as Arc<dyn Doorbell>)
+            .collect();
+        let endpoints = mesh::build::<MeshMsg>(bells, cfg.msg.ring_depth, cfg.msg.ring_full_wait);
+        for (endpoint, sender) in endpoints.into_iter().zip(mesh_senders) {
+            sender
+                .send(endpoint)
+                .map_err(|_| io::Error::other("a shard died while starting"))?;
+        }
         let watchdog_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watchdog = watchdog::spawn(handles.clone(), cfg.tick, watchdog_stop.clone())?;
         Ok(Self {
@@ -301,5 +325,7 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_edge;
+#[cfg(test)]
+mod tests_msg;
 #[cfg(test)]
 mod tls_tests;

@@ -36,6 +36,10 @@ use crate::auth::{self, Authenticator};
 use crate::config::Config;
 use crate::edge::{self, ConnRef, Edge, IpAdmission, IpTicket, MessageRate, Refusal, UserTicket};
 use crate::metrics::{Registry, ShardMetrics};
+use crate::msg::ConnId;
+use crate::msg::core::{MsgShard, Output};
+use crate::msg::mesh::{Endpoint, MeshMsg};
+use crate::msg::protocol::{self, Encoding, FrameKind};
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message, Timeout};
 use crate::proto::frame::{OpCode, Role, SharedFrame};
@@ -68,6 +72,8 @@ const WHEEL_SLOTS: usize = 1024;
 /// record): many small frames share a record instead of paying 22 bytes and an AEAD call
 /// each, and at most this much ciphertext (plus one message) waits per connection.
 const TLS_SEAL_BATCH_BYTES: usize = 16 * 1024;
+/// Messages taken from each other shard's ring per turn (the rest wait for the next).
+const MESH_RECV_BATCH: usize = 4096;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -77,6 +83,18 @@ const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: c
 
 fn user_data(kind: u64, entry: Entry) -> u64 {
     kind | (u64::from(entry.gen_ & GEN_MASK) << 32) | u64::from(entry.slot)
+}
+
+/// The messaging layer's name for a connection: its slot and generation.
+fn conn_of(entry: Entry) -> ConnId {
+    ConnId(u64::from(entry.slot) | (u64::from(entry.gen_) << 32))
+}
+
+fn entry_of_conn(conn: ConnId) -> Entry {
+    Entry {
+        slot: conn.0 as u32,
+        gen_: (conn.0 >> 32) as u32,
+    }
 }
 
 fn entry_of(user_data: u64) -> Entry {
@@ -134,6 +152,11 @@ impl ShardHandle {
     pub fn send(&self, command: Command) {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(command);
         self.bell.ring();
+    }
+
+    /// The shard's doorbell (the mesh rings it when they bring messages).
+    pub fn bell(&self) -> Bell {
+        self.bell.clone()
     }
 
     /// Ticks run so far.
@@ -344,6 +367,10 @@ pub struct Shard {
     edge: Arc<Edge>,
     /// The other shards, for evicting a connection held by one of them.
     peers: Peers,
+    /// Messaging (`None` in echo mode): this shard's owner and local sides.
+    msg: Option<MsgShard>,
+    /// This shard's ends of the rings to and from every other shard.
+    mesh: Option<Endpoint<MeshMsg>>,
     /// The per-connection message rate limit, if on.
     message_rate: Option<MessageRate>,
     /// Time zero of the message-rate clocks.
@@ -401,19 +428,37 @@ impl std::fmt::Debug for Shard {
     }
 }
 
+/// What every shard of a server shares, read-only or behind its own locks.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// Where shards publish their metrics.
+    pub registry: Arc<Registry>,
+    /// Checks the token of every upgrade request.
+    pub auth: Arc<Authenticator>,
+    /// Per-address and per-user limits.
+    pub edge: Arc<Edge>,
+    /// Every shard's handle, filled in once all have started.
+    pub peers: Peers,
+}
+
 impl Shard {
     /// A shard serving `listener` (and `tls`: a TLS listener and the configuration its
     /// connections get), and the doorbell's far end its task waits on.
     pub fn new(
         id: usize,
-        cfg: Arc<Config>,
-        registry: Arc<Registry>,
-        auth: Arc<Authenticator>,
-        edge: Arc<Edge>,
-        peers: Peers,
+        shared: Shared,
         listener: OwnedFd,
         tls: Option<(OwnedFd, Arc<TlsContext>)>,
     ) -> std::io::Result<(Self, OwnedFd)> {
+        let Shared {
+            cfg,
+            registry,
+            auth,
+            edge,
+            peers,
+        } = shared;
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
         let (tls_listener, tls) = match tls {
             Some((listener, context)) => (Some(listener), Some(context)),
@@ -434,8 +479,28 @@ impl Shard {
             handshake: HandshakeConfig {
                 paths: cfg.paths.clone(),
                 allowed_origins: cfg.allowed_origins.clone(),
-                subprotocols: cfg.subprotocols.clone(),
+                subprotocols: {
+                    // The messaging protocol is selected when a client offers it (and
+                    // spoken to clients that offer none).
+                    let mut protocols = cfg.subprotocols.clone();
+                    if !cfg.echo && !protocols.iter().any(|p| p == protocol::SUBPROTOCOL_JSON) {
+                        protocols.push(protocol::SUBPROTOCOL_JSON.to_owned());
+                    }
+                    protocols
+                },
             },
+            msg: (!cfg.echo).then(|| {
+                let seed = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                MsgShard::new(
+                    id as u16,
+                    cfg.shards,
+                    &cfg.msg,
+                    seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                )
+            }),
+            mesh: None,
             ring,
             handle,
             registry,
@@ -486,6 +551,60 @@ impl Shard {
         self.handle.clone()
     }
 
+    /// Gives the shard its ends of the cross-shard rings (once every shard exists).
+    pub fn attach_mesh(&mut self, endpoint: Endpoint<MeshMsg>) {
+        self.mesh = Some(endpoint);
+    }
+
+    /// Whether the shard speaks the messaging protocol (not in echo mode).
+    pub fn messaging(&self) -> bool {
+        self.msg.is_some()
+    }
+
+    /// Takes what other shards sent (start of a turn and every tick).
+    fn recv_mesh(&mut self) {
+        if let (Some(msg), Some(mesh)) = (self.msg.as_mut(), self.mesh.as_mut()) {
+            msg.recv_mesh(mesh, self.now, MESH_RECV_BATCH);
+        }
+    }
+
+    /// Sends what messaging produced: cross-shard messages onto the rings, frames onto
+    /// the connections' send queues (shared, encoded once), closes to the connections
+    /// that broke the protocol.
+    fn flush_messaging(&mut self) {
+        let Some(msg) = self.msg.as_mut() else { return };
+        if let Some(mesh) = self.mesh.as_mut() {
+            msg.flush_mesh(mesh, self.now);
+        }
+        while let Some(output) = self.msg.as_mut().and_then(MsgShard::poll_output) {
+            match output {
+                Output::Send { conn, frame } => {
+                    let entry = entry_of_conn(conn);
+                    if self.valid(entry)
+                        && self.slots[entry.slot as usize].phase == Phase::Open
+                        && self.slots[entry.slot as usize].ws.can_send()
+                    {
+                        self.metrics.messages_out += 1;
+                        self.enqueue(entry, Out::Frame(frame), false);
+                    }
+                }
+                Output::Close { conn, code, reason } => {
+                    let entry = entry_of_conn(conn);
+                    if self.valid(entry) && self.slots[entry.slot as usize].phase == Phase::Open {
+                        self.slots[entry.slot as usize]
+                            .ws
+                            .close(self.now, &self.cfg.limits, code, reason);
+                        self.after_protocol(entry);
+                    }
+                }
+            }
+        }
+        if self.mesh.as_ref().is_some_and(|mesh| mesh.pending() > 0) {
+            // Messages wait for room on a ring: come back soon rather than at the tick.
+            self.handle.bell.ring();
+        }
+    }
+
     fn arm_accept(&mut self) {
         self.arm_accept_on(ACCEPT_PLAIN);
         self.arm_accept_on(ACCEPT_TLS);
@@ -515,6 +634,7 @@ impl Shard {
                 Command::Kick { slot, gen_ } => self.evict(Entry { slot, gen_ }),
             }
         }
+        self.recv_mesh();
         let again = std::mem::take(&mut self.again);
         for entry in again {
             if self.valid(entry) {
@@ -548,6 +668,10 @@ impl Shard {
     pub fn on_tick(&mut self) -> ShardState {
         self.now = Instant::now();
         self.handle.ticks.fetch_add(1, Ordering::Relaxed);
+        self.recv_mesh();
+        if let Some(msg) = self.msg.as_mut() {
+            msg.handle_tick(self.now);
+        }
         self.drain_ring();
         let now = self.now;
         self.fired.clear();
@@ -577,6 +701,7 @@ impl Shard {
     }
 
     fn end_turn(&mut self) -> ShardState {
+        self.flush_messaging();
         let dirty = std::mem::take(&mut self.dirty);
         for entry in &dirty {
             if self.valid(*entry) {
@@ -993,6 +1118,8 @@ impl Shard {
                 user: UserTicket,
                 ip: IpTicket,
                 evict: Option<ConnRef>,
+                identity: Box<auth::Identity>,
+                encoding: Encoding,
             },
         }
         let conn = ConnRef {
@@ -1073,6 +1200,9 @@ impl Shard {
                                             user,
                                             ip: admission.ticket,
                                             evict,
+                                            encoding: Encoding::from_subprotocol(request.selected_protocol())
+                                                .unwrap_or(Encoding::Json),
+                                            identity: Box::new(identity),
                                         }
                                     }
                                 }
@@ -1104,6 +1234,8 @@ impl Shard {
                 user,
                 ip,
                 evict,
+                identity,
+                encoding,
             } => {
                 let response = self.scratch.as_slice().into();
                 let slot = &mut self.slots[index];
@@ -1122,6 +1254,9 @@ impl Shard {
                 self.schedule(entry);
                 if let Some(victim) = evict {
                     self.evict_anywhere(victim);
+                }
+                if let Some(msg) = self.msg.as_mut() {
+                    msg.handle_connect(conn_of(entry), &identity, encoding, self.now);
                 }
                 if !leftover.is_empty() {
                     // Frames sent right behind the request: feed them as if just read.
@@ -1165,10 +1300,21 @@ impl Shard {
                         );
                         continue;
                     }
-                    echo.then(|| match &message {
-                        Message::Text(text) => SharedFrame::new(OpCode::Text, text.as_bytes()),
-                        Message::Binary(bytes) => SharedFrame::new(OpCode::Binary, bytes),
-                    })
+                    if let Some(msg) = self.msg.as_mut() {
+                        // Messaging: what it answers comes out of `flush_messaging` at
+                        // the end of the turn, batched with everything else.
+                        let (kind, payload) = match &message {
+                            Message::Text(text) => (FrameKind::Text, text.as_bytes()),
+                            Message::Binary(bytes) => (FrameKind::Binary, &bytes[..]),
+                        };
+                        msg.handle_client_frame(conn_of(entry), kind, payload, self.now);
+                        None
+                    } else {
+                        echo.then(|| match &message {
+                            Message::Text(text) => SharedFrame::new(OpCode::Text, text.as_bytes()),
+                            Message::Binary(bytes) => SharedFrame::new(OpCode::Binary, bytes),
+                        })
+                    }
                 }
                 Event::Close { code, .. } => {
                     slot.peer_closed = true;
@@ -1281,6 +1427,9 @@ impl Shard {
 
     /// Gives the connection's share of the per-address and per-user limits back.
     fn forget_peer(&mut self, entry: Entry) {
+        if let Some(msg) = self.msg.as_mut() {
+            msg.handle_disconnect(conn_of(entry), self.now);
+        }
         let slot = &mut self.slots[entry.slot as usize];
         self.edge.release_ip(std::mem::take(&mut slot.ip));
         let user = std::mem::take(&mut slot.user);
@@ -1783,6 +1932,14 @@ impl Shard {
         self.metrics.handshakes_in_progress = self.handshakes as u64;
         self.metrics.queued_bytes = self.queued_total as u64;
         self.metrics.watchdog_wakes = self.handle.watchdog_wakes.load(Ordering::Relaxed);
+        if let Some(msg) = &self.msg {
+            self.metrics.msg.clone_from(msg.metrics());
+            self.metrics.msg_users = msg.hub().users() as u64;
+            self.metrics.msg_rooms = msg.hub().rooms() as u64;
+        }
+        if let Some(mesh) = &self.mesh {
+            self.metrics.mesh_pending = mesh.pending() as u64;
+        }
         #[cfg(test)]
         {
             self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();

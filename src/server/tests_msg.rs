@@ -1,0 +1,281 @@
+//! End-to-end tests of messaging on real shards and sockets: the `wsgate.v1.json`
+//! protocol driven through `server::shard` into `msg::MsgShard`, across two shards (the
+//! kernel spreads the clients over both, and owners are `hash(key) % 2`, so most paths
+//! below cross cores; the tests check that the mesh carried traffic).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::tests::{Client, OwnedEvent, TestServer, UPGRADE};
+
+fn messaging_server(tweak: impl FnOnce(&mut crate::config::Config)) -> TestServer {
+    TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+        tweak(cfg);
+    })
+}
+
+/// A protocol client: a WebSocket client that speaks JSON.
+struct Peer {
+    client: Client,
+}
+
+impl Peer {
+    /// Connects as `user` (auth mode none takes `?user=`), offers the protocol and waits
+    /// for `welcome`, returning it.
+    fn connect(server: &TestServer, user: &str) -> (Self, Value) {
+        let request = UPGRADE
+            .replace("GET /ws ", &format!("GET /ws?user={user} "))
+            .replace("Host:", "Sec-WebSocket-Protocol: wsgate.v1.json\r\nHost:");
+        let (client, head) = Client::handshake(server.addr, request.as_bytes());
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(head.contains("Sec-WebSocket-Protocol: wsgate.v1.json\r\n"), "{head}");
+        let mut peer = Self { client };
+        let welcome = peer.expect("welcome");
+        assert_eq!(welcome["user"], user);
+        (peer, welcome)
+    }
+
+    fn send(&mut self, message: Value) {
+        self.client.send_text(&message.to_string());
+    }
+
+    /// The next message, parsed.
+    fn next(&mut self) -> Value {
+        match self.client.next_event() {
+            Some(OwnedEvent::Text(text)) => serde_json::from_str(&text).expect("the server sends JSON"),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must be of `kind`.
+    fn expect(&mut self, kind: &str) -> Value {
+        let message = self.next();
+        assert_eq!(message["type"], kind, "{message}");
+        message
+    }
+}
+
+fn mesh_traffic(server: &TestServer) -> u64 {
+    server.registry.snapshot().iter().map(|m| m.msg.mesh_sent).sum()
+}
+
+#[test]
+fn user_to_user_across_shards_with_ack_delivery_and_receipt() {
+    let server = messaging_server(|_| {});
+    // Several pairs, so that senders, recipients and owners land on both shards.
+    for pair in 0..6 {
+        let (alice, bob) = (format!("alice{pair}"), format!("bob{pair}"));
+        let (mut a, _) = Peer::connect(&server, &alice);
+        let (mut b, _) = Peer::connect(&server, &bob);
+        a.send(json!({"type": "send", "to": bob, "id": "m1", "body": {"text": "hi"}}));
+        let ack = a.expect("ack");
+        assert_eq!(
+            (ack["id"].as_str(), ack["seq"].as_u64()),
+            (Some("m1"), Some(1)),
+            "{ack}"
+        );
+        let msg = b.expect("msg");
+        assert_eq!(msg["from"], alice.as_str());
+        assert_eq!(msg["body"], json!({"text": "hi"}));
+        assert_eq!(msg["seq"], 1);
+        b.send(json!({"type": "ack", "seq": 1}));
+        let receipt = a.expect("receipt");
+        assert_eq!(
+            (receipt["by"].as_str(), receipt["seq"].as_u64()),
+            (Some(bob.as_str()), Some(1))
+        );
+    }
+    server.wait_for("cross-core traffic", |_| mesh_traffic(&server) > 0);
+}
+
+#[test]
+fn every_device_of_a_user_gets_its_messages_in_order() {
+    let server = messaging_server(|_| {});
+    let (mut sender, _) = Peer::connect(&server, "sender");
+    let mut devices: Vec<Peer> = (0..4).map(|_| Peer::connect(&server, "multi").0).collect();
+    for n in 1..=20u64 {
+        sender.send(json!({"type": "send", "to": "multi", "id": n, "body": n}));
+    }
+    for n in 1..=20u64 {
+        assert_eq!(sender.expect("ack")["seq"], n);
+    }
+    for device in &mut devices {
+        for n in 1..=20u64 {
+            let msg = device.expect("msg");
+            assert_eq!((msg["seq"].as_u64(), msg["body"].as_u64()), (Some(n), Some(n)), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn a_room_publish_reaches_every_member_on_every_shard_once_in_order() {
+    let server = messaging_server(|_| {});
+    let mut members: Vec<Peer> = (0..10).map(|i| Peer::connect(&server, &format!("m{i}")).0).collect();
+    for member in &mut members {
+        member.send(json!({"type": "join", "room": "lobby", "id": "j"}));
+        member.expect("joined");
+    }
+    // Two publishers at once: every member sees one order, with no gaps.
+    let (mut p1, _) = Peer::connect(&server, "p1");
+    let (mut p2, _) = Peer::connect(&server, "p2");
+    for n in 0..10 {
+        p1.send(json!({"type": "publish", "room": "lobby", "body": format!("p1-{n}")}));
+        p2.send(json!({"type": "publish", "room": "lobby", "body": format!("p2-{n}")}));
+    }
+    let mut orders = Vec::new();
+    for member in &mut members {
+        let mut order = Vec::new();
+        for seq in 1..=20u64 {
+            let msg = member.expect("room_msg");
+            assert_eq!(msg["seq"], seq, "{msg}");
+            order.push(msg["body"].as_str().unwrap().to_owned());
+        }
+        orders.push(order);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every member sees the same order"
+    );
+    // exclude_self: the publishing member does not get its own message back.
+    members[0].send(json!({"type": "publish", "room": "lobby", "body": "quiet", "exclude_self": true, "id": 7}));
+    assert_eq!(members[0].expect("ack")["seq"], 21);
+    assert_eq!(members[1].expect("room_msg")["body"], "quiet");
+}
+
+#[test]
+fn offline_messages_wait_for_the_next_connection() {
+    let server = messaging_server(|_| {});
+    let (mut sender, _) = Peer::connect(&server, "early");
+    for n in 1..=3u64 {
+        sender.send(json!({"type": "send", "to": "late", "body": n}));
+        assert_eq!(sender.expect("ack")["seq"], n);
+    }
+    let (mut late, welcome) = Peer::connect(&server, "late");
+    assert_eq!(welcome["inbox"]["seq"], 3, "{welcome}");
+    for n in 1..=3u64 {
+        assert_eq!(late.expect("msg")["body"], n);
+    }
+    server.wait_for("offline delivery counted", |_| {
+        server
+            .registry
+            .snapshot()
+            .iter()
+            .map(|m| m.msg.offline_delivered)
+            .sum::<u64>()
+            == 3
+    });
+}
+
+#[test]
+fn a_reconnecting_client_resumes_from_its_last_seq() {
+    let server = messaging_server(|_| {});
+    let (mut sender, _) = Peer::connect(&server, "s");
+    let (mut r, welcome) = Peer::connect(&server, "r");
+    let epoch = welcome["inbox"]["epoch"].clone();
+    sender.send(json!({"type": "send", "to": "r", "body": 1}));
+    assert_eq!(r.expect("msg")["seq"], 1);
+    drop(r);
+    sender.expect("ack");
+    // While it is away (another device keeps it online, so nothing is queued offline).
+    let (_other, _) = Peer::connect(&server, "r");
+    for n in 2..=4 {
+        sender.send(json!({"type": "send", "to": "r", "body": n}));
+        sender.expect("ack");
+    }
+    let (mut back, _) = Peer::connect(&server, "r");
+    back.send(json!({"type": "resume", "since": {"epoch": epoch, "seq": 1}, "id": "re"}));
+    for n in 2..=4u64 {
+        assert_eq!(back.expect("msg")["seq"], n);
+    }
+    let resumed = back.expect("resumed");
+    assert_eq!(resumed["replayed"], 3, "{resumed}");
+    // A position from another epoch cannot be replayed: resync.
+    back.send(json!({"type": "resume", "since": {"epoch": 12345, "seq": 1}}));
+    assert_eq!(back.expect("resync")["reason"], "epoch_changed");
+}
+
+#[test]
+fn presence_of_users_and_rooms() {
+    let server = messaging_server(|_| {});
+    let (mut asker, _) = Peer::connect(&server, "asker");
+    let (_d1, _) = Peer::connect(&server, "dora");
+    let (_d2, _) = Peer::connect(&server, "dora");
+    asker.send(json!({"type": "presence", "user": "dora", "id": 1}));
+    let answer = asker.expect("presence");
+    assert_eq!(
+        (answer["online"].as_bool(), answer["connections"].as_u64()),
+        (Some(true), Some(2)),
+        "{answer}"
+    );
+    asker.send(json!({"type": "presence", "user": "nobody", "id": 2}));
+    assert_eq!(asker.expect("presence")["online"], false);
+    asker.send(json!({"type": "join", "room": "r", "presence": true}));
+    asker.expect("joined");
+    let (mut eve, _) = Peer::connect(&server, "eve");
+    eve.send(json!({"type": "join", "room": "r"}));
+    eve.expect("joined");
+    // Its own join first, then eve's.
+    let own = asker.expect("presence");
+    assert_eq!(
+        (own["event"].as_str(), own["user"].as_str()),
+        (Some("join"), Some("asker")),
+        "{own}"
+    );
+    let event = asker.expect("presence");
+    assert_eq!(
+        (event["event"].as_str(), event["user"].as_str()),
+        (Some("join"), Some("eve")),
+        "{event}"
+    );
+    assert_eq!(event["members"], 2, "{event}");
+}
+
+#[test]
+fn garbage_and_bad_requests_get_their_answers() {
+    let server = messaging_server(|_| {});
+    let (mut peer, _) = Peer::connect(&server, "g");
+    peer.send(json!({"type": "fly", "id": 9}));
+    let error = peer.expect("error");
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("unknown_type"), Some(9))
+    );
+    peer.client.send_text("not json");
+    assert_eq!(peer.client.next_event(), Some(OwnedEvent::Close(Some(1008))));
+}
+
+#[test]
+fn a_slow_member_of_a_hot_room_does_not_slow_the_others() {
+    let server = messaging_server(|cfg| cfg.send_queue_bytes = 64 * 1024);
+    let (mut slow, _) = Peer::connect(&server, "slow");
+    slow.send(json!({"type": "join", "room": "hot"}));
+    slow.expect("joined");
+    // A small receive window, so the kernel holds little of what it is sent.
+    socket2::SockRef::from(&slow.client.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let (mut fast, _) = Peer::connect(&server, "fast");
+    fast.send(json!({"type": "join", "room": "hot"}));
+    fast.expect("joined");
+    let (mut publisher, _) = Peer::connect(&server, "pub");
+    let body = "x".repeat(60 * 1024);
+    let mut worst = Duration::ZERO;
+    // `slow` never reads: its queue passes 64 KiB and it is closed as a slow consumer,
+    // while `fast` keeps getting every message promptly.
+    for n in 1..=300u64 {
+        let sent = Instant::now();
+        publisher.send(json!({"type": "publish", "room": "hot", "body": body}));
+        let msg = fast.expect("room_msg");
+        assert_eq!(msg["seq"], n);
+        worst = worst.max(sent.elapsed());
+        publisher.expect("ack");
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "worst publish-to-delivery {worst:?}"
+    );
+    server.wait_for("the slow member closed", |m| m.slow_consumer_closes == 1);
+}
