@@ -137,14 +137,18 @@ pub fn for_each_member<'a>(text: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8])
         return true;
     }
     loop {
-        let Some(key_end) = skip_string(text, i) else { return false };
+        let Some(key_end) = skip_string(text, i) else {
+            return false;
+        };
         let key = &text[i + 1..key_end - 1];
         i = skip_ws(text, key_end);
         if text.get(i) != Some(&b':') {
             return false;
         }
         let start = skip_ws(text, i + 1);
-        let Some(end) = skip_value(text, start) else { return false };
+        let Some(end) = skip_value(text, start) else {
+            return false;
+        };
         if !f(key, &text[start..end]) {
             return true;
         }
@@ -341,7 +345,14 @@ mod tests {
     fn reads_the_servers_room_msg() {
         let mut out = Vec::new();
         let id = ClientId::from_json_text("7");
-        protocol::encode_room_msg(&mut out, "hot", 42, "pub-0", Some(&id), r#"{"t":123456789,"n":7,"p":"xx"}"#);
+        protocol::encode_room_msg(
+            &mut out,
+            "hot",
+            42,
+            "pub-0",
+            Some(&id),
+            r#"{"t":123456789,"n":7,"p":"xx"}"#,
+        );
         assert_eq!(
             read_server(&out),
             Incoming::RoomMsg {

@@ -818,7 +818,10 @@ impl Worker {
                 &mut request,
                 &self.plan.request_prefix,
                 prefix,
-                self.plan.fanout.as_ref().is_some_and(|f| self.slots[index].id < f.publishers),
+                self.plan
+                    .fanout
+                    .as_ref()
+                    .is_some_and(|f| self.slots[index].id < f.publishers),
                 self.slots[index].id,
             ),
             None => request.extend_from_slice(self.plan.request_prefix.as_bytes()),

@@ -157,7 +157,9 @@ impl FanoutStats {
         self.published_total += o.published_total;
         self.published_in_window += o.published_in_window;
         self.acked_total += o.acked_total;
-        self.ack_ns.add(&o.ack_ns).expect("histograms with the same bounds merge");
+        self.ack_ns
+            .add(&o.ack_ns)
+            .expect("histograms with the same bounds merge");
         self.unacked += o.unacked;
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -181,7 +183,8 @@ impl FanoutStats {
         if let Some(n) = n.filter(|&n| n < tracked) {
             let n = n as usize;
             if self.last.len() <= n {
-                self.last.resize((n + 1).next_power_of_two().min(tracked as usize), (0, 0));
+                self.last
+                    .resize((n + 1).next_power_of_two().min(tracked as usize), (0, 0));
             }
             let entry = &mut self.last[n];
             entry.0 = entry.0.max(latency_ns);
@@ -489,6 +492,10 @@ mod tests {
         );
         let mut out = Vec::new();
         request_with_user(&mut out, &prefix.replace("/ws", "/ws?a=1"), "", true, 0);
-        assert!(String::from_utf8(out).unwrap().starts_with("GET /ws?a=1&user=pub-0 HTTP/1.1\r\n"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("GET /ws?a=1&user=pub-0 HTTP/1.1\r\n")
+        );
     }
 }
