@@ -78,6 +78,49 @@ pub struct FanoutArgs {
     pub common: CommonArgs,
 }
 
+/// `wsgate bench direct ...`: user to user.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct DirectArgs {
+    /// Pairs of users (two connections each): connection 2i sends to user 2i+1 and back.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub pairs: u64,
+    /// Messages per second, all senders together: N, N/s or N/m.
+    #[arg(long, value_name = "RATE", default_value = "1000/s", value_parser = super::Rate::parse)]
+    pub send_rate: super::Rate,
+    /// Measured time, after the warm-up.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::duration_arg)]
+    pub duration: Duration,
+    /// Sending before the measurement starts (not counted).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::duration_arg)]
+    pub warmup: Duration,
+    /// How long every connection may take from its upgrade to `welcome`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration_arg)]
+    pub join_timeout: Duration,
+    /// User ids are `<PREFIX>u-N`, sent as `?user=` (a gateway run with --auth-mode
+    /// none; each sender must know its partner's id, so --token is refused).
+    #[arg(long, value_name = "PREFIX", default_value = "bench-", value_parser = parse_user_prefix)]
+    pub user_prefix: String,
+    /// Options shared with `density` and `echo`.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// What one fan-out or direct run does.
+struct Spec<'a> {
+    mode: &'static str,
+    subscribers: u64,
+    publishers: u64,
+    room: &'a str,
+    rate: f64,
+    size: u64,
+    duration: Duration,
+    warmup: Duration,
+    join_timeout: Duration,
+    user_prefix: &'a str,
+    direct: bool,
+    common: &'a CommonArgs,
+}
+
 fn parse_publish_size(text: &str) -> Result<u64, String> {
     crate::config::parse_size(text)
         .filter(|n| (1..=MAX_PUBLISH_BYTES).contains(n))
@@ -95,7 +138,7 @@ fn parse_user_prefix(text: &str) -> Result<String, String> {
 /// The fan-out report (`--json` prints it as is).
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutReport {
-    /// `"fanout"`.
+    /// `"fanout"` or `"direct"`.
     pub mode: &'static str,
     /// The URL connected to.
     pub url: String,
@@ -206,6 +249,7 @@ impl FanoutReport {
             return;
         }
         let none = || "none".to_owned();
+        let direct = self.mode == "direct";
         let mut t = Table::new();
         t.row("target", format!("{} ({} workers)", self.url, self.workers));
         t.row(
@@ -219,13 +263,15 @@ impl FanoutReport {
             ),
         );
         t.row("failures", fmt_counts(&self.failures));
-        t.row(
-            "room",
-            format!(
-                "{}: {} members joined in {:.2}s ({} welcomed)",
-                self.room, self.joined, self.join_secs, self.welcomed
-            ),
-        );
+        if !direct {
+            t.row(
+                "room",
+                format!(
+                    "{}: {} members joined in {:.2}s ({} welcomed)",
+                    self.room, self.joined, self.join_secs, self.welcomed
+                ),
+            );
+        }
         t.row(
             "traffic",
             format!(
@@ -256,10 +302,12 @@ impl FanoutReport {
             "publish to delivery",
             self.delivery_latency.map_or_else(none, |l| l.human()),
         );
-        t.row(
-            "publish to last delivery",
-            self.last_delivery_latency.map_or_else(none, |l| l.human()),
-        );
+        if !direct {
+            t.row(
+                "publish to last delivery",
+                self.last_delivery_latency.map_or_else(none, |l| l.human()),
+            );
+        }
         t.row(
             "order",
             format!(
@@ -288,30 +336,85 @@ impl FanoutReport {
         if self.hard_deadline_hit {
             t.row("note", "workers stopped at the hard deadline");
         }
-        t.print("wsgate bench fanout");
+        t.print(if direct {
+            "wsgate bench direct (publish = send, delivery = msg)"
+        } else {
+            "wsgate bench fanout"
+        });
     }
 }
 
 /// Runs the fan-out benchmark (without printing).
 pub fn run(args: &FanoutArgs, interrupt: &AtomicBool) -> Result<FanoutReport, BenchError> {
-    let common = &args.common;
     if args.subscribers == 0 {
         return Err(BenchError::Usage("--subscribers must be at least 1".to_owned()));
     }
+    run_spec(
+        &Spec {
+            mode: "fanout",
+            subscribers: args.subscribers,
+            publishers: args.publishers,
+            room: &args.room,
+            rate: args.publish_rate.per_second(),
+            size: args.size,
+            duration: args.duration,
+            warmup: args.warmup,
+            join_timeout: args.join_timeout,
+            user_prefix: &args.user_prefix,
+            direct: false,
+            common: &args.common,
+        },
+        interrupt,
+    )
+}
+
+/// Runs the user-to-user benchmark (without printing).
+pub fn run_direct(args: &DirectArgs, interrupt: &AtomicBool) -> Result<FanoutReport, BenchError> {
+    if args.pairs == 0 {
+        return Err(BenchError::Usage("--pairs must be at least 1".to_owned()));
+    }
+    if args.common.token.is_some() {
+        return Err(BenchError::Usage(
+            "bench direct names its users with ?user= (a gateway with --auth-mode none); --token cannot name a partner"
+                .to_owned(),
+        ));
+    }
+    run_spec(
+        &Spec {
+            mode: "direct",
+            subscribers: 0,
+            publishers: args.pairs * 2,
+            room: "",
+            rate: args.send_rate.per_second(),
+            size: 0,
+            duration: args.duration,
+            warmup: args.warmup,
+            join_timeout: args.join_timeout,
+            user_prefix: &args.user_prefix,
+            direct: true,
+            common: &args.common,
+        },
+        interrupt,
+    )
+}
+
+fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, BenchError> {
+    let common = args.common;
     let connections = args.subscribers + args.publishers;
     let mut setup = Setup::new(common, connections)?;
     setup.offer_subprotocol(common, SUBPROTOCOL_JSON);
-    let rate = args.publish_rate.per_second();
+    let rate = args.rate;
     let expected_publishes = rate * (args.warmup + args.duration).as_secs_f64() * 1.1 + 1000.0;
     let plan = FanoutPlan {
         publishers: args.publishers,
         rate_per_publisher: rate / args.publishers as f64,
-        room_json: serde_json::to_string(&args.room)
+        room_json: serde_json::to_string(args.room)
             .map_err(|e| BenchError::Usage(format!("--room: {e}")))?
             .into(),
         size: args.size as usize,
-        user_prefix: common.token.is_none().then(|| Arc::from(args.user_prefix.as_str())),
+        user_prefix: common.token.is_none().then(|| Arc::from(args.user_prefix)),
         tracked_messages: (expected_publishes as u64).min(super::worker::MAX_TRACKED_MESSAGES),
+        direct: args.direct,
     };
     let run_time = args.join_timeout + args.warmup + args.duration + DRAIN_TIMEOUT;
     let fleet = Fleet::start(
@@ -418,12 +521,14 @@ pub fn run(args: &FanoutArgs, interrupt: &AtomicBool) -> Result<FanoutReport, Be
     let f = &r.fanout;
     let measured_secs = Duration::from_nanos(measure_until.saturating_sub(measure_from)).as_secs_f64();
     let per_sec = |n: f64| if measured_secs > 0.0 { n / measured_secs } else { 0.0 };
-    let (last_h, messages_complete) = f.last_delivery(f.joined);
+    // Direct: each message goes to its one recipient connection.
+    let members = if args.direct { 1 } else { f.joined };
+    let (last_h, messages_complete) = f.last_delivery(members);
     Ok(FanoutReport {
-        mode: "fanout",
+        mode: args.mode,
         url: common.url.to_string(),
         workers: setup.workers,
-        room: args.room.clone(),
+        room: args.room.to_owned(),
         subscribers_requested: args.subscribers,
         publishers_requested: args.publishers,
         established: r.established,
@@ -445,7 +550,7 @@ pub fn run(args: &FanoutArgs, interrupt: &AtomicBool) -> Result<FanoutReport, Be
         unacked: f.unacked,
         deliveries: f.deliveries_in_window,
         deliveries_per_sec: per_sec(f.deliveries_in_window as f64),
-        expected_deliveries: f.published_in_window * f.joined,
+        expected_deliveries: f.published_in_window * members,
         delivered_of_window: f.deliveries_of_window,
         delivery_latency: Latency::of(&f.delivery_ns),
         last_delivery_latency: Latency::of(&last_h),

@@ -100,6 +100,9 @@ pub enum BenchCommand {
     /// speaking wsgate.v1.json); report deliveries per second and publish-to-delivery
     /// latency.
     Fanout(fanout::FanoutArgs),
+    /// Pairs of users send to each other at a total rate (server speaking
+    /// wsgate.v1.json); report send-to-delivery and send-to-ack latency.
+    Direct(fanout::DirectArgs),
 }
 
 /// Options both subcommands take.
@@ -236,6 +239,10 @@ pub fn run(args: BenchArgs) -> ExitCode {
             r.success()
         }),
         BenchCommand::Fanout(a) => fanout::run(a, &interrupt).map(|r| {
+            r.print(a.common.json);
+            r.success()
+        }),
+        BenchCommand::Direct(a) => fanout::run_direct(a, &interrupt).map(|r| {
             r.print(a.common.json);
             r.success()
         }),

@@ -818,10 +818,11 @@ impl Worker {
                 &mut request,
                 &self.plan.request_prefix,
                 prefix,
-                self.plan
-                    .fanout
-                    .as_ref()
-                    .is_some_and(|f| self.slots[index].id < f.publishers),
+                match &self.plan.fanout {
+                    Some(f) if f.direct => "u-",
+                    Some(f) if self.slots[index].id < f.publishers => "pub-",
+                    _ => "sub-",
+                },
                 self.slots[index].id,
             ),
             None => request.extend_from_slice(self.plan.request_prefix.as_bytes()),
@@ -1072,7 +1073,8 @@ impl Worker {
             off += used;
             match event {
                 Event::Message(message) if self.plan.fanout.is_some() => {
-                    fan::classify(&message, &mut self.fan_events, &mut self.report.fanout);
+                    let direct = self.plan.fanout.as_ref().is_some_and(|f| f.direct);
+                    fan::classify(&message, direct, &mut self.fan_events, &mut self.report.fanout);
                 }
                 Event::Message(message) => match (self.plan.echo, busy.as_deref_mut().and_then(|b| b.echo.as_mut())) {
                     (Some(plan), Some(echo)) => {

@@ -50,6 +50,10 @@ pub struct FanoutPlan {
     pub user_prefix: Option<Arc<str>>,
     /// Entries of the last-delivery table (message numbers beyond are not tracked).
     pub tracked_messages: u64,
+    /// User to user instead (`wsgate bench direct`): every connection is a publisher
+    /// that `send`s to its partner (connection `id ^ 1`, user `<prefix>u-<id ^ 1>`) and
+    /// times the `msg`s it receives; `publishers` is then every connection.
+    pub direct: bool,
 }
 
 /// A fan-out connection's state.
@@ -214,7 +218,7 @@ impl Default for FanoutStats {
 }
 
 /// The upgrade request with `user=PREFIX{pub,sub}-ID` added to the target's query.
-pub(super) fn request_with_user(out: &mut Vec<u8>, prefix: &str, user_prefix: &str, publisher: bool, id: u64) {
+pub(super) fn request_with_user(out: &mut Vec<u8>, prefix: &str, user_prefix: &str, role: &str, id: u64) {
     // The prefix starts `GET <target> HTTP/1.1\r\n`.
     let split = prefix.find(" HTTP/1.1\r\n").unwrap_or(prefix.len());
     let target = &prefix[..split];
@@ -222,14 +226,19 @@ pub(super) fn request_with_user(out: &mut Vec<u8>, prefix: &str, user_prefix: &s
     out.push(if target.contains('?') { b'&' } else { b'?' });
     out.extend_from_slice(b"user=");
     out.extend_from_slice(user_prefix.as_bytes());
-    out.extend_from_slice(if publisher { b"pub-" } else { b"sub-" });
+    out.extend_from_slice(role.as_bytes());
     out.extend_from_slice(id.to_string().as_bytes());
     out.extend_from_slice(&prefix.as_bytes()[split..]);
 }
 
 /// Reads one server message: answers the bench acts on are queued in `events`; errors,
 /// other types and garbage are counted at once.
-pub(super) fn classify(message: &Message<'_>, events: &mut Vec<Incoming<'static>>, stats: &mut FanoutStats) {
+pub(super) fn classify(
+    message: &Message<'_>,
+    direct: bool,
+    events: &mut Vec<Incoming<'static>>,
+    stats: &mut FanoutStats,
+) {
     let incoming = match message {
         Message::Text(text) => wire::read_server(text.as_bytes()),
         Message::Binary(_) => Incoming::Bad,
@@ -239,6 +248,7 @@ pub(super) fn classify(message: &Message<'_>, events: &mut Vec<Incoming<'static>
         Incoming::Joined { seq } => events.push(Incoming::Joined { seq }),
         Incoming::RoomMsg { seq, t, n } => events.push(Incoming::RoomMsg { seq, t, n }),
         Incoming::Ack { id, seq } => events.push(Incoming::Ack { id, seq }),
+        Incoming::Msg { seq, t, n } if direct => events.push(Incoming::Msg { seq, t, n }),
         Incoming::Msg { .. } => bump(&mut stats.unexpected, "msg"),
         Incoming::Error { code } => bump(&mut stats.errors, code),
         Incoming::Other(kind) => bump(&mut stats.unexpected, kind),
@@ -291,7 +301,7 @@ impl Worker {
                         self.report.fanout.joined += 1;
                     }
                 }
-                Incoming::RoomMsg { seq, t, n } => {
+                Incoming::RoomMsg { seq, t, n } | Incoming::Msg { seq, t, n } => {
                     stats.deliveries_total += 1;
                     if now_ns >= from && now_ns < until {
                         stats.deliveries_in_window += 1;
@@ -310,7 +320,12 @@ impl Worker {
                     else {
                         continue;
                     };
-                    if conn.stage != Stage::Member {
+                    if plan.direct && conn.stage == Stage::Publisher && conn.seq.last == 0 {
+                        // The inbox may hold earlier runs' messages: the first one
+                        // received is where the order check starts.
+                        conn.seq.last = seq.unwrap_or(1).saturating_sub(1);
+                    }
+                    if conn.stage != Stage::Member && !(plan.direct && conn.stage == Stage::Publisher) {
                         stats.not_member += 1;
                     } else if let Some(seq) = seq {
                         match conn.seq.observe(seq) {
@@ -401,7 +416,13 @@ impl Worker {
                 conn.next_k += 1;
                 let t = self.control.ns(Instant::now());
                 text.clear();
-                wire::write_publish(&mut text, &plan.room_json, n, t, plan.size);
+                if plan.direct {
+                    let partner = *id ^ 1;
+                    let prefix = plan.user_prefix.as_deref().unwrap_or("");
+                    wire::write_send(&mut text, &format!("\"{prefix}u-{partner}\""), n, t);
+                } else {
+                    wire::write_publish(&mut text, &plan.room_json, n, t, plan.size);
+                }
                 if ws.write_message(&mut out, true, &text).is_err() {
                     break;
                 }
@@ -485,13 +506,13 @@ mod tests {
     fn requests_name_the_user() {
         let prefix = "GET /ws HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: ";
         let mut out = Vec::new();
-        request_with_user(&mut out, prefix, "b-", false, 17);
+        request_with_user(&mut out, prefix, "b-", "sub-", 17);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /ws?user=b-sub-17 HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: "
         );
         let mut out = Vec::new();
-        request_with_user(&mut out, &prefix.replace("/ws", "/ws?a=1"), "", true, 0);
+        request_with_user(&mut out, &prefix.replace("/ws", "/ws?a=1"), "", "pub-", 0);
         assert!(
             String::from_utf8(out)
                 .unwrap()
