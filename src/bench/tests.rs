@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::density::{self, DensityArgs};
 use super::echo::{self, EchoArgs};
-use super::fanout::{self, FanoutArgs};
+use super::fanout::{self, DirectArgs, FanoutArgs};
 use super::host::{Preflight, check_fit};
 use super::sources::SourceIps;
 use super::url::WsUrl;
@@ -289,6 +289,45 @@ fn fanout_delivers_every_publish_to_every_member_in_order() {
 }
 
 #[test]
+fn direct_delivers_every_send_to_the_partner_in_order() {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+    });
+    let args = DirectArgs {
+        pairs: 10,
+        send_rate: Rate::parse("400/s").unwrap(),
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        join_timeout: Duration::from_secs(10),
+        user_prefix: "d-".to_owned(),
+        common: common(server.addr, None),
+    };
+    let report = fanout::run_direct(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.mode, "direct");
+    assert_eq!((report.established, report.welcomed), (20, 20));
+    assert!((300..=500).contains(&report.published), "{report:#?}");
+    assert_eq!(report.expected_deliveries, report.published);
+    assert_eq!(report.delivered_of_window, report.published);
+    assert_eq!(report.acked, report.published_total, "{report:#?}");
+    assert_eq!((report.gaps, report.out_of_order), (0, 0));
+    sane(report.delivery_latency, report.published);
+    sane(report.ack_latency, report.published);
+    assert!(report.errors.is_empty() && report.unexpected.is_empty(), "{report:#?}");
+    // A second run as the same users: their inboxes go on from the first run's seq.
+    let report = fanout::run_direct(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    // Partners are named, so a token cannot stand in for ?user=.
+    let mut with_token = args.clone();
+    with_token.common.token = Some("T".to_owned());
+    assert!(matches!(
+        fanout::run_direct(&with_token, &AtomicBool::new(false)),
+        Err(BenchError::Usage(_))
+    ));
+}
+
+#[test]
 fn fanout_reports_a_server_that_does_not_speak_the_protocol() {
     // An echo gateway never sends `welcome`: nobody joins, the run says so and fails.
     let server = TestServer::start(|_| {});
@@ -402,6 +441,30 @@ fn the_command_line_reaches_the_bench() {
     assert_eq!(f.duration, Duration::from_secs(30));
     assert_eq!(f.user_prefix, "bench-");
     assert!(f.common.json);
+    let command = load_from(
+        [
+            "wsgate",
+            "bench",
+            "direct",
+            "--pairs",
+            "500",
+            "--send-rate",
+            "10000/s",
+            "--duration",
+            "20s",
+        ],
+        &no_env,
+    )
+    .unwrap();
+    let Command::Bench(args) = command else {
+        panic!("{command:?}")
+    };
+    let BenchCommand::Direct(d) = args.command else {
+        panic!()
+    };
+    assert_eq!(d.pairs, 500);
+    assert_eq!(d.send_rate.per_second(), 10_000.0);
+    assert_eq!(d.duration, Duration::from_secs(20));
     // Bad values are usage errors (exit 2), and serve stays the default command.
     for bad in [
         &["wsgate", "bench", "density", "--rate", "0/s"][..],
