@@ -398,7 +398,6 @@ impl Worker {
             }
             i += 1;
             let elapsed = (self.now_ns - send_from) as f64 / 1e9;
-            let due = (elapsed * rate) as u64 + 1;
             let mut out = std::mem::take(&mut self.scratch);
             out.clear();
             let mut text = Vec::with_capacity(plan.size + 64);
@@ -409,6 +408,10 @@ impl Worker {
                 continue;
             };
             let stats = &mut self.report.fanout;
+            // Publisher i's k-th message is due at (k + i / P) / rate: the publishers
+            // take turns, so together they send evenly at the total rate, not in bursts.
+            let scheduled = elapsed * rate - phase(*id, plan.publishers);
+            let due = if scheduled < 0.0 { 0 } else { scheduled as u64 + 1 };
             let mut budget = MAX_PUBLISHES_PER_TURN;
             while conn.next_k < due && budget > 0 {
                 budget -= 1;
@@ -450,18 +453,19 @@ impl Worker {
         if self.publishers.is_empty() || send_from == u64::MAX || self.now_ns >= self.measure_until_ns {
             return None;
         }
-        let next_k = self
+        let next = self
             .publishers
             .iter()
             .filter_map(|e| {
-                self.slots
-                    .get(e.slot as usize)
-                    .and_then(|s| s.busy.as_deref())
-                    .and_then(|b| b.fan.as_ref())
-                    .map(|c| c.next_k)
+                let slot = self.slots.get(e.slot as usize)?;
+                let conn = slot.busy.as_deref()?.fan.as_ref()?;
+                Some(conn.next_k as f64 + phase(slot.id, plan.publishers))
             })
-            .min()?;
-        let due_ns = send_from + (next_k as f64 / plan.rate_per_publisher * 1e9) as u64;
+            .fold(f64::INFINITY, f64::min);
+        if !next.is_finite() {
+            return None;
+        }
+        let due_ns = send_from + (next / plan.rate_per_publisher * 1e9) as u64;
         Some(Duration::from_nanos(due_ns.saturating_sub(self.now_ns)))
     }
 
@@ -473,6 +477,11 @@ impl Worker {
             self.report.fanout.unacked += left;
         }
     }
+}
+
+/// Publisher `id`'s offset in its schedule, in periods: `id / publishers`, in [0, 1).
+fn phase(id: u64, publishers: u64) -> f64 {
+    (id % publishers.max(1)) as f64 / publishers.max(1) as f64
 }
 
 #[cfg(test)]
@@ -500,6 +509,19 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(complete, 1);
         assert!(h.max() >= 7_000 && h.min() <= 5_010);
+    }
+
+    #[test]
+    fn publishers_take_turns() {
+        // Four publishers at 10/s each: together one every 25 ms, not four every 100 ms.
+        let mut due: Vec<f64> = (0..4)
+            .flat_map(|id| (0..3).map(move |k| (k as f64 + phase(id, 4)) / 10.0))
+            .collect();
+        due.sort_by(f64::total_cmp);
+        for pair in due.windows(2) {
+            assert!((pair[1] - pair[0] - 0.025).abs() < 1e-9, "{due:?}");
+        }
+        assert_eq!(phase(5, 1), 0.0);
     }
 
     #[test]
