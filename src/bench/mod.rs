@@ -8,6 +8,11 @@
 //! - `wsgate bench echo`: C connections each keep K messages in flight against a
 //!   gateway started with `--echo`, and report messages per second and round-trip
 //!   latency percentiles (HDR histogram), verifying every echoed payload.
+//! - `wsgate bench fanout`: S subscribers join one room over `wsgate.v1.json`, P
+//!   publishers publish to it at a rate; deliveries per second, publish-to-delivery and
+//!   publish-to-last-delivery latency, per-member order. `wsgate bench direct`: pairs of
+//!   users `send` to each other; send-to-`msg` and send-to-`ack` latency (`fanout.rs`,
+//!   the worker side in `worker/fan.rs`, the message reading in `wire.rs`).
 //!
 //! # Layout
 //!
@@ -33,7 +38,8 @@
 //! # Exit codes
 //!
 //! 0: the run completed as asked (density: every connection established; echo: echoes
-//! measured, none mismatched, no failed connection). 1: it ran but fell short (the report
+//! measured, none mismatched, no failed connection; fanout and direct: everyone joined,
+//! every window message delivered to every member in order, no error). 1: it ran but fell short (the report
 //! says how) or could not start. 2: usage errors and limits that cannot fit the run.
 
 pub mod density;

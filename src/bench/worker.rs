@@ -29,7 +29,8 @@
 //!
 //! `Connecting` (non-blocking `connect()`, waiting for writable) → `Handshake` (upgrade
 //! request sent, reading the response until the 101 with the right
-//! `Sec-WebSocket-Accept`) → `Open` (idle in density; echoes flowing in echo) →
+//! `Sec-WebSocket-Accept`) → `Open` (idle in density; echoes flowing in echo; the
+//! `wsgate.v1.json` exchange of fan-out and direct, see `fan`) →
 //! `Closing` (our close 1000 sent, or the server's close answered; waiting for the
 //! server's close frame and its end of the TCP stream) → `Free`. The server closes TCP
 //! first after a clean close handshake, so TIME_WAIT stays on its side and the bench's
