@@ -9,8 +9,10 @@
 //! 3. Traffic: the publishers together publish `--publish-rate` messages per second to
 //!    the room (`exclude_self`), each body `{"t": <send ns>, "n": <number>, "p": pad}`
 //!    padded to `--size`; a warm-up (`--warmup`) first, then the measured `--duration`.
-//! 4. Drain: once publishing stops, the bench waits until deliveries stop (at most
-//!    [`DRAIN_TIMEOUT`]), then closes every connection with 1000.
+//! 4. Drain: once publishing stops, the bench waits until every publish is acked and
+//!    deliveries stop (at most [`DRAIN_TIMEOUT`]), then closes every connection with
+//!    1000. What is not delivered by then is reported as such (`delivered` below
+//!    `expected`), not as a gap: a gap is a `seq` skipped among messages received.
 //!
 //! Subscribers read each `room_msg` with [`super::wire`] (one pass, no allocation), time
 //! it against `body.t` (one clock for every worker), and check the room's `seq` per
@@ -33,9 +35,9 @@ use super::worker::{FanoutPlan, PHASE_RUN};
 use super::{BenchError, CommonArgs, Fleet, Latency, PROGRESS_INTERVAL, RampEnd, Setup, Table, fmt_counts};
 use crate::msg::protocol::SUBPROTOCOL_JSON;
 
-/// Longest wait, after publishing stops, for the last deliveries.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deliveries stopped: no new one for this long after publishing stopped.
+/// Longest wait, after publishing stops, for the last deliveries and acks.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries stopped: every publish acked and no new delivery for this long.
 pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
 /// Largest `--size` of a publish (the gateway's default payload limit is smaller).
 pub const MAX_PUBLISH_BYTES: u64 = 1024 * 1024;
@@ -294,7 +296,7 @@ impl FanoutReport {
         t.row(
             "delivered",
             format!(
-                "{} of {} expected (window publishes × members), {} messages reached every member",
+                "{} of {} expected (window publishes × members) before the bench closed, {} messages reached every member",
                 self.delivered_of_window, self.expected_deliveries, self.messages_complete
             ),
         );
@@ -512,10 +514,13 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
         let t = fleet.totals();
         if t.deliveries != seen.0 {
             seen = (t.deliveries, Instant::now());
-        } else if seen.1.elapsed() >= DRAIN_QUIET {
+        } else if seen.1.elapsed() >= DRAIN_QUIET && t.acked >= t.published {
             break;
         }
-        fleet.show(&format!("drain: {} deliveries", t.deliveries));
+        fleet.show(&format!(
+            "drain: {} deliveries, {} of {} publishes acked",
+            t.deliveries, t.acked, t.published
+        ));
     }
     let (r, missing) = fleet.finish();
     let f = &r.fanout;
