@@ -279,7 +279,7 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
         )));
     }
     let before = HostSample::take(args.server_pid, args.admin.as_deref());
-    let fleet = Fleet::start(&setup, args.connections, rate, common, None, args.hold)?;
+    let fleet = Fleet::start(&setup, args.connections, rate, common, None, None, args.hold)?;
     let ramp_end = fleet.ramp(interrupt, common.connect_timeout);
     let mut interrupted = ramp_end == RampEnd::Interrupted;
     fleet.set_phase(PHASE_RUN);

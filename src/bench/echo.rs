@@ -211,6 +211,7 @@ pub fn run(args: &EchoArgs, interrupt: &AtomicBool) -> Result<EchoReport, BenchE
         common.rate.per_second(),
         common,
         Some(plan),
+        None,
         run_time,
     )?;
     let ramp_end = fleet.ramp(interrupt, common.connect_timeout);

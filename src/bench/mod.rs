@@ -8,6 +8,11 @@
 //! - `wsgate bench echo`: C connections each keep K messages in flight against a
 //!   gateway started with `--echo`, and report messages per second and round-trip
 //!   latency percentiles (HDR histogram), verifying every echoed payload.
+//! - `wsgate bench fanout`: S subscribers join one room over `wsgate.v1.json`, P
+//!   publishers publish to it at a rate; deliveries per second, publish-to-delivery and
+//!   publish-to-last-delivery latency, per-member order. `wsgate bench direct`: pairs of
+//!   users `send` to each other; send-to-`msg` and send-to-`ack` latency (`fanout.rs`,
+//!   the worker side in `worker/fan.rs`, the message reading in `wire.rs`).
 //!
 //! # Layout
 //!
@@ -33,15 +38,18 @@
 //! # Exit codes
 //!
 //! 0: the run completed as asked (density: every connection established; echo: echoes
-//! measured, none mismatched, no failed connection). 1: it ran but fell short (the report
+//! measured, none mismatched, no failed connection; fanout and direct: everyone joined,
+//! every window message delivered to every member in order, no error). 1: it ran but fell short (the report
 //! says how) or could not start. 2: usage errors and limits that cannot fit the run.
 
 pub mod density;
 pub mod echo;
+pub mod fanout;
 pub mod host;
 pub mod sources;
 pub mod tls;
 pub mod url;
+pub mod wire;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -59,7 +67,7 @@ use serde::Serialize;
 
 use self::sources::SourceIps;
 use self::url::WsUrl;
-use self::worker::{Control, EchoPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
+use self::worker::{Control, EchoPlan, FanoutPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
 
 /// Extra time the ramp may take beyond N / rate + the connect timeout before the run
 /// moves on without the stragglers (they are counted as aborted).
@@ -94,6 +102,13 @@ pub enum BenchCommand {
     /// Keep K messages in flight on each of C connections against a gateway run with
     /// --echo; report messages per second and round-trip latency.
     Echo(echo::EchoArgs),
+    /// S subscribers join one room, P publishers publish to it at a fixed rate (server
+    /// speaking wsgate.v1.json); report deliveries per second and publish-to-delivery
+    /// latency.
+    Fanout(fanout::FanoutArgs),
+    /// Pairs of users send to each other at a total rate (server speaking
+    /// wsgate.v1.json); report send-to-delivery and send-to-ack latency.
+    Direct(fanout::DirectArgs),
 }
 
 /// Options both subcommands take.
@@ -229,6 +244,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
             r.print(a.common.json);
             r.success()
         }),
+        BenchCommand::Fanout(a) => fanout::run(a, &interrupt).map(|r| {
+            r.print(a.common.json);
+            r.success()
+        }),
+        BenchCommand::Direct(a) => fanout::run_direct(a, &interrupt).map(|r| {
+            r.print(a.common.json);
+            r.success()
+        }),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -253,6 +276,11 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// Offers `subprotocol` in every upgrade request.
+    pub fn offer_subprotocol(&mut self, common: &CommonArgs, subprotocol: &str) {
+        self.request_prefix = request_prefix(&common.url, common.token.as_deref(), Some(subprotocol)).into();
+    }
+
     /// Resolves the URL, checks the source addresses against it and the limits.
     pub fn new(common: &CommonArgs, connections: u64) -> Result<Self, BenchError> {
         if connections == 0 || connections > MAX_CONNECTIONS {
@@ -298,7 +326,7 @@ impl Setup {
         Ok(Self {
             target,
             workers,
-            request_prefix: request_prefix(&common.url, common.token.as_deref()).into(),
+            request_prefix: request_prefix(&common.url, common.token.as_deref(), None).into(),
             sources: common.source_ips.clone().map(Arc::new),
             preflight,
             tls,
@@ -307,7 +335,7 @@ impl Setup {
 }
 
 /// The upgrade request up to the key (the worker appends the key and `\r\n\r\n`).
-fn request_prefix(url: &WsUrl, token: Option<&str>) -> String {
+fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>) -> String {
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsgate-bench/{}\r\n",
         url.target,
@@ -316,6 +344,9 @@ fn request_prefix(url: &WsUrl, token: Option<&str>) -> String {
     );
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(subprotocol) = subprotocol {
+        request.push_str(&format!("Sec-WebSocket-Protocol: {subprotocol}\r\n"));
     }
     request.push_str("Sec-WebSocket-Key: ");
     request
@@ -351,6 +382,11 @@ pub(crate) struct Totals {
     pub open: u64,
     pub echoes: u64,
     pub in_flight: u64,
+    pub welcomed: u64,
+    pub joined: u64,
+    pub deliveries: u64,
+    pub published: u64,
+    pub acked: u64,
     pub done: usize,
 }
 
@@ -362,6 +398,7 @@ impl Fleet {
         rate: f64,
         common: &CommonArgs,
         echo: Option<EchoPlan>,
+        fanout: Option<FanoutPlan>,
         run_time: Duration,
     ) -> Result<Self, BenchError> {
         let control = Arc::new(Control::new());
@@ -394,6 +431,7 @@ impl Fleet {
                 hard_deadline,
                 seed,
                 echo,
+                fanout: fanout.clone(),
             };
             let p = Arc::new(Progress::default());
             progress.push(p.clone());
@@ -465,6 +503,11 @@ impl Fleet {
             t.open += p.open.load(Ordering::Relaxed);
             t.echoes += p.echoes.load(Ordering::Relaxed);
             t.in_flight += p.in_flight.load(Ordering::Relaxed);
+            t.welcomed += p.welcomed.load(Ordering::Relaxed);
+            t.joined += p.joined.load(Ordering::Relaxed);
+            t.deliveries += p.deliveries.load(Ordering::Relaxed);
+            t.published += p.published.load(Ordering::Relaxed);
+            t.acked += p.acked.load(Ordering::Relaxed);
             t.done += usize::from(p.done.load(Ordering::Acquire));
         }
         t

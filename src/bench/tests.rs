@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::density::{self, DensityArgs};
 use super::echo::{self, EchoArgs};
+use super::fanout::{self, DirectArgs, FanoutArgs};
 use super::host::{Preflight, check_fit};
 use super::sources::SourceIps;
 use super::url::WsUrl;
@@ -240,6 +241,105 @@ fn echo_of_large_binary_messages_spans_reads() {
     assert!(report.success(), "{report:#?}");
 }
 
+fn fanout_args(addr: SocketAddr, subscribers: u64, publishers: u64) -> FanoutArgs {
+    FanoutArgs {
+        subscribers,
+        publishers,
+        room: "hot \"room\"".to_owned(),
+        publish_rate: Rate::parse("200/s").unwrap(),
+        size: 120,
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        join_timeout: Duration::from_secs(10),
+        user_prefix: "t-".to_owned(),
+        common: common(addr, None),
+    }
+}
+
+#[test]
+fn fanout_delivers_every_publish_to_every_member_in_order() {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+    });
+    let args = fanout_args(server.addr, 60, 2);
+    let report = fanout::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.established, 62);
+    assert_eq!((report.welcomed, report.joined), (62, 60));
+    // 200/s for 1 s: about 200 publishes in the window, each to 60 members.
+    assert!((150..=250).contains(&report.published), "{report:#?}");
+    assert_eq!(report.expected_deliveries, report.published * 60);
+    assert_eq!(report.delivered_of_window, report.expected_deliveries);
+    assert_eq!(report.messages_complete, report.published);
+    assert_eq!(report.acked, report.published_total, "{report:#?}");
+    assert_eq!(
+        (report.gaps, report.out_of_order, report.untimed, report.not_member),
+        (0, 0, 0, 0)
+    );
+    sane(report.delivery_latency, report.delivered_of_window);
+    sane(report.last_delivery_latency, report.published);
+    sane(report.ack_latency, report.published);
+    let last = report.last_delivery_latency.unwrap();
+    let each = report.delivery_latency.unwrap();
+    assert!(last.p50_us >= each.p50_us * 0.99, "{last:?} {each:?}");
+    assert!(report.deliveries > 0 && report.deliveries_per_sec > 0.0);
+    assert_eq!(report.closed_clean, 62, "{:?}", report.close_failures);
+    assert!(report.errors.is_empty() && report.unexpected.is_empty(), "{report:#?}");
+}
+
+#[test]
+fn direct_delivers_every_send_to_the_partner_in_order() {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+    });
+    let args = DirectArgs {
+        pairs: 10,
+        send_rate: Rate::parse("400/s").unwrap(),
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        join_timeout: Duration::from_secs(10),
+        user_prefix: "d-".to_owned(),
+        common: common(server.addr, None),
+    };
+    let report = fanout::run_direct(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.mode, "direct");
+    assert_eq!((report.established, report.welcomed), (20, 20));
+    assert!((300..=500).contains(&report.published), "{report:#?}");
+    assert_eq!(report.expected_deliveries, report.published);
+    assert_eq!(report.delivered_of_window, report.published);
+    assert_eq!(report.acked, report.published_total, "{report:#?}");
+    assert_eq!((report.gaps, report.out_of_order), (0, 0));
+    sane(report.delivery_latency, report.published);
+    sane(report.ack_latency, report.published);
+    assert!(report.errors.is_empty() && report.unexpected.is_empty(), "{report:#?}");
+    // A second run as the same users: their inboxes go on from the first run's seq.
+    let report = fanout::run_direct(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    // Partners are named, so a token cannot stand in for ?user=.
+    let mut with_token = args.clone();
+    with_token.common.token = Some("T".to_owned());
+    assert!(matches!(
+        fanout::run_direct(&with_token, &AtomicBool::new(false)),
+        Err(BenchError::Usage(_))
+    ));
+}
+
+#[test]
+fn fanout_reports_a_server_that_does_not_speak_the_protocol() {
+    // An echo gateway never sends `welcome`: nobody joins, the run says so and fails.
+    let server = TestServer::start(|_| {});
+    let mut args = fanout_args(server.addr, 4, 1);
+    args.join_timeout = Duration::from_millis(500);
+    args.duration = Duration::from_millis(200);
+    let report = fanout::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(!report.success());
+    assert!(report.join_timed_out, "{report:#?}");
+    assert_eq!((report.established, report.welcomed, report.joined), (5, 0, 0));
+}
+
 #[test]
 fn the_command_line_reaches_the_bench() {
     let no_env = |_: &str| None;
@@ -305,6 +405,66 @@ fn the_command_line_reaches_the_bench() {
     assert_eq!((e.connections, e.size, e.in_flight), (100, 4096, 8));
     assert!(e.binary);
     assert_eq!(e.warmup, Duration::from_secs(1));
+    let command = load_from(
+        [
+            "wsgate",
+            "bench",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:18080/ws",
+            "--subscribers",
+            "18000",
+            "--room",
+            "lobby",
+            "--publish-rate",
+            "100/s",
+            "--duration",
+            "30s",
+            "--size",
+            "1KiB",
+            "--publishers",
+            "4",
+            "--json",
+        ],
+        &no_env,
+    )
+    .unwrap();
+    let Command::Bench(args) = command else {
+        panic!("{command:?}")
+    };
+    let BenchCommand::Fanout(f) = args.command else {
+        panic!()
+    };
+    assert_eq!((f.subscribers, f.publishers, f.size), (18_000, 4, 1024));
+    assert_eq!(f.room, "lobby");
+    assert_eq!(f.publish_rate.per_second(), 100.0);
+    assert_eq!(f.duration, Duration::from_secs(30));
+    assert_eq!(f.user_prefix, "bench-");
+    assert!(f.common.json);
+    let command = load_from(
+        [
+            "wsgate",
+            "bench",
+            "direct",
+            "--pairs",
+            "500",
+            "--send-rate",
+            "10000/s",
+            "--duration",
+            "20s",
+        ],
+        &no_env,
+    )
+    .unwrap();
+    let Command::Bench(args) = command else {
+        panic!("{command:?}")
+    };
+    let BenchCommand::Direct(d) = args.command else {
+        panic!()
+    };
+    assert_eq!(d.pairs, 500);
+    assert_eq!(d.send_rate.per_second(), 10_000.0);
+    assert_eq!(d.duration, Duration::from_secs(20));
     // Bad values are usage errors (exit 2), and serve stays the default command.
     for bad in [
         &["wsgate", "bench", "density", "--rate", "0/s"][..],
@@ -312,6 +472,9 @@ fn the_command_line_reaches_the_bench() {
         &["wsgate", "bench", "density", "--url", "http://x/ws"],
         &["wsgate", "bench", "echo", "--in-flight", "0"],
         &["wsgate", "bench", "echo", "--size", "0"],
+        &["wsgate", "bench", "fanout", "--publishers", "0"],
+        &["wsgate", "bench", "fanout", "--user-prefix", "a b"],
+        &["wsgate", "bench", "fanout", "--size", "2MiB"],
         &["wsgate", "bench"],
     ] {
         let err = load_from(bad.iter().copied(), &no_env).unwrap_err();

@@ -29,7 +29,8 @@
 //!
 //! `Connecting` (non-blocking `connect()`, waiting for writable) → `Handshake` (upgrade
 //! request sent, reading the response until the 101 with the right
-//! `Sec-WebSocket-Accept`) → `Open` (idle in density; echoes flowing in echo) →
+//! `Sec-WebSocket-Accept`) → `Open` (idle in density; echoes flowing in echo; the
+//! `wsgate.v1.json` exchange of fan-out and direct, see `fan`) →
 //! `Closing` (our close 1000 sent, or the server's close answered; waiting for the
 //! server's close frame and its end of the TCP stream) → `Free`. The server closes TCP
 //! first after a clean close handshake, so TIME_WAIT stays on its side and the bench's
@@ -63,6 +64,9 @@ use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
 use crate::proto::handshake::accept_key;
 use crate::server::ring::{BELL_DATA, Completion, ConnRing};
+
+mod fan;
+pub use fan::{FanoutPlan, FanoutStats, MAX_TRACKED_MESSAGES};
 
 /// `user_data` layout, as in the server: kind in the top 2 bits, generation in the next
 /// 30, slot index in the low 32.
@@ -166,6 +170,16 @@ pub struct Progress {
     pub echoes: AtomicU64,
     /// Echo messages sent and not yet answered.
     pub in_flight: AtomicU64,
+    /// Fan-out: `welcome`s received.
+    pub welcomed: AtomicU64,
+    /// Fan-out: `joined`s received.
+    pub joined: AtomicU64,
+    /// Fan-out: `room_msg`s received.
+    pub deliveries: AtomicU64,
+    /// Fan-out: publishes sent.
+    pub published: AtomicU64,
+    /// Fan-out: publishes acked.
+    pub acked: AtomicU64,
     /// The worker has finished.
     pub done: AtomicBool,
 }
@@ -210,6 +224,8 @@ pub struct Plan {
     pub seed: u64,
     /// Echo traffic, or `None` for idle connections (density).
     pub echo: Option<EchoPlan>,
+    /// Fan-out traffic (room members and publishers), or `None`.
+    pub fanout: Option<FanoutPlan>,
 }
 
 /// Echo figures of one worker.
@@ -258,6 +274,8 @@ pub struct WorkerReport {
     pub last_established_ns: Option<u64>,
     /// Echo figures (empty in density mode).
     pub echo: EchoStats,
+    /// Fan-out figures (empty unless fan-out).
+    pub fanout: FanoutStats,
     /// The worker stopped at its hard deadline rather than by finishing.
     pub hard_deadline_hit: bool,
 }
@@ -288,6 +306,7 @@ impl WorkerReport {
                 mismatches: 0,
                 unanswered: 0,
             },
+            fanout: FanoutStats::new(),
             hard_deadline_hit: false,
         }
     }
@@ -321,6 +340,7 @@ impl WorkerReport {
             .expect("histograms with the same bounds merge");
         self.echo.mismatches += other.echo.mismatches;
         self.echo.unanswered += other.echo.unanswered;
+        self.fanout.merge(&other.fanout);
         self.hard_deadline_hit |= other.hard_deadline_hit;
     }
 
@@ -371,11 +391,13 @@ struct Busy {
     out: Vec<u8>,
     /// Echo state (echo mode only, for the connection's whole open life).
     echo: Option<EchoConn>,
+    /// Fan-out state (fan-out mode only, for the connection's whole open life).
+    fan: Option<fan::FanConn>,
 }
 
 impl Busy {
     fn is_empty(&self) -> bool {
-        self.head.capacity() == 0 && self.out.is_empty() && self.echo.is_none()
+        self.head.capacity() == 0 && self.out.is_empty() && self.echo.is_none() && self.fan.is_none()
     }
 }
 
@@ -462,6 +484,10 @@ struct Worker {
     in_flight: u64,
     /// Echo: the first messages have been sent.
     echo_started: bool,
+    /// Fan-out: this worker's publishers that were welcomed.
+    publishers: Vec<Entry>,
+    /// Fan-out: server messages read in one `on_frame_bytes`, handled after it.
+    fan_events: Vec<crate::bench::wire::Incoming<'static>>,
     /// The close phase has been entered (every open connection closed).
     closing: bool,
     /// When the ramp started.
@@ -491,6 +517,12 @@ pub fn run(
     if let Some(echo) = plan.echo {
         limits.max_frame_bytes = limits.max_frame_bytes.max(echo.size as u64);
         limits.max_message_bytes = limits.max_message_bytes.max(echo.size as u64);
+    }
+    if let Some(fanout) = &plan.fanout {
+        // Room messages are the publish body plus the envelope.
+        let room_msg = fanout.size as u64 + 4096;
+        limits.max_frame_bytes = limits.max_frame_bytes.max(room_msg);
+        limits.max_message_bytes = limits.max_message_bytes.max(room_msg);
     }
     let pattern = match plan.echo {
         Some(echo) => (0..echo.size + PATTERN_PERIOD)
@@ -524,6 +556,8 @@ pub fn run(
         live: 0,
         in_flight: 0,
         echo_started: false,
+        publishers: Vec::new(),
+        fan_events: Vec::new(),
         closing: false,
         ramp_start: now,
         now,
@@ -553,7 +587,10 @@ impl Worker {
             self.measure_until_ns = self.control.measure_until_ns.load(Ordering::Acquire);
             match phase {
                 PHASE_RAMP => self.start_due_connects(),
-                PHASE_RUN => self.start_echo(),
+                PHASE_RUN => {
+                    self.start_echo();
+                    self.publish_due();
+                }
                 _ => self.start_closing(),
             }
             self.expire_deadlines();
@@ -594,6 +631,11 @@ impl Worker {
             let due = Duration::from_secs_f64(self.started as f64 / self.plan.rate);
             let elapsed = self.now.saturating_duration_since(self.ramp_start);
             wait = wait.min(due.saturating_sub(elapsed));
+        }
+        if phase == PHASE_RUN
+            && let Some(due) = self.next_publish_in()
+        {
+            wait = wait.min(due);
         }
         if self.in_flight > 0 && self.now_ns >= self.measure_until_ns {
             // Draining the last echoes: nothing to wait for but them.
@@ -657,6 +699,12 @@ impl Worker {
         p.open.store(self.open, Ordering::Relaxed);
         p.echoes.store(self.report.echo.received, Ordering::Relaxed);
         p.in_flight.store(self.in_flight, Ordering::Relaxed);
+        let f = &self.report.fanout;
+        p.welcomed.store(f.welcomed, Ordering::Relaxed);
+        p.joined.store(f.joined, Ordering::Relaxed);
+        p.deliveries.store(f.deliveries_total, Ordering::Relaxed);
+        p.published.store(f.published_total, Ordering::Relaxed);
+        p.acked.store(f.acked_total, Ordering::Relaxed);
     }
 
     fn valid(&self, entry: Entry) -> bool {
@@ -766,7 +814,20 @@ impl Worker {
         }
         let mut request = std::mem::take(&mut self.scratch);
         request.clear();
-        request.extend_from_slice(self.plan.request_prefix.as_bytes());
+        match self.plan.fanout.as_ref().and_then(|f| f.user_prefix.as_deref()) {
+            Some(prefix) => fan::request_with_user(
+                &mut request,
+                &self.plan.request_prefix,
+                prefix,
+                match &self.plan.fanout {
+                    Some(f) if f.direct => "u-",
+                    Some(f) if self.slots[index].id < f.publishers => "pub-",
+                    _ => "sub-",
+                },
+                self.slots[index].id,
+            ),
+            None => request.extend_from_slice(self.plan.request_prefix.as_bytes()),
+        }
         request.extend_from_slice(&handshake_key(self.plan.seed, self.slots[index].id));
         request.extend_from_slice(b"\r\n\r\n");
         self.send(entry, &request);
@@ -848,8 +909,8 @@ impl Worker {
                     return;
                 }
             };
-            if self.plan.echo.is_some() {
-                // Echo latency: stamp each read, not the turn.
+            if self.plan.echo.is_some() || self.plan.fanout.is_some() {
+                // Echo and delivery latency: stamp each read, not the turn.
                 self.set_now(Instant::now());
             }
             if self.slots[index].tls.is_some() {
@@ -974,6 +1035,9 @@ impl Worker {
                 next_send: 0,
                 next_recv: 0,
             });
+        } else if self.plan.fanout.is_some() {
+            let busy = slot.busy.get_or_insert_with(Box::default);
+            busy.fan = Some(fan::FanConn::default());
         } else if slot.busy.as_deref().is_some_and(Busy::is_empty) {
             slot.busy = None;
         }
@@ -1009,6 +1073,10 @@ impl Worker {
             let Some(event) = event else { break };
             off += used;
             match event {
+                Event::Message(message) if self.plan.fanout.is_some() => {
+                    let direct = self.plan.fanout.as_ref().is_some_and(|f| f.direct);
+                    fan::classify(&message, direct, &mut self.fan_events, &mut self.report.fanout);
+                }
                 Event::Message(message) => match (self.plan.echo, busy.as_deref_mut().and_then(|b| b.echo.as_mut())) {
                     (Some(plan), Some(echo)) => {
                         let text = matches!(message, Message::Text(_));
@@ -1047,7 +1115,12 @@ impl Worker {
         if replies > 0 {
             self.send_echoes(entry, replies);
         }
-        self.after_protocol(entry);
+        if !self.fan_events.is_empty() {
+            self.on_fan_events(entry);
+        }
+        if self.valid(entry) {
+            self.after_protocol(entry);
+        }
     }
 
     /// Sends what the protocol core wants sent (pong, close) and moves a connection
@@ -1086,6 +1159,9 @@ impl Worker {
                 let left = echo.sent_ns.len() as u64;
                 self.in_flight -= left;
                 self.report.echo.unanswered += left;
+            }
+            if self.plan.fanout.is_some() {
+                self.leave_open_fan(entry);
             }
         }
     }
