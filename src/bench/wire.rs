@@ -349,7 +349,7 @@ mod tests {
             &mut out,
             "hot",
             42,
-            "pub-0",
+            Some("pub-0"),
             Some(&id),
             r#"{"t":123456789,"n":7,"p":"xx"}"#,
         );
@@ -371,7 +371,7 @@ mod tests {
             &mut out,
             r#"r","seq":9,"t":1}"#,
             5,
-            r#"{"t":2,"n":3}"#,
+            Some(r#"{"t":2,"n":3}"#),
             None,
             r#"{"x":{"t":99,"n":98},"t":11,"s":"\"t\":12","n":13}"#,
         );
@@ -385,7 +385,7 @@ mod tests {
         );
         // A body that is not ours.
         out.clear();
-        protocol::encode_room_msg(&mut out, "r", 6, "u", None, r#"["t",1]"#);
+        protocol::encode_room_msg(&mut out, "r", 6, Some("u"), None, r#"["t",1]"#);
         assert_eq!(
             read_server(&out),
             Incoming::RoomMsg {
@@ -429,7 +429,7 @@ mod tests {
         protocol::encode_error(&mut out, protocol::ErrorCode::Overloaded, "busy", None);
         assert_eq!(read_server(&out), Incoming::Error { code: "overloaded" });
         out.clear();
-        protocol::encode_msg(&mut out, 4, "a", None, r#"{"t":5,"n":6}"#);
+        protocol::encode_msg(&mut out, 4, Some("a"), None, r#"{"t":5,"n":6}"#);
         assert_eq!(
             read_server(&out),
             Incoming::Msg {
