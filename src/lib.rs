@@ -58,7 +58,10 @@
 //! - [`msg`]: messaging, sans-IO: the client protocol, owner shards for users and rooms
 //!   (sequence numbers, history, offline queues, presence), the local side of each
 //!   shard, and the cross-shard messages with their rings. Tested by a deterministic
-//!   multi-shard simulation in one thread; the shards do not call it yet.
+//!   multi-shard simulation in one thread; every shard drives one (unless `--echo`).
+//! - [`edge`]: limits at the edge (upgrade rate and connections per client address,
+//!   connections per user, message rate per connection, trusted proxies), exact across
+//!   shards through one striped table touched at upgrade and close only.
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
