@@ -65,7 +65,7 @@
 //! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
-//! - [`bench`]: `wsgate bench density|echo`, the load generator that proves density and
+//! - [`bench`](mod@bench): `wsgate bench density|echo|fanout|direct`, the load generator that proves density and
 //!   speed against a running gateway. Its workers are built like the shards (one
 //!   connection ring per thread, a slab of small connection structs, the protocol core
 //!   in the client role), so the client side costs as little per connection as the

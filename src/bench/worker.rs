@@ -6,7 +6,7 @@
 //! The client side must cost as little per connection as the server side, or the bench
 //! runs out of memory before the gateway does. So it is built the same way: one
 //! [`ConnRing`] per worker (multishot `POLL_ADD` for reads, one-shot `POLL_ADD` for
-//! writes; an idle socket costs one kernel poll entry), a slab of small [`Slot`]s, one
+//! writes; an idle socket costs one kernel poll entry), a slab of small `Slot`s, one
 //! read buffer per worker, and a timer check per turn. No task, no future, no buffer per
 //! connection.
 //!
