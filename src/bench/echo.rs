@@ -13,14 +13,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
 
-use super::worker::{EchoPlan, PHASE_RUN};
-use super::{BenchError, CommonArgs, Fleet, Latency, PROGRESS_INTERVAL, RampEnd, Setup, Table, fmt_bytes, fmt_counts};
+use super::worker::EchoPlan;
+use super::{BenchError, CommonArgs, Fleet, Latency, RampEnd, Setup, Table, fmt_bytes, fmt_counts};
 
 /// How long, after the window, the bench waits for the echoes still in flight.
 pub const ECHO_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -216,51 +216,21 @@ pub fn run(args: &EchoArgs, interrupt: &AtomicBool) -> Result<EchoReport, BenchE
     )?;
     let ramp_end = fleet.ramp(interrupt, common.connect_timeout);
     let mut interrupted = ramp_end == RampEnd::Interrupted;
-    let control = fleet.control.clone();
-    let start = Instant::now();
-    let send_from = control.ns(start);
-    let measure_from = send_from + args.warmup.as_nanos() as u64;
-    let mut measure_until = measure_from + args.duration.as_nanos() as u64;
-    if interrupted {
-        // Stopped during the ramp: nothing is sent or measured.
-        measure_until = measure_from;
-    }
-    control.send_from_ns.store(send_from, Ordering::Release);
-    control.measure_from_ns.store(measure_from, Ordering::Release);
-    control.measure_until_ns.store(measure_until, Ordering::Release);
-    fleet.set_phase(PHASE_RUN);
-    let mut last = (start, 0u64);
-    let mut shown_rate = 0.0;
-    while !interrupted {
-        let now = Instant::now();
-        let now_ns = control.ns(now);
-        if now_ns >= measure_until {
-            break;
-        }
-        if interrupt.load(Ordering::Relaxed) {
-            interrupted = true;
-            // Workers stop sending and counting from here.
-            measure_until = now_ns.max(measure_from);
-            control.measure_until_ns.store(measure_until, Ordering::Release);
-            break;
-        }
-        let t = fleet.totals();
-        let span = now.duration_since(last.0).as_secs_f64();
-        if span >= 0.5 {
-            shown_rate = (t.echoes - last.1) as f64 / span;
-            last = (now, t.echoes);
-        }
-        let phase = if now_ns < measure_from { "warm-up" } else { "measure" };
-        fleet.show(&format!(
-            "{phase} {:>5.1}s  {:>9.0} msg/s  in flight {}  open {}",
-            now.duration_since(start).as_secs_f64(),
-            shown_rate,
-            t.in_flight,
-            t.open
-        ));
-        let left = Duration::from_nanos(measure_until - now_ns);
-        std::thread::sleep(PROGRESS_INTERVAL.min(left));
-    }
+    let window = fleet.measure(
+        args.warmup,
+        args.duration,
+        interrupt,
+        interrupted,
+        |t| t.echoes,
+        |phase, elapsed, rate, _, t| {
+            format!(
+                "{phase} {elapsed:>5.1}s  {rate:>9.0} msg/s  in flight {}  open {}",
+                t.in_flight, t.open
+            )
+        },
+    );
+    let (measure_from, measure_until) = (window.measure_from, window.measure_until);
+    interrupted = window.interrupted;
     // Let the last echoes come home.
     let drain_until = Instant::now() + ECHO_DRAIN_TIMEOUT;
     while !interrupted && fleet.totals().in_flight > 0 && Instant::now() < drain_until {

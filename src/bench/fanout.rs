@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::worker::{FanoutPlan, PHASE_RUN};
-use super::{BenchError, CommonArgs, Fleet, Latency, PROGRESS_INTERVAL, RampEnd, Setup, Table, fmt_counts};
+use super::worker::FanoutPlan;
+use super::{BenchError, CommonArgs, Fleet, Latency, RampEnd, Setup, Table, fmt_counts};
 use crate::msg::protocol::SUBPROTOCOL_JSON;
 
 /// Longest wait, after publishing stops, for the last deliveries and acks.
@@ -461,51 +461,24 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
     }
     let join_secs = join_start.elapsed().as_secs_f64();
 
-    let control = fleet.control.clone();
-    let start = Instant::now();
-    let send_from = control.ns(start);
-    let measure_from = send_from + args.warmup.as_nanos() as u64;
-    let mut measure_until = measure_from + args.duration.as_nanos() as u64;
-    if interrupted {
-        measure_until = measure_from;
-    }
-    control.measure_from_ns.store(measure_from, Ordering::Release);
-    control.measure_until_ns.store(measure_until, Ordering::Release);
-    control.send_from_ns.store(send_from, Ordering::Release);
-    fleet.set_phase(PHASE_RUN);
-    let mut last = (start, 0u64);
-    let mut shown_rate = 0.0;
-    while !interrupted {
-        let now = Instant::now();
-        let now_ns = control.ns(now);
-        if now_ns >= measure_until {
-            break;
-        }
-        if interrupt.load(Ordering::Relaxed) {
-            interrupted = true;
-            measure_until = now_ns.max(measure_from);
-            control.measure_until_ns.store(measure_until, Ordering::Release);
-            break;
-        }
-        let t = fleet.totals();
-        let span = now.duration_since(last.0).as_secs_f64();
-        if span >= 0.5 {
-            shown_rate = (t.deliveries - last.1) as f64 / span;
-            last = (now, t.deliveries);
-        }
-        let phase = if now_ns < measure_from { "warm-up" } else { "measure" };
-        let left = Duration::from_nanos(measure_until - now_ns);
-        fleet.show(&format!(
-            "{phase} {:>5.1}s  {:>10.0} deliveries/s  published {}  acked {}  open {}  ETA {:.0}s",
-            now.duration_since(start).as_secs_f64(),
-            shown_rate,
-            t.published,
-            t.acked,
-            t.open,
-            left.as_secs_f64()
-        ));
-        std::thread::sleep(PROGRESS_INTERVAL.min(left));
-    }
+    let window = fleet.measure(
+        args.warmup,
+        args.duration,
+        interrupt,
+        interrupted,
+        |t| t.deliveries,
+        |phase, elapsed, rate, left, t| {
+            format!(
+                "{phase} {elapsed:>5.1}s  {rate:>10.0} deliveries/s  published {}  acked {}  open {}  ETA {:.0}s",
+                t.published,
+                t.acked,
+                t.open,
+                left.as_secs_f64()
+            )
+        },
+    );
+    let (measure_from, measure_until) = (window.measure_from, window.measure_until);
+    interrupted = window.interrupted;
     // Drain: until deliveries stop coming.
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
     let mut seen = (fleet.totals().deliveries, Instant::now());

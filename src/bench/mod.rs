@@ -353,6 +353,14 @@ fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>) -
 }
 
 /// The running workers, seen from the coordinator.
+/// What [`Fleet::measure`] measured: the window, in the fleet's clock, and whether it
+/// was cut short.
+pub(crate) struct Window {
+    pub measure_from: u64,
+    pub measure_until: u64,
+    pub interrupted: bool,
+}
+
 pub(crate) struct Fleet {
     pub control: Arc<Control>,
     progress: Vec<Arc<Progress>>,
@@ -551,6 +559,72 @@ impl Fleet {
                 eta
             ));
             std::thread::sleep(PROGRESS_INTERVAL);
+        }
+    }
+
+    /// The measured part of a run (echo and fan-out): opens the sending window now,
+    /// counts from `warmup` on for `duration`, and closes the window early when
+    /// `interrupt` is set (or at once when `interrupted` already is: nothing is sent or
+    /// measured then). Every progress interval it shows `line(phase, elapsed, rate,
+    /// left, totals)`, `rate` being `count(totals)` per second.
+    pub fn measure(
+        &self,
+        warmup: Duration,
+        duration: Duration,
+        interrupt: &AtomicBool,
+        interrupted: bool,
+        count: impl Fn(&Totals) -> u64,
+        line: impl Fn(&str, f64, f64, Duration, &Totals) -> String,
+    ) -> Window {
+        let control = &self.control;
+        let start = Instant::now();
+        let send_from = control.ns(start);
+        let measure_from = send_from + warmup.as_nanos() as u64;
+        let mut measure_until = measure_from + duration.as_nanos() as u64;
+        let mut interrupted = interrupted;
+        if interrupted {
+            measure_until = measure_from;
+        }
+        control.measure_from_ns.store(measure_from, Ordering::Release);
+        control.measure_until_ns.store(measure_until, Ordering::Release);
+        control.send_from_ns.store(send_from, Ordering::Release);
+        self.set_phase(worker::PHASE_RUN);
+        let mut last = (start, 0u64);
+        let mut shown_rate = 0.0;
+        while !interrupted {
+            let now = Instant::now();
+            let now_ns = control.ns(now);
+            if now_ns >= measure_until {
+                break;
+            }
+            if interrupt.load(Ordering::Relaxed) {
+                interrupted = true;
+                // Workers stop sending and counting from here.
+                measure_until = now_ns.max(measure_from);
+                control.measure_until_ns.store(measure_until, Ordering::Release);
+                break;
+            }
+            let t = self.totals();
+            let span = now.duration_since(last.0).as_secs_f64();
+            if span >= 0.5 {
+                shown_rate = count(&t).saturating_sub(last.1) as f64 / span;
+                last = (now, count(&t));
+            }
+            let phase = if now_ns < measure_from { "warm-up" } else { "measure" };
+            let left = Duration::from_nanos(measure_until - now_ns);
+            self.show(&line(
+                phase,
+                now.duration_since(start).as_secs_f64(),
+                shown_rate,
+                left,
+                &t,
+            ));
+            std::thread::sleep(PROGRESS_INTERVAL.min(left));
+        }
+        Window {
+            measure_from,
+            measure_until,
+            interrupted,
         }
     }
 
