@@ -1575,19 +1575,10 @@ impl Shard {
                 libc::sendmsg(slot.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
             };
             if sent < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        slot.write_armed = true;
-                        let fd = slot.fd;
-                        self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
-                        return;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        self.release(entry, true);
-                        return;
-                    }
+                if self.send_failed(entry) {
+                    continue;
                 }
+                return;
             }
             let mut left = sent as usize;
             self.metrics.bytes_out += left as u64;
@@ -1614,9 +1605,7 @@ impl Shard {
                 }
             }
             if (sent as usize) < total {
-                slot.write_armed = true;
-                let fd = slot.fd;
-                self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                self.wait_writable(entry);
                 return;
             }
         }
@@ -1690,28 +1679,17 @@ impl Shard {
                 )
             };
             if sent < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EAGAIN) => {
-                        slot.write_armed = true;
-                        let fd = slot.fd;
-                        self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
-                        return;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => {
-                        self.release(entry, true);
-                        return;
-                    }
+                if self.send_failed(entry) {
+                    continue;
                 }
+                return;
             }
             let sent = sent as usize;
             let short = sent < pending.len();
             tls.consume_transmit(sent);
             self.metrics.bytes_out += sent as u64;
             if short {
-                slot.write_armed = true;
-                let fd = slot.fd;
-                self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
+                self.wait_writable(entry);
                 return;
             }
         }
@@ -1721,6 +1699,29 @@ impl Shard {
             return;
         }
         self.after_flush(entry);
+    }
+
+    /// After a failed send (errno still fresh): waits for writability on EAGAIN, asks
+    /// for a retry on EINTR (true), ends the connection on anything else.
+    fn send_failed(&mut self, entry: Entry) -> bool {
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => {
+                self.wait_writable(entry);
+                false
+            }
+            Some(libc::EINTR) => true,
+            _ => {
+                self.release(entry, true);
+                false
+            }
+        }
+    }
+
+    /// The socket took less than it was offered: flush again once it is writable.
+    fn wait_writable(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        slot.write_armed = true;
+        self.ring.poll_write_once(slot.fd, user_data(KIND_WRITE, entry));
     }
 
     /// Our side is done: shut down writing so the peer sees our last bytes and an EOF,
