@@ -152,14 +152,12 @@ impl DensityReport {
                 self.held_secs, self.hold_secs, self.open_at_end_of_hold
             ),
         );
-        t.row("dropped during the run", fmt_counts(&self.dropped));
-        t.row(
-            "closed cleanly (1000)",
-            format!("{} (failures: {})", self.closed_clean, fmt_counts(&self.close_failures)),
+        t.endings(
+            &self.dropped,
+            self.closed_clean,
+            &self.close_failures,
+            &self.protocol_errors,
         );
-        if !self.protocol_errors.is_empty() {
-            t.row("protocol errors", fmt_counts(&self.protocol_errors));
-        }
         memory_rows(&mut t, &self.memory);
         if self.interrupted {
             t.row("note", "interrupted (Ctrl-C): figures cover the run so far");

@@ -177,14 +177,12 @@ impl EchoReport {
                 self.sent, self.received, self.mismatches, self.unanswered
             ),
         );
-        t.row("dropped during the run", fmt_counts(&self.dropped));
-        t.row(
-            "closed cleanly (1000)",
-            format!("{} (failures: {})", self.closed_clean, fmt_counts(&self.close_failures)),
+        t.endings(
+            &self.dropped,
+            self.closed_clean,
+            &self.close_failures,
+            &self.protocol_errors,
         );
-        if !self.protocol_errors.is_empty() {
-            t.row("protocol errors", fmt_counts(&self.protocol_errors));
-        }
         if self.interrupted {
             t.row("note", "interrupted (Ctrl-C): figures cover the window so far");
         }

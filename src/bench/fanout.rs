@@ -321,14 +321,12 @@ impl FanoutReport {
         if !self.unexpected.is_empty() {
             t.row("other messages", fmt_counts(&self.unexpected));
         }
-        t.row("dropped during the run", fmt_counts(&self.dropped));
-        t.row(
-            "closed cleanly (1000)",
-            format!("{} (failures: {})", self.closed_clean, fmt_counts(&self.close_failures)),
+        t.endings(
+            &self.dropped,
+            self.closed_clean,
+            &self.close_failures,
+            &self.protocol_errors,
         );
-        if !self.protocol_errors.is_empty() {
-            t.row("protocol errors", fmt_counts(&self.protocol_errors));
-        }
         if self.join_timed_out {
             t.row("note", "not every subscriber joined within --join-timeout");
         }

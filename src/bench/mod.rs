@@ -796,6 +796,24 @@ impl Table {
         Self { rows: Vec::new() }
     }
 
+    /// How the connections ended: the rows every bench report shares.
+    pub fn endings(
+        &mut self,
+        dropped: &BTreeMap<String, u64>,
+        closed_clean: u64,
+        close_failures: &BTreeMap<String, u64>,
+        protocol_errors: &BTreeMap<String, u64>,
+    ) {
+        self.row("dropped during the run", fmt_counts(dropped));
+        self.row(
+            "closed cleanly (1000)",
+            format!("{closed_clean} (failures: {})", fmt_counts(close_failures)),
+        );
+        if !protocol_errors.is_empty() {
+            self.row("protocol errors", fmt_counts(protocol_errors));
+        }
+    }
+
     pub fn row(&mut self, label: &str, value: impl Into<String>) {
         self.rows.push((label.to_owned(), value.into()));
     }
