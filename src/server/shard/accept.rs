@@ -1,0 +1,152 @@
+//! Accepting: new sockets from the shard's plain and TLS listeners.
+//!
+//! In: accept completions of the connection ring (a new fd, or an error such as running
+//! out of descriptors). Out: a slot in the `Handshake` phase with a read poll armed and
+//! a handshake deadline on the wheel, or, when the shard is draining or has too many
+//! handshakes in flight, a fixed 503 written straight to the socket and the fd closed.
+//! Accepting pauses for `ACCEPT_BACKOFF` after EMFILE/ENFILE.
+
+use std::os::fd::AsRawFd;
+
+use crate::metrics::ShardMetrics;
+use crate::server::ring::Completion;
+use crate::tls::TlsSession;
+
+use super::slot::{Io, Phase, Slot, user_data};
+use super::{ACCEPT_BACKOFF, ACCEPT_PLAIN, ACCEPT_TLS, KIND_READ, Shard};
+
+/// The response to a connection refused before its request was read (too many
+/// concurrent handshakes): a fixed string, so refusing costs no allocation.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\n\r\ntoo many handshakes now\n";
+
+impl Shard {
+    pub(super) fn arm_accept(&mut self) {
+        self.arm_accept_on(ACCEPT_PLAIN);
+        self.arm_accept_on(ACCEPT_TLS);
+    }
+
+    pub(super) fn arm_accept_on(&mut self, which: u64) {
+        let listener = if which == ACCEPT_TLS {
+            &self.tls_listener
+        } else {
+            &self.listener
+        };
+        if let Some(listener) = listener {
+            let fd = listener.as_raw_fd();
+            self.ring.accept_multi(fd, which);
+        }
+    }
+
+    pub(super) fn on_accept(&mut self, completion: Completion) {
+        let which = completion.user_data;
+        if !completion.more && self.listener.is_some() && self.drain.is_none() {
+            if completion.result == -libc::EMFILE || completion.result == -libc::ENFILE {
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                self.accept_paused[(which & 1) as usize] = true;
+            } else {
+                self.arm_accept_on(which);
+            }
+        }
+        if completion.result < 0 {
+            let label = match -completion.result {
+                libc::EMFILE | libc::ENFILE => "out_of_files",
+                libc::ECANCELED => return,
+                _ => "accept_error",
+            };
+            ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+            return;
+        }
+        let fd = completion.result;
+        self.metrics.accepted += 1;
+        if self.drain.is_some() || self.handshakes >= self.cfg.max_handshakes_per_shard {
+            let label = if self.drain.is_some() {
+                "draining"
+            } else {
+                "handshake_limit"
+            };
+            ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+            // SAFETY: `fd` was just accepted and is owned by nobody else; the response
+            // is a static buffer; the fd is closed right after. A TLS client would read
+            // plaintext as garbage, so it only sees the connection close.
+            unsafe {
+                if which != ACCEPT_TLS {
+                    libc::send(
+                        fd,
+                        BUSY_RESPONSE.as_ptr().cast(),
+                        BUSY_RESPONSE.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    );
+                }
+                libc::close(fd);
+            }
+            return;
+        }
+        let tls = if which == ACCEPT_TLS {
+            match self.new_tls_session() {
+                Some(session) => Some(session),
+                None => {
+                    // SAFETY: `fd` was just accepted and is owned by nobody else.
+                    unsafe { libc::close(fd) };
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a pointer to a live c_int. Nagle's
+        // algorithm would hold back small messages; a messaging gateway wants them out.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let now = self.now;
+        let slot = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::new(now));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        debug_assert_eq!(s.phase, Phase::Free);
+        s.fd = fd;
+        s.phase = Phase::Handshake;
+        if tls.is_some() {
+            self.metrics.tls_sessions += 1;
+        }
+        s.tls = tls;
+        s.io = Some(Box::new(Io {
+            deadline: Some(now + self.cfg.handshake_timeout),
+            ..Io::default()
+        }));
+        self.handshakes += 1;
+        let entry = self.entry(slot);
+        self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+        self.schedule(entry);
+    }
+
+    /// A session for a connection accepted on the TLS listener, with the configuration
+    /// in force (re-read only when a reload changed it). `None` (counted) if rustls
+    /// cannot make one.
+    pub(super) fn new_tls_session(&mut self) -> Option<Box<TlsSession>> {
+        let context = self.tls.as_ref()?;
+        let generation = context.generation();
+        if self.tls_config.as_ref().is_none_or(|(cached, _)| *cached != generation) {
+            self.tls_config = Some(context.current());
+        }
+        let (_, config) = self.tls_config.as_ref()?;
+        match TlsSession::new(config.clone()) {
+            Ok(session) => Some(Box::new(session)),
+            Err(error) => {
+                ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, error.label());
+                None
+            }
+        }
+    }
+}

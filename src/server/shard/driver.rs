@@ -1,0 +1,302 @@
+//! The shard's two entry points and the dispatch under them.
+//!
+//! In: `on_wake` (the doorbell rang: commands from other threads, mesh messages,
+//! completions of the connection ring, deferred reads) and `on_tick` (the timer tick:
+//! messaging's tick, wheel deadlines, accept back-off, drain progress, metrics). Out:
+//! each completion handed to its job (`accept`, `read`, `send`), each due deadline to
+//! the connection's state, and at the end of every turn the messaging output, the dirty
+//! connections flushed and the ring submitted. `ShardState::Finished` when a drain has
+//! ended.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::metrics::ShardMetrics;
+use crate::proto::connection::Timeout;
+use crate::server::ring::{BELL_DATA, Completion, NOOP_DATA};
+use crate::server::wheel::Entry;
+
+use super::handle::Command;
+use super::slot::{Phase, entry_of, user_data};
+use super::{
+    ACCEPT_PLAIN, ACCEPT_TLS, COMPLETION_BATCH, KIND_ACCEPT, KIND_MASK, KIND_READ, KIND_WRITE, Shard, ShardState,
+};
+
+impl Shard {
+    /// Runs one turn after the doorbell rang: commands, completions, deferred reads,
+    /// then writes.
+    pub fn on_wake(&mut self) -> ShardState {
+        self.now = Instant::now();
+        self.ring.arm_bell();
+        let commands = std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        for command in commands {
+            match command {
+                Command::Drain { code } => self.start_drain(code),
+                Command::Kick { slot, gen_ } => self.evict(Entry { slot, gen_ }),
+                Command::Api(request) => {
+                    if let Some(msg) = self.msg.as_mut() {
+                        msg.handle_api(*request, self.now);
+                    }
+                }
+            }
+        }
+        self.recv_mesh();
+        let again = std::mem::take(&mut self.again);
+        for entry in again {
+            if self.valid(entry) {
+                self.on_readable(entry, true);
+            }
+        }
+        self.drain_ring();
+        self.end_turn()
+    }
+
+    /// Handles every completion the ring holds.
+    pub(super) fn drain_ring(&mut self) {
+        loop {
+            self.completions.clear();
+            self.ring.drain(&mut self.completions, COMPLETION_BATCH);
+            if self.completions.is_empty() {
+                break;
+            }
+            for i in 0..self.completions.len() {
+                let completion = self.completions[i];
+                self.on_completion(completion);
+            }
+        }
+    }
+
+    /// Runs the timer tick: deadlines, drain progress, accept back-off, metrics. It also
+    /// handles whatever the ring holds, so the shard makes progress every tick even if
+    /// a wake-up were lost (belt and braces: the doorbell is re-armed on failure and
+    /// overflowed completions are flushed, but a stalled shard is the worst failure a
+    /// gateway can have).
+    pub fn on_tick(&mut self) -> ShardState {
+        self.now = Instant::now();
+        self.handle.ticks.fetch_add(1, Ordering::Relaxed);
+        self.recv_mesh();
+        if let Some(msg) = self.msg.as_mut() {
+            msg.handle_tick(self.now);
+        }
+        self.drain_ring();
+        let now = self.now;
+        self.fired.clear();
+        self.wheel.advance(now, &mut self.fired);
+        let fired = std::mem::take(&mut self.fired);
+        for &(tick, entry) in &fired {
+            if self.valid(entry) && u64::from(self.slots[entry.slot as usize].wheel_tick) == tick {
+                self.slots[entry.slot as usize].wheel_tick = 0;
+                self.on_deadline(entry);
+                if self.valid(entry) {
+                    self.schedule(entry);
+                }
+            }
+        }
+        self.fired = fired;
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            for which in [ACCEPT_PLAIN, ACCEPT_TLS] {
+                if std::mem::take(&mut self.accept_paused[(which & 1) as usize]) {
+                    self.arm_accept_on(which);
+                }
+            }
+        }
+        self.drain_step();
+        self.publish_metrics();
+        self.end_turn()
+    }
+
+    pub(super) fn end_turn(&mut self) -> ShardState {
+        self.flush_messaging();
+        let dirty = std::mem::take(&mut self.dirty);
+        for entry in &dirty {
+            if self.valid(*entry) {
+                self.slots[entry.slot as usize].dirty = false;
+                self.flush(*entry);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        if !self.again.is_empty() {
+            // Deferred reads: come back after the executor has run other tasks.
+            self.handle.bell.ring();
+        }
+        if let Err(e) = self.ring.submit() {
+            eprintln!("shard {}: io_uring submit failed: {e}", self.id);
+        }
+        match &self.drain {
+            Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
+                self.abort_all();
+                self.publish_metrics();
+                ShardState::Finished
+            }
+            _ => ShardState::Running,
+        }
+    }
+
+    pub(super) fn live_slots(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub(super) fn valid(&self, entry: Entry) -> bool {
+        self.slots
+            .get(entry.slot as usize)
+            .is_some_and(|slot| slot.gen_ == entry.gen_ && slot.phase != Phase::Free)
+    }
+
+    pub(super) fn entry(&self, slot: u32) -> Entry {
+        Entry {
+            slot,
+            gen_: self.slots[slot as usize].gen_,
+        }
+    }
+
+    pub(super) fn on_completion(&mut self, completion: Completion) {
+        match completion.user_data {
+            NOOP_DATA => return,
+            BELL_DATA => {
+                // The doorbell pair failed (its successes post nothing): without a new
+                // one the shard would only wake on its tick.
+                if completion.result != -libc::ECANCELED {
+                    self.ring.arm_bell();
+                }
+                return;
+            }
+            _ => {}
+        }
+        match completion.user_data & KIND_MASK {
+            KIND_ACCEPT => self.on_accept(completion),
+            KIND_READ => {
+                let entry = entry_of(completion.user_data);
+                if !self.valid(entry) {
+                    return;
+                }
+                if completion.result < 0 && completion.result != -libc::ECANCELED {
+                    self.release(entry, true);
+                    return;
+                }
+                if !completion.more {
+                    // The kernel ended the multishot poll (it may, e.g. on overflow):
+                    // arm it again.
+                    let fd = self.slots[entry.slot as usize].fd;
+                    self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+                }
+                // The poll result is the ready mask. A hang-up or error must be read to the
+                // end: io_uring coalesces wake-ups, so data and FIN arriving together give
+                // one completion, and stopping at the short read of the data would leave
+                // the EOF unseen until some later event.
+                let hangup = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32;
+                let to_end = completion.result > 0 && completion.result & hangup != 0;
+                self.on_readable(entry, to_end);
+            }
+            KIND_WRITE => {
+                let entry = entry_of(completion.user_data);
+                if self.valid(entry) {
+                    self.slots[entry.slot as usize].write_armed = false;
+                    self.flush(entry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The slot's earliest deadline.
+    pub(super) fn deadline(&self, entry: Entry) -> Option<Instant> {
+        let slot = &self.slots[entry.slot as usize];
+        let io_deadline = slot.io.as_deref().and_then(|io| io.deadline);
+        match slot.phase {
+            Phase::Open => {
+                let ws = slot.ws.poll_timeout(&self.cfg.limits);
+                match (ws, io_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Phase::Handshake | Phase::Closing | Phase::Linger => io_deadline,
+            Phase::Free => None,
+        }
+    }
+
+    /// Puts the slot on the wheel if its deadline is earlier than the tick it waits
+    /// for (later deadlines are found lazily when that tick fires).
+    pub(super) fn schedule(&mut self, entry: Entry) {
+        let Some(at) = self.deadline(entry) else { return };
+        let tick = self.wheel.tick_of(at);
+        let slot = &self.slots[entry.slot as usize];
+        if slot.wheel_tick == 0 || tick < u64::from(slot.wheel_tick) {
+            let used = self.wheel.schedule(at, entry);
+            self.slots[entry.slot as usize].wheel_tick = used as u32;
+        }
+    }
+
+    pub(super) fn on_deadline(&mut self, entry: Entry) {
+        let now = self.now;
+        let index = entry.slot as usize;
+        let io_due = self.slots[index]
+            .io
+            .as_deref()
+            .and_then(|io| io.deadline)
+            .is_some_and(|d| now >= d);
+        match self.slots[index].phase {
+            Phase::Handshake => {
+                if io_due {
+                    let refused = self.slots[index].io.as_deref().is_some_and(|io| io.close_after_flush);
+                    if !refused {
+                        self.metrics.handshake_timeouts += 1;
+                        ShardMetrics::bump(&mut self.metrics.handshake_failures, "handshake_timeout");
+                        if self.slots[index]
+                            .tls
+                            .as_deref()
+                            .is_some_and(|tls| !tls.is_established())
+                        {
+                            ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "timeout");
+                        }
+                    }
+                    self.release(entry, !refused);
+                }
+            }
+            Phase::Closing | Phase::Linger => {
+                if io_due {
+                    self.release(entry, false);
+                }
+            }
+            Phase::Open => match self.slots[index].ws.handle_timeout(now, &self.cfg.limits) {
+                Some(Timeout::Heartbeat) => {
+                    self.metrics.heartbeat_timeouts += 1;
+                    self.after_protocol(entry);
+                }
+                Some(Timeout::Close) => {
+                    self.metrics.close_timeouts += 1;
+                    self.release(entry, true);
+                }
+                None => self.after_protocol(entry),
+            },
+            Phase::Free => {}
+        }
+    }
+
+    pub(super) fn publish_metrics(&mut self) {
+        self.metrics.connections = self.connections as u64;
+        self.metrics.handshakes_in_progress = self.handshakes as u64;
+        self.metrics.queued_bytes = self.queued_total as u64;
+        self.metrics.watchdog_wakes = self.handle.watchdog_wakes.load(Ordering::Relaxed);
+        if let Some(msg) = &self.msg {
+            self.metrics.msg.clone_from(msg.metrics());
+            self.metrics.msg_users = msg.hub().users() as u64;
+            self.metrics.msg_rooms = msg.hub().rooms() as u64;
+            self.metrics.msg_owned_users_online = msg.owner().online_users() as u64;
+            self.metrics.msg_owned_rooms = msg.owner().occupied_rooms() as u64;
+        }
+        if let Some(mesh) = &self.mesh {
+            self.metrics.mesh_pending = mesh.pending() as u64;
+        }
+        #[cfg(test)]
+        {
+            self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();
+        }
+        self.registry.publish(self.id, &self.metrics);
+    }
+}

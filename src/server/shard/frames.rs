@@ -1,0 +1,213 @@
+//! WebSocket frames through the connection's state machine, and the hand-off to
+//! messaging.
+//!
+//! In: frame bytes in the shard buffer for an open connection, and what messaging
+//! produced this turn (frames for connections, closes, cross-shard messages). Out:
+//! messages to messaging (or echoed in `--echo` mode), the message-rate limit applied,
+//! control frames (pong, ping, close) and messaging's frames queued on the connection
+//! (see `send`), and a finished WebSocket moved towards its end (see `close`).
+
+use crate::edge;
+use crate::metrics::ShardMetrics;
+use crate::msg::core::{MsgShard, Output};
+use crate::msg::protocol::FrameKind;
+use crate::proto::close::CloseCode;
+use crate::proto::connection::{Event, Message};
+use crate::proto::frame::{OpCode, SharedFrame};
+use crate::server::wheel::Entry;
+
+use super::slot::{Out, Phase, conn_of, entry_of_conn};
+use super::{MESH_RECV_BATCH, Shard};
+
+impl Shard {
+    /// Takes what other shards sent (start of a turn and every tick).
+    pub(super) fn recv_mesh(&mut self) {
+        if let (Some(msg), Some(mesh)) = (self.msg.as_mut(), self.mesh.as_mut()) {
+            msg.recv_mesh(mesh, self.now, MESH_RECV_BATCH);
+        }
+    }
+
+    /// Sends what messaging produced: cross-shard messages onto the rings, frames onto
+    /// the connections' send queues (shared, encoded once), closes to the connections
+    /// that broke the protocol.
+    pub(super) fn flush_messaging(&mut self) {
+        let Some(msg) = self.msg.as_mut() else { return };
+        if let Some(mesh) = self.mesh.as_mut() {
+            msg.flush_mesh(mesh, self.now);
+        }
+        while let Some(output) = self.msg.as_mut().and_then(MsgShard::poll_output) {
+            match output {
+                Output::Send { conn, frame } => {
+                    let entry = entry_of_conn(conn);
+                    if self.valid(entry)
+                        && self.slots[entry.slot as usize].phase == Phase::Open
+                        && self.slots[entry.slot as usize].ws.can_send()
+                    {
+                        self.metrics.messages_out += 1;
+                        self.enqueue(entry, Out::Frame(frame), false);
+                    }
+                }
+                Output::Close { conn, code, reason } => {
+                    let entry = entry_of_conn(conn);
+                    if self.valid(entry) && self.slots[entry.slot as usize].phase == Phase::Open {
+                        self.slots[entry.slot as usize]
+                            .ws
+                            .close(self.now, &self.cfg.limits, code, reason);
+                        self.after_protocol(entry);
+                    }
+                }
+            }
+        }
+        if self.mesh.as_ref().is_some_and(|mesh| mesh.pending() > 0) {
+            // Messages wait for room on a ring: come back soon rather than at the tick.
+            self.handle.bell.ring();
+        }
+    }
+
+    /// Frame bytes arrived in `buf[start..end]` for an open connection.
+    pub(super) fn on_frame_bytes(&mut self, entry: Entry, start: usize, end: usize) {
+        let index = entry.slot as usize;
+        let mut off = start;
+        while off < end {
+            let echo = self.cfg.echo;
+            let slot = &mut self.slots[index];
+            let sending = slot.ws.can_send();
+            let (used, event) = slot
+                .ws
+                .handle_input(self.now, &self.cfg.limits, &mut self.buf[off..end]);
+            let Some(event) = event else { break };
+            off += used;
+            let reply = match event {
+                Event::Message(_) if !sending => {
+                    // We are closing (e.g. over the message rate): what still arrives
+                    // is read for the close handshake but not acted on.
+                    None
+                }
+                Event::Message(message) => {
+                    self.metrics.messages_in += 1;
+                    if let Some(limit) = self.message_rate
+                        && !limit.allow(&mut slot.tat, edge::micros_since(self.epoch, self.now))
+                    {
+                        ShardMetrics::bump(&mut self.metrics.limit_hits, "message_rate");
+                        slot.ws.close(
+                            self.now,
+                            &self.cfg.limits,
+                            CloseCode::POLICY_VIOLATION,
+                            "message rate exceeded",
+                        );
+                        continue;
+                    }
+                    if let Some(msg) = self.msg.as_mut() {
+                        // Messaging: what it answers comes out of `flush_messaging` at
+                        // the end of the turn, batched with everything else.
+                        let (kind, payload) = match &message {
+                            Message::Text(text) => (FrameKind::Text, text.as_bytes()),
+                            Message::Binary(bytes) => (FrameKind::Binary, &bytes[..]),
+                        };
+                        msg.handle_client_frame(conn_of(entry), kind, payload, self.now);
+                        None
+                    } else {
+                        echo.then(|| match &message {
+                            Message::Text(text) => SharedFrame::new(OpCode::Text, text.as_bytes()),
+                            Message::Binary(bytes) => SharedFrame::new(OpCode::Binary, bytes),
+                        })
+                    }
+                }
+                Event::Close { code, .. } => {
+                    slot.peer_closed = true;
+                    let code = code.map_or(CloseCode::NO_STATUS.0, |c| c.0);
+                    ShardMetrics::bump(&mut self.metrics.close_codes_received, code);
+                    None
+                }
+                Event::Error(error) => {
+                    ShardMetrics::bump(&mut self.metrics.protocol_errors, error.label());
+                    None
+                }
+            };
+            self.metrics.frames_in += u64::from(self.slots[index].ws.take_frames_in());
+            if let Some(frame) = reply
+                && self.slots[index].ws.can_send()
+            {
+                self.metrics.messages_out += 1;
+                self.enqueue(entry, Out::Frame(frame), false);
+            }
+        }
+        self.after_protocol(entry);
+    }
+
+    /// Collects the control frames the state machine wants sent, reschedules its
+    /// deadline, and moves a finished connection towards its end.
+    pub(super) fn after_protocol(&mut self, entry: Entry) {
+        let index = entry.slot as usize;
+        while let Some(control) = self.slots[index].ws.poll_transmit() {
+            if control.opcode() == OpCode::Close {
+                let bytes = control.as_bytes();
+                let code = if bytes.len() >= 4 {
+                    u16::from_be_bytes([bytes[2], bytes[3]])
+                } else {
+                    1005
+                };
+                ShardMetrics::bump(&mut self.metrics.close_codes_sent, code);
+            }
+            // The heartbeat ping is the same two bytes for everyone: share one copy, and
+            // when nothing else is queued write it at once, so a heartbeat round over a
+            // million idle connections allocates nothing (no `Io`, no queue).
+            let frame = if control.as_bytes() == self.ping.as_bytes() {
+                if self.ping_directly(entry) {
+                    continue;
+                }
+                self.ping.clone()
+            } else {
+                SharedFrame::from_wire(control.as_bytes())
+            };
+            self.enqueue(entry, Out::Frame(frame), true);
+        }
+        if self.slots[index].ws.is_closed() {
+            self.leave_open(entry);
+            let slot = &mut self.slots[index];
+            let io = slot.io.get_or_insert_with(Box::default);
+            io.close_after_flush = true;
+            io.deadline = Some(self.now + self.cfg.limits.close_timeout);
+            self.mark_dirty(entry);
+        }
+        self.schedule(entry);
+    }
+
+    /// Writes the shared ping straight to an idle connection's socket. False (nothing
+    /// written) when output is queued or pending, or the socket does not take the whole
+    /// frame now: then it is queued like any frame.
+    pub(super) fn ping_directly(&mut self, entry: Entry) -> bool {
+        let slot = &self.slots[entry.slot as usize];
+        if slot.io.as_deref().is_some_and(|io| !io.queue.is_empty()) || slot.write_armed {
+            return false;
+        }
+        let bytes = self.ping.as_bytes();
+        // SAFETY: a non-blocking send of a live buffer on our own socket. Two bytes into
+        // an empty send buffer are taken whole or not at all (EAGAIN) in practice; a
+        // short write is still handled below by never claiming success for it.
+        let sent = unsafe {
+            libc::send(
+                slot.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(sent) {
+            Ok(n) if n == bytes.len() => {
+                self.metrics.frames_out += 1;
+                self.metrics.bytes_out += n as u64;
+                true
+            }
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                // Part of the frame is out: the rest must follow before anything else.
+                self.metrics.frames_out += 1;
+                self.metrics.bytes_out += n as u64;
+                let rest: Box<[u8]> = bytes[n..].into();
+                self.enqueue(entry, Out::Bytes(rest), true);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The part of a shard that other threads may touch: commands and the doorbell.
+//!
+//! In: `ShardHandle::send` from any thread (drain, kick an evicted connection, a
+//! backend API request), the watchdog's `kick`. Out: commands the shard takes at the
+//! start of its next turn (`Shard::on_wake`), and the counters the watchdog reads.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Waker;
+
+use crate::proto::close::CloseCode;
+use crate::server::ring::Bell;
+
+/// A command from another thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting, close every connection with `code` spread over the drain window,
+    /// and finish when all are closed or the drain deadline passes.
+    Drain {
+        /// 1001 (going away) or 1012 (service restart).
+        code: CloseCode,
+    },
+    /// Close one connection with 1008: its user opened one more than the per-user limit
+    /// allows and the newest wins (see `crate::edge`). Ignored if the slot's generation
+    /// has moved on (the connection already ended).
+    Kick {
+        /// The slot on this shard.
+        slot: u32,
+        /// The slot's generation when the connection was admitted.
+        gen_: u32,
+    },
+    /// A backend API request from the admin thread (`crate::admin`, through
+    /// [`ApiShards`](super::ApiShards)): handed to messaging, whose owner answers on the
+    /// request's channel. In echo mode it is dropped, which the admin side reports as
+    /// 503.
+    Api(Box<crate::msg::api::ApiRequest>),
+}
+
+/// Every shard's handle, filled in once all shards have started: how a shard reaches
+/// another (today only to close a connection evicted by the per-user limit).
+pub type Peers = Arc<OnceLock<Vec<Arc<ShardHandle>>>>;
+
+/// The part of a shard other threads may touch: its inbox and its bell.
+#[derive(Debug)]
+pub struct ShardHandle {
+    pub(super) inbox: Mutex<Vec<Command>>,
+    pub(super) bell: Bell,
+    /// Ticks the shard has run: the watchdog's sign of life (one relaxed store a tick).
+    pub(super) ticks: AtomicU64,
+    /// Times the watchdog found the shard asleep past its ticks and woke it.
+    pub(super) watchdog_wakes: AtomicU64,
+    /// The shard thread's kernel thread id (0 until it runs), for the watchdog to tell
+    /// a shard that sleeps through its ticks from one that waits for a CPU.
+    pub(super) tid: AtomicI32,
+    /// The waker of the shard's ticker task, set by the shard while it runs. Waking it
+    /// from another thread goes through glommio's own cross-thread path (the executor's
+    /// eventfd, which its reactor always watches while parked), the one wake-up that
+    /// reaches an executor parked with runnable tasks (see `server::watchdog`).
+    pub(super) ticker: Mutex<Option<Waker>>,
+}
+
+impl ShardHandle {
+    /// Delivers `command` and wakes the shard.
+    pub fn send(&self, command: Command) {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(command);
+        self.bell.ring();
+    }
+
+    /// The shard's doorbell (the mesh rings it when they bring messages).
+    pub fn bell(&self) -> Bell {
+        self.bell.clone()
+    }
+
+    /// Ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Wakes a shard that has missed its ticks (see `server::watchdog`): wakes its
+    /// ticker task from this thread, which glommio turns into a write to the
+    /// executor's eventfd, and rings the doorbell.
+    pub fn kick(&self) {
+        self.watchdog_wakes.fetch_add(1, Ordering::Relaxed);
+        if let Some(waker) = &*self.ticker.lock().unwrap_or_else(|e| e.into_inner()) {
+            waker.wake_by_ref();
+        }
+        self.bell.ring();
+    }
+
+    /// Times the watchdog woke this shard.
+    pub fn watchdog_wakes(&self) -> u64 {
+        self.watchdog_wakes.load(Ordering::Relaxed)
+    }
+
+    /// Rings the doorbell, as a completion of the connection ring would.
+    #[cfg(test)]
+    pub(crate) fn ring_for_test(&self) {
+        self.bell.ring();
+    }
+
+    /// The shard thread's kernel thread id while its tasks run (not before it starts,
+    /// not after it finishes).
+    pub fn tid(&self) -> Option<i32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|&tid| tid > 0)
+    }
+
+    /// Called on the shard's thread when it starts running.
+    pub(crate) fn set_tid(&self, tid: i32) {
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// Keeps `waker` (the ticker task's) for [`ShardHandle::kick`]. Called on the
+    /// shard's thread.
+    pub(crate) fn set_ticker_waker(&self, waker: &Waker) {
+        let mut slot = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// Marks the shard finished and drops the ticker's waker. Called on the shard's
+    /// thread before its executor ends, so that no other thread wakes, or drops, a task
+    /// of a finished executor.
+    pub(crate) fn finish(&self) {
+        let waker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(waker);
+        self.tid.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,199 @@
+//! Reading sockets into the shard's one read buffer.
+//!
+//! In: a readable socket (a poll completion or a deferred read). Out: bytes in the shard
+//! buffer handed to the upgrade (`upgrade`) or the frame code (`frames`) by the slot's
+//! phase; for TLS, ciphertext decrypted by the session and its plaintext taking the
+//! same path; EOF and read errors ending the connection (`close`). A connection reads
+//! at most `READ_BUDGET_BYTES` per turn; the rest waits for the next turn.
+
+use crate::metrics::ShardMetrics;
+use crate::server::wheel::Entry;
+
+use super::slot::Phase;
+use super::{READ_BUDGET_BYTES, Shard};
+
+impl Shard {
+    /// Reads what the socket has. A short read normally means the socket is drained;
+    /// with `to_end` (the poll saw a hang-up) reading goes on until EOF or EAGAIN.
+    pub(super) fn on_readable(&mut self, entry: Entry, to_end: bool) {
+        if self.slots[entry.slot as usize].tls.is_some() {
+            self.on_tls_readable(entry, to_end);
+            return;
+        }
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let fd = self.slots[entry.slot as usize].fd;
+            // SAFETY: reads into the shard's buffer, which is valid for its length.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        self.on_eof(entry);
+                        return;
+                    }
+                }
+            }
+            if n == 0 {
+                self.on_eof(entry);
+                return;
+            }
+            let n = n as usize;
+            self.metrics.bytes_in += n as u64;
+            match self.slots[entry.slot as usize].phase {
+                Phase::Handshake => self.on_request_bytes(entry, n),
+                Phase::Open => self.on_frame_bytes(entry, 0, n),
+                Phase::Closing | Phase::Linger => {}
+                Phase::Free => unreachable!("read on a free slot"),
+            }
+            if !self.valid(entry) || (n < self.buf.len() && !to_end) {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.again.push(entry);
+                return;
+            }
+        }
+    }
+
+    /// Reads a TLS connection: ciphertext lands in `buf` behind the unfinished record
+    /// kept from the last read, the session decrypts it, and the plaintext goes through
+    /// the same handshake and frame code as a plain connection's bytes (by swapping it
+    /// into `buf`).
+    pub(super) fn on_tls_readable(&mut self, entry: Entry, to_end: bool) {
+        let index = entry.slot as usize;
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            let slot = &mut self.slots[index];
+            let fd = slot.fd;
+            let tls = slot.tls.as_deref_mut().expect("a TLS slot");
+            let kept = tls.partial_len();
+            let room = self.buf.len() - kept;
+            if room == 0 {
+                // Unfinished input fills the whole read buffer: a handshake message
+                // spread over many records that no real client sends (a ClientHello is
+                // a few KB). Refuse it rather than read 0 bytes and call it EOF.
+                ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "too_large");
+                tls.abandon();
+                self.tls_failed(entry);
+                continue;
+            }
+            // SAFETY: reads into the shard's buffer behind the kept bytes; the pointer
+            // and length stay inside the buffer.
+            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().add(kept).cast(), room, libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                if n < 0 {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EAGAIN) => return,
+                        Some(libc::EINTR) => continue,
+                        _ => {}
+                    }
+                }
+                if !tls.is_established() && self.slots[index].phase == Phase::Handshake {
+                    ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "eof");
+                }
+                self.on_eof(entry);
+                return;
+            }
+            let n = n as usize;
+            self.metrics.bytes_in += n as u64;
+            if tls.is_failed() {
+                // Only the alert and the linger are left: input is discarded.
+                if n < room && !to_end {
+                    return;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    self.again.push(entry);
+                    return;
+                }
+                continue;
+            }
+            tls.take_partial(&mut self.buf);
+            self.plain.clear();
+            let was_established = tls.is_established();
+            let result = tls.handle_ciphertext(&mut self.buf[..kept + n], &mut self.plain);
+            if tls.wants_transmit() {
+                self.mark_dirty(entry);
+            }
+            let input = match result {
+                Ok(input) => input,
+                Err(error) => {
+                    let label = if was_established {
+                        "after_handshake"
+                    } else {
+                        error.label()
+                    };
+                    ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, label);
+                    self.tls_failed(entry);
+                    return;
+                }
+            };
+            if let Some(info) = input.handshake_done {
+                ShardMetrics::bump(&mut self.metrics.tls_handshakes, info.version);
+                self.metrics.tls_resumed += u64::from(info.resumed);
+            }
+            let plain = self.plain.len();
+            if plain > 0 {
+                std::mem::swap(&mut self.buf, &mut self.plain);
+                match self.slots[index].phase {
+                    Phase::Handshake => self.on_request_bytes(entry, plain),
+                    Phase::Open => self.on_frame_bytes(entry, 0, plain),
+                    Phase::Closing | Phase::Linger => {}
+                    Phase::Free => unreachable!("read on a free slot"),
+                }
+                std::mem::swap(&mut self.buf, &mut self.plain);
+            }
+            if !self.valid(entry) {
+                return;
+            }
+            if input.peer_closed {
+                // close_notify: the peer sends nothing more, as with a FIN.
+                self.on_eof(entry);
+                return;
+            }
+            if n < room && !to_end {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.again.push(entry);
+                return;
+            }
+        }
+    }
+
+    /// The TLS session failed: drop queued data, send rustls' alert (if any), then
+    /// close like a refused handshake (linger for the peer's EOF, up to the close
+    /// timeout).
+    pub(super) fn tls_failed(&mut self, entry: Entry) {
+        self.leave_open(entry);
+        let close_timeout = self.cfg.limits.close_timeout;
+        let now = self.now;
+        let slot = &mut self.slots[entry.slot as usize];
+        let io = slot.io.get_or_insert_with(Box::default);
+        for out in io.queue.drain(..) {
+            let len = out.as_bytes().len();
+            self.queued_total -= len;
+        }
+        io.queued_bytes = 0;
+        io.head_written = 0;
+        io.request = Vec::new();
+        io.close_after_flush = true;
+        io.deadline = Some(now + close_timeout);
+        self.mark_dirty(entry);
+        self.schedule(entry);
+    }
+
+    pub(super) fn on_eof(&mut self, entry: Entry) {
+        let slot = &mut self.slots[entry.slot as usize];
+        let abnormal = match slot.phase {
+            Phase::Open => !slot.ws.handle_eof(),
+            Phase::Handshake | Phase::Closing => true,
+            Phase::Linger | Phase::Free => false,
+        };
+        self.release(entry, abnormal);
+    }
+}
