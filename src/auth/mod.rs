@@ -13,7 +13,8 @@
 //!   one `Authenticator`, shared read-only by every shard (`Arc<Authenticator>`; it is
 //!   `Send + Sync`), or an [`AuthConfigError`] naming the option or file at fault.
 //! - Per upgrade: `authenticate(&request, now)` → [`Identity`] (send the 101), or an
-//!   [`AuthError`] → [`write_unauthorized`] appends the 401 to the caller's buffer.
+//!   [`AuthError`]: what the caller answers (`server::admission` writes the 401 with
+//!   [`AuthError::reason`] and [`AuthError::www_authenticate`]); auth writes no HTTP.
 //! - Tooling: [`mint`] signs tokens; [`TokenArgs`] and [`run_token`] are the
 //!   `wsgate token` subcommand.
 //!
@@ -125,7 +126,7 @@ use std::time::{Duration, SystemTime};
 
 pub use mint::{DEFAULT_LIFETIME, LIFETIME_RANGE, MintError, MintKey, MintOptions, TokenArgs, mint, run_token};
 
-use crate::proto::handshake::{Request, Status, write_error_response};
+use crate::proto::handshake::{Request, Status};
 use keys::{KeyKind, VerifyingKey};
 
 /// The realm of every `WWW-Authenticate` challenge we send.
@@ -693,18 +694,6 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
-
-/// Appends the complete 401 response for `error` to `out`: status line, `Connection:
-/// close`, the `WWW-Authenticate` challenge and the reason as the body (built by
-/// [`write_error_response`]). The caller sends it and closes the connection.
-pub fn write_unauthorized(out: &mut Vec<u8>, error: AuthError) {
-    write_error_response(
-        out,
-        Status::Unauthorized,
-        error.reason(),
-        &[("WWW-Authenticate", error.www_authenticate())],
-    );
-}
 
 // ---------------------------------------------------------------------------------------
 // Identity

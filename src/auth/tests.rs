@@ -21,6 +21,7 @@ use super::keys::der_expect;
 use super::*;
 use crate::limits::Limits;
 use crate::proto::handshake::{HandshakeConfig, parse_request};
+use crate::server::admission::Refused;
 
 // ---- Fixtures ----
 
@@ -1400,30 +1401,6 @@ fn the_token_subprotocol_is_never_selected_or_echoed() {
 // ---- The 401 ----
 
 #[test]
-fn unauthorized_response_bytes() {
-    let mut out = Vec::new();
-    write_unauthorized(&mut out, AuthError::Expired);
-    assert_eq!(
-        String::from_utf8(out).unwrap(),
-        "HTTP/1.1 401 Unauthorized\r\n\
-         Connection: close\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: 18\r\n\
-         WWW-Authenticate: Bearer realm=\"wsgate\", error=\"invalid_token\", error_description=\"token has expired\"\r\n\
-         \r\n\
-         token has expired\n"
-    );
-    let mut out = b"earlier".to_vec();
-    write_unauthorized(&mut out, AuthError::Missing);
-    let response = String::from_utf8(out).unwrap();
-    assert!(response.starts_with("earlierHTTP/1.1 401 Unauthorized\r\n"));
-    assert!(
-        response.contains("\r\nWWW-Authenticate: Bearer realm=\"wsgate\"\r\n\r\n"),
-        "{response}"
-    );
-}
-
-#[test]
 fn every_refusal_is_a_well_formed_401_without_the_token() {
     let auth = hs_auth();
     let token = hs_token("alice");
@@ -1432,13 +1409,13 @@ fn every_refusal_is_a_well_formed_401_without_the_token() {
     let error = authenticate(&auth, &target, &[]).unwrap_err();
     assert_eq!(error, AuthError::BadSignature);
     let mut out = Vec::new();
-    write_unauthorized(&mut out, error);
+    Refused::Unauthorized(error).write_response(&mut out);
     let response = String::from_utf8(out).unwrap();
     assert!(!response.contains(&tampered[..20]) && !response.contains(&token[..20]));
 
     for &error in AuthError::ALL {
         let mut out = Vec::new();
-        write_unauthorized(&mut out, error);
+        Refused::Unauthorized(error).write_response(&mut out);
         let response = String::from_utf8(out).unwrap();
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         assert!(

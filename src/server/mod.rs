@@ -31,8 +31,9 @@
 //! glommio keeps armed whenever it parks). `tests::shards_parked_with_runnable_tasks_are_woken`
 //! reproduces the stall in seconds with a 10 µs timer on one core.
 
+pub mod admission;
 pub mod ring;
-pub mod shard;
+mod shard;
 pub mod watchdog;
 pub mod wheel;
 

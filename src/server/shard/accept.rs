@@ -6,7 +6,9 @@
 //! handshakes in flight, a fixed 503 written straight to the socket and the fd closed.
 //! Accepting pauses for `ACCEPT_BACKOFF` after EMFILE/ENFILE.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use socket2::SockRef;
 
 use crate::metrics::ShardMetrics;
 use crate::server::ring::Completion;
@@ -56,7 +58,8 @@ impl Shard {
             ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
             return;
         }
-        let fd = completion.result;
+        // SAFETY: a successful accept hands over a new descriptor that nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(completion.result) };
         self.metrics.accepted += 1;
         if self.drain.is_some() || self.handshakes >= self.cfg.max_handshakes_per_shard {
             let label = if self.drain.is_some() {
@@ -65,46 +68,26 @@ impl Shard {
                 "handshake_limit"
             };
             ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
-            // SAFETY: `fd` was just accepted and is owned by nobody else; the response
-            // is a static buffer; the fd is closed right after. A TLS client would read
-            // plaintext as garbage, so it only sees the connection close.
-            unsafe {
-                if which != ACCEPT_TLS {
-                    libc::send(
-                        fd,
-                        BUSY_RESPONSE.as_ptr().cast(),
-                        BUSY_RESPONSE.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    );
-                }
-                libc::close(fd);
+            // A TLS client would read plaintext as garbage, so it only sees the close. The
+            // send is best effort (a full or reset socket gets no answer); dropping `fd`
+            // closes it.
+            if which != ACCEPT_TLS {
+                let _ = SockRef::from(&fd).send_with_flags(BUSY_RESPONSE, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
             }
             return;
         }
         let tls = if which == ACCEPT_TLS {
             match self.new_tls_session() {
                 Some(session) => Some(session),
-                None => {
-                    // SAFETY: `fd` was just accepted and is owned by nobody else.
-                    unsafe { libc::close(fd) };
-                    return;
-                }
+                None => return, // Dropping `fd` closes it.
             }
         } else {
             None
         };
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on our own socket with a pointer to a live c_int. Nagle's
-        // algorithm would hold back small messages; a messaging gateway wants them out.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // Nagle's algorithm would hold back small messages; a messaging gateway wants
+        // them out. A failure leaves a working socket with Nagle on.
+        let _ = SockRef::from(&fd).set_nodelay(true);
+        let raw_fd = fd.as_raw_fd();
         let now = self.now;
         let slot = match self.free.pop() {
             Some(index) => index,
@@ -115,7 +98,7 @@ impl Shard {
         };
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.phase, Phase::Free);
-        s.fd = fd;
+        s.fd = Some(fd);
         s.phase = Phase::Handshake;
         if tls.is_some() {
             self.metrics.tls_sessions += 1;
@@ -127,7 +110,7 @@ impl Shard {
         }));
         self.handshakes += 1;
         let entry = self.entry(slot);
-        self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+        self.ring.poll_read_multi(raw_fd, user_data(KIND_READ, entry));
         self.schedule(entry);
     }
 

@@ -7,6 +7,7 @@
 //! generation bumped so no late completion reaches its next owner. A drain sends close
 //! frames to the open connections in random order spread over the drain window.
 
+use std::net::Shutdown;
 use std::time::Instant;
 
 use crate::edge::ConnRef;
@@ -16,7 +17,7 @@ use crate::proto::frame::Role;
 use crate::server::wheel::Entry;
 
 use super::handle::Command;
-use super::slot::{Phase, conn_of, user_data};
+use super::slot::{Phase, conn_of, sock, user_data};
 use super::{ACCEPT_PLAIN, ACCEPT_TLS, GEN_MASK, KIND_READ, KIND_WRITE, Shard};
 
 /// Drain progress.
@@ -100,10 +101,9 @@ impl Shard {
             self.handshakes -= 1;
         }
         slot.phase = Phase::Linger;
-        // SAFETY: shutdown on our own socket.
-        unsafe {
-            libc::shutdown(slot.fd, libc::SHUT_WR);
-        }
+        // A failure means the peer is gone already: the linger then ends at EOF or its
+        // deadline all the same.
+        let _ = sock(&slot.fd).shutdown(Shutdown::Write);
         let io = slot.io.get_or_insert_with(Box::default);
         io.close_after_flush = false;
         io.deadline = Some(self.now + self.cfg.limits.close_timeout);
@@ -132,18 +132,15 @@ impl Shard {
         if slot.write_armed {
             self.ring.poll_remove(user_data(KIND_WRITE, entry));
         }
-        // SAFETY: the fd is ours and is forgotten right after; the pending polls hold
-        // their own file references until the removals above complete.
-        unsafe {
-            libc::close(slot.fd);
-        }
+        // Closes the socket; the pending polls hold their own file references until the
+        // removals above complete.
+        drop(slot.fd.take());
         if let Some(io) = slot.io.take() {
             self.queued_total -= io.queued_bytes;
         }
         if slot.tls.take().is_some() {
             self.metrics.tls_sessions -= 1;
         }
-        slot.fd = -1;
         slot.phase = Phase::Free;
         slot.write_armed = false;
         slot.dirty = false;

@@ -17,7 +17,7 @@ use crate::server::ring::{BELL_DATA, Completion, NOOP_DATA};
 use crate::server::wheel::Entry;
 
 use super::handle::Command;
-use super::slot::{Phase, entry_of, user_data};
+use super::slot::{Phase, entry_of, raw, user_data};
 use super::{
     ACCEPT_PLAIN, ACCEPT_TLS, COMPLETION_BATCH, KIND_ACCEPT, KIND_MASK, KIND_READ, KIND_WRITE, Shard, ShardState,
 };
@@ -181,7 +181,7 @@ impl Shard {
                 if !completion.more {
                     // The kernel ended the multishot poll (it may, e.g. on overflow):
                     // arm it again.
-                    let fd = self.slots[entry.slot as usize].fd;
+                    let fd = raw(&self.slots[entry.slot as usize].fd);
                     self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
                 }
                 // The poll result is the ready mask. A hang-up or error must be read to the

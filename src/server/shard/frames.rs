@@ -16,8 +16,8 @@ use crate::proto::connection::{Event, Message};
 use crate::proto::frame::{OpCode, SharedFrame};
 use crate::server::wheel::Entry;
 
-use super::slot::{Out, Phase, conn_of, entry_of_conn};
-use super::{MESH_RECV_BATCH, Shard};
+use super::slot::{Out, Phase, conn_of, entry_of_conn, sock};
+use super::{MESH_RECV_BATCH, SEND_FLAGS, Shard};
 
 impl Shard {
     /// Takes what other shards sent (start of a turn and every tick).
@@ -182,18 +182,9 @@ impl Shard {
             return false;
         }
         let bytes = self.ping.as_bytes();
-        // SAFETY: a non-blocking send of a live buffer on our own socket. Two bytes into
-        // an empty send buffer are taken whole or not at all (EAGAIN) in practice; a
-        // short write is still handled below by never claiming success for it.
-        let sent = unsafe {
-            libc::send(
-                slot.fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        match usize::try_from(sent) {
+        // Two bytes into an empty send buffer are taken whole or not at all (EAGAIN) in
+        // practice; a short write is still handled below by never claiming success for it.
+        match sock(&slot.fd).send_with_flags(bytes, SEND_FLAGS) {
             Ok(n) if n == bytes.len() => {
                 self.metrics.frames_out += 1;
                 self.metrics.bytes_out += n as u64;

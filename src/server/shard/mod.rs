@@ -84,6 +84,8 @@ const KIND_MASK: u64 = 3 << 62;
 const ACCEPT_PLAIN: u64 = KIND_ACCEPT;
 const ACCEPT_TLS: u64 = KIND_ACCEPT | 1;
 const GEN_MASK: u32 = (1 << 30) - 1;
+/// Every send is non-blocking and must not raise SIGPIPE on a reset peer.
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 
 /// Bytes one connection may read in one turn before the shard moves on to others (the
 /// rest is read in the next turn), so a fast sender cannot starve its neighbours.
@@ -315,10 +317,5 @@ impl Shard {
     /// Gives the shard its ends of the cross-shard rings (once every shard exists).
     pub fn attach_mesh(&mut self, endpoint: Endpoint<MeshMsg>) {
         self.mesh = Some(endpoint);
-    }
-
-    /// Whether the shard speaks the messaging protocol (not in echo mode).
-    pub fn messaging(&self) -> bool {
-        self.msg.is_some()
     }
 }

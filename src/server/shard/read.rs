@@ -6,10 +6,12 @@
 //! same path; EOF and read errors ending the connection (`close`). A connection reads
 //! at most `READ_BUDGET_BYTES` per turn; the rest waits for the next turn.
 
+use std::io::{ErrorKind, Read};
+
 use crate::metrics::ShardMetrics;
 use crate::server::wheel::Entry;
 
-use super::slot::Phase;
+use super::slot::{Phase, sock};
 use super::{READ_BUDGET_BYTES, Shard};
 
 impl Shard {
@@ -22,24 +24,22 @@ impl Shard {
         }
         let mut budget = READ_BUDGET_BYTES;
         loop {
-            let fd = self.slots[entry.slot as usize].fd;
-            // SAFETY: reads into the shard's buffer, which is valid for its length.
-            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EAGAIN) => return,
-                    Some(libc::EINTR) => continue,
+            // The socket is non-blocking (accepted with SOCK_NONBLOCK).
+            let n = match (&*sock(&self.slots[entry.slot as usize].fd)).read(&mut self.buf) {
+                Ok(0) => {
+                    self.on_eof(entry);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) => match e.kind() {
+                    ErrorKind::WouldBlock => return,
+                    ErrorKind::Interrupted => continue,
                     _ => {
                         self.on_eof(entry);
                         return;
                     }
-                }
-            }
-            if n == 0 {
-                self.on_eof(entry);
-                return;
-            }
-            let n = n as usize;
+                },
+            };
             self.metrics.bytes_in += n as u64;
             match self.slots[entry.slot as usize].phase {
                 Phase::Handshake => self.on_request_bytes(entry, n),
@@ -67,7 +67,6 @@ impl Shard {
         let mut budget = READ_BUDGET_BYTES;
         loop {
             let slot = &mut self.slots[index];
-            let fd = slot.fd;
             let tls = slot.tls.as_deref_mut().expect("a TLS slot");
             let kept = tls.partial_len();
             let room = self.buf.len() - kept;
@@ -80,24 +79,20 @@ impl Shard {
                 self.tls_failed(entry);
                 continue;
             }
-            // SAFETY: reads into the shard's buffer behind the kept bytes; the pointer
-            // and length stay inside the buffer.
-            let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().add(kept).cast(), room, libc::MSG_DONTWAIT) };
-            if n <= 0 {
-                if n < 0 {
-                    match std::io::Error::last_os_error().raw_os_error() {
-                        Some(libc::EAGAIN) => return,
-                        Some(libc::EINTR) => continue,
-                        _ => {}
+            // Behind the kept bytes of an unfinished record, within the buffer.
+            let read = (&*sock(&slot.fd)).read(&mut self.buf[kept..]);
+            let n = match read {
+                Ok(n) if n > 0 => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Ok(_) | Err(_) => {
+                    if !tls.is_established() && slot.phase == Phase::Handshake {
+                        ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "eof");
                     }
+                    self.on_eof(entry);
+                    return;
                 }
-                if !tls.is_established() && self.slots[index].phase == Phase::Handshake {
-                    ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "eof");
-                }
-                self.on_eof(entry);
-                return;
-            }
-            let n = n as usize;
+            };
             self.metrics.bytes_in += n as u64;
             if tls.is_failed() {
                 // Only the alert and the linger are left: input is discarded.

@@ -6,11 +6,13 @@
 //! beyond the connection's cap or the shard's budget closing the connection as a slow
 //! consumer (queued data dropped, close 1008).
 
+use std::io::{self, ErrorKind, IoSlice};
+
 use crate::proto::close::CloseCode;
 use crate::server::wheel::Entry;
 
-use super::slot::{Io, Out, user_data};
-use super::{IOV_BATCH, KIND_WRITE, Shard, TLS_SEAL_BATCH_BYTES};
+use super::slot::{Io, Out, raw, sock, user_data};
+use super::{IOV_BATCH, KIND_WRITE, SEND_FLAGS, Shard, TLS_SEAL_BATCH_BYTES};
 
 impl Shard {
     pub(super) fn mark_dirty(&mut self, entry: Entry) {
@@ -79,10 +81,7 @@ impl Shard {
             if io.queue.is_empty() {
                 break;
             }
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; IOV_BATCH];
+            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
             let mut count = 0;
             let mut total = 0;
             for (i, out) in io.queue.iter().take(IOV_BATCH).enumerate() {
@@ -91,28 +90,20 @@ impl Shard {
                 } else {
                     out.as_bytes()
                 };
-                iov[i] = libc::iovec {
-                    iov_base: bytes.as_ptr().cast_mut().cast(),
-                    iov_len: bytes.len(),
-                };
+                iov[i] = IoSlice::new(bytes);
                 count += 1;
                 total += bytes.len();
             }
-            // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose entries point
-            // into queued buffers that stay alive (and unmoved) for the call.
-            let sent = unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = count;
-                libc::sendmsg(slot.fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            };
-            if sent < 0 {
-                if self.send_failed(entry) {
-                    continue;
+            let sent = match sock(&slot.fd).send_vectored_with_flags(&iov[..count], SEND_FLAGS) {
+                Ok(sent) => sent,
+                Err(error) => {
+                    if self.send_failed(entry, &error) {
+                        continue;
+                    }
+                    return;
                 }
-                return;
-            }
-            let mut left = sent as usize;
+            };
+            let mut left = sent;
             self.metrics.bytes_out += left as u64;
             while left > 0 {
                 let head = io
@@ -136,7 +127,7 @@ impl Shard {
                     left = 0;
                 }
             }
-            if (sent as usize) < total {
+            if sent < total {
                 self.wait_writable(entry);
                 return;
             }
@@ -201,22 +192,15 @@ impl Shard {
             if pending.is_empty() {
                 break;
             }
-            // SAFETY: sends from the session's output buffer, valid for its length.
-            let sent = unsafe {
-                libc::send(
-                    slot.fd,
-                    pending.as_ptr().cast(),
-                    pending.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if sent < 0 {
-                if self.send_failed(entry) {
-                    continue;
+            let sent = match sock(&slot.fd).send_with_flags(pending, SEND_FLAGS) {
+                Ok(sent) => sent,
+                Err(error) => {
+                    if self.send_failed(entry, &error) {
+                        continue;
+                    }
+                    return;
                 }
-                return;
-            }
-            let sent = sent as usize;
+            };
             let short = sent < pending.len();
             tls.consume_transmit(sent);
             self.metrics.bytes_out += sent as u64;
@@ -233,15 +217,15 @@ impl Shard {
         self.after_flush(entry);
     }
 
-    /// After a failed send (errno still fresh): waits for writability on EAGAIN, asks
-    /// for a retry on EINTR (true), ends the connection on anything else.
-    pub(super) fn send_failed(&mut self, entry: Entry) -> bool {
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => {
+    /// After a failed send: waits for writability when the socket is full, asks for a
+    /// retry when interrupted (true), ends the connection on anything else.
+    pub(super) fn send_failed(&mut self, entry: Entry, error: &io::Error) -> bool {
+        match error.kind() {
+            ErrorKind::WouldBlock => {
                 self.wait_writable(entry);
                 false
             }
-            Some(libc::EINTR) => true,
+            ErrorKind::Interrupted => true,
             _ => {
                 self.release(entry, true);
                 false
@@ -253,6 +237,6 @@ impl Shard {
     pub(super) fn wait_writable(&mut self, entry: Entry) {
         let slot = &mut self.slots[entry.slot as usize];
         slot.write_armed = true;
-        self.ring.poll_write_once(slot.fd, user_data(KIND_WRITE, entry));
+        self.ring.poll_write_once(raw(&slot.fd), user_data(KIND_WRITE, entry));
     }
 }

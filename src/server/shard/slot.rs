@@ -6,8 +6,10 @@
 //! messaging's `ConnId`.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
+
+use socket2::SockRef;
 
 use crate::edge::{IpTicket, UserTicket};
 use crate::msg::ConnId;
@@ -39,6 +41,17 @@ pub(super) fn entry_of(user_data: u64) -> Entry {
         slot: user_data as u32,
         gen_: ((user_data >> 32) as u32) & GEN_MASK,
     }
+}
+
+/// The socket of a slot in use, for socket2's safe calls (`fd` is borrowed alone, so the
+/// slot's other fields stay free to borrow).
+pub(super) fn sock(fd: &Option<OwnedFd>) -> SockRef<'_> {
+    SockRef::from(fd.as_ref().expect("a slot in use has a socket"))
+}
+
+/// The raw descriptor of a slot in use, for io_uring requests.
+pub(super) fn raw(fd: &Option<OwnedFd>) -> RawFd {
+    fd.as_ref().expect("a slot in use has a socket").as_raw_fd()
 }
 
 /// Where a slot is in a connection's life.
@@ -109,8 +122,8 @@ pub(super) struct Slot {
     /// The TLS session of a connection from the TLS listener (`None` for plain ones, so
     /// a plain slot pays one pointer for TLS).
     pub(super) tls: Option<Box<TlsSession>>,
-    /// The socket.
-    pub(super) fd: RawFd,
+    /// The socket (`None` while the slot is free: dropping it closes the socket).
+    pub(super) fd: Option<OwnedFd>,
     /// Changes every time the slot is freed (30 bits used).
     pub(super) gen_: u32,
     /// The wheel tick the slot is scheduled for, 0 when unscheduled.
@@ -140,7 +153,7 @@ impl Slot {
             ws: Connection::new(Role::Server, now),
             io: None,
             tls: None,
-            fd: -1,
+            fd: None,
             gen_: 0,
             wheel_tick: 0,
             phase: Phase::Free,
