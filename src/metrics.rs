@@ -85,6 +85,9 @@ pub struct ShardMetrics {
     /// 0.9 can park an executor with runnable tasks; see `server::watchdog`). Should
     /// stay 0.
     pub watchdog_wakes: u64,
+    /// Commands from other threads refused because the shard's inbox was full
+    /// (`server::COMMAND_INBOX_CAPACITY`): API requests answered 503, evictions dropped.
+    pub commands_refused: u64,
     /// Gauge: connections on the TLS listener now (handshaking, open or closing).
     pub tls_sessions: u64,
     /// TLS handshakes completed, by protocol version (`tls13`, `tls12`).
@@ -352,6 +355,12 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Times the watchdog woke a shard that slept through its ticks.",
         series: Series::Plain(|m| m.watchdog_wakes),
+    },
+    Family {
+        name: "wsgate_shard_commands_refused_total",
+        kind: Kind::Counter,
+        help: "Commands refused because the shard's inbox was full (API requests answered 503, evictions dropped).",
+        series: Series::Plain(|m| m.commands_refused),
     },
     Family {
         name: "wsgate_msg_users",
@@ -774,6 +783,9 @@ wsgate_connections_closed_total{shard="0"} 6
 # HELP wsgate_shard_watchdog_wakes_total Times the watchdog woke a shard that slept through its ticks.
 # TYPE wsgate_shard_watchdog_wakes_total counter
 wsgate_shard_watchdog_wakes_total{shard="0"} 0
+# HELP wsgate_shard_commands_refused_total Commands refused because the shard's inbox was full (API requests answered 503, evictions dropped).
+# TYPE wsgate_shard_commands_refused_total counter
+wsgate_shard_commands_refused_total{shard="0"} 0
 # HELP wsgate_msg_users Users with a connection on the shard (messaging).
 # TYPE wsgate_msg_users gauge
 wsgate_msg_users{shard="0"} 0

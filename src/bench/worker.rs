@@ -663,17 +663,13 @@ impl Worker {
             }
         }
         let mut bytes = [0u8; 64];
-        let mut rang = false;
         while let Ok(n) = (&self.bell).read(&mut bytes) {
             if n == 0 {
                 break;
             }
-            rang = true;
-        }
-        if rang {
-            // The doorbell's read-then-write pair fired: arm it again before draining,
-            // so a completion posted after the drain rings it anew.
-            self.ring.arm_bell();
+            // Re-arms the read-then-write pair if it fired (before draining, so a
+            // completion posted after the drain rings it anew).
+            self.ring.on_bell_bytes(&bytes[..n]);
         }
     }
 

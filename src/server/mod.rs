@@ -47,7 +47,7 @@ use std::thread::JoinHandle;
 
 use futures_lite::AsyncReadExt;
 
-pub use self::shard::{Command, Peers, ShardHandle, Shared};
+pub use self::shard::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle, Shared};
 use self::shard::{Shard, ShardState};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -107,6 +107,7 @@ impl ApiSink for ApiShards {
 
     fn deliver(&self, shard: ShardId, request: ApiRequest) -> Result<(), SinkError> {
         let handle = self.handles.get(usize::from(shard)).ok_or(SinkError::Unavailable)?;
+        // A full inbox answers the request `overloaded` itself (see `ShardHandle::send`).
         handle.send(Command::Api(Box::new(request)));
         Ok(())
     }
@@ -335,11 +336,11 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
     let mut bytes = [0u8; 256];
     let waker = glommio::spawn_local(async move {
         loop {
-            match bell.read(&mut bytes).await {
+            let n = match bell.read(&mut bytes).await {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if shard.borrow_mut().on_wake() == ShardState::Finished {
+                Ok(n) => n,
+            };
+            if shard.borrow_mut().on_wake(&bytes[..n]) == ShardState::Finished {
                 return;
             }
         }

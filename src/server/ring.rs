@@ -15,7 +15,16 @@
 //! drains the ring. Other threads wake the shard the same way, by writing a byte to the
 //! socketpair ([`Bell`]). glommio offers no public way to wait on an eventfd or on a ring
 //! fd; the socketpair is what makes the whole path use public APIs only.
+//!
+//! The pair writes [`PAIR_BYTE`], other threads write [`BELL_BYTE`]: a wake-up re-arms
+//! the pair only when the pair's own byte is among what it read
+//! ([`ConnRing::on_bell_bytes`]). Re-arming on every wake would leave one more pair
+//! pending in the kernel each time another thread rang while the pair was still armed,
+//! and each pending pair writes its byte on the next completion: the pairs would pile up
+//! under cross-shard traffic (a leak found by reproducing it with these io_uring calls;
+//! `tests::the_doorbell_pair_is_rearmed_only_when_it_fired` guards it).
 
+use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -28,6 +37,29 @@ pub const BELL_DATA: u64 = u64::MAX;
 /// `user_data` of requests whose completion needs no action (poll removal, cancel).
 pub const NOOP_DATA: u64 = u64::MAX - 1;
 
+/// The byte [`Bell::ring`] writes (another thread, or the shard itself, wants a turn).
+pub const BELL_BYTE: u8 = 1;
+/// The byte the armed doorbell pair writes when the ring posted a completion: the pair
+/// is spent and must be armed again.
+pub const PAIR_BYTE: u8 = 2;
+
+/// The pair's write buffer: a static, so its address is valid for as long as any kernel
+/// request may read it (even while a ring is torn down after its drop), with nothing
+/// leaked per ring.
+static PAIR_WRITE: u8 = PAIR_BYTE;
+
+/// Where every ring's armed eventfd read stores the counter. Nothing ever reads it: the
+/// value is discarded, only the read's completion matters. One static sink for all rings
+/// (the kernel's writes to it race only with each other, never with Rust code), so no
+/// ring leaks a buffer and none dangles while a dropped ring is torn down.
+struct EventfdSink(UnsafeCell<u64>);
+
+// SAFETY: no Rust code reads or writes the cell; only the kernel writes it, through the
+// raw pointer handed to io_uring.
+unsafe impl Sync for EventfdSink {}
+
+static EVENTFD_SINK: EventfdSink = EventfdSink(UnsafeCell::new(0));
+
 /// Wakes a shard from any thread.
 #[derive(Debug, Clone)]
 pub struct Bell {
@@ -38,7 +70,7 @@ impl Bell {
     /// Rings: the shard's task wakes and looks at its ring and its command inbox. A full
     /// socketpair means a ring is already pending, so errors are ignored.
     pub fn ring(&self) {
-        let byte = 1u8;
+        let byte = BELL_BYTE;
         // SAFETY: writes one byte from a live stack variable to a socket we own; the
         // result is deliberately ignored (EAGAIN means the bell is already rung).
         unsafe {
@@ -68,11 +100,6 @@ pub struct ConnRing {
     ring: IoUring,
     eventfd: OwnedFd,
     bell: Bell,
-    /// Where the armed eventfd read stores the counter. Leaked (8 bytes per shard) so
-    /// its address stays valid even while the kernel tears the ring down after a drop.
-    counter: &'static mut u64,
-    /// The byte the doorbell write sends; leaked for the same reason.
-    one: &'static u8,
 }
 
 impl std::fmt::Debug for ConnRing {
@@ -113,8 +140,6 @@ impl ConnRing {
             ring,
             eventfd,
             bell: Bell { fd: Arc::new(tx) },
-            counter: Box::leak(Box::new(0)),
-            one: Box::leak(Box::new(1)),
         };
         this.arm_bell();
         this.submit()?;
@@ -126,20 +151,30 @@ impl ConnRing {
         self.bell.clone()
     }
 
-    /// Arms the doorbell: call once per wake-up, before draining completions, so a
-    /// completion that arrives after the drain rings it again.
+    /// Takes the bytes a wake-up read from the doorbell's far end: if the pair's own byte
+    /// is among them the pair has fired, and it is armed again (call before draining
+    /// completions, so a completion posted after the drain rings it anew). Bytes from
+    /// [`Bell::ring`] alone leave the pair as it is: it is still pending.
+    pub fn on_bell_bytes(&mut self, bytes: &[u8]) {
+        if bytes.contains(&PAIR_BYTE) {
+            self.arm_bell();
+        }
+    }
+
+    /// Arms the doorbell pair: at start, after the pair fired ([`Self::on_bell_bytes`]),
+    /// and after it failed (its `BELL_DATA` completion).
     pub fn arm_bell(&mut self) {
-        let counter: *mut u64 = &raw mut *self.counter;
+        let counter: *mut u64 = EVENTFD_SINK.0.get();
         let read = opcode::Read::new(types::Fd(self.eventfd.as_raw_fd()), counter.cast(), 8)
             .build()
             .flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS)
             .user_data(BELL_DATA);
-        let write = opcode::Write::new(types::Fd(self.bell.fd.as_raw_fd()), self.one, 1)
+        let write = opcode::Write::new(types::Fd(self.bell.fd.as_raw_fd()), &raw const PAIR_WRITE, 1)
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(BELL_DATA);
-        // SAFETY: the buffers (`counter`, `one`) are leaked, so valid for as long as the
-        // kernel may use them.
+        // SAFETY: both buffers are statics, valid for as long as the kernel may use them;
+        // the sink is written only by the kernel and never read.
         unsafe {
             self.push_raw(&read);
             self.push_raw(&write);
@@ -244,7 +279,81 @@ impl ConnRing {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
     use super::*;
+
+    /// Reads what the doorbell's far end holds, waiting up to `wait` for the first byte
+    /// and then a little longer for any that follow.
+    fn read_bell(rx: &mut UnixStream, wait: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        let mut quiet_since = None;
+        loop {
+            let mut bytes = [0u8; 256];
+            match rx.read(&mut bytes) {
+                Ok(n) if n > 0 => {
+                    got.extend_from_slice(&bytes[..n]);
+                    quiet_since = None;
+                }
+                _ => {
+                    let now = Instant::now();
+                    if !got.is_empty() && now >= *quiet_since.get_or_insert(now + Duration::from_millis(50)) {
+                        return got;
+                    }
+                    if got.is_empty() && now >= deadline {
+                        return got;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_doorbell_pair_is_rearmed_only_when_it_fired() {
+        let (mut ring, rx) = ConnRing::new(8, 64).expect("io_uring");
+        let mut rx = UnixStream::from(rx);
+        rx.set_nonblocking(true).unwrap();
+        let bell = ring.bell();
+        let mut completions = Vec::new();
+        // Many wakes rung by other threads while the pair is pending: each wake hands
+        // over what it read, as the shard does.
+        for _ in 0..50 {
+            bell.ring();
+            let bytes = read_bell(&mut rx, Duration::from_secs(1));
+            assert_eq!(bytes, [BELL_BYTE]);
+            ring.on_bell_bytes(&bytes);
+            ring.submit().unwrap();
+        }
+        // Exactly one pair is pending, not 51: with no re-arm in between, five
+        // completions bring one pair byte in all (each pending pair would bring one).
+        for round in 0..5u64 {
+            let nop = opcode::Nop::new().build().user_data(round);
+            // SAFETY: a no-op carries no buffer.
+            unsafe { ring.push_raw(&nop) };
+            ring.submit().unwrap();
+            let wait = if round == 0 { 2000 } else { 100 };
+            let bytes = read_bell(&mut rx, Duration::from_millis(wait));
+            let expected: &[u8] = if round == 0 { &[PAIR_BYTE] } else { &[] };
+            assert_eq!(bytes, expected, "round {round}: pending doorbell pairs piled up");
+            completions.clear();
+            ring.drain(&mut completions, 64);
+            assert!(
+                completions.iter().all(|c| c.user_data != BELL_DATA),
+                "the pair failed: {completions:?}"
+            );
+        }
+        // Armed again once it fired, the pair rings on the next completion.
+        ring.on_bell_bytes(&[PAIR_BYTE]);
+        let nop = opcode::Nop::new().build().user_data(99);
+        // SAFETY: a no-op carries no buffer.
+        unsafe { ring.push_raw(&nop) };
+        ring.submit().unwrap();
+        assert_eq!(read_bell(&mut rx, Duration::from_secs(2)), [PAIR_BYTE]);
+    }
 
     #[test]
     fn overflowed_completions_are_not_left_behind() {

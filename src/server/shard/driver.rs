@@ -25,9 +25,12 @@ use super::{
 impl Shard {
     /// Runs one turn after the doorbell rang: commands, completions, deferred reads,
     /// then writes.
-    pub fn on_wake(&mut self) -> ShardState {
+    ///
+    /// `bell_bytes` is what the wake-up read from the doorbell: the pair is re-armed only
+    /// if it fired (see `server::ring`).
+    pub fn on_wake(&mut self, bell_bytes: &[u8]) -> ShardState {
         self.now = Instant::now();
-        self.ring.arm_bell();
+        self.ring.on_bell_bytes(bell_bytes);
         let commands = std::mem::take(&mut *self.handle.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         for command in commands {
             match command {
@@ -283,6 +286,7 @@ impl Shard {
         self.metrics.handshakes_in_progress = self.handshakes as u64;
         self.metrics.queued_bytes = self.queued_total as u64;
         self.metrics.watchdog_wakes = self.handle.watchdog_wakes.load(Ordering::Relaxed);
+        self.metrics.commands_refused = self.handle.commands_refused();
         if let Some(msg) = &self.msg {
             self.metrics.msg.clone_from(msg.metrics());
             self.metrics.msg_users = msg.hub().users() as u64;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 
+use crate::msg::api::ApiReply;
 use crate::proto::close::CloseCode;
 use crate::server::ring::Bell;
 
@@ -36,6 +37,12 @@ pub enum Command {
     Api(Box<crate::msg::api::ApiRequest>),
 }
 
+/// Commands a shard's inbox holds between two turns. A turn takes them all, so only a
+/// shard that does not run (stalled, or starved of CPU) fills it: kicks from other
+/// shards' per-user evictions and backend API requests arrive far below this in normal
+/// operation (an API burst of this size would also wait on the admin listener's cap).
+pub const COMMAND_INBOX_CAPACITY: usize = 4096;
+
 /// Every shard's handle, filled in once all shards have started: how a shard reaches
 /// another (today only to close a connection evicted by the per-user limit).
 pub type Peers = Arc<OnceLock<Vec<Arc<ShardHandle>>>>;
@@ -43,7 +50,11 @@ pub type Peers = Arc<OnceLock<Vec<Arc<ShardHandle>>>>;
 /// The part of a shard other threads may touch: its inbox and its bell.
 #[derive(Debug)]
 pub struct ShardHandle {
+    /// Commands waiting for the shard's next turn: at most [`COMMAND_INBOX_CAPACITY`]
+    /// (see [`ShardHandle::send`] for what happens beyond).
     pub(super) inbox: Mutex<Vec<Command>>,
+    /// Commands refused because the inbox was full (`wsgate_shard_commands_refused_total`).
+    pub(super) commands_refused: AtomicU64,
     pub(super) bell: Bell,
     /// Ticks the shard has run: the watchdog's sign of life (one relaxed store a tick).
     pub(super) ticks: AtomicU64,
@@ -60,10 +71,43 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
-    /// Delivers `command` and wakes the shard.
-    pub fn send(&self, command: Command) {
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(command);
+    /// Delivers `command` and wakes the shard; false if it was refused.
+    ///
+    /// The inbox holds at most [`COMMAND_INBOX_CAPACITY`] commands. Beyond, a
+    /// [`Command::Api`] request is answered `overloaded` at once (the backend gets 503 and
+    /// may retry) and a [`Command::Kick`] is dropped (the evicted connection stays until
+    /// it ends by itself: its user holds one connection over the limit meanwhile); both
+    /// are counted. A [`Command::Drain`] is never refused: it is queued once however
+    /// many signals ask for it (the first code wins, as `start_drain` keeps the first).
+    pub fn send(&self, command: Command) -> bool {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let accepted = match command {
+            Command::Drain { .. } if inbox.iter().any(|c| matches!(c, Command::Drain { .. })) => true,
+            Command::Drain { .. } => {
+                inbox.push(command);
+                true
+            }
+            _ if inbox.len() >= COMMAND_INBOX_CAPACITY => {
+                drop(inbox);
+                self.commands_refused.fetch_add(1, Ordering::Relaxed);
+                if let Command::Api(request) = command {
+                    request.answer(ApiReply::Overloaded);
+                }
+                return false;
+            }
+            _ => {
+                inbox.push(command);
+                true
+            }
+        };
+        drop(inbox);
         self.bell.ring();
+        accepted
+    }
+
+    /// Commands refused so far because the inbox was full.
+    pub fn commands_refused(&self) -> u64 {
+        self.commands_refused.load(Ordering::Relaxed)
     }
 
     /// The shard's doorbell (the mesh rings it when they bring messages).
@@ -125,5 +169,57 @@ impl ShardHandle {
         let waker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(waker);
         self.tid.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+    use crate::msg::api::{ApiOp, ApiRequest};
+    use crate::server::ring::ConnRing;
+
+    fn handle() -> ShardHandle {
+        let (ring, _rx) = ConnRing::new(4, 8).expect("io_uring");
+        ShardHandle {
+            inbox: Mutex::new(Vec::new()),
+            commands_refused: AtomicU64::new(0),
+            bell: ring.bell(),
+            ticks: AtomicU64::new(0),
+            watchdog_wakes: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            ticker: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn a_full_inbox_refuses_kicks_and_answers_api_requests_but_never_refuses_a_drain() {
+        let handle = handle();
+        for slot in 0..COMMAND_INBOX_CAPACITY as u32 {
+            assert!(handle.send(Command::Kick { slot, gen_: 1 }));
+        }
+        assert!(!handle.send(Command::Kick { slot: 0, gen_: 2 }));
+        let (reply, answer) = sync_channel(1);
+        let request = ApiRequest {
+            op: ApiOp::PresenceUser { user: "alice".into() },
+            reply,
+        };
+        assert!(!handle.send(Command::Api(Box::new(request))));
+        assert_eq!(answer.try_recv(), Ok(ApiReply::Overloaded));
+        assert_eq!(handle.commands_refused(), 2);
+        // Drains get in however full the inbox is, and only once.
+        for code in [CloseCode::GOING_AWAY, CloseCode::SERVICE_RESTART, CloseCode::GOING_AWAY] {
+            assert!(handle.send(Command::Drain { code }));
+        }
+        let inbox = handle.inbox.lock().unwrap();
+        assert_eq!(inbox.len(), COMMAND_INBOX_CAPACITY + 1);
+        assert!(matches!(
+            inbox.last(),
+            Some(Command::Drain {
+                code: CloseCode::GOING_AWAY
+            })
+        ));
+        assert_eq!(handle.commands_refused(), 2);
     }
 }

@@ -50,7 +50,7 @@ mod send;
 mod slot;
 mod upgrade;
 
-pub use self::handle::{Command, Peers, ShardHandle};
+pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle};
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -231,6 +231,7 @@ impl Shard {
         let now = Instant::now();
         let handle = Arc::new(ShardHandle {
             inbox: Mutex::new(Vec::new()),
+            commands_refused: AtomicU64::new(0),
             bell: ring.bell(),
             ticks: AtomicU64::new(0),
             watchdog_wakes: AtomicU64::new(0),
