@@ -114,7 +114,7 @@
 //! | `request.rs` | [`parse_request`]: httparse on the bytes so far, the limits on partial input, the borrowed [`Request`] and its views; the fuzz entry point |
 //! | `validate.rs` | steps 1 to 13 above on a complete request: the RFC 6455 section 4.2.1 rules, each failure a [`HandshakeError`] |
 //! | `lists.rs` | the list grammars of `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` ([`Extension`]) |
-//! | `query.rs` | the query string: the form decoding of [`Request::query_param`] |
+//! | `query.rs` | the query string: [`percent_decode`] (strict, the crate's one percent decoder) and the form decoding of [`Request::query_param`] built on its escape scanner |
 //! | `error.rs` | [`HandshakeError`]: status, metric label and body of every refusal |
 //! | `response.rs` | the bytes we send: the 101 ([`accept_key`]), [`Status`], [`write_error_response`] |
 //! | `syntax.rs` | RFC 9110 byte classes (token, field value, host bytes) and whitespace trimming |
@@ -132,6 +132,7 @@ mod validate;
 
 pub use error::HandshakeError;
 pub use lists::{Extension, ExtensionParams};
+pub use query::percent_decode;
 pub use request::{Request, parse_request};
 #[doc(hidden)]
 pub use request::{SAMPLE_CHROME_REQUEST, fuzz_parse};
