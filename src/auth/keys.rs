@@ -1,8 +1,9 @@
 //! Key material, read once at start-up: the HMAC secret, public keys from PEM or JWKS
 //! files (for verifying), and a private key from a PEM file (for minting).
 //!
-//! PEM and the little DER it needs (SubjectPublicKeyInfo, PKCS#8, PKCS#1) are read here
-//! rather than by jsonwebtoken's `use_pem`, so that every key is typed before it is used
+//! PEM blocks are read with rustls-pki-types (as the TLS certificate and key are), and the
+//! little DER needed (SubjectPublicKeyInfo, PKCS#8, PKCS#1) here, rather than by
+//! jsonwebtoken's `use_pem`, so that every key is typed before it is used
 //! (RSA with its size, EC with its curve, Ed25519), a private key or a certificate given
 //! where a public key belongs is refused with a message that says how to fix it, and an
 //! unsupported curve is a start-up error rather than every token failing later with a bad
@@ -17,8 +18,9 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use rustls_pki_types::pem::{self, PemObject as _, SectionKind};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -243,43 +245,108 @@ pub(super) struct PemBlock {
 /// Every PEM block in `text`, in order (RFC 7468). Text between blocks is ignored, as
 /// openssl writes comments and "Bag Attributes" there. Legacy encrypted PEM (with
 /// `Proc-Type` headers) is refused.
+///
+/// rustls-pki-types reads each block (framing and base64: the same reader rustls uses
+/// for the TLS certificate and key, so one PEM file works for both). What stays here is
+/// what it does not give us: the label of every block. pki-types maps a label onto its
+/// closed [`SectionKind`] list and skips any other block without a word, but our
+/// messages and choices need every label: `RSA PUBLIC KEY` (PKCS#1, accepted),
+/// `ENCRYPTED PRIVATE KEY` and `OPENSSH PRIVATE KEY` (refused with a fix), `EC
+/// PARAMETERS` (skipped). So the text is cut at each BEGIN line, each block goes to
+/// pki-types on its own (under a stand-in label when pki-types does not know its own,
+/// see [`decode_pem_block`]), and the label is taken from the BEGIN line. Lines are
+/// trimmed first, so an indented key (pasted into a config template) still reads.
 pub(super) fn parse_pem(text: &str) -> Result<Vec<PemBlock>, String> {
-    let mut blocks = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        match &mut open {
-            None => {
-                if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) {
-                    open = Some((label.to_owned(), String::new()));
-                }
-            }
-            Some((label, body)) => {
-                if let Some(end) = line.strip_prefix("-----END ").and_then(|l| l.strip_suffix("-----")) {
-                    if end != label {
-                        return Err(format!("PEM block BEGIN {label} ends with END {end}"));
-                    }
-                    let der = STANDARD
-                        .decode(body.as_bytes())
-                        .map_err(|_| format!("PEM block {label} is not valid base64"))?;
-                    blocks.push(PemBlock {
-                        label: std::mem::take(label),
-                        der,
-                    });
-                    open = None;
-                } else if line.contains(':') {
-                    return Err(format!(
-                        "PEM block {label} is encrypted or has headers; decrypt it first (`openssl pkey`)"
-                    ));
-                } else {
-                    body.extend(line.chars().filter(|c| !c.is_whitespace()));
-                }
-            }
+    let text: String = text.lines().map(|line| format!("{}\n", line.trim())).collect();
+    let mut begins: Vec<(usize, &str)> = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(label) = pem_begin_label(line.trim_end()) {
+            begins.push((offset, label));
         }
+        offset += line.len();
     }
-    if let Some((label, _)) = open {
-        return Err(format!("PEM block {label} has no END line"));
+    let mut blocks = Vec::with_capacity(begins.len());
+    for (index, &(start, label)) in begins.iter().enumerate() {
+        let end = begins.get(index + 1).map_or(text.len(), |&(next, _)| next);
+        blocks.push(PemBlock {
+            label: label.to_owned(),
+            der: decode_pem_block(label, &text[start..end])?,
+        });
     }
     Ok(blocks)
+}
+
+/// `<label>` of a `-----BEGIN <label>-----` line.
+fn pem_begin_label(line: &str) -> Option<&str> {
+    line.strip_prefix("-----BEGIN ")?.strip_suffix("-----")
+}
+
+/// `<label>` of a `-----END <label>-----` line.
+fn pem_end_label(line: &str) -> Option<&str> {
+    line.strip_prefix("-----END ")?.strip_suffix("-----")
+}
+
+/// Decodes one block (its BEGIN line, up to the next BEGIN line or the end) with
+/// pki-types. A label pki-types does not know is swapped, on the BEGIN and END lines
+/// only, for one it does: `PRIVATE KEY` for a label that names a private key (so the
+/// body goes through its constant-time decoder for secrets), `PUBLIC KEY` otherwise.
+/// Framing and base64 are the same whatever the label, so the bytes come out as they
+/// would under the real one.
+fn decode_pem_block(label: &str, block: &str) -> Result<Vec<u8>, String> {
+    let relabelled;
+    let input = if SectionKind::try_from(label.as_bytes()).is_ok() {
+        block
+    } else {
+        let stand_in = if label.contains("PRIVATE") {
+            "PRIVATE KEY"
+        } else {
+            "PUBLIC KEY"
+        };
+        let (begin, end) = (format!("-----BEGIN {label}-----"), format!("-----END {label}-----"));
+        relabelled = block
+            .lines()
+            .map(|line| match line {
+                _ if line == begin => format!("-----BEGIN {stand_in}-----\n"),
+                _ if line == end => format!("-----END {stand_in}-----\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect::<String>();
+        &relabelled
+    };
+    let decoded = <(SectionKind, Vec<u8>)>::from_pem_slice(input.as_bytes());
+    // Under a stand-in label, an END line naming the stand-in (`BEGIN RSA PUBLIC KEY`
+    // closed by `END PUBLIC KEY`) would close the block; only the block's own END may.
+    let closed_by_own_end = block.lines().skip(1).find_map(pem_end_label) == Some(label);
+    match decoded {
+        Ok((_, der)) if closed_by_own_end => Ok(der),
+        Ok(_) => Err(explain_pem_error(label, block, None)),
+        Err(error) => Err(explain_pem_error(label, block, Some(&error))),
+    }
+}
+
+/// Why a block was refused (`error` is pki-types' reason, `None` when the block was
+/// closed by an END line not its own), said so that the operator knows what to fix.
+/// pki-types reports a mismatched END line as a missing END and a `Proc-Type:` header as
+/// bad base64, so the block's lines are read again in order and the first of these
+/// problems is the one named.
+fn explain_pem_error(label: &str, block: &str, error: Option<&pem::Error>) -> String {
+    for line in block.lines().skip(1) {
+        if let Some(end) = pem_end_label(line) {
+            if end != label {
+                return format!("PEM block BEGIN {label} ends with END {end}");
+            }
+            break;
+        }
+        if line.contains(':') {
+            return format!("PEM block {label} is encrypted or has headers; decrypt it first (`openssl pkey`)");
+        }
+    }
+    match error {
+        None | Some(pem::Error::MissingSectionEnd { .. }) => format!("PEM block {label} has no END line"),
+        Some(pem::Error::Base64Decode(_)) => format!("PEM block {label} is not valid base64"),
+        Some(other) => format!("PEM block {label}: {other}"),
+    }
 }
 
 fn parse_public_pem(text: &str, name: &str) -> Result<Vec<VerifyingKey>, String> {

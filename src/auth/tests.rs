@@ -1876,3 +1876,93 @@ proptest! {
         fuzz_key_file(pem("PUBLIC KEY", &der).as_bytes());
     }
 }
+
+#[test]
+fn pem_blocks_keep_labels_rustls_pki_types_does_not_know() {
+    use super::keys::parse_pem;
+    let labels = |text: &str| -> Vec<(String, Vec<u8>)> {
+        parse_pem(text)
+            .unwrap()
+            .into_iter()
+            .map(|block| (block.label, block.der))
+            .collect()
+    };
+    // pki-types skips these labels; they must still come out, decoded, in order, with
+    // the text around them ignored.
+    let text = "comment\n-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n\
+        Bag Attributes: x\n-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n\
+        -----BEGIN PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----\ntrailer\n";
+    assert_eq!(
+        labels(text),
+        [
+            (
+                "EC PARAMETERS".to_owned(),
+                b"\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07".to_vec()
+            ),
+            ("OPENSSH PRIVATE KEY".to_owned(), vec![0, 0, 0]),
+            ("PUBLIC KEY".to_owned(), vec![1, 2, 3]),
+        ]
+    );
+    // Indented blocks read as before.
+    assert_eq!(
+        labels("  -----BEGIN PUBLIC KEY-----\n\tAQID\n  -----END PUBLIC KEY-----\n"),
+        [("PUBLIC KEY".to_owned(), vec![1, 2, 3])]
+    );
+    let refused = [
+        // An unknown label is still checked: base64, END line, and its END is its own.
+        (
+            "-----BEGIN EC PARAMETERS-----\n@@@@\n-----END EC PARAMETERS-----\n",
+            "EC PARAMETERS is not valid base64",
+        ),
+        (
+            "-----BEGIN RSA PUBLIC KEY-----\nAQID\n",
+            "RSA PUBLIC KEY has no END line",
+        ),
+        (
+            "-----BEGIN RSA PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----\n",
+            "BEGIN RSA PUBLIC KEY ends with END PUBLIC KEY",
+        ),
+        (
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAQID\n-----END PRIVATE KEY-----\n",
+            "BEGIN ENCRYPTED PRIVATE KEY ends with END PRIVATE KEY",
+        ),
+        (
+            "-----BEGIN PUBLIC KEY-----\nAQID\n-----END PUBLIC KEY-----x\n",
+            "PUBLIC KEY has no END line",
+        ),
+        (
+            "-----BEGIN PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nAQID\n-----END PRIVATE KEY-----\n",
+            "PRIVATE KEY is encrypted or has headers",
+        ),
+    ];
+    for (text, expected) in refused {
+        let message = parse_pem(text).err().unwrap_or_default();
+        assert!(
+            message.contains(expected),
+            "{text:?}: {message:?} should say {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn key_files_with_labels_rustls_pki_types_skips_get_their_own_message() {
+    let dir = TempDir::new();
+    let body = "AQID";
+    for (label, expected) in [
+        ("ENCRYPTED PRIVATE KEY", "is a private key (ENCRYPTED PRIVATE KEY)"),
+        ("OPENSSH PRIVATE KEY", "is a private key (OPENSSH PRIVATE KEY)"),
+        ("X509 CRL", "unsupported PEM block \"X509 CRL\""),
+        ("SOMETHING ELSE", "unsupported PEM block \"SOMETHING ELSE\""),
+    ] {
+        let path = dir.file(
+            "key.pem",
+            format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"),
+        );
+        let err = Authenticator::new(&AuthConfig {
+            public_key_files: vec![path],
+            ..AuthConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(expected), "{label}: {err}");
+    }
+}
