@@ -46,7 +46,8 @@
 //! `/api/...` (see the README's "Backend API"): application backends publish to rooms,
 //! send to users, ask for presence, disconnect users and read totals. Off unless an
 //! API key is configured ([`ApiState`]); every call needs `Authorization: Bearer <key>`
-//! (compared in constant time; the key is never logged or echoed). JSON in and out;
+//! (parsed by the crate's one strict Bearer parser, `crate::auth::bearer_token`, and
+//! compared in constant time; the key is never logged or echoed). JSON in and out;
 //! bodies bounded by [`ADMIN_MAX_BODY_BYTES`] and fields by the messaging limits.
 //!
 //! The admin thread never touches shard state: it validates the request and hands an
@@ -665,13 +666,11 @@ fn authorized<'a>(request: &Request, state: &'a AdminState) -> Result<&'a ApiSta
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+/// The token of an `Authorization: Bearer <token>` value, by the crate's one strict
+/// parser (`crate::auth::bearer_token`): anything but one token68 is no token.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let scheme = b"bearer ";
-    if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
-        return None;
-    }
-    Some(value[scheme.len()..].trim_ascii())
+    let value = std::str::from_utf8(value).ok()?;
+    crate::auth::bearer_token(value).ok().flatten().map(str::as_bytes)
 }
 
 /// Compares a presented token with the key in time that depends only on the token's
@@ -1551,7 +1550,7 @@ mod tests {
     }
 
     #[test]
-    fn api_reads_chunked_bodies() {
+    fn api_reads_chunked_bodies_and_takes_only_a_single_token68() {
         let limits = MsgLimits::default();
         let addr = start(&api_state(Arc::new(BrokenSink::Down), &limits), None);
         // The chunked body is decoded and parsed: the request gets as far as the shards
@@ -1565,6 +1564,14 @@ mod tests {
         let (status, _, json) = exchange(addr, raw.as_bytes());
         let json: Value = serde_json::from_str(&json).unwrap();
         assert_eq!((status, json["error"].as_str()), (503, Some("unavailable")), "{json}");
+
+        // A key with a space in it cannot be presented: `Bearer a b` is no token at all.
+        let spaced = ApiState::new(Secret::from("a b"), Arc::new(BrokenSink::Down), &limits);
+        let state = Arc::new(AdminState::new(Arc::new(Registry::new(2)), 4096).with_api(spaced));
+        let addr = start(&state, None);
+        let (status, head, json) = call_api(addr, "GET", "/api/stats", Some("a b"), "");
+        assert_eq!((status, json["error"].as_str()), (401, Some("unauthorized")));
+        assert!(has_header(&head, "WWW-Authenticate: Bearer"), "{head}");
     }
 
     /// A sink whose shards keep requests unanswered, drop them, or are not there.
@@ -1630,6 +1637,21 @@ mod tests {
         assert_eq!(bearer_token(b"Bearer xyz"), Some(&b"xyz"[..]));
         assert_eq!(bearer_token(b"Bearer "), None);
         assert_eq!(bearer_token(b"Token xyz"), None);
+        assert_eq!(
+            bearer_token(b"bearer   a.b_c-d~e+f/g==  "),
+            Some(&b"a.b_c-d~e+f/g=="[..])
+        );
+        for value in [
+            &b"Bearer a b"[..],
+            b"Bearer a,b",
+            b"Bearer \"ab\"",
+            b"Bearer =",
+            b"Bearer a=b",
+            b"Bearer\tab",
+        ] {
+            assert_eq!(bearer_token(value), None, "{}", String::from_utf8_lossy(value));
+        }
+        assert_eq!(bearer_token(b"Bearer caf\xc3\xa9"), None);
         assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b+c"));
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("\u{20ac}"));
         assert_eq!(percent_decode("%"), None);
