@@ -821,21 +821,20 @@ fn path_param(request: &Request, prefix: &str, field: &str, max: usize) -> Resul
     Ok(value)
 }
 
-/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a bad escape or
-/// bytes that are not UTF-8.
+/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a `%` not followed
+/// by exactly two hex digits, or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    // `char::to_digit` takes only `0-9a-fA-F`; `u8::from_str_radix` would also take a
+    // sign (`%+f`).
+    let hex = |b: Option<u8>| char::from(b?).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let (high, low) = (hex(bytes.next())?, hex(bytes.next())?);
+            out.push(u8::try_from((high << 4) | low).expect("two hex digits fit a byte"));
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()
@@ -1656,6 +1655,11 @@ mod tests {
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("\u{20ac}"));
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%2B%2b").as_deref(), Some("++"));
+        // Exactly two hex digits: no sign, no short escape.
+        for bad in ["%+f", "%-1", "%f", "%fg", "% f", "%\u{e9}0"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
         let debug = format!(
             "{:?}",
             ApiState::new(Secret::from(KEY), Arc::new(BrokenSink::Down), &MsgLimits::default())
