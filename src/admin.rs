@@ -1,36 +1,53 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics` over plain HTTP/1.1.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the backend API over
+//! HTTP/1.1, on a thread of its own.
 //!
-//! Admin traffic is a probe or a scrape every few seconds, so it runs on ordinary std
-//! threads, away from the shard cores and their io_uring event loops: a slow scraper can
-//! never delay a WebSocket frame. `main` binds the admin address, builds an
-//! [`AdminState`] sharing the metrics [`Registry`] with the shards, and calls [`spawn`].
-//! The shards publish into the registry; `main` flips [`AdminState::ready`] once every
-//! shard listens and [`AdminState::draining`] on SIGTERM.
+//! Admin traffic is a probe or a scrape every few seconds, so it runs away from the shard
+//! cores and their io_uring event loops: a slow scraper can never delay a WebSocket
+//! frame. `main` binds the admin address, builds an [`AdminState`] sharing the metrics
+//! [`Registry`] with the shards, and calls [`spawn`]. The shards publish into the
+//! registry; `main` flips [`AdminState::ready`] once every shard listens and
+//! [`AdminState::draining`] on SIGTERM. The thread serves until the process exits.
 //!
-//! # Thread model
+//! # Why hyper, and why tokio on this one thread
 //!
-//! One accept thread hands each connection to a thread of its own, at most
-//! [`ADMIN_MAX_CONCURRENT`] at once. One thread per connection, rather than serving them
-//! in turn, because a client that connects and sends nothing would otherwise hold every
-//! health probe behind it for the whole read timeout, and orchestrators restart
-//! processes whose probes time out. Past the bound the accept thread answers 503 itself
-//! and closes. Every response carries `Connection: close`: there is no keep-alive to
-//! track, and a scrape costs one connection either way.
+//! The HTTP/1.1 is hyper's (`hyper::server::conn::http1`), not ours. Every line of HTTP
+//! parsing we write is attack surface on a port that carries the API key; hyper's is
+//! mature, widely deployed and fuzzed, and it handles the edge cases a hand-written
+//! parser gets wrong: conflicting `Content-Length` headers (400), `Content-Length` with
+//! `Transfer-Encoding` (the chunked framing wins and the connection closes, RFC 9112
+//! §6.3), chunked bodies, chunk extensions and trailers, obsolete line folding,
+//! `Expect: 100-continue`. What stays here is routing, the limits and the handlers.
+//!
+//! hyper needs an async runtime. A tokio current-thread runtime (features `rt`, `net`,
+//! `time` only) runs on the admin thread and nowhere else: no worker pool, no blocking
+//! pool, nothing of tokio on a shard core, and nothing to share with glommio.
+//!
+//! # Connections
+//!
+//! One task per connection on that runtime, at most [`ADMIN_MAX_CONCURRENT`] at once;
+//! past the bound the accept loop answers 503 itself and closes. A connection that sends
+//! nothing, or trickles its head, holds only its own task until the header-read timeout,
+//! never the health probes behind it (orchestrators restart processes whose probes time
+//! out). Every response carries `Connection: close`: there is no keep-alive to track,
+//! and a scrape costs one connection either way. The limits a request meets, in order:
+//! the head ([`ADMIN_MAX_REQUEST_HEAD_BYTES`], [`ADMIN_MAX_HEADERS`]: 431) within
+//! [`ADMIN_REQUEST_TIMEOUT`] of accept (408), then the body ([`ADMIN_MAX_BODY_BYTES`]:
+//! 413) by the same deadline (408).
 //!
 //! # Routes
 //!
-//! Requests are parsed into a `Request` (method, path, query, headers, a body bounded by
-//! [`ADMIN_MAX_BODY_BYTES`]) and dispatched through the `ROUTES` table by method and
-//! path; a path in the table with another method gets 405 and an `Allow` header, any
-//! other path 404. A new endpoint such as `POST /api/...` is one row in `ROUTES` and one
-//! handler function.
+//! A request whose body has been read is dispatched through the `ROUTES` table by method
+//! and path; a path in the table with another method gets 405 and an `Allow` header, any
+//! other path 404. A new endpoint such as `POST /api/...` is one row in `ROUTES`, one
+//! `Endpoint` and one handler function.
 //!
 //! # The backend API
 //!
 //! `/api/...` (see the README's "Backend API"): application backends publish to rooms,
 //! send to users, ask for presence, disconnect users and read totals. Off unless an
 //! API key is configured ([`ApiState`]); every call needs `Authorization: Bearer <key>`
-//! (compared in constant time; the key is never logged or echoed). JSON in and out;
+//! (parsed by the crate's one strict Bearer parser, `crate::auth::bearer_token`, and
+//! compared in constant time; the key is never logged or echoed). JSON in and out;
 //! bodies bounded by [`ADMIN_MAX_BODY_BYTES`] and fields by the messaging limits.
 //!
 //! The admin thread never touches shard state: it validates the request and hands an
@@ -39,17 +56,28 @@
 //! Requests are counted in `wsgate_api_requests_total{route,status}`.
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::convert::Infallible;
+use std::io;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::StatusCode;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::auth::Secret;
 use crate::metrics::{ProcessInfo, Registry, render, render_api_requests};
@@ -57,20 +85,24 @@ use crate::msg::api::{ApiOp, ApiReply, ApiRequest, ApiSink};
 use crate::msg::protocol::check_name;
 use crate::msg::{KeyKind, MsgLimits, ShardId, owner_of};
 
-/// Bytes of request line and headers of one admin request. Beyond it: 431 and close.
-/// Probes and scrapers send a few hundred bytes; 8 KiB matches common HTTP servers.
+/// Bytes of request line and headers of one admin request. Beyond it: 431 and close,
+/// as soon as that many bytes are buffered without a complete head (hyper's
+/// `max_header_size` and `max_buf_size`). Probes and scrapers send a few hundred bytes;
+/// 8 KiB matches common HTTP servers.
 pub const ADMIN_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
-/// Headers of one admin request (the parser's fixed array). Beyond it: 431.
+/// Headers of one admin request (hyper's `max_headers`). Beyond it: 431.
 pub const ADMIN_MAX_HEADERS: usize = 32;
-/// Time a client has to deliver its whole request (head and body), from accept. Beyond
-/// it: 408 and close. A deadline for the whole request rather than per read, so a client
-/// trickling a byte at a time cannot hold a thread longer than this.
+/// Time a client has to deliver its whole request, head and body, from accept. Beyond
+/// it: 408 and close. hyper's header-read timeout starts when the connection starts
+/// reading its head (at accept), and the body must be in by the same deadline, so a
+/// client trickling a byte at a time cannot hold a connection longer than this.
 pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request body bytes (`Content-Length`) of the API routes. Beyond it: 413.
+/// Request body bytes of every route. Beyond it: 413, decided from `Content-Length`
+/// before a byte of the body is read, and for a chunked body as soon as the bytes
+/// received pass it.
 pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Admin connections served at once (each on its own thread). Beyond it the accept
-/// thread answers 503 at once and closes, so stuck clients cost at most this many
-/// threads.
+/// Admin connections served at once (one task each). Beyond it the accept loop answers
+/// 503 at once and closes, so stuck clients cost at most this many sockets and buffers.
 pub const ADMIN_MAX_CONCURRENT: usize = 8;
 /// Pause after an accept error such as EMFILE, which would otherwise repeat in a tight
 /// loop and burn a core while the process is out of descriptors.
@@ -82,8 +114,11 @@ pub const ADMIN_LINGER: Duration = Duration::from_millis(500);
 /// Bytes read and thrown away while lingering; then we close regardless.
 pub const ADMIN_LINGER_MAX_BYTES: usize = 64 * 1024;
 
+// hyper refuses a read buffer under 8 KiB; the head limit doubles as that buffer's cap.
+const _: () = assert!(ADMIN_MAX_REQUEST_HEAD_BYTES >= 8 * 1024);
+
 /// What the admin endpoints report, shared between `main`, the shards and the admin
-/// threads.
+/// thread.
 #[derive(Debug)]
 pub struct AdminState {
     /// The shards' published metrics, rendered by `/metrics`.
@@ -134,6 +169,12 @@ impl AdminState {
 /// How long an API call waits for the shard's answer. Beyond it: 504 (the request may
 /// still take effect: a publish that timed out may have been sequenced).
 pub const API_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a call waiting for a shard looks at its answer channel. The shards answer
+/// on a std channel with `try_send` (`msg::api`: glommio executors must never block, and
+/// they know nothing of tokio), which cannot wake a task; so the waiting task looks
+/// again every millisecond. It adds at most this much to an answer and costs nothing
+/// while no call waits.
+pub const API_REPLY_POLL: Duration = Duration::from_millis(1);
 
 /// The backend API's key, the way to the shards and the field limits.
 pub struct ApiState {
@@ -179,16 +220,19 @@ impl ApiState {
 }
 
 /// Serves the admin endpoints on `listener` from a new thread named `wsgate-admin`, until
-/// the process exits. Fails only if the thread cannot be started or the listener cannot
-/// be switched to blocking mode.
-pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> io::Result<JoinHandle<()>> {
+/// the process exits. Fails if the runtime cannot be built, the listener cannot be
+/// registered with it, or the thread cannot be started.
+pub fn spawn(listener: std::net::TcpListener, state: Arc<AdminState>) -> io::Result<JoinHandle<()>> {
     spawn_with(listener, state, Settings::default())
 }
 
 /// The limits the server runs with; tests shorten them.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
+    /// The header-read timeout and the whole-request deadline, both from accept
+    /// ([`ADMIN_REQUEST_TIMEOUT`]).
     request_timeout: Duration,
+    /// Connections served at once ([`ADMIN_MAX_CONCURRENT`]).
     max_concurrent: usize,
 }
 
@@ -201,247 +245,232 @@ impl Default for Settings {
     }
 }
 
-fn spawn_with(listener: TcpListener, state: Arc<AdminState>, settings: Settings) -> io::Result<JoinHandle<()>> {
-    // The accept loop blocks; a non-blocking listener would make it spin.
-    listener.set_nonblocking(false)?;
-    std::thread::Builder::new()
-        .name("wsgate-admin".to_owned())
-        .spawn(move || accept_loop(&listener, &state, settings))
+impl Settings {
+    /// The most one connection may live, lingering aside: the request
+    /// (`request_timeout`), the shards' answer (`reply_timeout`), then as long again as
+    /// the request for writing the response, so a client that stops reading cannot hold
+    /// its place for ever.
+    fn connection_timeout(&self, reply_timeout: Duration) -> Duration {
+        self.request_timeout + reply_timeout + self.request_timeout
+    }
+
+    /// hyper's HTTP/1 server with our limits.
+    fn http1(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.request_timeout)
+            .max_header_size(ADMIN_MAX_REQUEST_HEAD_BYTES)
+            .max_buf_size(ADMIN_MAX_REQUEST_HEAD_BYTES)
+            .max_headers(ADMIN_MAX_HEADERS)
+            // One request per connection (`Connection: close` on every response).
+            .keep_alive(false)
+            // A client that shuts down its sending side after the request (`nc -N`,
+            // some probes) still gets its answer.
+            .half_close(true)
+            // `Content-Length`, not `content-length`: what scripts grepping a response
+            // expect (header names are case-insensitive to every HTTP client).
+            .title_case_headers(true);
+        builder
+    }
 }
 
-/// Decrements the count of active admin connections when a connection's thread ends,
-/// panic included, so a panicking handler cannot leak a slot.
-struct ActiveSlot(Arc<AtomicUsize>);
+fn spawn_with(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    settings: Settings,
+) -> io::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    // tokio waits for readiness with epoll: the socket itself must not block.
+    listener.set_nonblocking(true)?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    std::thread::Builder::new()
+        .name("wsgate-admin".to_owned())
+        .spawn(move || {
+            // Connection tasks borrow nothing across threads: a `LocalSet` runs them on
+            // this thread without `Send` bounds.
+            let tasks = tokio::task::LocalSet::new();
+            runtime.block_on(tasks.run_until(accept_loop(listener, state, settings)));
+        })
+}
+
+/// Gives a connection's place back when its task ends, panic included (the runtime
+/// drops a panicked task's future), so a panicking handler cannot leak a place.
+struct ActiveSlot(Rc<Cell<usize>>);
 
 impl Drop for ActiveSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.set(self.0.get() - 1);
     }
 }
 
-fn accept_loop(listener: &TcpListener, state: &Arc<AdminState>, settings: Settings) {
-    let active = Arc::new(AtomicUsize::new(0));
+async fn accept_loop(listener: TcpListener, state: Arc<AdminState>, settings: Settings) {
+    let active = Rc::new(Cell::new(0));
     loop {
-        let stream = match listener.accept() {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => continue,
             Err(_) => {
-                std::thread::sleep(ADMIN_ACCEPT_BACKOFF);
+                tokio::time::sleep(ADMIN_ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        // Only this thread increments, so the count can only fall between the check and
-        // the increment: the bound holds.
-        if active.load(Ordering::Acquire) >= settings.max_concurrent {
-            refuse_busy(stream);
+        if active.get() >= settings.max_concurrent {
+            refuse_busy(&stream);
             continue;
         }
-        active.fetch_add(1, Ordering::AcqRel);
-        let slot = ActiveSlot(Arc::clone(&active));
-        let state = Arc::clone(state);
-        let spawned = std::thread::Builder::new()
-            .name("wsgate-admin-conn".to_owned())
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, &state, settings);
-            });
-        if spawned.is_err() {
-            // The closure (stream and slot) was dropped: the client sees a close, the
-            // slot is freed. Out of threads is like out of descriptors: back off.
-            std::thread::sleep(ADMIN_ACCEPT_BACKOFF);
-        }
+        active.set(active.get() + 1);
+        let slot = ActiveSlot(Rc::clone(&active));
+        tokio::task::spawn_local(serve_connection(stream, Arc::clone(&state), settings, slot));
     }
 }
 
-/// Answers 503 from the accept thread, without waiting for the request.
-fn refuse_busy(mut stream: TcpStream) {
-    // Non-blocking throughout, so the accept thread never waits on this client: the send
-    // buffer of a fresh socket takes a small response at once. Whatever part of the
+/// Answers 503 from the accept loop, without waiting for the request.
+fn refuse_busy(stream: &TcpStream) {
+    // One non-blocking attempt each, so the accept loop never waits on this client: the
+    // send buffer of a fresh socket takes a small response at once. Whatever part of the
     // request has arrived is read first, as closing with unread bytes sends a reset.
-    let _ = stream.set_nonblocking(true);
-    let _ = stream.read(&mut [0u8; 4096]);
-    let _ = stream.write_all(&Response::text(503, "admin listener busy\n").to_bytes());
-    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.try_read(&mut [0u8; 4096]);
+    let _ = stream.try_write(&raw_response(StatusCode::SERVICE_UNAVAILABLE, "admin listener busy\n"));
+    let _ = socket2::SockRef::from(stream).shutdown(Shutdown::Write);
 }
 
-fn serve_connection(mut stream: TcpStream, state: &AdminState, settings: Settings) {
+async fn serve_connection(mut stream: TcpStream, state: Arc<AdminState>, settings: Settings, _slot: ActiveSlot) {
     let deadline = Instant::now() + settings.request_timeout;
-    let _ = stream.set_nonblocking(false);
-    // The same bound for writing, so a client that stops reading cannot hold the thread.
-    let _ = stream.set_write_timeout(Some(settings.request_timeout));
-    let response = match read_request(&mut stream, deadline) {
-        Ok(request) => route(&request, state),
-        Err(ReadError::Respond(response)) => response,
-        // The client went away or the socket failed: nobody to answer.
-        Err(ReadError::Gone) => return,
-    };
-    if stream.write_all(&response.to_bytes()).is_ok() {
-        linger(&mut stream);
+    let reply_timeout = state.api.as_ref().map_or(Duration::ZERO, |api| api.timeout);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(respond(request, &state, deadline).await.into_http()) }
+    });
+    let connection = settings.http1().serve_connection(TokioIo::new(&mut stream), service);
+    match tokio::time::timeout(settings.connection_timeout(reply_timeout), connection).await {
+        // Still writing to a client that does not read: drop it.
+        Err(_) => return,
+        // The header-read timeout: hyper closes without a word, and has written
+        // nothing (one request per connection), so the 408 is ours to send.
+        Ok(Err(e)) if e.is_timeout() => {
+            let _ = stream.try_write(&raw_response(StatusCode::REQUEST_TIMEOUT, "request timeout\n"));
+        }
+        // Answered, by a handler or by hyper itself (400 or 431 for a bad head), or the
+        // client went away.
+        Ok(_) => {}
     }
+    linger(&stream).await;
 }
 
 /// Half-closes and reads until the client closes (bounded by [`ADMIN_LINGER`] and
 /// [`ADMIN_LINGER_MAX_BYTES`]), so our close does not reset the connection under the
 /// response.
-fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let end = Instant::now() + ADMIN_LINGER;
-    let mut discarded = 0;
-    let mut sink = [0u8; 4096];
-    while discarded < ADMIN_LINGER_MAX_BYTES {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
+async fn linger(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < ADMIN_LINGER_MAX_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => discarded += n,
-        }
-    }
+    };
+    let _ = tokio::time::timeout(ADMIN_LINGER, drain).await;
 }
 
 // ---------------------------------------------------------------------------------------
 // Requests
 // ---------------------------------------------------------------------------------------
 
-/// One parsed admin request, owned, handed to a route handler.
+/// One request with its whole body, handed to a route handler.
 #[derive(Debug)]
 struct Request {
-    /// `GET`, `POST`, ... as sent (methods are case-sensitive).
-    method: String,
-    /// The target before any `?`.
-    path: String,
-    /// The target after the `?`, if any.
-    #[expect(dead_code, reason = "no route takes a query yet")]
-    query: Option<String>,
-    /// Header names and values as sent, in order.
-    headers: Vec<(String, Vec<u8>)>,
-    /// The body, `Content-Length` bytes, at most [`ADMIN_MAX_BODY_BYTES`].
-    body: Vec<u8>,
+    /// Method, target and headers, as hyper parsed them.
+    head: hyper::http::request::Parts,
+    /// The body, at most [`ADMIN_MAX_BODY_BYTES`].
+    body: Bytes,
 }
 
-/// Why no [`Request`] came out.
-enum ReadError {
-    /// The request was bad, too big or too slow: answer with this and close.
-    Respond(Response),
-    /// The client closed or the socket failed before a whole request arrived.
-    Gone,
-}
-
-/// Reads one request head (and body, if any) by `deadline`.
-fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<Request, ReadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let (mut request, head_len, content_length) = loop {
-        // Never read past the head limit: a complete head must fit in it.
-        let room = ADMIN_MAX_REQUEST_HEAD_BYTES - buf.len();
-        read_some(stream, &mut buf, room.min(4096), deadline)?;
-        let mut headers = [httparse::EMPTY_HEADER; ADMIN_MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let (request, content_length) = own_request(&parsed)?;
-                break (request, head_len, content_length);
-            }
-            Ok(httparse::Status::Partial) if buf.len() < ADMIN_MAX_REQUEST_HEAD_BYTES => {}
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                return Err(ReadError::Respond(Response::text(
-                    431,
-                    "request header fields too large\n",
-                )));
-            }
-            Err(_) => return Err(ReadError::Respond(Response::text(400, "malformed request\n"))),
-        }
-    };
-    let mut body = buf.split_off(head_len);
-    while body.len() < content_length {
-        let room = content_length - body.len();
-        read_some(stream, &mut body, room.min(16 * 1024), deadline)?;
+impl Request {
+    /// The target's path, still percent-encoded.
+    fn path(&self) -> &str {
+        self.head.uri.path()
     }
-    body.truncate(content_length);
-    request.body = body;
-    Ok(request)
 }
 
-/// Appends up to `max` bytes from `stream` to `buf`, waiting at most until `deadline`.
-fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, max: usize, deadline: Instant) -> Result<(), ReadError> {
-    let timeout = || ReadError::Respond(Response::text(408, "request timeout\n"));
-    let start = buf.len();
-    buf.resize(start + max, 0);
-    let result = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break Err(timeout());
-        }
-        if stream.set_read_timeout(Some(left)).is_err() {
-            break Err(ReadError::Gone);
-        }
-        match stream.read(&mut buf[start..]) {
-            Ok(0) => break Err(ReadError::Gone),
-            Ok(n) => break Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break Err(timeout()),
-            Err(_) => break Err(ReadError::Gone),
-        }
-    };
-    buf.truncate(start + *result.as_ref().unwrap_or(&0));
-    result.map(|_| ())
-}
-
-/// Copies what the handlers need out of the parser's borrowed view, and finds the body
-/// length.
-fn own_request(parsed: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
-    let respond = |status, body| Err(ReadError::Respond(Response::text(status, body)));
-    let (Some(method), Some(target)) = (parsed.method, parsed.path) else {
-        return respond(400, "malformed request\n");
-    };
-    let mut content_length = 0;
-    for header in parsed.headers.iter() {
-        if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return respond(501, "chunked bodies are not supported; send Content-Length\n");
-        }
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            else {
-                return respond(400, "invalid Content-Length\n");
-            };
-            if n > ADMIN_MAX_BODY_BYTES {
-                return respond(413, "request body too large\n");
-            }
-            content_length = n;
-        }
+/// One request: its body read within the limits, then the route's answer.
+async fn respond(request: hyper::Request<Incoming>, state: &AdminState, deadline: Instant) -> Response {
+    let (head, body) = request.into_parts();
+    match read_body(&head, body, deadline).await {
+        Ok(body) => route(&Request { head, body }, state).await,
+        Err(response) => response,
     }
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query.to_owned())),
-        None => (target, None),
-    };
-    let request = Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query,
-        headers: parsed
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), h.value.to_vec()))
-            .collect(),
-        body: Vec::new(),
-    };
-    Ok((request, content_length))
+}
+
+/// Reads the body by `deadline`, at most [`ADMIN_MAX_BODY_BYTES`].
+async fn read_body(head: &hyper::http::request::Parts, body: Incoming, deadline: Instant) -> Result<Bytes, Response> {
+    let too_large = || Response::text(413, "request body too large\n");
+    // hyper decodes chunked, the one transfer coding it accepts last, and leaves any
+    // coding before it (`gzip, chunked`) to us: we implement none (RFC 9112 §6.1: 501).
+    let codings = head.headers.get_all(header::TRANSFER_ENCODING);
+    if codings
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(Response::text(
+            501,
+            "transfer codings other than chunked are not supported\n",
+        ));
+    }
+    // `Content-Length` (hyper's exact size hint) decides before anything is read.
+    if body.size_hint().lower() > ADMIN_MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let read = Limited::new(body, ADMIN_MAX_BODY_BYTES).collect();
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        // A broken chunk, or the client closed mid-body (then nobody reads this).
+        Ok(Err(_)) => Err(Response::text(400, "malformed request body\n")),
+        Err(_) => Err(Response::text(408, "request timeout\n")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Routes
 // ---------------------------------------------------------------------------------------
 
-/// One endpoint: a method and a path, and the function that answers it.
+/// What a route does; [`handle`] maps each to its handler.
+#[derive(Clone, Copy, Debug)]
+enum Endpoint {
+    Healthz,
+    Readyz,
+    Metrics,
+    Publish,
+    Send,
+    PresenceUser,
+    PresenceRoom,
+    Disconnect,
+    Stats,
+}
+
+/// One endpoint: a method and a path, and what answers it.
 struct Route {
     method: &'static str,
     /// The exact path, or with `prefix` the path's beginning (ending in `/`; the rest,
     /// not empty, is the handler's parameter).
     path: &'static str,
     prefix: bool,
-    handler: fn(&Request, &AdminState) -> Response,
+    endpoint: Endpoint,
 }
 
 impl Route {
@@ -465,92 +494,111 @@ const ROUTES: &[Route] = &[
         method: "GET",
         path: "/healthz",
         prefix: false,
-        handler: healthz,
+        endpoint: Endpoint::Healthz,
     },
     Route {
         method: "GET",
         path: "/readyz",
         prefix: false,
-        handler: readyz,
+        endpoint: Endpoint::Readyz,
     },
     Route {
         method: "GET",
         path: "/metrics",
         prefix: false,
-        handler: metrics,
+        endpoint: Endpoint::Metrics,
     },
     Route {
         method: "POST",
         path: "/api/publish",
         prefix: false,
-        handler: api_publish,
+        endpoint: Endpoint::Publish,
     },
     Route {
         method: "POST",
         path: "/api/send",
         prefix: false,
-        handler: api_send,
+        endpoint: Endpoint::Send,
     },
     Route {
         method: "GET",
         path: "/api/presence/user/",
         prefix: true,
-        handler: api_presence_user,
+        endpoint: Endpoint::PresenceUser,
     },
     Route {
         method: "GET",
         path: "/api/presence/room/",
         prefix: true,
-        handler: api_presence_room,
+        endpoint: Endpoint::PresenceRoom,
     },
     Route {
         method: "POST",
         path: "/api/disconnect",
         prefix: false,
-        handler: api_disconnect,
+        endpoint: Endpoint::Disconnect,
     },
     Route {
         method: "GET",
         path: "/api/stats",
         prefix: false,
-        handler: api_stats,
+        endpoint: Endpoint::Stats,
     },
 ];
 
-fn route(request: &Request, state: &AdminState) -> Response {
-    let (label, response) = route_inner(request, state);
-    if request.path.starts_with("/api/") {
+async fn route(request: &Request, state: &AdminState) -> Response {
+    let (label, response) = match find_route(request) {
+        Ok(route) => (route.label(), handle(route.endpoint, request, state).await),
+        Err(refusal) => refusal,
+    };
+    if request.path().starts_with("/api/") {
         state.count_api(label, response.status);
     }
     response
 }
 
-/// The response and the route label it is counted under.
-fn route_inner(request: &Request, state: &AdminState) -> (&'static str, Response) {
-    let mut on_path = ROUTES.iter().filter(|r| r.matches(&request.path)).peekable();
+/// The route of the request's method and path, or the 404 or 405 and the route label
+/// it is counted under.
+fn find_route(request: &Request) -> Result<&'static Route, (&'static str, Response)> {
+    let mut on_path = ROUTES.iter().filter(|r| r.matches(request.path())).peekable();
     let Some(first) = on_path.peek() else {
-        return ("unknown", Response::text(404, "not found\n"));
+        return Err(("unknown", Response::text(404, "not found\n")));
     };
     let label = first.label();
     let mut allowed = Vec::new();
     for r in on_path {
-        if r.method == request.method {
-            return (label, (r.handler)(request, state));
+        if r.method == request.head.method.as_str() {
+            return Ok(r);
         }
         allowed.push(r.method);
     }
     let mut response = Response::text(405, "method not allowed\n");
     response.allow = Some(allowed.join(", "));
-    (label, response)
+    Err((label, response))
+}
+
+async fn handle(endpoint: Endpoint, request: &Request, state: &AdminState) -> Response {
+    let answer = match endpoint {
+        Endpoint::Healthz => Ok(healthz()),
+        Endpoint::Readyz => Ok(readyz(state)),
+        Endpoint::Metrics => Ok(metrics(state)),
+        Endpoint::Publish => api_publish(request, state).await,
+        Endpoint::Send => api_send(request, state).await,
+        Endpoint::PresenceUser => api_presence_user(request, state).await,
+        Endpoint::PresenceRoom => api_presence_room(request, state).await,
+        Endpoint::Disconnect => api_disconnect(request, state).await,
+        Endpoint::Stats => api_stats(request, state),
+    };
+    answer.unwrap_or_else(|refusal| refusal)
 }
 
 /// The process is alive and its admin thread answers.
-fn healthz(_: &Request, _: &AdminState) -> Response {
+fn healthz() -> Response {
     Response::text(200, "ok\n")
 }
 
 /// Whether to send this process new clients: only once ready and not draining.
-fn readyz(_: &Request, state: &AdminState) -> Response {
+fn readyz(state: &AdminState) -> Response {
     // Relaxed: each flag is read on its own; a probe a moment late is harmless.
     if state.draining.load(Ordering::Relaxed) {
         Response::text(503, "draining\n")
@@ -562,7 +610,7 @@ fn readyz(_: &Request, state: &AdminState) -> Response {
 }
 
 /// Prometheus text format 0.0.4 of the shards' latest published metrics.
-fn metrics(_: &Request, state: &AdminState) -> Response {
+fn metrics(state: &AdminState) -> Response {
     let shards = state.registry.snapshot();
     let process = ProcessInfo {
         rss_bytes: crate::sys::rss_bytes(),
@@ -590,18 +638,22 @@ fn metrics(_: &Request, state: &AdminState) -> Response {
 // The backend API
 // ---------------------------------------------------------------------------------------
 
-/// Runs `handler` if the API is on and the request carries the key; else 404 or 401.
-fn with_api(request: &Request, state: &AdminState, handler: impl FnOnce(&ApiState) -> Response) -> Response {
+/// The API, if it is on and the request carries its key; else 404 or 401.
+fn authorized<'a>(request: &Request, state: &'a AdminState) -> Result<&'a ApiState, Response> {
     let Some(api) = &state.api else {
-        return api_error(404, "api_disabled", "API disabled: configure api_key or api_key_file");
+        return Err(api_error(
+            404,
+            "api_disabled",
+            "API disabled: configure api_key or api_key_file",
+        ));
     };
     let presented = request
+        .head
         .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, value)| bearer_token(value));
+        .get(header::AUTHORIZATION)
+        .and_then(|value| bearer_token(value.as_bytes()));
     match presented {
-        Some(token) if constant_time_eq(token, api.key.expose()) => handler(api),
+        Some(token) if constant_time_eq(token, api.key.expose()) => Ok(api),
         _ => {
             let mut response = api_error(
                 401,
@@ -609,18 +661,16 @@ fn with_api(request: &Request, state: &AdminState, handler: impl FnOnce(&ApiStat
                 "missing or wrong API key (Authorization: Bearer <key>)",
             );
             response.challenge = true;
-            response
+            Err(response)
         }
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+/// The token of an `Authorization: Bearer <token>` value, by the crate's one strict
+/// parser (`crate::auth::bearer_token`): anything but one token68 is no token.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let scheme = b"bearer ";
-    if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
-        return None;
-    }
-    Some(value[scheme.len()..].trim_ascii())
+    let value = std::str::from_utf8(value).ok()?;
+    crate::auth::bearer_token(value).ok().flatten().map(str::as_bytes)
 }
 
 /// Compares a presented token with the key in time that depends only on the token's
@@ -670,17 +720,30 @@ fn check_body(api: &ApiState, body: &RawValue) -> Result<(), Response> {
 
 /// Hands `op` to `shard` and waits for the answer (503 if no shard takes it, 504 if it
 /// does not answer in time).
-fn call(api: &ApiState, shard: ShardId, op: ApiOp) -> Result<ApiReply, Response> {
+async fn call(api: &ApiState, shard: ShardId, op: ApiOp) -> Result<ApiReply, Response> {
     let (reply, answer) = sync_channel(1);
     if api.sink.deliver(shard, ApiRequest { op, reply }).is_err() {
         return Err(unavailable());
     }
-    match answer.recv_timeout(api.timeout) {
+    match recv_by(&answer, Instant::now() + api.timeout).await {
         Ok(ApiReply::Overloaded) => Err(api_error(503, "overloaded", "the gateway is overloaded; retry")),
         Ok(reply) => Ok(reply),
         Err(RecvTimeoutError::Timeout) => Err(api_error(504, "timeout", "the shard did not answer in time")),
         // The shard dropped the request unanswered (stopping).
         Err(RecvTimeoutError::Disconnected) => Err(unavailable()),
+    }
+}
+
+/// The next answer on `answers` by `deadline`, looking every [`API_REPLY_POLL`] without
+/// blocking the admin thread (`recv_timeout` would stall every other connection).
+async fn recv_by(answers: &Receiver<ApiReply>, deadline: Instant) -> Result<ApiReply, RecvTimeoutError> {
+    loop {
+        match answers.try_recv() {
+            Ok(reply) => return Ok(reply),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) if Instant::now() >= deadline => return Err(RecvTimeoutError::Timeout),
+            Err(TryRecvError::Empty) => tokio::time::sleep(API_REPLY_POLL).await,
+        }
     }
 }
 
@@ -696,11 +759,8 @@ fn owner(api: &ApiState, kind: KeyKind, key: &str) -> Result<ShardId, Response> 
     }
 }
 
-fn reply_json(result: Result<ApiReply, Response>) -> Response {
-    match result {
-        Ok(reply) => Response::json(200, reply.to_json()),
-        Err(response) => response,
-    }
+fn reply_json(reply: ApiReply) -> Response {
+    Response::json(200, reply.to_json())
 }
 
 #[derive(Deserialize)]
@@ -712,21 +772,17 @@ struct PublishBody<'a> {
 }
 
 /// `POST /api/publish {"room", "body"}` → `{"room", "epoch", "seq"}`.
-fn api_publish(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |api| {
-        let run = || {
-            let parsed: PublishBody<'_> = json_body(request)?;
-            check_field(&parsed.room, "room", api.max_room_name_bytes)?;
-            check_body(api, parsed.body)?;
-            let shard = owner(api, KeyKind::Room, &parsed.room)?;
-            let op = ApiOp::Publish {
-                room: parsed.room.as_str().into(),
-                body: parsed.body.get().into(),
-            };
-            call(api, shard, op)
-        };
-        reply_json(run())
-    })
+async fn api_publish(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    let api = authorized(request, state)?;
+    let parsed: PublishBody<'_> = json_body(request)?;
+    check_field(&parsed.room, "room", api.max_room_name_bytes)?;
+    check_body(api, parsed.body)?;
+    let shard = owner(api, KeyKind::Room, &parsed.room)?;
+    let op = ApiOp::Publish {
+        room: parsed.room.as_str().into(),
+        body: parsed.body.get().into(),
+    };
+    call(api, shard, op).await.map(reply_json)
 }
 
 #[derive(Deserialize)]
@@ -738,26 +794,22 @@ struct SendBody<'a> {
 }
 
 /// `POST /api/send {"to", "body"}` → `{"to", "epoch", "seq", "online"}`.
-fn api_send(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |api| {
-        let run = || {
-            let parsed: SendBody<'_> = json_body(request)?;
-            check_field(&parsed.to, "to", api.max_user_id_bytes)?;
-            check_body(api, parsed.body)?;
-            let shard = owner(api, KeyKind::User, &parsed.to)?;
-            let op = ApiOp::Send {
-                to: parsed.to.as_str().into(),
-                body: parsed.body.get().into(),
-            };
-            call(api, shard, op)
-        };
-        reply_json(run())
-    })
+async fn api_send(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    let api = authorized(request, state)?;
+    let parsed: SendBody<'_> = json_body(request)?;
+    check_field(&parsed.to, "to", api.max_user_id_bytes)?;
+    check_body(api, parsed.body)?;
+    let shard = owner(api, KeyKind::User, &parsed.to)?;
+    let op = ApiOp::Send {
+        to: parsed.to.as_str().into(),
+        body: parsed.body.get().into(),
+    };
+    call(api, shard, op).await.map(reply_json)
 }
 
 /// The percent-decoded path parameter after `prefix`, checked as a user id or room.
 fn path_param(request: &Request, prefix: &str, field: &str, max: usize) -> Result<String, Response> {
-    let raw = request.path.strip_prefix(prefix).unwrap_or_default();
+    let raw = request.path().strip_prefix(prefix).unwrap_or_default();
     let value = percent_decode(raw).ok_or_else(|| {
         api_error(
             400,
@@ -769,48 +821,43 @@ fn path_param(request: &Request, prefix: &str, field: &str, max: usize) -> Resul
     Ok(value)
 }
 
-/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a bad escape or
-/// bytes that are not UTF-8.
+/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a `%` not followed
+/// by exactly two hex digits, or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    // `char::to_digit` takes only `0-9a-fA-F`; `u8::from_str_radix` would also take a
+    // sign (`%+f`).
+    let hex = |b: Option<u8>| char::from(b?).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let (high, low) = (hex(bytes.next())?, hex(bytes.next())?);
+            out.push(u8::try_from((high << 4) | low).expect("two hex digits fit a byte"));
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()
 }
 
 /// `GET /api/presence/user/{id}` → `{"user", "online", "connections"}`.
-fn api_presence_user(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |api| {
-        let run = || {
-            let user = path_param(request, "/api/presence/user/", "user", api.max_user_id_bytes)?;
-            let shard = owner(api, KeyKind::User, &user)?;
-            call(api, shard, ApiOp::PresenceUser { user: user.into() })
-        };
-        reply_json(run())
-    })
+async fn api_presence_user(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    let api = authorized(request, state)?;
+    let user = path_param(request, "/api/presence/user/", "user", api.max_user_id_bytes)?;
+    let shard = owner(api, KeyKind::User, &user)?;
+    call(api, shard, ApiOp::PresenceUser { user: user.into() })
+        .await
+        .map(reply_json)
 }
 
 /// `GET /api/presence/room/{room}` → `{"room", "members", "connections", "users"?}`.
-fn api_presence_room(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |api| {
-        let run = || {
-            let room = path_param(request, "/api/presence/room/", "room", api.max_room_name_bytes)?;
-            let shard = owner(api, KeyKind::Room, &room)?;
-            call(api, shard, ApiOp::PresenceRoom { room: room.into() })
-        };
-        reply_json(run())
-    })
+async fn api_presence_room(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    let api = authorized(request, state)?;
+    let room = path_param(request, "/api/presence/room/", "room", api.max_room_name_bytes)?;
+    let shard = owner(api, KeyKind::Room, &room)?;
+    call(api, shard, ApiOp::PresenceRoom { room: room.into() })
+        .await
+        .map(reply_json)
 }
 
 #[derive(Deserialize)]
@@ -821,71 +868,65 @@ struct DisconnectBody {
 
 /// `POST /api/disconnect {"user"}` → `{"user", "closed"}`: every shard closes the
 /// user's connections (close code 4000) and says how many.
-fn api_disconnect(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |api| {
-        let run = || -> Result<Response, Response> {
-            let parsed: DisconnectBody = json_body(request)?;
-            check_field(&parsed.user, "user", api.max_user_id_bytes)?;
-            let shards = api.sink.shards();
-            if shards == 0 {
-                return Err(unavailable());
-            }
-            let (reply, answers) = sync_channel(shards);
-            let user: crate::msg::Key = parsed.user.as_str().into();
-            for shard in 0..shards {
-                let op = ApiOp::Disconnect { user: user.clone() };
-                let request = ApiRequest {
-                    op,
-                    reply: reply.clone(),
-                };
-                if api.sink.deliver(shard as ShardId, request).is_err() {
-                    return Err(unavailable());
-                }
-            }
-            drop(reply);
-            let deadline = Instant::now() + api.timeout;
-            let mut closed = 0;
-            for _ in 0..shards {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match answers.recv_timeout(left) {
-                    Ok(ApiReply::Disconnected { closed: n, .. }) => closed += n,
-                    Ok(_) | Err(RecvTimeoutError::Disconnected) => return Err(unavailable()),
-                    Err(RecvTimeoutError::Timeout) => {
-                        return Err(api_error(
-                            504,
-                            "timeout",
-                            &format!("not every shard answered in time; {closed} connections closed so far"),
-                        ));
-                    }
-                }
-            }
-            let body = serde_json::json!({ "user": parsed.user, "closed": closed });
-            Ok(Response::json(200, body.to_string()))
+async fn api_disconnect(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    let api = authorized(request, state)?;
+    let parsed: DisconnectBody = json_body(request)?;
+    check_field(&parsed.user, "user", api.max_user_id_bytes)?;
+    let shards = api.sink.shards();
+    if shards == 0 {
+        return Err(unavailable());
+    }
+    let (reply, answers) = sync_channel(shards);
+    let user: crate::msg::Key = parsed.user.as_str().into();
+    for shard in 0..shards {
+        let op = ApiOp::Disconnect { user: user.clone() };
+        let request = ApiRequest {
+            op,
+            reply: reply.clone(),
         };
-        run().unwrap_or_else(|response| response)
-    })
+        if api.sink.deliver(shard as ShardId, request).is_err() {
+            return Err(unavailable());
+        }
+    }
+    drop(reply);
+    let deadline = Instant::now() + api.timeout;
+    let mut closed = 0;
+    for _ in 0..shards {
+        match recv_by(&answers, deadline).await {
+            Ok(ApiReply::Disconnected { closed: n, .. }) => closed += n,
+            Ok(_) | Err(RecvTimeoutError::Disconnected) => return Err(unavailable()),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(api_error(
+                    504,
+                    "timeout",
+                    &format!("not every shard answered in time; {closed} connections closed so far"),
+                ));
+            }
+        }
+    }
+    let body = serde_json::json!({ "user": parsed.user, "closed": closed });
+    Ok(Response::json(200, body.to_string()))
 }
 
 /// `GET /api/stats` → totals from the shards' latest published figures.
-fn api_stats(request: &Request, state: &AdminState) -> Response {
-    with_api(request, state, |_| {
-        let shards = state.registry.snapshot();
-        let sum = |get: fn(&crate::metrics::ShardMetrics) -> u64| shards.iter().map(get).sum::<u64>();
-        let body = serde_json::json!({
-            "shards": shards.len(),
-            "connections": sum(|m| m.connections),
-            "users_online": sum(|m| m.msg_owned_users_online),
-            "rooms": sum(|m| m.msg_owned_rooms),
-            "messages": {
-                "sent": sum(|m| m.msg.sends_accepted),
-                "published": sum(|m| m.msg.publishes_accepted),
-                "delivered": sum(|m| m.msg.frames_delivered),
-                "in": sum(|m| m.messages_in),
-                "out": sum(|m| m.messages_out),
-            },
-        });
-        Response::json(200, body.to_string())
-    })
+fn api_stats(request: &Request, state: &AdminState) -> Result<Response, Response> {
+    authorized(request, state)?;
+    let shards = state.registry.snapshot();
+    let sum = |get: fn(&crate::metrics::ShardMetrics) -> u64| shards.iter().map(get).sum::<u64>();
+    let body = serde_json::json!({
+        "shards": shards.len(),
+        "connections": sum(|m| m.connections),
+        "users_online": sum(|m| m.msg_owned_users_online),
+        "rooms": sum(|m| m.msg_owned_rooms),
+        "messages": {
+            "sent": sum(|m| m.msg.sends_accepted),
+            "published": sum(|m| m.msg.publishes_accepted),
+            "delivered": sum(|m| m.msg.frames_delivered),
+            "in": sum(|m| m.messages_in),
+            "out": sum(|m| m.messages_out),
+        },
+    });
+    Ok(Response::json(200, body.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -924,45 +965,45 @@ impl Response {
         }
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            408 => "Request Timeout",
-            413 => "Content Too Large",
-            431 => "Request Header Fields Too Large",
-            501 => "Not Implemented",
-            503 => "Service Unavailable",
-            504 => "Gateway Timeout",
-            other => unreachable!("admin response status {other} has no reason phrase"),
-        };
-        let mut head = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        );
-        if let Some(allow) = &self.allow {
-            head.push_str(&format!("Allow: {allow}\r\n"));
+    /// hyper's response (it adds `Content-Length` from the body).
+    fn into_http(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, self.content_type)
+            .header(header::CACHE_CONTROL, "no-store")
+            .header(header::CONNECTION, "close");
+        if let Some(allow) = self.allow {
+            response = response.header(header::ALLOW, allow);
         }
         if self.challenge {
-            head.push_str("WWW-Authenticate: Bearer realm=\"wsgate-api\"\r\n");
+            response = response.header(header::WWW_AUTHENTICATE, "Bearer realm=\"wsgate-api\"");
         }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
+        match response.body(Full::new(Bytes::from(self.body))) {
+            Ok(response) => response,
+            // Statuses are literals here and header values static or method names.
+            Err(e) => unreachable!("admin response does not build: {e}"),
+        }
     }
+}
+
+/// A whole response written straight to the socket, for the two answers hyper cannot
+/// give: 503 before a request is read, and 408 when hyper gave up on the head.
+fn raw_response(status: StatusCode, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::ShardMetrics;
-    use std::net::SocketAddr;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
 
     fn state() -> Arc<AdminState> {
         Arc::new(AdminState::new(Arc::new(Registry::new(2)), 4096))
@@ -1007,6 +1048,16 @@ mod tests {
 
     fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
         exchange(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+    }
+
+    /// Whether `head` has the header line `line` (`Name: value`), the name compared
+    /// case-insensitively as HTTP does (hyper writes `Www-Authenticate`).
+    fn has_header(head: &str, line: &str) -> bool {
+        let (name, value) = line.split_once(": ").expect("a header line");
+        head.lines().any(|l| {
+            l.split_once(": ")
+                .is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v.starts_with(value))
+        })
     }
 
     #[test]
@@ -1088,8 +1139,13 @@ mod tests {
             ADMIN_MAX_BODY_BYTES + 1
         );
         assert_eq!(exchange(addr, too_long.as_bytes()).0, 413);
+        // Chunked bodies are read (below); a transfer coding before `chunked` is not.
         assert_eq!(
-            exchange(addr, b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").0,
+            exchange(
+                addr,
+                b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+            )
+            .0,
             501
         );
         // A body within the limit is read, then the path decides.
@@ -1130,6 +1186,83 @@ mod tests {
             assert!(Instant::now() < deadline, "slot never freed");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_client_sending_its_head_slowly_is_cut_by_the_header_timeout() {
+        let settings = Settings {
+            request_timeout: Duration::from_millis(300),
+            max_concurrent: 8,
+        };
+        let addr = start(&state(), Some(settings));
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        // A byte every 20 ms of a head that never ends, for up to 3 s.
+        let mut writer = slow.try_clone().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let head = b"GET /healthz HTTP/1.1\r\nX-Slow: ";
+            let mut bytes = head.iter().chain(std::iter::repeat(&b'a'));
+            while started.elapsed() < Duration::from_secs(3) {
+                if writer.write_all(&[*bytes.next().unwrap()]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // Meanwhile other clients are served at once.
+        assert_eq!(get(addr, "/healthz").0, 200);
+        let (status, _, body) = read_response(&mut slow);
+        assert_eq!((status, body.as_str()), (408, "request timeout\n"));
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(2), "not cut by the timeout: {elapsed:?}");
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn framing_edge_cases_and_chunked_bodies() {
+        let addr = start(&state(), None);
+        // Two lengths that disagree: which one frames the body is ambiguous.
+        let two_lengths = b"POST /api/x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+        assert_eq!(exchange(addr, two_lengths).0, 400);
+        let same_twice = b"POST /api/x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(exchange(addr, same_twice).0, 404);
+        // Content-Length with chunked: the chunked framing wins (RFC 9112 section 6.3),
+        // so the answer comes at once rather than after waiting for 100 bytes, and the
+        // request smuggled after the chunked body gets no answer of its own.
+        let (status, head, body) = exchange(
+            addr,
+            b"POST /api/x HTTP/1.1\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!((status, body.as_str()), (404, "not found\n"));
+        assert!(has_header(&head, "Connection: close"), "{head}");
+
+        // A chunked body is read and limited while it streams.
+        let chunked = |chunks: &[usize]| {
+            let mut raw = b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for &n in chunks {
+                raw.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                raw.extend(std::iter::repeat_n(b'a', n));
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"0\r\n\r\n");
+            exchange(addr, &raw).0
+        };
+        let quarter = ADMIN_MAX_BODY_BYTES / 4;
+        assert_eq!(chunked(&[quarter; 4]), 404, "at the limit: read, then the path decides");
+        assert_eq!(chunked(&[quarter, quarter, quarter, quarter, 1]), 413);
+        assert_eq!(chunked(&[ADMIN_MAX_BODY_BYTES + 1]), 413);
+        // A broken chunk size.
+        assert_eq!(
+            exchange(
+                addr,
+                b"POST /api/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+            )
+            .0,
+            400
+        );
     }
 
     // -----------------------------------------------------------------------------------
@@ -1333,7 +1466,7 @@ mod tests {
 
         let (status, head, json) = call_api(addr, "POST", "/api/publish", None, body);
         assert_eq!(status, 401);
-        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert!(has_header(&head, "WWW-Authenticate: Bearer"), "{head}");
         assert_eq!(json["error"], "unauthorized");
         assert!(!head.contains(KEY) && !json.to_string().contains(KEY));
         assert_eq!(
@@ -1415,6 +1548,31 @@ mod tests {
         assert!(text.contains("wsgate_api_requests_total{route=\"/api/stats\",status=\"404\"} 1\n"));
     }
 
+    #[test]
+    fn api_reads_chunked_bodies_and_takes_only_a_single_token68() {
+        let limits = MsgLimits::default();
+        let addr = start(&api_state(Arc::new(BrokenSink::Down), &limits), None);
+        // The chunked body is decoded and parsed: the request gets as far as the shards
+        // (503: none running), where a missing body would be 400.
+        let body = r#"{"room":"r","body":1}"#;
+        let raw = format!(
+            "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        let (status, _, json) = exchange(addr, raw.as_bytes());
+        let json: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!((status, json["error"].as_str()), (503, Some("unavailable")), "{json}");
+
+        // A key with a space in it cannot be presented: `Bearer a b` is no token at all.
+        let spaced = ApiState::new(Secret::from("a b"), Arc::new(BrokenSink::Down), &limits);
+        let state = Arc::new(AdminState::new(Arc::new(Registry::new(2)), 4096).with_api(spaced));
+        let addr = start(&state, None);
+        let (status, head, json) = call_api(addr, "GET", "/api/stats", Some("a b"), "");
+        assert_eq!((status, json["error"].as_str()), (401, Some("unauthorized")));
+        assert!(has_header(&head, "WWW-Authenticate: Bearer"), "{head}");
+    }
+
     /// A sink whose shards keep requests unanswered, drop them, or are not there.
     #[derive(Debug)]
     enum BrokenSink {
@@ -1478,10 +1636,30 @@ mod tests {
         assert_eq!(bearer_token(b"Bearer xyz"), Some(&b"xyz"[..]));
         assert_eq!(bearer_token(b"Bearer "), None);
         assert_eq!(bearer_token(b"Token xyz"), None);
+        assert_eq!(
+            bearer_token(b"bearer   a.b_c-d~e+f/g==  "),
+            Some(&b"a.b_c-d~e+f/g=="[..])
+        );
+        for value in [
+            &b"Bearer a b"[..],
+            b"Bearer a,b",
+            b"Bearer \"ab\"",
+            b"Bearer =",
+            b"Bearer a=b",
+            b"Bearer\tab",
+        ] {
+            assert_eq!(bearer_token(value), None, "{}", String::from_utf8_lossy(value));
+        }
+        assert_eq!(bearer_token(b"Bearer caf\xc3\xa9"), None);
         assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b+c"));
         assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("\u{20ac}"));
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%2B%2b").as_deref(), Some("++"));
+        // Exactly two hex digits: no sign, no short escape.
+        for bad in ["%+f", "%-1", "%f", "%fg", "% f", "%\u{e9}0"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
         let debug = format!(
             "{:?}",
             ApiState::new(Secret::from(KEY), Arc::new(BrokenSink::Down), &MsgLimits::default())

@@ -1176,16 +1176,23 @@ impl Authenticator {
     }
 }
 
-/// The token of an `Authorization` value: `Ok(Some)` for `Bearer <token>`, `Ok(None)`
-/// for another scheme (not ours), `Err(Malformed)` for a `Bearer` without exactly one
-/// token68 after it.
-fn bearer_token(value: &str) -> Result<Option<&str>, AuthError> {
+/// The token of an `Authorization` value, the crate's one Bearer parser (also the
+/// admin API key's, `crate::admin`): `Ok(Some)` for `Bearer` (any case), one or more
+/// spaces, then one token68 (RFC 9110 section 11.2, RFC 6750 section 2.1); `Ok(None)`
+/// for another scheme (not ours); `Err(Malformed)` for a `Bearer` followed by anything
+/// else (nothing, two words, a comma, a quoted string). Whitespace around the whole
+/// value is not part of it (RFC 9110 section 5.5) and is ignored.
+pub(crate) fn bearer_token(value: &str) -> Result<Option<&str>, AuthError> {
+    let value = value.trim_matches([' ', '\t']);
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    let token = rest.trim_matches(' ');
-    if token.is_empty() || token.contains([' ', '\t', ',']) {
+    let token = rest.trim_start_matches(' ');
+    // token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body = token.trim_end_matches('=');
+    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+    if body.is_empty() || !body.bytes().all(token68) {
         return Err(AuthError::Malformed);
     }
     Ok(Some(token))
