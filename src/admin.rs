@@ -821,23 +821,10 @@ fn path_param(request: &Request, prefix: &str, field: &str, max: usize) -> Resul
     Ok(value)
 }
 
-/// Decodes `%XX` escapes (a path segment: `+` is a plus). `None` for a `%` not followed
-/// by exactly two hex digits, or bytes that are not UTF-8.
+/// Path parameters are percent-decoded with the crate's one strict decoder (`+` stays
+/// `+` in a path).
 fn percent_decode(s: &str) -> Option<String> {
-    // `char::to_digit` takes only `0-9a-fA-F`; `u8::from_str_radix` would also take a
-    // sign (`%+f`).
-    let hex = |b: Option<u8>| char::from(b?).to_digit(16);
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let (high, low) = (hex(bytes.next())?, hex(bytes.next())?);
-            out.push(u8::try_from((high << 4) | low).expect("two hex digits fit a byte"));
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::proto::handshake::percent_decode(s).map(std::borrow::Cow::into_owned)
 }
 
 /// `GET /api/presence/user/{id}` → `{"user", "online", "connections"}`.
