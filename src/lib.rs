@@ -21,10 +21,15 @@
 //!        │   seals queued frames at flush; the plaintext takes the same path below
 //!        ▼
 //!  server::shard      slab of connection slots, reads into one shard buffer, bounded send
-//!        │            queues flushed with one sendmsg per connection per turn, drain
+//!        │            queues flushed with one sendmsg per connection per turn, drain;
+//!        │            one file per job (accept, read, upgrade, frames, send, close,
+//!        │            driver, slot, handle), see its module doc
+//!        ├── server::admission  sans-IO upgrade policy: draining → cap → address → token
+//!        │                      → user, a flat verdict (401/429/503 or the tickets)
 //!        ├── server::wheel   one timer wheel per shard: handshake, heartbeat, close, linger
 //!        ▼
 //!  proto::handshake   parse + validate the HTTP/1.1 upgrade ──► 101 or 4xx/5xx response
+//!        │            (request, validate, lists, query, response, error: one file each)
 //!  proto::connection  per-connection state machine (sans-IO): handle_input / handle_timeout
 //!        │            in, events + poll_transmit (pong, ping, close) + poll_timeout out
 //!        ├── proto::frame   header decode/encode, SharedFrame (encode once, send to many)
