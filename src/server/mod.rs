@@ -113,6 +113,39 @@ impl ApiSink for ApiShards {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, which taskset and container
+/// cpusets restrict), in ascending order; every CPU up to the machine's count if the
+/// mask cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // its size into it.
+    let (set, ok) = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let ok = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0;
+        (set, ok)
+    };
+    let cpus: Vec<usize> = if ok {
+        // SAFETY: CPU_ISSET reads the set it is given, for indices below CPU_SETSIZE.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cpus
+    }
+}
+
+/// The CPU shard `id` is pinned to: the `id`-th allowed CPU, wrapping round (pinning to
+/// `id % cpu_count` would pin outside a cpuset that does not start at CPU 0).
+pub fn cpu_for_shard(allowed: &[usize], id: usize) -> usize {
+    assert!(!allowed.is_empty(), "a process runs on at least one CPU");
+    allowed[id % allowed.len()]
+}
+
 /// Binds a listening socket with SO_REUSEPORT and the configured backlog (glommio's
 /// `TcpListener::bind` hard-codes 1024 and offers no socket options).
 pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
@@ -166,7 +199,7 @@ impl Server {
         auth: Arc<Authenticator>,
         tls: Option<Arc<TlsContext>>,
     ) -> io::Result<Self> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = allowed_cpus();
         let (listeners, local_addr) = bind_group(cfg.listen, cfg.listen_backlog, cfg.shards)?;
         let (mut tls_listeners, tls_addr) = match (&tls, cfg.tls_listen_addr()) {
             (Some(_), Some(addr)) => {
@@ -198,12 +231,13 @@ impl Server {
             let (tx, rx) = std::sync::mpsc::channel();
             let (mesh_tx, mesh_rx) = std::sync::mpsc::channel::<Endpoint<MeshMsg>>();
             mesh_senders.push(mesh_tx);
+            let cpu = cpu_for_shard(&cpus, id);
             let cfg = cfg.clone();
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{id}"))
                 .spawn(move || {
-                    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(id % cpus))
+                    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
                         .name(&format!("shard-{id}"))
                         .io_memory(EXECUTOR_IO_MEMORY)
                         .preempt_timer(preempt_timer)

@@ -744,3 +744,44 @@ fn shards_parked_with_runnable_tasks_are_woken() {
     }
     eprintln!("starved shards: ticks {after:?}, watchdog wakes {wakes}");
 }
+
+#[test]
+fn shards_are_pinned_to_the_allowed_cpus_in_order() {
+    use super::{allowed_cpus, cpu_for_shard};
+    // A cpuset of CPUs 2, 3 and 6 (as taskset -c 2,3,6 gives): shards wrap round it.
+    let allowed = [2, 3, 6];
+    let placed: Vec<usize> = (0..5).map(|id| cpu_for_shard(&allowed, id)).collect();
+    assert_eq!(placed, [2, 3, 6, 2, 3]);
+    // This process's own mask, read for real: non-empty, ascending, and each shard lands
+    // inside it.
+    let own = allowed_cpus();
+    assert!(!own.is_empty() && own.windows(2).all(|w| w[0] < w[1]), "{own:?}");
+    for id in 0..8 {
+        assert!(own.contains(&cpu_for_shard(&own, id)));
+    }
+}
+
+#[test]
+fn a_process_restricted_to_one_cpu_sees_only_that_cpu() {
+    use super::allowed_cpus;
+    let own = allowed_cpus();
+    let Some(&last) = own.last() else { return };
+    // Restrict a fresh thread (affinity is per thread) to the highest allowed CPU, which
+    // is not CPU 0 on a machine with two or more: the mask read there is just that CPU.
+    let seen = std::thread::spawn(move || {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it; the
+        // call changes only this thread's affinity.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(last, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+        allowed_cpus()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(seen, [last]);
+}
