@@ -71,6 +71,19 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// The handle of a shard woken by `bell`, with an empty inbox.
+    pub(super) fn new(bell: Bell) -> Self {
+        Self {
+            inbox: Mutex::new(Vec::new()),
+            commands_refused: AtomicU64::new(0),
+            bell,
+            ticks: AtomicU64::new(0),
+            watchdog_wakes: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            ticker: Mutex::new(None),
+        }
+    }
+
     /// Delivers `command` and wakes the shard; false if it was refused.
     ///
     /// The inbox holds at most [`COMMAND_INBOX_CAPACITY`] commands. Beyond, a
@@ -182,15 +195,7 @@ mod tests {
 
     fn handle() -> ShardHandle {
         let (ring, _rx) = ConnRing::new(4, 8).expect("io_uring");
-        ShardHandle {
-            inbox: Mutex::new(Vec::new()),
-            commands_refused: AtomicU64::new(0),
-            bell: ring.bell(),
-            ticks: AtomicU64::new(0),
-            watchdog_wakes: AtomicU64::new(0),
-            tid: AtomicI32::new(0),
-            ticker: Mutex::new(None),
-        }
+        ShardHandle::new(ring.bell())
     }
 
     #[test]

@@ -54,8 +54,6 @@ pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle};
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicU64};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::close::Drain;
@@ -229,15 +227,7 @@ impl Shard {
         };
         let max_connections = cfg.max_connections.div_ceil(cfg.shards);
         let now = Instant::now();
-        let handle = Arc::new(ShardHandle {
-            inbox: Mutex::new(Vec::new()),
-            commands_refused: AtomicU64::new(0),
-            bell: ring.bell(),
-            ticks: AtomicU64::new(0),
-            watchdog_wakes: AtomicU64::new(0),
-            tid: AtomicI32::new(0),
-            ticker: Mutex::new(None),
-        });
+        let handle = Arc::new(ShardHandle::new(ring.bell()));
         let mut shard = Self {
             id,
             handshake: HandshakeConfig {
