@@ -978,7 +978,7 @@ pub enum Command {
     Serve(Config),
     /// Mint a token for testing (`wsgate token --user alice ...`).
     Token(crate::auth::TokenArgs),
-    /// Run the load generator (`wsgate bench density|echo ...`). Its options are flags
+    /// Run the load generator (`wsgate bench density|echo|fanout|direct ...`). Its options are flags
     /// only: a benchmark run is spelled out on its command line, not inherited from
     /// the environment or the gateway's config file.
     Bench(crate::bench::BenchArgs),
@@ -1026,7 +1026,7 @@ suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
     name = "wsgate",
     version,
     about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
+    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo|fanout|direct> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP
 )]

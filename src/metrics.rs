@@ -104,6 +104,106 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
+    /// Adds `other` into `self`: counters and gauges summed, labelled counters summed
+    /// by label (the whole-process view of per-shard figures). Every field is named, so
+    /// a new one cannot be forgotten here.
+    pub fn merge(&mut self, other: Self) {
+        let Self {
+            connections,
+            handshakes_in_progress,
+            accepted,
+            upgrades,
+            handshake_failures,
+            auth_failures,
+            auth_accepted,
+            frames_in,
+            frames_out,
+            messages_in,
+            messages_out,
+            bytes_in,
+            bytes_out,
+            close_codes_sent,
+            close_codes_received,
+            protocol_errors,
+            slow_consumer_closes,
+            limit_hits,
+            queued_bytes,
+            heartbeat_timeouts,
+            close_timeouts,
+            handshake_timeouts,
+            abnormal_closes,
+            closed,
+            msg,
+            msg_users,
+            msg_rooms,
+            mesh_pending,
+            msg_owned_users_online,
+            msg_owned_rooms,
+            watchdog_wakes,
+            commands_refused,
+            tls_sessions,
+            tls_handshakes,
+            tls_resumed,
+            tls_handshake_failures,
+            test_heap_bytes,
+        } = other;
+        self.connections += connections;
+        self.handshakes_in_progress += handshakes_in_progress;
+        self.accepted += accepted;
+        self.upgrades += upgrades;
+        for (k, v) in handshake_failures {
+            *self.handshake_failures.entry(k).or_default() += v;
+        }
+        for (k, v) in auth_failures {
+            *self.auth_failures.entry(k).or_default() += v;
+        }
+        for (k, v) in auth_accepted {
+            *self.auth_accepted.entry(k).or_default() += v;
+        }
+        self.frames_in += frames_in;
+        self.frames_out += frames_out;
+        self.messages_in += messages_in;
+        self.messages_out += messages_out;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        for (k, v) in close_codes_sent {
+            *self.close_codes_sent.entry(k).or_default() += v;
+        }
+        for (k, v) in close_codes_received {
+            *self.close_codes_received.entry(k).or_default() += v;
+        }
+        for (k, v) in protocol_errors {
+            *self.protocol_errors.entry(k).or_default() += v;
+        }
+        self.slow_consumer_closes += slow_consumer_closes;
+        for (k, v) in limit_hits {
+            *self.limit_hits.entry(k).or_default() += v;
+        }
+        self.queued_bytes += queued_bytes;
+        self.heartbeat_timeouts += heartbeat_timeouts;
+        self.close_timeouts += close_timeouts;
+        self.handshake_timeouts += handshake_timeouts;
+        self.abnormal_closes += abnormal_closes;
+        self.closed += closed;
+        self.msg.merge(msg);
+        self.msg_users += msg_users;
+        self.msg_rooms += msg_rooms;
+        self.mesh_pending += mesh_pending;
+        self.msg_owned_users_online += msg_owned_users_online;
+        self.msg_owned_rooms += msg_owned_rooms;
+        self.watchdog_wakes += watchdog_wakes;
+        self.commands_refused += commands_refused;
+        self.tls_sessions += tls_sessions;
+        for (k, v) in tls_handshakes {
+            *self.tls_handshakes.entry(k).or_default() += v;
+        }
+        self.tls_resumed += tls_resumed;
+        for (k, v) in tls_handshake_failures {
+            *self.tls_handshake_failures.entry(k).or_default() += v;
+        }
+        self.test_heap_bytes += test_heap_bytes;
+    }
+
     /// Counts one more of `label` in a labelled counter.
     pub fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, label: K) {
         *map.entry(label).or_insert(0) += 1;
@@ -942,5 +1042,34 @@ wsgate_memory_per_connection_bytes 1024000
             "{text}"
         );
         assert_eq!(escape_help("a\\b\nc"), "a\\\\b\\nc");
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::ShardMetrics;
+
+    #[test]
+    fn merge_sums_plain_labelled_and_messaging_counters() {
+        let mut a = ShardMetrics {
+            connections: 2,
+            commands_refused: 1,
+            ..ShardMetrics::default()
+        };
+        a.msg.sends_accepted = 3;
+        ShardMetrics::bump(&mut a.limit_hits, "message_rate");
+        let mut b = ShardMetrics {
+            connections: 5,
+            watchdog_wakes: 4,
+            ..ShardMetrics::default()
+        };
+        b.msg.sends_accepted = 7;
+        ShardMetrics::bump(&mut b.limit_hits, "message_rate");
+        ShardMetrics::bump(&mut b.msg.errors_by_code, "too_large");
+        a.merge(b);
+        assert_eq!((a.connections, a.commands_refused, a.watchdog_wakes), (7, 1, 4));
+        assert_eq!(a.msg.sends_accepted, 10);
+        assert_eq!(a.limit_hits.get("message_rate"), Some(&2));
+        assert_eq!(a.msg.errors_by_code.get("too_large"), Some(&1));
     }
 }

@@ -244,6 +244,64 @@ pub struct MsgMetrics {
 }
 
 impl MsgMetrics {
+    /// Adds `other` into `self`: counters and gauges summed, labelled counters summed
+    /// by label (the whole-process view of per-shard figures). Every field is named, so
+    /// a new one cannot be forgotten here.
+    pub fn merge(&mut self, other: Self) {
+        let Self {
+            sends_accepted,
+            publishes_accepted,
+            frames_delivered,
+            mesh_sent,
+            mesh_received,
+            mesh_shed,
+            mesh_waited,
+            offline_queued,
+            offline_dropped,
+            offline_expired,
+            offline_delivered,
+            history_trimmed,
+            replays,
+            resyncs,
+            receipts,
+            receipts_unknown,
+            receipts_undeliverable,
+            presence_events,
+            presence_counts,
+            client_errors,
+            errors_by_code,
+            protocol_closes,
+            superseded_deliveries,
+            api_disconnects,
+        } = other;
+        self.sends_accepted += sends_accepted;
+        self.publishes_accepted += publishes_accepted;
+        self.frames_delivered += frames_delivered;
+        self.mesh_sent += mesh_sent;
+        self.mesh_received += mesh_received;
+        self.mesh_shed += mesh_shed;
+        self.mesh_waited += mesh_waited;
+        self.offline_queued += offline_queued;
+        self.offline_dropped += offline_dropped;
+        self.offline_expired += offline_expired;
+        self.offline_delivered += offline_delivered;
+        self.history_trimmed += history_trimmed;
+        self.replays += replays;
+        self.resyncs += resyncs;
+        self.receipts += receipts;
+        self.receipts_unknown += receipts_unknown;
+        self.receipts_undeliverable += receipts_undeliverable;
+        self.presence_events += presence_events;
+        self.presence_counts += presence_counts;
+        self.client_errors += client_errors;
+        for (k, v) in errors_by_code {
+            *self.errors_by_code.entry(k).or_default() += v;
+        }
+        self.protocol_closes += protocol_closes;
+        self.superseded_deliveries += superseded_deliveries;
+        self.api_disconnects += api_disconnects;
+    }
+
     /// Adds `other` into `self` (to sum the shards of a simulation or a scrape).
     pub fn add(&mut self, other: &Self) {
         macro_rules! sum {

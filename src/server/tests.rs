@@ -57,34 +57,9 @@ impl TestServer {
 
     /// Sums the shards' published metrics (published every tick).
     pub fn metrics(&self) -> ShardMetrics {
-        fn merge<K: std::hash::Hash + Eq>(into: &mut hashbrown::HashMap<K, u64>, from: hashbrown::HashMap<K, u64>) {
-            for (k, v) in from {
-                *into.entry(k).or_default() += v;
-            }
-        }
         let mut total = ShardMetrics::default();
         for shard in self.registry.snapshot() {
-            total.connections += shard.connections;
-            total.handshakes_in_progress += shard.handshakes_in_progress;
-            total.accepted += shard.accepted;
-            total.upgrades += shard.upgrades;
-            total.messages_in += shard.messages_in;
-            total.closed += shard.closed;
-            total.abnormal_closes += shard.abnormal_closes;
-            total.slow_consumer_closes += shard.slow_consumer_closes;
-            total.heartbeat_timeouts += shard.heartbeat_timeouts;
-            total.handshake_timeouts += shard.handshake_timeouts;
-            total.close_timeouts += shard.close_timeouts;
-            total.test_heap_bytes += shard.test_heap_bytes;
-            merge(&mut total.handshake_failures, shard.handshake_failures);
-            merge(&mut total.protocol_errors, shard.protocol_errors);
-            merge(&mut total.auth_failures, shard.auth_failures);
-            merge(&mut total.auth_accepted, shard.auth_accepted);
-            merge(&mut total.limit_hits, shard.limit_hits);
-            total.tls_sessions += shard.tls_sessions;
-            total.tls_resumed += shard.tls_resumed;
-            merge(&mut total.tls_handshakes, shard.tls_handshakes);
-            merge(&mut total.tls_handshake_failures, shard.tls_handshake_failures);
+            total.merge(shard);
         }
         total
     }
