@@ -146,3 +146,4 @@ pub mod sys;
 #[cfg(test)]
 mod testalloc;
 pub mod tls;
+pub mod units;
