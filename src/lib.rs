@@ -135,6 +135,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod limits;
