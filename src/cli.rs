@@ -80,7 +80,7 @@ suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
     name = "wsgate",
     version,
     about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
+    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo|fanout|direct> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
     args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP
 )]
@@ -100,7 +100,7 @@ enum Sub {
     /// Mint a signed token for testing (like other gateways' gentoken).
     Token(crate::auth::TokenArgs),
     /// Load generator: prove density (idle connections held) and speed (echo round
-    /// trips) against a running gateway.
+    /// trips, room fan-out, direct messages) against a running gateway.
     Bench(crate::bench::BenchArgs),
 }
 
@@ -110,6 +110,21 @@ mod tests {
 
     use super::*;
     use crate::bench::BenchCommand;
+
+    #[test]
+    fn the_usage_names_every_bench_subcommand() {
+        let mut cli = command();
+        let usage = cli.render_usage().to_string();
+        let bench = cli.find_subcommand("bench").expect("bench");
+        let names: Vec<&str> = bench.get_subcommands().map(|c| c.get_name()).collect();
+        assert_eq!(names, ["density", "echo", "fanout", "direct"]);
+        let spelled = format!("bench <{}>", names.join("|"));
+        assert!(usage.contains(&spelled), "usage lacks {spelled}: {usage}");
+        let about = bench.get_about().map(|a| a.to_string()).unwrap_or_default();
+        for measures in ["density", "echo", "fan-out", "direct"] {
+            assert!(about.contains(measures), "bench about lacks {measures}: {about}");
+        }
+    }
 
     // Moved from the bench's tests: it drives the whole command line.
     #[test]
