@@ -71,7 +71,6 @@ use crate::units::{GIB, KIB, MIB, TIB, format_bytes, format_duration, is_ambiguo
 // Kept at their old paths: `config::parse_size` and friends predate `units`.
 pub use crate::units::{parse_duration, parse_size};
 
-
 /// Default for [`Config::listen`]: every interface, port 8080.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
 /// Default for [`Config::admin_listen`]: loopback only, because `/metrics` tells anyone
@@ -1060,7 +1059,6 @@ impl std::error::Error for ConfigError {
     }
 }
 
-
 // ---------------------------------------------------------------------------------------
 // The serve flags (clap arguments made from the table)
 // ---------------------------------------------------------------------------------------
@@ -1311,7 +1309,6 @@ fn read_config_file(path: &std::path::Path) -> Result<ConfigFile, ConfigError> {
     Ok(ConfigFile { path: shown, table })
 }
 
-
 /// Merges the serve flags, the environment (`env` looks a variable up) and the config
 /// file they name into a checked `Config`: what `wsgate [serve]` runs with.
 pub fn load_serve(flags: ServeFlags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -1331,8 +1328,13 @@ pub fn load_serve(flags: ServeFlags, env: &dyn Fn(&str) -> Option<String>) -> Re
 trait Kind<T> {
     /// Overwrites `slot` (holding the default) with the value from the first source that
     /// sets `key`, if any does; `flag` is what the command line gave.
-    fn merge(&self, s: &Sources<'_>, key: &'static str, flag: Option<Vec<String>>, slot: &mut T)
-    -> Result<(), ConfigError>;
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError>;
     /// The value as the file and `--help` write it.
     fn show(&self, value: &T) -> Value;
     /// Whether the value is within the accepted range (kinds without one: always).
@@ -1368,7 +1370,13 @@ impl<T> Kind<T> for Count<T>
 where
     T: TryFrom<u64> + TryInto<u64> + PartialOrd + Copy + fmt::Display,
 {
-    fn merge(&self, s: &Sources<'_>, key: &'static str, flag: Option<Vec<String>>, slot: &mut T) -> Result<(), ConfigError> {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
         merge_scalar(s, key, flag, slot, count(self.0.clone()))
     }
     fn show(&self, value: &T) -> Value {
@@ -1388,7 +1396,13 @@ impl<T> Kind<T> for Size
 where
     T: TryFrom<u64> + TryInto<u64> + Copy,
 {
-    fn merge(&self, s: &Sources<'_>, key: &'static str, flag: Option<Vec<String>>, slot: &mut T) -> Result<(), ConfigError> {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
         merge_scalar(s, key, flag, slot, size(self.0.clone()))
     }
     fn show(&self, value: &T) -> Value {
@@ -1451,7 +1465,11 @@ impl Kind<Option<SocketAddr>> for Addr {
         slot: &mut Option<SocketAddr>,
     ) -> Result<(), ConfigError> {
         merge_scalar(s, key, flag, slot, |v| {
-            if v.trim().is_empty() { Ok(None) } else { parse_addr(v).map(Some) }
+            if v.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_addr(v).map(Some)
+            }
         })
     }
     fn show(&self, value: &Option<SocketAddr>) -> Value {
@@ -1469,7 +1487,13 @@ impl ArgShape for Flag {
 }
 
 impl Kind<bool> for Flag {
-    fn merge(&self, s: &Sources<'_>, key: &'static str, flag: Option<Vec<String>>, slot: &mut bool) -> Result<(), ConfigError> {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut bool,
+    ) -> Result<(), ConfigError> {
         merge_scalar(s, key, flag, slot, parse_bool)
     }
     fn show(&self, value: &bool) -> Value {
@@ -1554,7 +1578,13 @@ impl<T> Kind<T> for Parsed
 where
     T: std::str::FromStr<Err = String> + fmt::Display,
 {
-    fn merge(&self, s: &Sources<'_>, key: &'static str, flag: Option<Vec<String>>, slot: &mut T) -> Result<(), ConfigError> {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
         merge_scalar(s, key, flag, slot, |v| v.trim().parse::<T>())
     }
     fn show(&self, value: &T) -> Value {
@@ -1655,7 +1685,6 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-
 /// A parser for counts within `range`.
 fn count<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String>
 where
@@ -1669,7 +1698,6 @@ where
         T::try_from(n).ok().filter(|n| range.contains(n)).ok_or_else(expected)
     }
 }
-
 
 /// A parser for durations within `range`.
 fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration, String> {
@@ -1691,7 +1719,6 @@ fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration
     }
 }
 
-
 /// A parser for byte sizes within `range`, into the field's integer type.
 fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<T, String> {
     move |s| {
@@ -1712,7 +1739,6 @@ fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -2179,4 +2205,3 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
     }
 }
-
