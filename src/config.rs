@@ -660,7 +660,7 @@ impl Config {
         self.tls_files().map(|_| self.tls_listen.unwrap_or(DEFAULT_TLS_LISTEN))
     }
 
-    /// Checks every range and every relation between options. [`load_from`] calls it; a
+    /// Checks every range and every relation between options. [`load_serve`] calls it; a
     /// `Config` built in code (tests, embedding) should call it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
