@@ -1,9 +1,22 @@
 //! The gateway's configuration: command-line flags, `WSGATE_*` environment variables and
 //! a TOML file, merged and validated into one [`Config`].
 //!
-//! `main` calls [`load`] once; the result is either a [`Command`] carrying a checked
-//! `Config` or a [`ConfigError`] that says which key or flag is wrong and what it accepts.
-//! Nothing past start-up reads flags, the environment or the file again.
+//! [`crate::cli`] parses the command line once and hands the serve flags to
+//! [`load_serve`]; the result is a checked `Config` or a [`ConfigError`] that says which
+//! key or flag is wrong and what it accepts. Nothing past start-up reads flags, the
+//! environment or the file again.
+//!
+//! # One table of options
+//!
+//! Every option is one row of the `options!` table below: its key, where it lands in
+//! [`Config`] (a field of its own, with type, default and rustdoc, or a field of
+//! [`Limits`], [`MsgLimits`], [`crate::auth::AuthConfig`] or [`crate::edge::EdgeConfig`]),
+//! its kind (which parser, range and file syntax), its value name, `--help` heading and
+//! help line. From the table come the `Config` fields and `Config::default`, [`KEYS`],
+//! the clap arguments, the merge of the sources, the range checks and the file dump
+//! ([`Config::to_toml`]). Adding an option is one row (plus the code that uses it).
+//! Relations between options (`drain_timeout` at least `drain_window`, ...) are written
+//! out in [`Config::validate`].
 //!
 //! # Sources and precedence
 //!
@@ -14,13 +27,14 @@
 //! 1. the flag,
 //! 2. the environment variable,
 //! 3. the file named by `--config` (or `WSGATE_CONFIG`),
-//! 4. the default (the `DEFAULT_*` constants below).
+//! 4. the default (the `DEFAULT_*` constants below, or the default of the struct the
+//!    option lands in).
 //!
 //! How: clap parses every flag as optional text with no default, so "not given" stays
 //! visible, and each option is resolved on its own by walking the sources in that order
 //! and parsing the first value found. Flags, variables and file values therefore go
 //! through the same parser, and an error names where the bad value came from. The
-//! environment is read through a lookup function (not by clap), so [`load_from`] can be
+//! environment is read through a lookup function (not by clap), so [`load_serve`] can be
 //! tested without touching the process environment.
 //!
 //! # Value syntax
@@ -39,27 +53,23 @@
 //! - **Addresses** are `IP:PORT` (`0.0.0.0:8080`, `[::]:8080`); no host names, so
 //!   start-up never waits on DNS.
 //!
-//! In the file, sizes and counts may be TOML integers or strings, durations strings,
-//! `echo` a boolean and lists arrays of strings. A key that is not an option is an error,
-//! so a misspelt key cannot silently leave a default in force.
+//! The syntax of sizes and durations is [`crate::units`]'s. In the file, sizes and
+//! counts may be TOML integers or strings, durations strings, `echo` a boolean and lists
+//! arrays of strings. A key that is not an option is an error, so a misspelt key cannot
+//! silently leave a default in force.
 #![forbid(unsafe_code)]
 
-use std::ffi::OsString;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-
 use crate::limits::{InvalidLimits, Limits};
 use crate::msg::MsgLimits;
-
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
-const GIB: u64 = 1024 * MIB;
-const TIB: u64 = 1024 * GIB;
+use crate::units::{GIB, KIB, MIB, TIB, format_bytes, format_duration, is_ambiguous_size, split_number};
+// Kept at their old paths: `config::parse_size` and friends predate `units`.
+pub use crate::units::{parse_duration, parse_size};
 
 /// Default for [`Config::listen`]: every interface, port 8080.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
@@ -189,198 +199,431 @@ pub const EDGE_COUNT_RANGE: RangeInclusive<u32> = 0..=10_000_000;
 /// Accepted `max_tracked_ips`.
 pub const MAX_TRACKED_IPS_RANGE: RangeInclusive<u32> = 64..=100_000_000;
 
-/// Every option key, in `--help` order. The file accepts exactly these keys, and each
-/// has the flag `--<key with dashes>` and the variable `WSGATE_<KEY>`.
-pub const KEYS: &[&str] = &[
-    "listen",
-    "admin_listen",
-    "api_key",
-    "api_key_file",
-    "listen_backlog",
-    "shards",
-    "max_connections",
-    "max_handshakes_per_shard",
-    "handshake_timeout",
-    "send_queue_bytes",
-    "shard_send_budget_bytes",
-    "read_buffer_bytes",
-    "max_header_bytes",
-    "max_headers",
-    "max_request_line_bytes",
-    "max_frame_bytes",
-    "max_message_bytes",
-    "ping_interval",
-    "idle_timeout",
-    "close_timeout",
-    "drain_window",
-    "drain_timeout",
-    "tick",
-    "paths",
-    "allowed_origins",
-    "subprotocols",
-    "echo",
-    "auth_mode",
-    "auth_hmac_secret",
-    "auth_hmac_secret_file",
-    "auth_public_key_files",
-    "auth_algorithms",
-    "auth_issuer",
-    "auth_audience",
-    "auth_leeway",
-    "auth_query_param",
-    "auth_subprotocol_carrier",
-    "upgrade_rate_per_ip",
-    "upgrade_burst_per_ip",
-    "max_connections_per_ip",
-    "max_connections_per_user",
-    "user_limit_policy",
-    "message_rate",
-    "message_burst",
-    "max_tracked_ips",
-    "trusted_proxies",
-    "tls_cert",
-    "tls_key",
-    "tls_listen",
-    "tls_tickets",
-    "history_max_messages",
-    "history_max_bytes",
-    "history_max_age",
-    "offline_max_messages",
-    "offline_max_bytes",
-    "offline_max_age",
-    "max_rooms_per_connection",
-    "max_room_name_bytes",
-    "max_user_id_bytes",
-    "max_payload_bytes",
-    "presence_event_max_members",
-    "mesh_ring_depth",
-    "mesh_ring_full_wait",
-];
+// ---------------------------------------------------------------------------------------
+// The table of options
+// ---------------------------------------------------------------------------------------
 
-/// Everything the server needs to start, checked: [`load`] and [`load_from`] only return
-/// a `Config` that passed [`Config::validate`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+/// Generates everything that is spelled once per option from one row per option.
+///
+/// A row is
+///
+/// ```text
+/// /// rustdoc of the Config field          (own fields only)
+/// key: Type = default,                     (a field of Config itself), or
+/// key => sub.field,                        (a field of a struct inside Config)
+///     Kind, "VALUE NAME", "Help heading",
+///     "Help line, as --help shows it";
+/// ```
+///
+/// and the rows, in `--help` order, follow the `Config` struct header, which holds the
+/// fields that are not options (the sub-structs). Out come: the `Config` struct and its
+/// `Default`, [`KEYS`], `option_args` (the clap arguments), `resolve` (the merge of the
+/// sources), `Config::check_ranges` and `Config::value` (what `--help` and `to_toml`
+/// show). The kinds are the types implementing `Kind` at the end of this file.
+macro_rules! options {
+    // Where a row's value lives: `c.key` for an own field, else the path given.
+    (@place $c:ident $key:ident) => { $c.$key };
+    (@place $c:ident $key:ident $($place:ident).+) => { $c.$($place).+ };
+
+    // The struct and its Default: rows are taken one at a time (a muncher), since only
+    // own rows become fields.
+    (@config [$($field:tt)*] [$($default:tt)*] $head:tt
+        $(#[doc = $doc:literal])* $key:ident : $ty:ty = $value:expr ,
+        $kind:expr , $name:literal , $heading:literal , $help:literal ;
+        $($rest:tt)*
+    ) => {
+        options!(@config [$($field)* $(#[doc = $doc])* pub $key: $ty,] [$($default)* $key: $value,] $head $($rest)*);
+    };
+    (@config [$($field:tt)*] [$($default:tt)*] $head:tt
+        $key:ident => $($place:ident).+ ,
+        $kind:expr , $name:literal , $heading:literal , $help:literal ;
+        $($rest:tt)*
+    ) => {
+        options!(@config [$($field)*] [$($default)*] $head $($rest)*);
+    };
+    (@config [$($field:tt)*] [$($default:tt)*] {
+        $(#[$attr:meta])*
+        pub struct $config:ident {
+            $( $(#[doc = $ndoc:literal])* pub $nested:ident : $nty:ty ),* $(,)?
+        }
+    }) => {
+        $(#[$attr])*
+        pub struct $config {
+            $($field)*
+            $( $(#[doc = $ndoc])* pub $nested: $nty, )*
+        }
+
+        impl Default for $config {
+            fn default() -> Self {
+                Self {
+                    $($default)*
+                    $( $nested: <$nty>::default(), )*
+                }
+            }
+        }
+    };
+
+    ($head:tt
+        $(
+            $(#[doc = $doc:literal])* $key:ident $(: $ty:ty = $value:expr)? $(=> $($place:ident).+)? ,
+            $kind:expr , $name:literal , $heading:literal , $help:literal ;
+        )*
+    ) => {
+        options!(@config [] [] $head
+            $( $(#[doc = $doc])* $key $(: $ty = $value)? $(=> $($place).+)? , $kind , $name , $heading , $help ; )*
+        );
+
+        /// Every option key, in `--help` order. The file accepts exactly these keys, and
+        /// each has the flag `--<key with dashes>` and the variable `WSGATE_<KEY>`.
+        pub const KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        /// The clap argument of every option, in `--help` order, help lines unannotated.
+        fn option_args() -> Vec<clap::Arg> {
+            vec![$(
+                ArgShape::shape(
+                    &$kind,
+                    clap::Arg::new(stringify!($key))
+                        .long(stringify!($key).replace('_', "-"))
+                        .value_name($name)
+                        .help_heading($heading)
+                        .help($help)
+                        .value_parser(clap::builder::ValueParser::string())
+                        .action(clap::ArgAction::Set),
+                ),
+            )*]
+        }
+
+        /// Every option from its first source, over the defaults, in table order.
+        fn resolve(s: &Sources<'_>, mut flags: ServeFlags) -> Result<Config, ConfigError> {
+            let mut c = Config::default();
+            $(
+                Kind::merge(
+                    &$kind,
+                    s,
+                    stringify!($key),
+                    flags.take(stringify!($key)),
+                    &mut options!(@place c $key $($($place).+)?),
+                )?;
+            )*
+            Ok(c)
+        }
+
+        impl Config {
+            /// Every option within its accepted range (a `Config` built in code is held
+            /// to the same ranges as one parsed from text).
+            fn check_ranges(&self) -> Result<(), ConfigError> {
+                let c = self;
+                $( Kind::check(&$kind, stringify!($key), &options!(@place c $key $($($place).+)?))?; )*
+                Ok(())
+            }
+
+            /// The value of option `key` in config syntax (durations and sizes with
+            /// units), or `None` for a key that is not an option.
+            fn value(&self, key: &str) -> Option<Value> {
+                let c = self;
+                match key {
+                    $( stringify!($key) => Some(Kind::show(&$kind, &options!(@place c $key $($($place).+)?))), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+options! {
+    {
+        /// Everything the server needs to start, checked: [`load_serve`] (and so
+        /// [`crate::cli::load`]) only returns a `Config` that passed [`Config::validate`].
+        /// The fields before the four sub-structs are options of their own (one row each
+        /// in the table); each sub-struct's fields are options too, with their defaults
+        /// in the sub-struct's `Default`.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct Config {
+            /// Token authentication before the upgrade (`auth_*` keys; see [`crate::auth`]).
+            pub auth: crate::auth::AuthConfig,
+            /// Limits at the edge: upgrade rate and connections per client address, connections
+            /// per user, message rate per connection, trusted proxies (see [`crate::edge`]).
+            pub edge: crate::edge::EdgeConfig,
+            /// Protocol limits enforced per connection (header, frame and message sizes,
+            /// heartbeat and close timeouts). Each field has its own flag, variable and file key
+            /// of the same name.
+            pub limits: Limits,
+            /// Messaging limits: history, offline queues, rooms, name and payload sizes,
+            /// presence, cross-shard rings (see [`MsgLimits`]). Each field has its own key; the
+            /// ring keys are `mesh_ring_depth` and `mesh_ring_full_wait`.
+            pub msg: MsgLimits,
+        }
+    }
+
     /// The WebSocket listener. Every shard binds its own `SO_REUSEPORT` socket to it, so
     /// the kernel spreads new connections over the shards.
-    pub listen: SocketAddr,
+    listen: SocketAddr = DEFAULT_LISTEN,
+        Addr, "IP:PORT", "Listeners",
+        "WebSocket listener address; each shard binds its own SO_REUSEPORT socket to it";
     /// The admin listener: `/healthz`, `/readyz`, `/metrics`, served by a plain thread
     /// off the shard cores (see [`crate::admin`]). Must not collide with `listen`.
-    pub admin_listen: SocketAddr,
+    admin_listen: SocketAddr = DEFAULT_ADMIN_LISTEN,
+        Addr, "IP:PORT", "Listeners",
+        "Admin listener address (/healthz, /readyz, /metrics). Keep it private";
+
     /// `api_key`: the key the backend API on the admin listener requires
     /// (`Authorization: Bearer <key>`), at least [`MIN_API_KEY_BYTES`]. Neither this nor
     /// `api_key_file`: the API is off (its routes answer 404). Prefer `api_key_file`: a
     /// flag shows in `ps`. Never written out by [`Config::to_toml`].
-    pub api_key: Option<crate::auth::Secret>,
+    api_key: Option<crate::auth::Secret> = None,
+        Hidden, "KEY", "Backend API",
+        "Key of the backend API on the admin listener (Authorization: Bearer KEY), at least 16 bytes. \
+        Unset: the API is off. Prefer --api-key-file: a flag shows in ps";
     /// `api_key_file`: a file holding the API key (one trailing newline ignored), read
     /// at start-up by [`Config::load_api_key`].
-    pub api_key_file: Option<PathBuf>,
-    /// Number of shards (threads with their own io_uring). Shard `i` is pinned to CPU
-    /// `i % cpus`. Default: the CPUs available to the process. Range: [`SHARDS_RANGE`].
-    pub shards: usize,
-    /// Upgraded connections open at once, all shards together. Each shard admits
-    /// [`Config::connections_per_shard`]; beyond that a new connection is refused with 503
-    /// and counted as `connection_limit`. Must be at least `shards`.
-    pub max_connections: usize,
-    /// Handshakes in progress at once on one shard. Beyond it a new connection is refused
-    /// with 503 and counted as `handshake_limit`, which bounds the header bytes buffered
-    /// during a reconnect storm.
-    pub max_handshakes_per_shard: usize,
-    /// Time from accept to a complete upgrade request. Beyond it the connection is closed
-    /// and counted as `handshake_timeout`, so silent sockets cannot hold handshake slots.
-    pub handshake_timeout: Duration,
+    api_key_file: Option<PathBuf> = None,
+        FilePath, "FILE", "Backend API",
+        "File holding the backend API key (one trailing newline ignored)";
+
     /// `listen(2)` backlog of each shard's socket: connections the kernel completes before
     /// we accept them. The kernel caps it at `net.core.somaxconn`; when the queue is full
     /// the kernel drops SYNs and clients retry.
-    pub listen_backlog: u32,
+    listen_backlog: u32 = DEFAULT_LISTEN_BACKLOG,
+        Count(LISTEN_BACKLOG_RANGE), "N", "Listeners",
+        "listen(2) backlog per shard socket. The kernel caps it at net.core.somaxconn; when full, the \
+        kernel drops SYNs and clients retry";
+
+    /// Number of shards (threads with their own io_uring). Shard `i` is pinned to CPU
+    /// `i % cpus`. Default: the CPUs available to the process. Range: [`SHARDS_RANGE`].
+    shards: usize = default_shards(),
+        Count(SHARDS_RANGE), "N", "Capacity",
+        "Shards: pinned threads with their own io_uring; shard i runs on CPU i % CPUs. 1 to 1024";
+    /// Upgraded connections open at once, all shards together. Each shard admits
+    /// [`Config::connections_per_shard`]; beyond that a new connection is refused with 503
+    /// and counted as `connection_limit`. Must be at least `shards`.
+    max_connections: usize = DEFAULT_MAX_CONNECTIONS,
+        Count(MAX_CONNECTIONS_RANGE), "N", "Capacity",
+        "Open WebSocket connections, all shards together (each shard takes its share, rounded up). \
+        Beyond: refused with 503, counted as connection_limit";
+    /// Handshakes in progress at once on one shard. Beyond it a new connection is refused
+    /// with 503 and counted as `handshake_limit`, which bounds the header bytes buffered
+    /// during a reconnect storm.
+    max_handshakes_per_shard: usize = DEFAULT_MAX_HANDSHAKES_PER_SHARD,
+        Count(MAX_HANDSHAKES_PER_SHARD_RANGE), "N", "Capacity",
+        "Handshakes in progress at once per shard. Beyond: refused with 503, counted as handshake_limit";
+    /// Time from accept to a complete upgrade request. Beyond it the connection is closed
+    /// and counted as `handshake_timeout`, so silent sockets cannot hold handshake slots.
+    handshake_timeout: Duration = DEFAULT_HANDSHAKE_TIMEOUT,
+        Dur(HANDSHAKE_TIMEOUT_RANGE), "DURATION", "Capacity",
+        "Time from accept to a complete upgrade request. Beyond: connection closed, counted as \
+        handshake_timeout";
+
     /// Bytes queued for sending on one connection. A connection whose queue would grow
     /// past it is a slow consumer: closed and counted, so one reader cannot hold
     /// the memory meant for many.
-    pub send_queue_bytes: usize,
+    send_queue_bytes: usize = DEFAULT_SEND_QUEUE_BYTES,
+        Size(SEND_QUEUE_BYTES_RANGE), "SIZE", "Memory",
+        "Bytes queued for sending on one connection. Beyond: the connection is closed as a slow consumer \
+        and counted";
     /// Bytes queued for sending on all connections of one shard together. When it is
     /// reached, the connection whose queue is growing is closed as slow, so a broadcast to
     /// many slow readers cannot exhaust memory. At least `send_queue_bytes`.
-    pub shard_send_budget_bytes: usize,
+    shard_send_budget_bytes: usize = DEFAULT_SHARD_SEND_BUDGET_BYTES,
+        Size(SHARD_SEND_BUDGET_BYTES_RANGE), "SIZE", "Memory",
+        "Bytes queued for sending on all connections of one shard. Beyond: the connection growing its \
+        queue is closed as a slow consumer";
     /// The shard-owned buffer every socket read lands in (idle connections own none).
     /// Bigger means fewer reads per burst; at least 4 KiB.
-    pub read_buffer_bytes: usize,
+    read_buffer_bytes: usize = DEFAULT_READ_BUFFER_BYTES,
+        Size(READ_BUFFER_BYTES_RANGE), "SIZE", "Memory",
+        "Per-shard buffer all socket reads land in (at least 4KiB)";
+
+    max_header_bytes => limits.max_header_bytes,
+        Size(MAX_HEADER_BYTES_RANGE), "SIZE", "Protocol limits",
+        "Upgrade request size, request line included. Beyond: 431, connection closed";
+    max_headers => limits.max_headers,
+        Count(MAX_HEADERS_RANGE), "N", "Protocol limits",
+        "Number of upgrade request headers. Beyond: 431";
+    max_request_line_bytes => limits.max_request_line_bytes,
+        Size(MAX_REQUEST_LINE_BYTES_RANGE), "SIZE", "Protocol limits",
+        "Request line length (GET /path?query HTTP/1.1). Beyond: 414";
+    max_frame_bytes => limits.max_frame_bytes,
+        Size(MAX_MESSAGE_BYTES_RANGE), "SIZE", "Protocol limits",
+        "Payload of one frame, checked from its header before buffering. Beyond: close 1009";
+    max_message_bytes => limits.max_message_bytes,
+        Size(MAX_MESSAGE_BYTES_RANGE), "SIZE", "Protocol limits",
+        "Payload of one message, all fragments together. Beyond: close 1009";
+
+    ping_interval => limits.ping_interval,
+        Dur(HEARTBEAT_RANGE), "DURATION", "Timers",
+        "Silence after which the server sends a ping";
+    idle_timeout => limits.idle_timeout,
+        Dur(HEARTBEAT_RANGE), "DURATION", "Timers",
+        "Silence after which the connection is closed as dead (longer than --ping-interval)";
+    close_timeout => limits.close_timeout,
+        Dur(CLOSE_TIMEOUT_RANGE), "DURATION", "Timers",
+        "Wait for the peer's close frame after ours; then the connection is dropped";
     /// On SIGTERM, close frames (1001 "going away") are spread over this window with
     /// jitter, so clients do not all reconnect in the same instant.
-    pub drain_window: Duration,
+    drain_window: Duration = DEFAULT_DRAIN_WINDOW,
+        Dur(DRAIN_WINDOW_RANGE), "DURATION", "Timers",
+        "On SIGTERM, close frames are spread over this window with jitter, so clients do not reconnect \
+        all at once";
     /// On SIGTERM, connections still open this long after draining began are dropped and
     /// the process exits. At least `drain_window`.
-    pub drain_timeout: Duration,
-    /// Echo every message back to its sender: the benchmark mode.
-    pub echo: bool,
-    /// Token authentication before the upgrade (`auth_*` keys; see [`crate::auth`]).
-    pub auth: crate::auth::AuthConfig,
-    /// Limits at the edge: upgrade rate and connections per client address, connections
-    /// per user, message rate per connection, trusted proxies (see [`crate::edge`]).
-    pub edge: crate::edge::EdgeConfig,
-    /// Protocol limits enforced per connection (header, frame and message sizes,
-    /// heartbeat and close timeouts). Each field has its own flag, variable and file key
-    /// of the same name.
-    pub limits: Limits,
+    drain_timeout: Duration = DEFAULT_DRAIN_TIMEOUT,
+        Dur(DRAIN_TIMEOUT_RANGE), "DURATION", "Timers",
+        "On SIGTERM, connections still open this long after draining began are dropped and the process \
+        exits (at least --drain-window)";
+    /// Resolution of each shard's timer wheel: timeouts fire up to one tick late.
+    tick: Duration = DEFAULT_TICK,
+        Dur(TICK_RANGE), "DURATION", "Timers",
+        "Timer wheel resolution: timeouts fire up to one tick late. 10ms to 1s";
+
     /// Request paths (before any `?`) that may upgrade; other paths get 404. Each starts
     /// with `/` and fits in `max_request_line_bytes`.
-    pub paths: Vec<String>,
+    paths: Vec<String> = vec![DEFAULT_PATH.to_owned()],
+        List, "PATH,...", "Routing",
+        "Request paths that may upgrade; other paths get 404";
     /// `Origin` header values allowed to upgrade (`https://example.com`); others get 403.
     /// Empty means any origin, including none.
-    pub allowed_origins: Vec<String>,
+    allowed_origins: Vec<String> = Vec::new(),
+        List, "ORIGIN,...", "Routing",
+        "Origin header values allowed to upgrade (https://example.com); others get 403. Empty: any origin";
     /// WebSocket subprotocols we speak, most preferred first; the first one the client
     /// also offers is selected. Empty means none is ever selected.
-    pub subprotocols: Vec<String>,
-    /// Resolution of each shard's timer wheel: timeouts fire up to one tick late.
-    pub tick: Duration,
+    subprotocols: Vec<String> = Vec::new(),
+        List, "NAME,...", "Routing",
+        "Subprotocols we speak, most preferred first";
+    /// Echo every message back to its sender: the benchmark mode.
+    echo: bool = false,
+        Flag, "BOOL", "Routing",
+        "Echo every message back to its sender (benchmarking). --echo alone means true";
+
+    auth_mode => auth.mode,
+        Parsed, "jwt|none", "Authentication",
+        "jwt: every upgrade needs a valid token (401 otherwise). none: everybody is let in as an \
+        anonymous user, for local benchmarks only (a warning says so at start-up)";
+    auth_hmac_secret => auth.hmac_secret,
+        Hidden, "SECRET", "Authentication",
+        "Shared secret for HS256 tokens (at least 32 bytes). Prefer --auth-hmac-secret-file: a flag shows \
+        in ps";
+    auth_hmac_secret_file => auth.hmac_secret_file,
+        FilePath, "FILE", "Authentication",
+        "File holding the HS256 shared secret";
+    auth_public_key_files => auth.public_key_files,
+        List, "FILE,...", "Authentication",
+        "Public keys for RS256/PS256/ES256/EdDSA tokens: PEM files or JWKS JSON files";
+    auth_algorithms => auth.algorithms,
+        List, "ALG,...", "Authentication",
+        "Token algorithms accepted (default: each key's usual one). Never none";
+    auth_issuer => auth.issuer,
+        Text, "ISSUER", "Authentication",
+        "Required iss claim. Empty: not checked";
+    auth_audience => auth.audience,
+        Text, "AUDIENCE", "Authentication",
+        "Required aud claim. Empty: tokens carrying an aud are refused";
+    auth_leeway => auth.leeway,
+        Dur(crate::auth::LEEWAY_RANGE), "DURATION", "Authentication",
+        "Clock skew allowed on exp and nbf, 0s to 5m";
+    auth_query_param => auth.query_param,
+        Text, "NAME", "Authentication",
+        "Query parameter that may carry the token (browsers cannot set headers). Empty: off";
+    auth_subprotocol_carrier => auth.subprotocol_carrier,
+        Flag, "BOOL", "Authentication",
+        "Accept the token as an offered subprotocol bearer.<token> (never echoed back)";
+
+    upgrade_rate_per_ip => edge.upgrade_rate_per_ip,
+        Count(EDGE_RATE_RANGE), "N", "Edge limits",
+        "Upgrade requests per second one client address may sustain (token bucket). Beyond: 429 with \
+        Retry-After. 0: off";
+    upgrade_burst_per_ip => edge.upgrade_burst_per_ip,
+        Count(EDGE_RATE_RANGE), "N", "Edge limits",
+        "Upgrade requests one address may make in a burst (the bucket size)";
+    max_connections_per_ip => edge.max_connections_per_ip,
+        Count(EDGE_COUNT_RANGE), "N", "Edge limits",
+        "Open connections per client address. Beyond: 429. 0: no cap (addresses behind carrier NAT carry \
+        many users)";
+    max_connections_per_user => edge.max_connections_per_user,
+        Count(EDGE_COUNT_RANGE), "N", "Edge limits",
+        "Open connections per user (token sub). Beyond: see --user-limit-policy. 0: no cap";
+    user_limit_policy => edge.user_limit_policy,
+        Parsed, "newest|oldest", "Edge limits",
+        "newest: a user's oldest connection is closed (1008) for the new one. oldest: the new upgrade is \
+        refused (429)";
+    message_rate => edge.message_rate,
+        Count(EDGE_RATE_RANGE), "N", "Edge limits",
+        "Data messages per second one connection may sustain. Beyond: close 1008 \"message rate exceeded\". \
+        0: off";
+    message_burst => edge.message_burst,
+        Count(EDGE_RATE_RANGE), "N", "Edge limits",
+        "Data messages one connection may send in a burst";
+    max_tracked_ips => edge.max_tracked_ips,
+        Count(MAX_TRACKED_IPS_RANGE), "N", "Edge limits",
+        "Client addresses tracked for the per-address limits. Beyond: new addresses are let in uncounted \
+        (counted as ip_table_full)";
+    trusted_proxies => edge.trusted_proxies,
+        List, "CIDR,...", "Edge limits",
+        "Proxies (addresses or CIDR networks) whose X-Forwarded-For is believed. Empty: the header is \
+        ignored";
+
     /// PEM certificate chain (leaf first) for `wss://`. With [`Config::tls_key`], turns
     /// on the TLS listener ([`Config::tls_listen_addr`]); re-read on SIGHUP.
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf> = None,
+        FilePath, "FILE", "TLS",
+        "PEM certificate chain (leaf first) for wss://; with --tls-key it turns the TLS listener on. \
+        Re-read on SIGHUP (a bad file keeps the old one)";
     /// PEM private key of [`Config::tls_cert`] (PKCS#8, PKCS#1 or SEC1).
-    pub tls_key: Option<PathBuf>,
+    tls_key: Option<PathBuf> = None,
+        FilePath, "FILE", "TLS",
+        "PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)";
     /// The TLS listener, beside the plain one. Unset with a certificate configured:
     /// [`DEFAULT_TLS_LISTEN`]. Setting it without a certificate is an error.
-    pub tls_listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr> = None,
+        Addr, "IP:PORT", "TLS",
+        "TLS listener address, beside the plain --listen one";
     /// Stateless TLS session tickets (resumption without server state). Off: clients
     /// resume through the per-process session cache only.
-    pub tls_tickets: bool,
-    /// Messaging limits: history, offline queues, rooms, name and payload sizes,
-    /// presence, cross-shard rings (see [`MsgLimits`]). Each field has its own key; the
-    /// ring keys are `mesh_ring_depth` and `mesh_ring_full_wait`.
-    pub msg: MsgLimits,
-}
+    tls_tickets: bool = true,
+        Flag, "BOOL", "TLS",
+        "Stateless session tickets for resumption. false: the session cache only";
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_LISTEN,
-            admin_listen: DEFAULT_ADMIN_LISTEN,
-            api_key: None,
-            api_key_file: None,
-            shards: default_shards(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_handshakes_per_shard: DEFAULT_MAX_HANDSHAKES_PER_SHARD,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            listen_backlog: DEFAULT_LISTEN_BACKLOG,
-            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
-            shard_send_budget_bytes: DEFAULT_SHARD_SEND_BUDGET_BYTES,
-            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
-            drain_window: DEFAULT_DRAIN_WINDOW,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            echo: false,
-            auth: crate::auth::AuthConfig::default(),
-            edge: crate::edge::EdgeConfig::default(),
-            limits: Limits::default(),
-            paths: vec![DEFAULT_PATH.to_owned()],
-            allowed_origins: Vec::new(),
-            subprotocols: Vec::new(),
-            tick: DEFAULT_TICK,
-            tls_cert: None,
-            tls_key: None,
-            tls_listen: None,
-            tls_tickets: true,
-            msg: MsgLimits::default(),
-        }
-    }
+    history_max_messages => msg.history_max_messages,
+        Count(MSG_COUNT_RANGE), "N", "Messaging",
+        "Messages kept per inbox and per room for recovery. Beyond: the oldest is forgotten; a client \
+        resuming from before it is told to resync";
+    history_max_bytes => msg.history_max_bytes,
+        Size(MSG_BYTES_RANGE), "SIZE", "Messaging",
+        "Bytes kept per inbox and per room history; as above";
+    history_max_age => msg.history_max_age,
+        Dur(HISTORY_MAX_AGE_RANGE), "DURATION", "Messaging",
+        "Age after which history is forgotten; as above";
+    offline_max_messages => msg.offline_max_messages,
+        Count(MSG_COUNT_RANGE), "N", "Messaging",
+        "Messages waiting for an offline user. Beyond: the oldest is dropped and counted";
+    offline_max_bytes => msg.offline_max_bytes,
+        Size(MSG_BYTES_RANGE), "SIZE", "Messaging",
+        "Bytes waiting for an offline user; as above";
+    offline_max_age => msg.offline_max_age,
+        Dur(OFFLINE_MAX_AGE_RANGE), "DURATION", "Messaging",
+        "Age after which an offline message is dropped and counted";
+    max_rooms_per_connection => msg.max_rooms_per_connection,
+        Count(MAX_ROOMS_PER_CONNECTION_RANGE), "N", "Messaging",
+        "Rooms one connection may be in. Beyond: error too_many_rooms";
+    max_room_name_bytes => msg.max_room_name_bytes,
+        Size(MAX_ROOM_NAME_BYTES_RANGE), "SIZE", "Messaging",
+        "Bytes of a room name. Beyond: error too_large";
+    max_user_id_bytes => msg.max_user_id_bytes,
+        Size(MAX_USER_ID_BYTES_RANGE), "SIZE", "Messaging",
+        "Bytes of a user id named in a message. Beyond: error too_large";
+    max_payload_bytes => msg.max_payload_bytes,
+        Size(MAX_PAYLOAD_BYTES_RANGE), "SIZE", "Messaging",
+        "Bytes of a message body (its JSON text). Beyond: error too_large";
+    presence_event_max_members => msg.presence_event_max_members,
+        Count(PRESENCE_EVENT_MAX_MEMBERS_RANGE), "N", "Messaging",
+        "Rooms with more members get member counts (once per tick) instead of join/leave events";
+    mesh_ring_depth => msg.ring_depth,
+        Count(MESH_RING_DEPTH_RANGE), "N", "Messaging",
+        "Slots of each cross-shard ring (rounded up to a power of two)";
+    mesh_ring_full_wait => msg.ring_full_wait,
+        Dur(MESH_RING_FULL_WAIT_RANGE), "DURATION", "Messaging",
+        "How long a data message waits for room in a full cross-shard ring before it is shed and counted \
+        (the sender gets error overloaded)";
 }
 
 /// CPUs this process may run on (its affinity mask, cgroup quota aside), at least 1.
@@ -417,7 +660,7 @@ impl Config {
         self.tls_files().map(|_| self.tls_listen.unwrap_or(DEFAULT_TLS_LISTEN))
     }
 
-    /// Checks every range and every relation between options. [`load_from`] calls it; a
+    /// Checks every range and every relation between options. [`load_serve`] calls it; a
     /// `Config` built in code (tests, embedding) should call it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -544,54 +787,6 @@ impl Config {
         Ok(())
     }
 
-    /// Every option within its accepted range; one option per line, laid out by hand.
-    #[rustfmt::skip]
-    fn check_ranges(&self) -> Result<(), ConfigError> {
-        let l = &self.limits;
-        count_in(   "shards",                   self.shards,                         &SHARDS_RANGE)?;
-        count_in(   "max_connections",          self.max_connections,                &MAX_CONNECTIONS_RANGE)?;
-        count_in(   "max_handshakes_per_shard", self.max_handshakes_per_shard,       &MAX_HANDSHAKES_PER_SHARD_RANGE)?;
-        duration_in("handshake_timeout",        self.handshake_timeout,              &HANDSHAKE_TIMEOUT_RANGE)?;
-        count_in(   "listen_backlog",           self.listen_backlog,                 &LISTEN_BACKLOG_RANGE)?;
-        bytes_in(   "send_queue_bytes",         self.send_queue_bytes as u64,        &SEND_QUEUE_BYTES_RANGE)?;
-        bytes_in(   "shard_send_budget_bytes",  self.shard_send_budget_bytes as u64, &SHARD_SEND_BUDGET_BYTES_RANGE)?;
-        bytes_in(   "read_buffer_bytes",        self.read_buffer_bytes as u64,       &READ_BUFFER_BYTES_RANGE)?;
-        duration_in("drain_window",             self.drain_window,                   &DRAIN_WINDOW_RANGE)?;
-        duration_in("drain_timeout",            self.drain_timeout,                  &DRAIN_TIMEOUT_RANGE)?;
-        duration_in("tick",                     self.tick,                           &TICK_RANGE)?;
-        bytes_in(   "max_header_bytes",         l.max_header_bytes as u64,           &MAX_HEADER_BYTES_RANGE)?;
-        count_in(   "max_headers",              l.max_headers,                       &MAX_HEADERS_RANGE)?;
-        bytes_in(   "max_request_line_bytes",   l.max_request_line_bytes as u64,     &MAX_REQUEST_LINE_BYTES_RANGE)?;
-        bytes_in(   "max_frame_bytes",          l.max_frame_bytes,                   &MAX_MESSAGE_BYTES_RANGE)?;
-        bytes_in(   "max_message_bytes",        l.max_message_bytes,                 &MAX_MESSAGE_BYTES_RANGE)?;
-        duration_in("close_timeout",            l.close_timeout,                     &CLOSE_TIMEOUT_RANGE)?;
-        duration_in("ping_interval",            l.ping_interval,                     &HEARTBEAT_RANGE)?;
-        duration_in("idle_timeout",             l.idle_timeout,                      &HEARTBEAT_RANGE)?;
-        let e = &self.edge;
-        count_in(   "upgrade_rate_per_ip",      e.upgrade_rate_per_ip,               &EDGE_RATE_RANGE)?;
-        count_in(   "upgrade_burst_per_ip",     e.upgrade_burst_per_ip,              &EDGE_RATE_RANGE)?;
-        count_in(   "max_connections_per_ip",   e.max_connections_per_ip,            &EDGE_COUNT_RANGE)?;
-        count_in(   "max_connections_per_user", e.max_connections_per_user,          &EDGE_COUNT_RANGE)?;
-        count_in(   "message_rate",             e.message_rate,                      &EDGE_RATE_RANGE)?;
-        count_in(   "message_burst",            e.message_burst,                     &EDGE_RATE_RANGE)?;
-        count_in(   "max_tracked_ips",          e.max_tracked_ips,                   &MAX_TRACKED_IPS_RANGE)?;
-        let m = &self.msg;
-        count_in(   "history_max_messages",     m.history_max_messages,              &MSG_COUNT_RANGE)?;
-        bytes_in(   "history_max_bytes",        m.history_max_bytes as u64,          &MSG_BYTES_RANGE)?;
-        duration_in("history_max_age",          m.history_max_age,                   &HISTORY_MAX_AGE_RANGE)?;
-        count_in(   "offline_max_messages",     m.offline_max_messages,              &MSG_COUNT_RANGE)?;
-        bytes_in(   "offline_max_bytes",        m.offline_max_bytes as u64,          &MSG_BYTES_RANGE)?;
-        duration_in("offline_max_age",          m.offline_max_age,                   &OFFLINE_MAX_AGE_RANGE)?;
-        count_in(   "max_rooms_per_connection", m.max_rooms_per_connection,          &MAX_ROOMS_PER_CONNECTION_RANGE)?;
-        bytes_in(   "max_room_name_bytes",      m.max_room_name_bytes as u64,        &MAX_ROOM_NAME_BYTES_RANGE)?;
-        bytes_in(   "max_user_id_bytes",        m.max_user_id_bytes as u64,          &MAX_USER_ID_BYTES_RANGE)?;
-        bytes_in(   "max_payload_bytes",        m.max_payload_bytes as u64,          &MAX_PAYLOAD_BYTES_RANGE)?;
-        count_in(   "presence_event_max_members", m.presence_event_max_members,      &PRESENCE_EVENT_MAX_MEMBERS_RANGE)?;
-        count_in(   "mesh_ring_depth",          m.ring_depth,                        &MESH_RING_DEPTH_RANGE)?;
-        duration_in("mesh_ring_full_wait",      m.ring_full_wait,                    &MESH_RING_FULL_WAIT_RANGE)?;
-        Ok(())
-    }
-
     fn validate_lists(&self) -> Result<(), ConfigError> {
         if self.paths.is_empty() {
             return Err(relation("paths must name at least one path (default /ws)".to_owned()));
@@ -644,125 +839,25 @@ impl Config {
         // keys: this keeps the order of [`KEYS`], where related options sit together.
         let mut out = String::new();
         for key in KEYS {
-            if *key == "auth_hmac_secret" || *key == "api_key" {
-                continue;
-            }
             let value = match self.value(key) {
-                Value::Text(s) => toml::Value::String(s),
-                Value::Int(n) => toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
-                Value::Bool(b) => toml::Value::Boolean(b),
-                Value::List(items) => toml::Value::Array(items.into_iter().map(toml::Value::String).collect()),
+                // Secrets are never written out.
+                Some(Value::Hidden) => continue,
+                Some(Value::Text(s)) => toml::Value::String(s),
+                Some(Value::Int(n)) => toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+                Some(Value::Bool(b)) => toml::Value::Boolean(b),
+                Some(Value::List(items)) => toml::Value::Array(items.into_iter().map(toml::Value::String).collect()),
+                None => unreachable!("KEYS and value() come from the same table"),
             };
             out.push_str(&format!("{key} = {value}\n"));
         }
         out
     }
-
-    /// The value of option `key` in config syntax (durations and sizes with units).
-    fn value(&self, key: &str) -> Value {
-        let l = &self.limits;
-        let size = |n: u64| Value::Text(format_bytes(n));
-        let duration = |d: Duration| Value::Text(format_duration(d));
-        match key {
-            "listen" => Value::Text(self.listen.to_string()),
-            "admin_listen" => Value::Text(self.admin_listen.to_string()),
-            "shards" => Value::Int(self.shards as u64),
-            "max_connections" => Value::Int(self.max_connections as u64),
-            "max_handshakes_per_shard" => Value::Int(self.max_handshakes_per_shard as u64),
-            "handshake_timeout" => duration(self.handshake_timeout),
-            "listen_backlog" => Value::Int(self.listen_backlog.into()),
-            "send_queue_bytes" => size(self.send_queue_bytes as u64),
-            "shard_send_budget_bytes" => size(self.shard_send_budget_bytes as u64),
-            "read_buffer_bytes" => size(self.read_buffer_bytes as u64),
-            "drain_window" => duration(self.drain_window),
-            "drain_timeout" => duration(self.drain_timeout),
-            "echo" => Value::Bool(self.echo),
-            "max_header_bytes" => size(l.max_header_bytes as u64),
-            "max_headers" => Value::Int(l.max_headers as u64),
-            "max_request_line_bytes" => size(l.max_request_line_bytes as u64),
-            "max_frame_bytes" => size(l.max_frame_bytes),
-            "max_message_bytes" => size(l.max_message_bytes),
-            "close_timeout" => duration(l.close_timeout),
-            "ping_interval" => duration(l.ping_interval),
-            "idle_timeout" => duration(l.idle_timeout),
-            "paths" => Value::List(self.paths.clone()),
-            "allowed_origins" => Value::List(self.allowed_origins.clone()),
-            "subprotocols" => Value::List(self.subprotocols.clone()),
-            "tick" => duration(self.tick),
-            "auth_mode" => Value::Text(self.auth.mode.to_string()),
-            // Never written out: `to_toml` skips it (a secret does not belong in a dump).
-            "auth_hmac_secret" => Value::Text(String::new()),
-            // Never written out either.
-            "api_key" => Value::Text(String::new()),
-            "api_key_file" => Value::Text(
-                self.api_key_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            "auth_hmac_secret_file" => Value::Text(
-                self.auth
-                    .hmac_secret_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            "auth_public_key_files" => Value::List(
-                self.auth
-                    .public_key_files
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect(),
-            ),
-            "auth_algorithms" => Value::List(self.auth.algorithms.iter().map(|a| a.name().to_owned()).collect()),
-            "auth_issuer" => Value::Text(self.auth.issuer.clone().unwrap_or_default()),
-            "auth_audience" => Value::Text(self.auth.audience.clone().unwrap_or_default()),
-            "auth_leeway" => duration(self.auth.leeway),
-            "auth_query_param" => Value::Text(self.auth.query_param.clone().unwrap_or_default()),
-            "auth_subprotocol_carrier" => Value::Bool(self.auth.subprotocol_carrier),
-            "upgrade_rate_per_ip" => Value::Int(self.edge.upgrade_rate_per_ip.into()),
-            "upgrade_burst_per_ip" => Value::Int(self.edge.upgrade_burst_per_ip.into()),
-            "max_connections_per_ip" => Value::Int(self.edge.max_connections_per_ip.into()),
-            "max_connections_per_user" => Value::Int(self.edge.max_connections_per_user.into()),
-            "user_limit_policy" => Value::Text(self.edge.user_limit_policy.to_string()),
-            "message_rate" => Value::Int(self.edge.message_rate.into()),
-            "message_burst" => Value::Int(self.edge.message_burst.into()),
-            "max_tracked_ips" => Value::Int(self.edge.max_tracked_ips.into()),
-            "trusted_proxies" => Value::List(self.edge.trusted_proxies.iter().map(|c| c.to_string()).collect()),
-            "tls_cert" => Value::Text(
-                self.tls_cert
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            "tls_key" => Value::Text(
-                self.tls_key
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            "tls_listen" => Value::Text(self.tls_listen.map(|a| a.to_string()).unwrap_or_default()),
-            "tls_tickets" => Value::Bool(self.tls_tickets),
-            "history_max_messages" => Value::Int(self.msg.history_max_messages as u64),
-            "history_max_bytes" => size(self.msg.history_max_bytes as u64),
-            "history_max_age" => duration(self.msg.history_max_age),
-            "offline_max_messages" => Value::Int(self.msg.offline_max_messages as u64),
-            "offline_max_bytes" => size(self.msg.offline_max_bytes as u64),
-            "offline_max_age" => duration(self.msg.offline_max_age),
-            "max_rooms_per_connection" => Value::Int(self.msg.max_rooms_per_connection as u64),
-            "max_room_name_bytes" => size(self.msg.max_room_name_bytes as u64),
-            "max_user_id_bytes" => size(self.msg.max_user_id_bytes as u64),
-            "max_payload_bytes" => size(self.msg.max_payload_bytes as u64),
-            "presence_event_max_members" => Value::Int(self.msg.presence_event_max_members as u64),
-            "mesh_ring_depth" => Value::Int(self.msg.ring_depth as u64),
-            "mesh_ring_full_wait" => duration(self.msg.ring_full_wait),
-            _ => unreachable!("value() asked for unknown key {key}"),
-        }
-    }
 }
 
 /// An option's value, typed as it is written in the file.
 enum Value {
+    /// A secret: shown as nothing in `--help`, never written by `to_toml`.
+    Hidden,
     Text(String),
     Int(u64),
     Bool(bool),
@@ -778,8 +873,12 @@ fn check_api_key(key: &[u8]) -> Result<(), String> {
     if key.len() < MIN_API_KEY_BYTES {
         return Err(format!("must be at least {MIN_API_KEY_BYTES} bytes"));
     }
-    if !key.iter().all(|b| b.is_ascii_graphic()) {
-        return Err("must be visible ASCII without spaces (it travels in a header)".to_owned());
+    if !crate::auth::is_token68(key) {
+        return Err(
+            "must be one token68 (letters, digits and -._~+/ with optional trailing =), \
+             the only shape a Bearer credential can take"
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -965,355 +1064,69 @@ impl std::error::Error for ConfigError {
 }
 
 // ---------------------------------------------------------------------------------------
-// Command line
+// The serve flags (clap arguments made from the table)
 // ---------------------------------------------------------------------------------------
 
-/// What the command line asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-// Parsed once at start-up and dropped: the size difference between variants costs
-// nothing.
-#[allow(clippy::large_enum_variant)]
-pub enum Command {
-    /// Run the gateway (`wsgate serve`, also what `wsgate` with no command does).
-    Serve(Config),
-    /// Mint a token for testing (`wsgate token --user alice ...`).
-    Token(crate::auth::TokenArgs),
-    /// Run the load generator (`wsgate bench density|echo|fanout|direct ...`). Its options are flags
-    /// only: a benchmark run is spelled out on its command line, not inherited from
-    /// the environment or the gateway's config file.
-    Bench(crate::bench::BenchArgs),
+/// The serve options as given on the command line: all optional text, so that "not
+/// given" is visible and the environment and file can fill the gap. [`crate::cli`]
+/// flattens it into `wsgate [serve]`; [`load_serve`] turns it into a [`Config`].
+///
+/// Its clap arguments come from the option table, each help line extended with
+/// `[default: …] [env: WSGATE_…]` from [`Config::default`] and the key, so the help
+/// cannot drift from the code.
+#[derive(Clone, Debug, Default)]
+pub struct ServeFlags {
+    /// `--config FILE`.
+    config: Option<PathBuf>,
+    /// The options given as flags, by key, with their values as written.
+    given: Vec<(&'static str, Vec<String>)>,
 }
 
-/// Parses the process's arguments and environment (and the config file they name).
-pub fn load() -> Result<Command, ConfigError> {
-    // A variable that is not UTF-8 is passed on mangled, so it fails to parse visibly
-    // instead of being ignored.
-    load_from(std::env::args_os(), &|name| {
-        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-    })
-}
-
-/// [`load`] with the arguments (program name first) and the environment given, for
-/// tests and embedding.
-pub fn load_from<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let matches = cli_command().try_get_matches_from(args).map_err(ConfigError::Cli)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
-    match cli.command {
-        Some(Sub::Serve(args)) => serve_config(args, env).map(Command::Serve),
-        Some(Sub::Token(args)) => Ok(Command::Token(args)),
-        Some(Sub::Bench(args)) => Ok(Command::Bench(args)),
-        None => serve_config(cli.serve, env).map(Command::Serve),
+impl ServeFlags {
+    /// The values of option `key` when it was given as a flag (removed from the set).
+    fn take(&mut self, key: &str) -> Option<Vec<String>> {
+        let index = self.given.iter().position(|(k, _)| *k == key)?;
+        Some(self.given.swap_remove(index).1)
     }
 }
 
-const AFTER_HELP: &str = "\
-Every option can also be set by the environment variable shown with it or by a key of the \
-same name (with underscores) in the --config file. A flag beats the variable, the variable \
-beats the file, the file beats the default.
+impl clap::Args for ServeFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let defaults = Config::default();
+        let config = clap::Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .help("TOML file of options, keys named like the flags with underscores (max_connections = 200000)")
+            .value_parser(clap::value_parser!(PathBuf))
+            .action(clap::ArgAction::Set);
+        cmd.arg(annotate(config, &defaults))
+            .args(option_args().into_iter().map(|arg| annotate(arg, &defaults)))
+    }
 
-Durations need a unit: 250ms, 10s, 2m, 1h. Sizes are bytes, or take a KiB, MiB, GiB or TiB \
-suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
-
-/// `wsgate [serve] [OPTIONS]`: the serve options are accepted at the top level too, so
-/// `serve` is the default command; `args_conflicts_with_subcommands` keeps the two
-/// spellings from mixing (`wsgate --echo serve` is an error).
-#[derive(Parser, Debug)]
-#[command(
-    name = "wsgate",
-    version,
-    about = "A thread-per-core WebSocket gateway",
-    override_usage = "wsgate [serve] [OPTIONS]\n       wsgate bench <density|echo|fanout|direct> [OPTIONS]\n       wsgate token --user <ID> [OPTIONS]",
-    args_conflicts_with_subcommands = true,
-    after_help = AFTER_HELP
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Sub>,
-    #[command(flatten)]
-    serve: ServeArgs,
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
-#[allow(clippy::large_enum_variant)]
-#[derive(Subcommand, Debug)]
-enum Sub {
-    /// Run the gateway (the default command).
-    #[command(after_help = AFTER_HELP)]
-    Serve(ServeArgs),
-    /// Mint a signed token for testing (like other gateways' gentoken).
-    Token(crate::auth::TokenArgs),
-    /// Load generator: prove density (idle connections held) and speed (echo round
-    /// trips) against a running gateway.
-    Bench(crate::bench::BenchArgs),
-}
+impl clap::FromArgMatches for ServeFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let given = KEYS
+            .iter()
+            .filter_map(|&key| {
+                let values = matches.get_many::<String>(key)?;
+                Some((key, values.cloned().collect()))
+            })
+            .collect();
+        Ok(Self {
+            config: matches.get_one::<PathBuf>("config").cloned(),
+            given,
+        })
+    }
 
-/// The serve options, all optional text so that "not given" is visible and the
-/// environment and file can fill the gap. Field names are the option keys. Defaults and
-/// variable names are appended to each help line by `annotate`, from [`Config::default`]
-/// and the key, so the help cannot drift from the code.
-#[derive(Args, Debug)]
-struct ServeArgs {
-    /// TOML file of options, keys named like the flags with underscores
-    /// (max_connections = 200000).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// WebSocket listener address; each shard binds its own SO_REUSEPORT socket to it.
-    #[arg(long, value_name = "IP:PORT", help_heading = "Listeners")]
-    listen: Option<String>,
-    /// Admin listener address (/healthz, /readyz, /metrics). Keep it private.
-    #[arg(long, value_name = "IP:PORT", help_heading = "Listeners")]
-    admin_listen: Option<String>,
-    /// Key of the backend API on the admin listener (Authorization: Bearer KEY), at least
-    /// 16 bytes. Unset: the API is off. Prefer --api-key-file: a flag shows in ps.
-    #[arg(long, value_name = "KEY", help_heading = "Backend API")]
-    api_key: Option<String>,
-    /// File holding the backend API key (one trailing newline ignored).
-    #[arg(long, value_name = "FILE", help_heading = "Backend API")]
-    api_key_file: Option<String>,
-    /// listen(2) backlog per shard socket. The kernel caps it at net.core.somaxconn; when
-    /// full, the kernel drops SYNs and clients retry.
-    #[arg(long, value_name = "N", help_heading = "Listeners")]
-    listen_backlog: Option<String>,
-
-    /// Shards: pinned threads with their own io_uring; shard i runs on CPU i % CPUs.
-    /// 1 to 1024.
-    #[arg(long, value_name = "N", help_heading = "Capacity")]
-    shards: Option<String>,
-    /// Open WebSocket connections, all shards together (each shard takes its share,
-    /// rounded up). Beyond: refused with 503, counted as connection_limit.
-    #[arg(long, value_name = "N", help_heading = "Capacity")]
-    max_connections: Option<String>,
-    /// Handshakes in progress at once per shard. Beyond: refused with 503, counted as
-    /// handshake_limit.
-    #[arg(long, value_name = "N", help_heading = "Capacity")]
-    max_handshakes_per_shard: Option<String>,
-    /// Time from accept to a complete upgrade request. Beyond: connection closed, counted
-    /// as handshake_timeout.
-    #[arg(long, value_name = "DURATION", help_heading = "Capacity")]
-    handshake_timeout: Option<String>,
-
-    /// Bytes queued for sending on one connection. Beyond: the connection is closed as a
-    /// slow consumer and counted.
-    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
-    send_queue_bytes: Option<String>,
-    /// Bytes queued for sending on all connections of one shard. Beyond: the connection
-    /// growing its queue is closed as a slow consumer.
-    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
-    shard_send_budget_bytes: Option<String>,
-    /// Per-shard buffer all socket reads land in (at least 4KiB).
-    #[arg(long, value_name = "SIZE", help_heading = "Memory")]
-    read_buffer_bytes: Option<String>,
-
-    /// Upgrade request size, request line included. Beyond: 431, connection closed.
-    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
-    max_header_bytes: Option<String>,
-    /// Number of upgrade request headers. Beyond: 431.
-    #[arg(long, value_name = "N", help_heading = "Protocol limits")]
-    max_headers: Option<String>,
-    /// Request line length (GET /path?query HTTP/1.1). Beyond: 414.
-    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
-    max_request_line_bytes: Option<String>,
-    /// Payload of one frame, checked from its header before buffering. Beyond: close 1009.
-    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
-    max_frame_bytes: Option<String>,
-    /// Payload of one message, all fragments together. Beyond: close 1009.
-    #[arg(long, value_name = "SIZE", help_heading = "Protocol limits")]
-    max_message_bytes: Option<String>,
-
-    /// Silence after which the server sends a ping.
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    ping_interval: Option<String>,
-    /// Silence after which the connection is closed as dead (longer than
-    /// --ping-interval).
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    idle_timeout: Option<String>,
-    /// Wait for the peer's close frame after ours; then the connection is dropped.
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    close_timeout: Option<String>,
-    /// On SIGTERM, close frames are spread over this window with jitter, so clients do
-    /// not reconnect all at once.
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    drain_window: Option<String>,
-    /// On SIGTERM, connections still open this long after draining began are dropped
-    /// and the process exits (at least --drain-window).
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    drain_timeout: Option<String>,
-    /// Timer wheel resolution: timeouts fire up to one tick late. 10ms to 1s.
-    #[arg(long, value_name = "DURATION", help_heading = "Timers")]
-    tick: Option<String>,
-
-    /// Request paths that may upgrade; other paths get 404.
-    #[arg(long, value_name = "PATH,...", value_delimiter = ',', help_heading = "Routing")]
-    paths: Option<Vec<String>>,
-    /// Origin header values allowed to upgrade (https://example.com); others get 403.
-    /// Empty: any origin.
-    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',', help_heading = "Routing")]
-    allowed_origins: Option<Vec<String>>,
-    /// Subprotocols we speak, most preferred first.
-    #[arg(long, value_name = "NAME,...", value_delimiter = ',', help_heading = "Routing")]
-    subprotocols: Option<Vec<String>>,
-    /// Echo every message back to its sender (benchmarking). --echo alone means true.
-    #[arg(
-        long,
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        help_heading = "Routing"
-    )]
-    echo: Option<String>,
-    /// jwt: every upgrade needs a valid token (401 otherwise). none: everybody is let in
-    /// as an anonymous user, for local benchmarks only (a warning says so at start-up).
-    #[arg(long, value_name = "jwt|none", help_heading = "Authentication")]
-    auth_mode: Option<String>,
-    /// Shared secret for HS256 tokens (at least 32 bytes). Prefer --auth-hmac-secret-file:
-    /// a flag shows in ps.
-    #[arg(long, value_name = "SECRET", help_heading = "Authentication")]
-    auth_hmac_secret: Option<String>,
-    /// File holding the HS256 shared secret.
-    #[arg(long, value_name = "FILE", help_heading = "Authentication")]
-    auth_hmac_secret_file: Option<String>,
-    /// Public keys for RS256/PS256/ES256/EdDSA tokens: PEM files or JWKS JSON files.
-    #[arg(
-        long,
-        value_name = "FILE,...",
-        value_delimiter = ',',
-        help_heading = "Authentication"
-    )]
-    auth_public_key_files: Option<Vec<String>>,
-    /// Token algorithms accepted (default: each key's usual one). Never none.
-    #[arg(long, value_name = "ALG,...", value_delimiter = ',', help_heading = "Authentication")]
-    auth_algorithms: Option<Vec<String>>,
-    /// Required iss claim. Empty: not checked.
-    #[arg(long, value_name = "ISSUER", help_heading = "Authentication")]
-    auth_issuer: Option<String>,
-    /// Required aud claim. Empty: tokens carrying an aud are refused.
-    #[arg(long, value_name = "AUDIENCE", help_heading = "Authentication")]
-    auth_audience: Option<String>,
-    /// Clock skew allowed on exp and nbf, 0s to 5m.
-    #[arg(long, value_name = "DURATION", help_heading = "Authentication")]
-    auth_leeway: Option<String>,
-    /// Query parameter that may carry the token (browsers cannot set headers). Empty: off.
-    #[arg(long, value_name = "NAME", help_heading = "Authentication")]
-    auth_query_param: Option<String>,
-    /// Accept the token as an offered subprotocol bearer.<token> (never echoed back).
-    #[arg(
-        long,
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        help_heading = "Authentication"
-    )]
-    auth_subprotocol_carrier: Option<String>,
-
-    /// Upgrade requests per second one client address may sustain (token bucket). Beyond:
-    /// 429 with Retry-After. 0: off.
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    upgrade_rate_per_ip: Option<String>,
-    /// Upgrade requests one address may make in a burst (the bucket size).
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    upgrade_burst_per_ip: Option<String>,
-    /// Open connections per client address. Beyond: 429. 0: no cap (addresses behind
-    /// carrier NAT carry many users).
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    max_connections_per_ip: Option<String>,
-    /// Open connections per user (token sub). Beyond: see --user-limit-policy. 0: no cap.
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    max_connections_per_user: Option<String>,
-    /// newest: a user's oldest connection is closed (1008) for the new one. oldest: the
-    /// new upgrade is refused (429).
-    #[arg(long, value_name = "newest|oldest", help_heading = "Edge limits")]
-    user_limit_policy: Option<String>,
-    /// Data messages per second one connection may sustain. Beyond: close 1008 "message
-    /// rate exceeded". 0: off.
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    message_rate: Option<String>,
-    /// Data messages one connection may send in a burst.
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    message_burst: Option<String>,
-    /// Client addresses tracked for the per-address limits. Beyond: new addresses are let
-    /// in uncounted (counted as ip_table_full).
-    #[arg(long, value_name = "N", help_heading = "Edge limits")]
-    max_tracked_ips: Option<String>,
-    /// Proxies (addresses or CIDR networks) whose X-Forwarded-For is believed. Empty: the
-    /// header is ignored.
-    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', help_heading = "Edge limits")]
-    trusted_proxies: Option<Vec<String>>,
-    /// PEM certificate chain (leaf first) for wss://; with --tls-key it turns the TLS
-    /// listener on. Re-read on SIGHUP (a bad file keeps the old one).
-    #[arg(long, value_name = "FILE", help_heading = "TLS")]
-    tls_cert: Option<String>,
-    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE", help_heading = "TLS")]
-    tls_key: Option<String>,
-    /// TLS listener address, beside the plain --listen one.
-    #[arg(long, value_name = "IP:PORT", help_heading = "TLS")]
-    tls_listen: Option<String>,
-    /// Stateless session tickets for resumption. false: the session cache only.
-    #[arg(
-        long,
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        help_heading = "TLS"
-    )]
-    tls_tickets: Option<String>,
-    /// Messages kept per inbox and per room for recovery. Beyond: the oldest is
-    /// forgotten; a client resuming from before it is told to resync.
-    #[arg(long, value_name = "N", help_heading = "Messaging")]
-    history_max_messages: Option<String>,
-    /// Bytes kept per inbox and per room history; as above.
-    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
-    history_max_bytes: Option<String>,
-    /// Age after which history is forgotten; as above.
-    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
-    history_max_age: Option<String>,
-    /// Messages waiting for an offline user. Beyond: the oldest is dropped and counted.
-    #[arg(long, value_name = "N", help_heading = "Messaging")]
-    offline_max_messages: Option<String>,
-    /// Bytes waiting for an offline user; as above.
-    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
-    offline_max_bytes: Option<String>,
-    /// Age after which an offline message is dropped and counted.
-    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
-    offline_max_age: Option<String>,
-    /// Rooms one connection may be in. Beyond: error too_many_rooms.
-    #[arg(long, value_name = "N", help_heading = "Messaging")]
-    max_rooms_per_connection: Option<String>,
-    /// Bytes of a room name. Beyond: error too_large.
-    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
-    max_room_name_bytes: Option<String>,
-    /// Bytes of a user id named in a message. Beyond: error too_large.
-    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
-    max_user_id_bytes: Option<String>,
-    /// Bytes of a message body (its JSON text). Beyond: error too_large.
-    #[arg(long, value_name = "SIZE", help_heading = "Messaging")]
-    max_payload_bytes: Option<String>,
-    /// Rooms with more members get member counts (once per tick) instead of join/leave
-    /// events.
-    #[arg(long, value_name = "N", help_heading = "Messaging")]
-    presence_event_max_members: Option<String>,
-    /// Slots of each cross-shard ring (rounded up to a power of two).
-    #[arg(long, value_name = "N", help_heading = "Messaging")]
-    mesh_ring_depth: Option<String>,
-    /// How long a data message waits for room in a full cross-shard ring before it is
-    /// shed and counted (the sender gets error overloaded).
-    #[arg(long, value_name = "DURATION", help_heading = "Messaging")]
-    mesh_ring_full_wait: Option<String>,
-}
-
-/// The clap command with each option's help extended by its default and variable.
-fn cli_command() -> clap::Command {
-    let defaults = Config::default();
-    Cli::command()
-        .mut_args(|arg| annotate(arg, &defaults))
-        .mut_subcommand("serve", |serve| serve.mut_args(|arg| annotate(arg, &defaults)))
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// Appends `[default: …] [env: WSGATE_…]` to an option's help.
@@ -1321,10 +1134,12 @@ fn annotate(arg: clap::Arg, defaults: &Config) -> clap::Arg {
     let key = arg.get_id().as_str().to_owned();
     let suffix = if key == "config" {
         format!("[env: {}]", env_name(&key))
-    } else if KEYS.contains(&key.as_str()) {
-        let default = match (key.as_str(), defaults.value(&key)) {
+    } else if let Some(value) = defaults.value(&key) {
+        // The two defaults that are not a fixed value say what they depend on.
+        let default = match (key.as_str(), value) {
             ("shards", _) => format!("CPUs available, {} here", defaults.shards),
             ("tls_listen", _) => format!("{DEFAULT_TLS_LISTEN} when --tls-cert is set"),
+            (_, Value::Hidden) => String::new(),
             (_, Value::Text(s)) => s,
             (_, Value::Int(n)) => n.to_string(),
             (_, Value::Bool(b)) => b.to_string(),
@@ -1498,126 +1313,361 @@ fn read_config_file(path: &std::path::Path) -> Result<ConfigFile, ConfigError> {
     Ok(ConfigFile { path: shown, table })
 }
 
-/// Merges the sources into a checked `Config`.
-fn serve_config(a: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let config_path = a.config.clone().or_else(|| env("WSGATE_CONFIG").map(PathBuf::from));
+/// Merges the serve flags, the environment (`env` looks a variable up) and the config
+/// file they name into a checked `Config`: what `wsgate [serve]` runs with.
+pub fn load_serve(flags: ServeFlags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let config_path = flags.config.clone().or_else(|| env("WSGATE_CONFIG").map(PathBuf::from));
     let file = config_path.as_deref().map(read_config_file).transpose()?;
-    let config = resolve(&Sources { env, file }, a)?;
+    let config = resolve(&Sources { env, file }, flags)?;
     config.validate()?;
     Ok(config)
 }
 
-/// Every option from its first source, over the defaults; one option per line, so the
-/// table is laid out by hand.
-#[rustfmt::skip]
-fn resolve(s: &Sources<'_>, a: ServeArgs) -> Result<Config, ConfigError> {
-    let mut c = Config::default();
-    s.set(&mut c.listen,                   "listen",                   a.listen,                   parse_addr)?;
-    s.set(&mut c.admin_listen,             "admin_listen",             a.admin_listen,             parse_addr)?;
-    s.set(&mut c.api_key,                  "api_key",                  a.api_key,                  |v| Ok((!v.is_empty()).then(|| crate::auth::Secret::new(v.as_bytes()))))?;
-    s.set(&mut c.api_key_file,             "api_key_file",             a.api_key_file,             |v| Ok((!v.trim().is_empty()).then(|| PathBuf::from(v.trim()))))?;
-    s.set(&mut c.listen_backlog,           "listen_backlog",           a.listen_backlog,           count(LISTEN_BACKLOG_RANGE))?;
-    s.set(&mut c.shards,                   "shards",                   a.shards,                   count(SHARDS_RANGE))?;
-    s.set(&mut c.max_connections,          "max_connections",          a.max_connections,          count(MAX_CONNECTIONS_RANGE))?;
-    s.set(&mut c.max_handshakes_per_shard, "max_handshakes_per_shard", a.max_handshakes_per_shard, count(MAX_HANDSHAKES_PER_SHARD_RANGE))?;
-    s.set(&mut c.handshake_timeout,        "handshake_timeout",        a.handshake_timeout,        duration(HANDSHAKE_TIMEOUT_RANGE))?;
-    s.set(&mut c.send_queue_bytes,         "send_queue_bytes",         a.send_queue_bytes,         size(SEND_QUEUE_BYTES_RANGE))?;
-    s.set(&mut c.shard_send_budget_bytes,  "shard_send_budget_bytes",  a.shard_send_budget_bytes,  size(SHARD_SEND_BUDGET_BYTES_RANGE))?;
-    s.set(&mut c.read_buffer_bytes,        "read_buffer_bytes",        a.read_buffer_bytes,        size(READ_BUFFER_BYTES_RANGE))?;
-    s.set(&mut c.drain_window,             "drain_window",             a.drain_window,             duration(DRAIN_WINDOW_RANGE))?;
-    s.set(&mut c.drain_timeout,            "drain_timeout",            a.drain_timeout,            duration(DRAIN_TIMEOUT_RANGE))?;
-    s.set(&mut c.tick,                     "tick",                     a.tick,                     duration(TICK_RANGE))?;
-    s.set(&mut c.echo,                     "echo",                     a.echo,                     parse_bool)?;
+// ---------------------------------------------------------------------------------------
+// Kinds of option: how each is given, parsed, range-checked and written out
+// ---------------------------------------------------------------------------------------
 
-    let l = &mut c.limits;
-    s.set(&mut l.max_header_bytes,         "max_header_bytes",         a.max_header_bytes,         size(MAX_HEADER_BYTES_RANGE))?;
-    s.set(&mut l.max_headers,              "max_headers",              a.max_headers,              count(MAX_HEADERS_RANGE))?;
-    s.set(&mut l.max_request_line_bytes,   "max_request_line_bytes",   a.max_request_line_bytes,   size(MAX_REQUEST_LINE_BYTES_RANGE))?;
-    s.set(&mut l.max_frame_bytes,          "max_frame_bytes",          a.max_frame_bytes,          size(MAX_MESSAGE_BYTES_RANGE))?;
-    s.set(&mut l.max_message_bytes,        "max_message_bytes",        a.max_message_bytes,        size(MAX_MESSAGE_BYTES_RANGE))?;
-    s.set(&mut l.close_timeout,            "close_timeout",            a.close_timeout,            duration(CLOSE_TIMEOUT_RANGE))?;
-    s.set(&mut l.ping_interval,            "ping_interval",            a.ping_interval,            duration(HEARTBEAT_RANGE))?;
-    s.set(&mut l.idle_timeout,             "idle_timeout",             a.idle_timeout,             duration(HEARTBEAT_RANGE))?;
+/// How a value of type `T` is read from the sources, checked and shown. One
+/// implementation per kind of option; a row of the table names its kind.
+trait Kind<T> {
+    /// Overwrites `slot` (holding the default) with the value from the first source that
+    /// sets `key`, if any does; `flag` is what the command line gave.
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError>;
+    /// The value as the file and `--help` write it.
+    fn show(&self, value: &T) -> Value;
+    /// Whether the value is within the accepted range (kinds without one: always).
+    fn check(&self, _key: &'static str, _value: &T) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
 
-    if let Some(paths) = s.list("paths", a.paths)? {
-        c.paths = paths;
+/// How a kind of option is spelled on the command line (beyond taking one value).
+trait ArgShape {
+    fn shape(&self, arg: clap::Arg) -> clap::Arg {
+        arg
     }
-    if let Some(origins) = s.list("allowed_origins", a.allowed_origins)? {
-        c.allowed_origins = origins;
-    }
-    if let Some(protocols) = s.list("subprotocols", a.subprotocols)? {
-        c.subprotocols = protocols;
-    }
+}
 
-    let path = |v: &str| -> Result<Option<PathBuf>, String> {
-        let v = v.trim();
-        Ok((!v.is_empty()).then(|| PathBuf::from(v)))
-    };
-    s.set(&mut c.tls_cert, "tls_cert", a.tls_cert, path)?;
-    s.set(&mut c.tls_key, "tls_key", a.tls_key, path)?;
-    s.set(&mut c.tls_listen, "tls_listen", a.tls_listen, |v| {
-        if v.trim().is_empty() { Ok(None) } else { parse_addr(v).map(Some) }
-    })?;
-    s.set(&mut c.tls_tickets, "tls_tickets", a.tls_tickets, parse_bool)?;
-    let m = &mut c.msg;
-    s.set(&mut m.history_max_messages,       "history_max_messages",       a.history_max_messages,       count(MSG_COUNT_RANGE))?;
-    s.set(&mut m.history_max_bytes,          "history_max_bytes",          a.history_max_bytes,          size(MSG_BYTES_RANGE))?;
-    s.set(&mut m.history_max_age,            "history_max_age",            a.history_max_age,            duration(HISTORY_MAX_AGE_RANGE))?;
-    s.set(&mut m.offline_max_messages,       "offline_max_messages",       a.offline_max_messages,       count(MSG_COUNT_RANGE))?;
-    s.set(&mut m.offline_max_bytes,          "offline_max_bytes",          a.offline_max_bytes,          size(MSG_BYTES_RANGE))?;
-    s.set(&mut m.offline_max_age,            "offline_max_age",            a.offline_max_age,            duration(OFFLINE_MAX_AGE_RANGE))?;
-    s.set(&mut m.max_rooms_per_connection,   "max_rooms_per_connection",   a.max_rooms_per_connection,   count(MAX_ROOMS_PER_CONNECTION_RANGE))?;
-    s.set(&mut m.max_room_name_bytes,        "max_room_name_bytes",        a.max_room_name_bytes,        size(MAX_ROOM_NAME_BYTES_RANGE))?;
-    s.set(&mut m.max_user_id_bytes,          "max_user_id_bytes",          a.max_user_id_bytes,          size(MAX_USER_ID_BYTES_RANGE))?;
-    s.set(&mut m.max_payload_bytes,          "max_payload_bytes",          a.max_payload_bytes,          size(MAX_PAYLOAD_BYTES_RANGE))?;
-    s.set(&mut m.presence_event_max_members, "presence_event_max_members", a.presence_event_max_members, count(PRESENCE_EVENT_MAX_MEMBERS_RANGE))?;
-    s.set(&mut m.ring_depth,                 "mesh_ring_depth",            a.mesh_ring_depth,            count(MESH_RING_DEPTH_RANGE))?;
-    s.set(&mut m.ring_full_wait,             "mesh_ring_full_wait",        a.mesh_ring_full_wait,        duration(MESH_RING_FULL_WAIT_RANGE))?;
+/// Merges a scalar option (one text value per source).
+fn merge_scalar<T>(
+    s: &Sources<'_>,
+    key: &'static str,
+    flag: Option<Vec<String>>,
+    slot: &mut T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<(), ConfigError> {
+    s.set(slot, key, flag.and_then(|values| values.into_iter().last()), parse)
+}
 
-    let auth = &mut c.auth;
-    let text = |v: &str| -> Result<Option<String>, String> {
-        let v = v.trim();
-        Ok((!v.is_empty()).then(|| v.to_owned()))
-    };
-    s.set(&mut auth.mode, "auth_mode", a.auth_mode, |v| v.trim().parse::<crate::auth::AuthMode>())?;
-    s.set(&mut auth.hmac_secret, "auth_hmac_secret", a.auth_hmac_secret, |v| {
-        Ok((!v.is_empty()).then(|| crate::auth::Secret::new(v.as_bytes())))
-    })?;
-    s.set(&mut auth.hmac_secret_file, "auth_hmac_secret_file", a.auth_hmac_secret_file, |v| {
-        Ok(text(v)?.map(PathBuf::from))
-    })?;
-    s.set(&mut auth.issuer, "auth_issuer", a.auth_issuer, text)?;
-    s.set(&mut auth.audience, "auth_audience", a.auth_audience, text)?;
-    s.set(&mut auth.leeway, "auth_leeway", a.auth_leeway, duration(crate::auth::LEEWAY_RANGE))?;
-    s.set(&mut auth.query_param, "auth_query_param", a.auth_query_param, text)?;
-    s.set(&mut auth.subprotocol_carrier, "auth_subprotocol_carrier", a.auth_subprotocol_carrier, parse_bool)?;
-    if let Some(files) = s.list("auth_public_key_files", a.auth_public_key_files)? {
-        auth.public_key_files = files.into_iter().map(PathBuf::from).collect();
+/// An integer count within the range: `Count(SHARDS_RANGE)`.
+struct Count<T>(RangeInclusive<T>);
+
+impl<T> ArgShape for Count<T> {}
+
+impl<T> Kind<T> for Count<T>
+where
+    T: TryFrom<u64> + TryInto<u64> + PartialOrd + Copy + fmt::Display,
+{
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, count(self.0.clone()))
     }
-    let e = &mut c.edge;
-    s.set(&mut e.upgrade_rate_per_ip, "upgrade_rate_per_ip", a.upgrade_rate_per_ip, count(EDGE_RATE_RANGE))?;
-    s.set(&mut e.upgrade_burst_per_ip, "upgrade_burst_per_ip", a.upgrade_burst_per_ip, count(EDGE_RATE_RANGE))?;
-    s.set(&mut e.max_connections_per_ip, "max_connections_per_ip", a.max_connections_per_ip, count(EDGE_COUNT_RANGE))?;
-    s.set(&mut e.max_connections_per_user, "max_connections_per_user", a.max_connections_per_user, count(EDGE_COUNT_RANGE))?;
-    s.set(&mut e.user_limit_policy, "user_limit_policy", a.user_limit_policy, |v| v.parse())?;
-    s.set(&mut e.message_rate, "message_rate", a.message_rate, count(EDGE_RATE_RANGE))?;
-    s.set(&mut e.message_burst, "message_burst", a.message_burst, count(EDGE_RATE_RANGE))?;
-    s.set(&mut e.max_tracked_ips, "max_tracked_ips", a.max_tracked_ips, count(MAX_TRACKED_IPS_RANGE))?;
-    if let Some(items) = s.list("trusted_proxies", a.trusted_proxies)? {
-        e.trusted_proxies = items
-            .iter()
-            .map(|item| item.parse::<crate::edge::Cidr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| relation(format!("trusted_proxies: {e}")))?;
+    fn show(&self, value: &T) -> Value {
+        Value::Int((*value).try_into().unwrap_or(u64::MAX))
     }
-    if let Some(names) = s.list("auth_algorithms", a.auth_algorithms)? {
-        auth.algorithms = names
-            .iter()
-            .map(|n| n.parse::<crate::auth::Algorithm>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| relation(format!("auth_algorithms: {e}")))?;
+    fn check(&self, key: &'static str, value: &T) -> Result<(), ConfigError> {
+        count_in(key, *value, &self.0)
     }
-    Ok(c)
+}
+
+/// A byte size within the range (bytes, or with a binary unit), into a `usize` or `u64`.
+struct Size(RangeInclusive<u64>);
+
+impl ArgShape for Size {}
+
+impl<T> Kind<T> for Size
+where
+    T: TryFrom<u64> + TryInto<u64> + Copy,
+{
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, size(self.0.clone()))
+    }
+    fn show(&self, value: &T) -> Value {
+        Value::Text(format_bytes((*value).try_into().unwrap_or(u64::MAX)))
+    }
+    fn check(&self, key: &'static str, value: &T) -> Result<(), ConfigError> {
+        bytes_in(key, (*value).try_into().unwrap_or(u64::MAX), &self.0)
+    }
+}
+
+/// A duration with a unit, within the range.
+struct Dur(RangeInclusive<Duration>);
+
+impl ArgShape for Dur {}
+
+impl Kind<Duration> for Dur {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Duration,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, duration(self.0.clone()))
+    }
+    fn show(&self, value: &Duration) -> Value {
+        Value::Text(format_duration(*value))
+    }
+    fn check(&self, key: &'static str, value: &Duration) -> Result<(), ConfigError> {
+        duration_in(key, *value, &self.0)
+    }
+}
+
+/// `IP:PORT`; for an optional address, an empty value is none.
+struct Addr;
+
+impl ArgShape for Addr {}
+
+impl Kind<SocketAddr> for Addr {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut SocketAddr,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, parse_addr)
+    }
+    fn show(&self, value: &SocketAddr) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+
+impl Kind<Option<SocketAddr>> for Addr {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, |v| {
+            if v.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_addr(v).map(Some)
+            }
+        })
+    }
+    fn show(&self, value: &Option<SocketAddr>) -> Value {
+        Value::Text(value.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+/// `true` or `false`; the flag alone means true (`--echo`, `--echo=false`).
+struct Flag;
+
+impl ArgShape for Flag {
+    fn shape(&self, arg: clap::Arg) -> clap::Arg {
+        arg.num_args(0..=1).require_equals(true).default_missing_value("true")
+    }
+}
+
+impl Kind<bool> for Flag {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut bool,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, parse_bool)
+    }
+    fn show(&self, value: &bool) -> Value {
+        Value::Bool(*value)
+    }
+}
+
+/// Free text, trimmed; empty is none.
+struct Text;
+
+impl ArgShape for Text {}
+
+impl Kind<Option<String>> for Text {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Option<String>,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, |v| {
+            let v = v.trim();
+            Ok((!v.is_empty()).then(|| v.to_owned()))
+        })
+    }
+    fn show(&self, value: &Option<String>) -> Value {
+        Value::Text(value.clone().unwrap_or_default())
+    }
+}
+
+/// A file name, trimmed; empty is none.
+struct FilePath;
+
+impl ArgShape for FilePath {}
+
+impl Kind<Option<PathBuf>> for FilePath {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, |v| {
+            let v = v.trim();
+            Ok((!v.is_empty()).then(|| PathBuf::from(v)))
+        })
+    }
+    fn show(&self, value: &Option<PathBuf>) -> Value {
+        Value::Text(value.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+    }
+}
+
+/// A secret, taken byte for byte (not trimmed); empty is none. Never shown or dumped.
+struct Hidden;
+
+impl ArgShape for Hidden {}
+
+impl Kind<Option<crate::auth::Secret>> for Hidden {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Option<crate::auth::Secret>,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, |v| {
+            Ok((!v.is_empty()).then(|| crate::auth::Secret::new(v.as_bytes())))
+        })
+    }
+    fn show(&self, _: &Option<crate::auth::Secret>) -> Value {
+        Value::Hidden
+    }
+}
+
+/// A word its type parses and prints itself (`jwt|none`, `newest|oldest`), trimmed.
+struct Parsed;
+
+impl ArgShape for Parsed {}
+
+impl<T> Kind<T> for Parsed
+where
+    T: std::str::FromStr<Err = String> + fmt::Display,
+{
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut T,
+    ) -> Result<(), ConfigError> {
+        merge_scalar(s, key, flag, slot, |v| v.trim().parse::<T>())
+    }
+    fn show(&self, value: &T) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+
+/// A list: repeated or comma-separated flags, a comma-separated variable or a TOML
+/// array of strings. Items are trimmed, empty items dropped.
+struct List;
+
+impl ArgShape for List {
+    fn shape(&self, arg: clap::Arg) -> clap::Arg {
+        arg.value_delimiter(',').action(clap::ArgAction::Append)
+    }
+}
+
+impl<T: ListItem> Kind<Vec<T>> for List {
+    fn merge(
+        &self,
+        s: &Sources<'_>,
+        key: &'static str,
+        flag: Option<Vec<String>>,
+        slot: &mut Vec<T>,
+    ) -> Result<(), ConfigError> {
+        if let Some(items) = s.list(key, flag)? {
+            *slot = items
+                .into_iter()
+                .map(|item| T::parse_item(key, item))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+    fn show(&self, value: &Vec<T>) -> Value {
+        Value::List(value.iter().map(ListItem::show_item).collect())
+    }
+}
+
+/// An item of a [`List`] option.
+trait ListItem: Sized {
+    /// The item from its text; an error names the key.
+    fn parse_item(key: &'static str, text: String) -> Result<Self, ConfigError>;
+    fn show_item(&self) -> String;
+}
+
+impl ListItem for String {
+    fn parse_item(_: &'static str, text: String) -> Result<Self, ConfigError> {
+        Ok(text)
+    }
+    fn show_item(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ListItem for PathBuf {
+    fn parse_item(_: &'static str, text: String) -> Result<Self, ConfigError> {
+        Ok(PathBuf::from(text))
+    }
+    fn show_item(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl ListItem for crate::edge::Cidr {
+    fn parse_item(key: &'static str, text: String) -> Result<Self, ConfigError> {
+        text.parse().map_err(|e| relation(format!("{key}: {e}")))
+    }
+    fn show_item(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl ListItem for crate::auth::Algorithm {
+    fn parse_item(key: &'static str, text: String) -> Result<Self, ConfigError> {
+        text.parse().map_err(|e| relation(format!("{key}: {e}")))
+    }
+    fn show_item(&self) -> String {
+        self.name().to_owned()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1639,18 +1689,6 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Splits `"64KiB"` into the number (`_` between digits allowed) and the unit text.
-fn split_number(s: &str) -> Option<(u64, &str)> {
-    let s = s.trim();
-    let end = s.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(s.len());
-    let (digits, unit) = s.split_at(end);
-    if !digits.starts_with(|c: char| c.is_ascii_digit()) || digits.ends_with('_') || digits.contains("__") {
-        return None;
-    }
-    let number = digits.replace('_', "").parse::<u64>().ok()?;
-    Some((number, unit.trim()))
-}
-
 /// A parser for counts within `range`.
 fn count<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> Result<T, String>
 where
@@ -1663,19 +1701,6 @@ where
         };
         T::try_from(n).ok().filter(|n| range.contains(n)).ok_or_else(expected)
     }
-}
-
-/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let (n, unit) = split_number(s)?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(ms_per_unit).map(Duration::from_millis)
 }
 
 /// A parser for durations within `range`.
@@ -1698,20 +1723,6 @@ fn duration(range: RangeInclusive<Duration>) -> impl Fn(&str) -> Result<Duration
     }
 }
 
-/// Parses `"65536"`, `"64KiB"`, `"1 MiB"`, `"1GiB"`.
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
-    let (n, unit) = split_number(s)?;
-    let multiplier = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => KIB,
-        "mib" => MIB,
-        "gib" => GIB,
-        "tib" => TIB,
-        _ => return None,
-    };
-    n.checked_mul(multiplier)
-}
-
 /// A parser for byte sizes within `range`, into the field's integer type.
 fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<T, String> {
     move |s| {
@@ -1724,13 +1735,7 @@ fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<
             Some(Ok(n)) => Ok(n),
             Some(Err(_)) => Err(format!("{expected} (too large for this platform)")),
             None => {
-                let ambiguous = split_number(s).is_some_and(|(_, unit)| {
-                    matches!(
-                        unit.to_ascii_lowercase().as_str(),
-                        "k" | "kb" | "m" | "mb" | "g" | "gb" | "t" | "tb"
-                    )
-                });
-                if ambiguous {
+                if is_ambiguous_size(s) {
                     expected.push_str(" (KB and MB are ambiguous; write KiB or MiB, powers of 1024)");
                 }
                 Err(expected)
@@ -1739,33 +1744,12 @@ fn size<T: TryFrom<u64>>(range: RangeInclusive<u64>) -> impl Fn(&str) -> Result<
     }
 }
 
-/// A duration in the largest unit that shows it exactly: `100ms`, `10s`, `2m`, `1h`.
-/// The duration parser reads it back (for whole milliseconds).
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".to_owned(),
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
-        _ => format!("{ms}ms"),
-    }
-}
-
-/// A byte size in the largest binary unit that shows it exactly: `4KiB`, `1GiB`, `1000`.
-/// The size parser reads it back.
-pub fn format_bytes(n: u64) -> String {
-    for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if n >= unit && n.is_multiple_of(unit) {
-            return format!("{}{name}", n / unit);
-        }
-    }
-    n.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The tests drive the real command line (test code only: `cli` depends on `config`,
+    // never the other way round).
+    use crate::cli::{Command, load_from};
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -2083,7 +2067,7 @@ mod tests {
 
     #[test]
     fn every_key_has_a_flag_and_round_trips_through_a_file() {
-        let command = cli_command();
+        let command = crate::cli::command();
         for key in KEYS {
             let long = key.replace('_', "-");
             assert!(
@@ -2145,6 +2129,16 @@ mod tests {
             "{short}"
         );
         assert!(serve(&["--api-key", "has a space in it!!"], &no_env).is_err());
+        // Visible ASCII but not a token68: no Authorization header could carry it.
+        for not_token68 in [
+            "comma,is-not-allowed!",
+            "quoted\"key-of-16-bytes",
+            "=leading-padding-1234",
+        ] {
+            let message = error(&["--api-key", not_token68], &no_env);
+            assert!(message.contains("token68"), "{not_token68}: {message}");
+        }
+        assert!(serve(&["--api-key", "base64+/key-with-pad=="], &no_env).is_ok());
 
         let file = TempFile::new(&format!("{key}\n"));
         let path = file.0.display().to_string();

@@ -47,7 +47,8 @@
 //!        └── msg::mesh      MeshMsg + one bounded SPSC ring per ordered shard pair,
 //!                           doorbell per shard, wait-then-shed when a ring is full
 //!
-//!  main.rs ── config (flags, env, TOML → one Config) ── sys (fd limit, start-up report)
+//!  main.rs ── cli (the command line) ── config (one table of options: flags, env, TOML
+//!          → one Config) ── sys (fd limit, start-up report); units (sizes, durations)
 //!         ── admin (/healthz, /readyz, /metrics on its own thread) ◀── metrics::Registry
 //!         ── signals ──▶ Command::Drain to every shard; SIGHUP ──▶ tls::TlsContext::reload
 //! ```
@@ -67,7 +68,10 @@
 //! - [`edge`]: limits at the edge (upgrade rate and connections per client address,
 //!   connections per user, message rate per connection, trusted proxies), exact across
 //!   shards through one striped table touched at upgrade and close only.
-//! - [`config`], [`limits`]: every knob, with its default and what happens when it is hit.
+//! - [`cli`]: the command line (`serve`, `token`, `bench`); [`config`], [`limits`]: every
+//!   knob, with its default and what happens when it is hit; [`units`]: the syntax of
+//!   sizes, durations and rates. Imports run one way: `cli` → `bench`, `config`;
+//!   `bench` → `sys`, `config`, `units`; `sys` → `config`, `units`; `config` → `units`.
 //! - [`metrics`], [`admin`], [`sys`]: what operators see.
 //!
 //! - [`bench`](mod@bench): `wsgate bench density|echo|fanout|direct`, the load generator that proves density and
@@ -140,6 +144,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod limits;
@@ -151,3 +156,4 @@ pub mod sys;
 #[cfg(test)]
 mod testalloc;
 pub mod tls;
+pub mod units;

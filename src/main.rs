@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use wsgate::admin::{self, AdminState, ApiState};
 use wsgate::auth::{AuthMode, Authenticator};
-use wsgate::config::{self, Command, Config};
+use wsgate::cli::{self, Command};
+use wsgate::config::Config;
 use wsgate::metrics::Registry;
 use wsgate::msg::api::ApiSinkSlot;
 use wsgate::proto::close::CloseCode;
@@ -23,7 +24,7 @@ use wsgate::tls::TlsContext;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match config::load() {
+    match cli::load() {
         Ok(Command::Serve(cfg)) => serve(cfg),
         Ok(Command::Token(args)) => wsgate::auth::run_token(&args),
         Ok(Command::Bench(args)) => wsgate::bench::run(args),

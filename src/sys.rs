@@ -13,7 +13,8 @@
 
 use std::io;
 
-use crate::config::{Config, available_cpus, format_bytes, format_duration};
+use crate::config::{Config, available_cpus};
+use crate::units::{format_bytes, format_duration};
 
 /// Our own memory per idle upgraded connection (slab slot with the protocol state,
 /// timer wheel entry). Measured: 103-106 B of RSS per connection at 10,000 and 19,800
@@ -335,19 +336,10 @@ fn report(config: &Config, nofile_soft: u64, host: &Host) -> StartupReport {
     StartupReport { lines, warnings }
 }
 
-/// `6979321856` → `"6.5 GiB"`: approximate, for reading.
+/// `6979321856` → `"6.5 GiB"`: approximate, for reading (one decimal is enough for
+/// budgets of whole machines).
 fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    crate::units::human_bytes(n as f64, 1)
 }
 
 /// Turns off transparent huge pages for this process. With them, the allocator's arenas

@@ -8,12 +8,19 @@ use std::cell::Cell;
 
 thread_local! {
     static LIVE: Cell<i64> = const { Cell::new(0) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Heap bytes allocated and not yet freed by the calling thread (frees of memory that
 /// came from another thread count against the freeing thread).
 pub fn thread_live_bytes() -> i64 {
     LIVE.with(Cell::get)
+}
+
+/// Allocations (and reallocations) the calling thread has made so far: a test of a path
+/// that must not allocate compares it before and after.
+pub fn thread_allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
 }
 
 struct Counting;
@@ -23,11 +30,16 @@ fn add(delta: i64) {
     let _ = LIVE.try_with(|live| live.set(live.get() + delta));
 }
 
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
 // SAFETY: every method forwards to the system allocator with the same arguments and
 // only adds bookkeeping that does not allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         add(layout.size() as i64);
+        count_allocation();
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -40,12 +52,14 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         add(layout.size() as i64);
+        count_allocation();
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         add(new_size as i64 - layout.size() as i64);
+        count_allocation();
         // SAFETY: forwarded unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }

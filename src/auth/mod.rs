@@ -1189,13 +1189,21 @@ pub(crate) fn bearer_token(value: &str) -> Result<Option<&str>, AuthError> {
         return Ok(None);
     }
     let token = rest.trim_start_matches(' ');
-    // token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-    let body = token.trim_end_matches('=');
-    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
-    if body.is_empty() || !body.bytes().all(token68) {
+    if !is_token68(token.as_bytes()) {
         return Err(AuthError::Malformed);
     }
     Ok(Some(token))
+}
+
+/// Whether `value` is one token68 (RFC 9110 section 11.2), the only shape a Bearer
+/// credential can have: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// The admin API key is checked with it at start-up, so a key that no request could
+/// ever present is refused there rather than answering 401 forever.
+pub(crate) fn is_token68(value: &[u8]) -> bool {
+    let padding = value.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = &value[..value.len() - padding];
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(b);
+    !body.is_empty() && body.iter().all(allowed)
 }
 
 /// The config key the HMAC secret came from, for messages.

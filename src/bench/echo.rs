@@ -57,7 +57,7 @@ pub struct EchoArgs {
 }
 
 fn parse_message_size(text: &str) -> Result<u64, String> {
-    crate::config::parse_size(text)
+    crate::units::parse_size(text)
         .filter(|n| (1..=MAX_MESSAGE_BYTES).contains(n))
         .ok_or_else(|| "a size from 1 byte to 16MiB: bytes, or a number with KiB or MiB".to_owned())
 }

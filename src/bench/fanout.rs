@@ -124,7 +124,7 @@ struct Spec<'a> {
 }
 
 fn parse_publish_size(text: &str) -> Result<u64, String> {
-    crate::config::parse_size(text)
+    crate::units::parse_size(text)
         .filter(|n| (1..=MAX_PUBLISH_BYTES).contains(n))
         .ok_or_else(|| "a size from 1 byte to 1MiB: bytes, or a number with KiB or MiB".to_owned())
 }

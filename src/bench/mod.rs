@@ -65,6 +65,8 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::units::{human_bytes, human_micros};
+
 use self::sources::SourceIps;
 use self::url::WsUrl;
 use self::worker::{Control, EchoPlan, FanoutPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
@@ -111,7 +113,7 @@ pub enum BenchCommand {
     Direct(fanout::DirectArgs),
 }
 
-/// Options both subcommands take.
+/// Options every subcommand takes.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct CommonArgs {
     /// The gateway's WebSocket URL, ws:// or wss:// (the host is resolved once).
@@ -162,21 +164,15 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Parses `5000`, `5000/s`, `300/m`.
+    /// Parses `5000`, `5000/s`, `300/m` ([`crate::units::parse_rate`]), above 0 and at
+    /// most [`MAX_RATE_PER_SEC`].
     pub fn parse(text: &str) -> Result<Self, String> {
-        let expected = || "a rate like 5000/s, 300/m or 5000 (per second)".to_owned();
-        let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
-        let count: u64 = count.trim().replace('_', "").parse().map_err(|_| expected())?;
-        let per = match unit.trim() {
-            "s" => Duration::from_secs(1),
-            "m" | "min" => Duration::from_secs(60),
-            _ => return Err(expected()),
-        };
-        let rate = Self { count, per };
-        if count == 0 || rate.per_second() > MAX_RATE_PER_SEC {
-            return Err(format!("{} (above 0, at most {MAX_RATE_PER_SEC}/s)", expected()));
+        let expected = "a rate like 5000/s, 300/m or 5000 (per second)";
+        let rate = crate::units::parse_rate(text).map(|(count, per)| Self { count, per });
+        match rate {
+            Some(rate) if rate.per_second() <= MAX_RATE_PER_SEC => Ok(rate),
+            _ => Err(format!("{expected} (above 0, at most {MAX_RATE_PER_SEC}/s)")),
         }
-        Ok(rate)
     }
 
     /// Connects per second.
@@ -187,7 +183,7 @@ impl Rate {
 
 /// `10s`, `250ms`, `2m`: the config file's duration syntax.
 pub fn duration_arg(text: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(text).ok_or_else(|| "a duration with a unit: 250ms, 10s, 2m, 1h".to_owned())
+    crate::units::parse_duration(text).ok_or_else(|| "a duration with a unit: 250ms, 10s, 2m, 1h".to_owned())
 }
 
 /// Why a run did not happen.
@@ -736,40 +732,20 @@ impl Latency {
     pub fn human(&self) -> String {
         format!(
             "p50 {}  p99 {}  p99.9 {}  max {}  (mean {}, n={})",
-            fmt_us(self.p50_us),
-            fmt_us(self.p99_us),
-            fmt_us(self.p999_us),
-            fmt_us(self.max_us),
-            fmt_us(self.mean_us),
+            human_micros(self.p50_us),
+            human_micros(self.p99_us),
+            human_micros(self.p999_us),
+            human_micros(self.max_us),
+            human_micros(self.mean_us),
             self.count
         )
     }
 }
 
-/// Microseconds as `41µs`, `1.25ms` or `2.10s`.
-pub fn fmt_us(us: f64) -> String {
-    if us < 1000.0 {
-        format!("{us:.1}µs")
-    } else if us < 1_000_000.0 {
-        format!("{:.2}ms", us / 1000.0)
-    } else {
-        format!("{:.2}s", us / 1_000_000.0)
-    }
-}
-
-/// Bytes as `812 B`, `2.4 KiB`, `1.20 GiB` (negative allowed).
+/// Bytes as `812 B`, `2.40 KiB`, `1.20 GiB` (negative allowed): two decimals, as
+/// per-connection figures of a few KiB need them.
 pub fn fmt_bytes(bytes: f64) -> String {
-    let abs = bytes.abs();
-    let (value, unit) = if abs < 1024.0 {
-        return format!("{bytes:.0} B");
-    } else if abs < 1024.0 * 1024.0 {
-        (bytes / 1024.0, "KiB")
-    } else if abs < 1024.0 * 1024.0 * 1024.0 {
-        (bytes / (1024.0 * 1024.0), "MiB")
-    } else {
-        (bytes / (1024.0 * 1024.0 * 1024.0), "GiB")
-    };
-    format!("{value:.2} {unit}")
+    human_bytes(bytes, 2)
 }
 
 /// `a 3, b 1` for a map of counts (largest first), or `none`.

@@ -1,17 +1,25 @@
-//! What the bench reads from and writes to a gateway speaking `wsgate.v1.json`, without
-//! a JSON tree.
+//! What the bench reads from and writes to a gateway speaking `wsgate.v1.json`.
 //!
 //! A fan-out subscriber receives one `room_msg` per publish, so reading them must cost
-//! little: [`read_server`] walks the top-level object once (keys and values are
-//! delimited, strings with escapes skipped correctly, nested values skipped by depth),
-//! picks out the few fields the bench needs, and looks inside `body` for the bench's own
-//! `"t"` (send time, ns) and `"n"` (publish number). Nothing is allocated; a frame that
-//! is not a JSON object is [`Incoming::Bad`]. Because keys are matched only at the top
-//! level (and `t`/`n` only at the top level of `body`), a room name or user id
-//! containing `"t":` cannot fool it.
+//! little: [`read_server`] deserializes the top-level object with serde into borrowed
+//! fields (raw JSON text for `type` and `code`, lenient integers for `seq` and `id`),
+//! skipping every other member, and reads the bench's own `"t"` (send time, ns) and
+//! `"n"` (publish number) from the top level of `body`. For messages like the server's
+//! (no escapes in the fields read, no nested values skipped) nothing is allocated; a
+//! test counts it. A frame that is not a JSON object with a string `type` is
+//! [`Incoming::Bad`]. Because keys are matched only at the top level (and `t`/`n` only
+//! at the top level of `body`), a room name or user id containing `"t":` cannot fool
+//! it.
 //!
-//! The publish frames are written here too ([`write_publish`]).
+//! The request frames are written here too ([`write_publish`], [`write_send`],
+//! [`write_join`]).
 #![forbid(unsafe_code)]
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// A server message, as far as the bench cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,178 +69,169 @@ pub enum Incoming<'a> {
 
 /// Reads one text frame from the server.
 pub fn read_server(frame: &[u8]) -> Incoming<'_> {
-    let mut kind: Option<&[u8]> = None;
-    let (mut seq, mut id, mut code) = (None, None, None);
-    let mut body: Option<&[u8]> = None;
-    let mut at: Option<&[u8]> = None;
-    let ok = for_each_member(frame, |key, value| {
-        match key {
-            b"type" => kind = string_content(value),
-            b"seq" => seq = number(value),
-            b"id" => id = number(value),
-            b"code" => code = string_content(value),
-            b"body" => body = Some(value),
-            b"at" => at = Some(value),
-            _ => {}
-        }
-        true
-    });
-    let Some(kind) = kind.filter(|_| ok) else {
+    let Some(msg) = object::<ServerMsg<'_>>(frame) else {
         return Incoming::Bad;
     };
-    let body_fields = || {
-        let (mut t, mut n) = (None, None);
-        if let Some(body) = body {
-            for_each_member(body, |key, value| {
-                match key {
-                    b"t" => t = number(value),
-                    b"n" => n = number(value),
-                    _ => {}
-                }
-                true
-            });
-        }
-        (t, n)
+    let Some(kind) = string_content(msg.kind) else {
+        return Incoming::Bad;
     };
+    let (seq, id) = (msg.seq.int, msg.id.int);
     match kind {
-        b"room_msg" => {
-            let (t, n) = body_fields();
-            Incoming::RoomMsg { seq, t, n }
-        }
-        b"msg" => {
-            let (t, n) = body_fields();
-            Incoming::Msg { seq, t, n }
-        }
-        b"ack" => Incoming::Ack { id, seq },
-        b"welcome" => Incoming::Welcome,
-        b"joined" => {
-            let mut at_seq = None;
-            if let Some(at) = at {
-                for_each_member(at, |key, value| {
-                    if key == b"seq" {
-                        at_seq = number(value);
-                    }
-                    true
-                });
-            }
-            Incoming::Joined { seq: at_seq }
-        }
-        b"error" => Incoming::Error {
-            code: std::str::from_utf8(code.unwrap_or(b"unknown")).unwrap_or("unknown"),
+        "room_msg" => Incoming::RoomMsg {
+            seq,
+            t: msg.body.t,
+            n: msg.body.n,
         },
-        other => Incoming::Other(std::str::from_utf8(other).unwrap_or("?")),
+        "msg" => Incoming::Msg {
+            seq,
+            t: msg.body.t,
+            n: msg.body.n,
+        },
+        "ack" => Incoming::Ack { id, seq },
+        "welcome" => Incoming::Welcome,
+        "joined" => Incoming::Joined { seq: msg.at.seq },
+        "error" => Incoming::Error {
+            code: msg.code.and_then(string_content).unwrap_or("unknown"),
+        },
+        other => Incoming::Other(other),
     }
 }
 
-/// Calls `f(key, value)` for each member of the JSON object `text` (the key as raw
-/// string content, the value as its raw JSON text) until `f` returns false. Returns
-/// whether `text` was a well-formed object as far as it was read.
-pub fn for_each_member<'a>(text: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> bool {
-    let mut i = skip_ws(text, 0);
-    if text.get(i) != Some(&b'{') {
-        return false;
-    }
-    i = skip_ws(text, i + 1);
-    if text.get(i) == Some(&b'}') {
-        return true;
-    }
-    loop {
-        let Some(key_end) = skip_string(text, i) else {
-            return false;
-        };
-        let key = &text[i + 1..key_end - 1];
-        i = skip_ws(text, key_end);
-        if text.get(i) != Some(&b':') {
-            return false;
-        }
-        let start = skip_ws(text, i + 1);
-        let Some(end) = skip_value(text, start) else {
-            return false;
-        };
-        if !f(key, &text[start..end]) {
-            return true;
-        }
-        i = skip_ws(text, end);
-        match text.get(i) {
-            Some(b',') => i = skip_ws(text, i + 1),
-            Some(b'}') => return true,
-            _ => return false,
-        }
-    }
+/// The top-level members the bench reads; serde skips the others.
+#[derive(Deserialize)]
+struct ServerMsg<'a> {
+    /// Raw, so that a `type` with escapes is still borrowed (and compared as written).
+    #[serde(rename = "type", borrow)]
+    kind: &'a RawValue,
+    #[serde(default)]
+    seq: Lenient,
+    #[serde(default)]
+    id: Lenient,
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+    /// `t` and `n` of a `room_msg` or `msg`.
+    #[serde(default)]
+    body: Lenient,
+    /// `seq` of a `joined`.
+    #[serde(default)]
+    at: Lenient,
 }
 
-fn skip_ws(text: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = text.get(i) {
-        i += 1;
-    }
-    i
-}
-
-/// `text[i]` starts a string: the index just past its closing quote.
-fn skip_string(text: &[u8], i: usize) -> Option<usize> {
-    if text.get(i) != Some(&b'"') {
+/// `text` as `T` when it is a JSON object. (serde's derive would also read a struct
+/// from an array, positionally; the server sends objects only.)
+fn object<'a, T: Deserialize<'a>>(text: &'a [u8]) -> Option<T> {
+    if text.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
-    let mut j = i + 1;
-    loop {
-        match text.get(j)? {
-            b'"' => return Some(j + 1),
-            b'\\' => j += 2,
-            _ => j += 1,
-        }
-    }
-}
-
-/// `text[i]` starts a value: the index just past it.
-fn skip_value(text: &[u8], i: usize) -> Option<usize> {
-    match text.get(i)? {
-        b'"' => skip_string(text, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match text.get(j)? {
-                    b'"' => {
-                        j = skip_string(text, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            // Number, true, false, null: up to the next delimiter.
-            let mut j = i;
-            while let Some(&c) = text.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
-    }
+    serde_json::from_slice(text).ok()
 }
 
 /// The content of a raw JSON string value (escapes left as they are).
-fn string_content(value: &[u8]) -> Option<&[u8]> {
-    (value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"').then(|| &value[1..value.len() - 1])
+fn string_content(value: &RawValue) -> Option<&str> {
+    let text = value.get();
+    (text.len() >= 2 && text.starts_with('"') && text.ends_with('"')).then(|| &text[1..text.len() - 1])
 }
 
-/// A raw JSON value that is a non-negative integer.
-fn number(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 20 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
+/// Any JSON value, read leniently: `int` when it is a non-negative integer that fits a
+/// `u64`; `seq`, `t` and `n` when it is an object with such integer members at its top
+/// level. Nothing fails: a string, float, negative number, array or other object just
+/// leaves the fields `None`, as a member the bench does not understand should.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lenient {
+    int: Option<u64>,
+    seq: Option<u64>,
+    t: Option<u64>,
+    n: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LenientVisitor)
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+struct LenientVisitor;
+
+impl<'de> Visitor<'de> for LenientVisitor {
+    type Value = Lenient;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Lenient, E> {
+        Ok(Lenient {
+            int: Some(v),
+            ..Lenient::default()
+        })
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Lenient, E> {
+        Ok(Lenient::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Lenient, E> {
+        Ok(Lenient::default())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Lenient, E> {
+        Ok(Lenient::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Lenient, E> {
+        Ok(Lenient::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Lenient, E> {
+        Ok(Lenient::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Lenient::default())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient, A::Error> {
+        let mut read = Lenient::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let slot = match key {
+                Key::Seq => &mut read.seq,
+                Key::T => &mut read.t,
+                Key::N => &mut read.n,
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value::<Lenient>()?.int;
+        }
+        Ok(read)
+    }
+}
+
+/// A key of a nested object, matched as it is read (no copy: serde's `Cow<str>` would
+/// always allocate).
+enum Key {
+    Seq,
+    T,
+    N,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(match key {
+            "seq" => Key::Seq,
+            "t" => Key::T,
+            "n" => Key::N,
+            _ => Key::Other,
+        })
+    }
 }
 
 /// Writes the JSON text of a `publish` of bench message `n` sent at `t` (ns) to `room`
@@ -444,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn reading_the_hot_messages_allocates_nothing() {
+        let mut frames = Vec::new();
+        let id = ClientId::from_json_text("7");
+        let mut out = Vec::new();
+        protocol::encode_room_msg(
+            &mut out,
+            "hot",
+            42,
+            Some("pub-0"),
+            Some(&id),
+            r#"{"t":1,"n":2,"p":"xx"}"#,
+        );
+        frames.push(std::mem::take(&mut out));
+        protocol::encode_msg(&mut out, 4, Some("a"), None, r#"{"t":5,"n":6}"#);
+        frames.push(std::mem::take(&mut out));
+        protocol::encode_ack(
+            &mut out,
+            Some(&id),
+            protocol::AckOf::Room { room: "hot" },
+            Position { epoch: 3, seq: 18 },
+        );
+        frames.push(std::mem::take(&mut out));
+        protocol::encode_joined(&mut out, None, "hot", Position { epoch: 3, seq: 17 }, 0);
+        frames.push(std::mem::take(&mut out));
+        let before = crate::testalloc::thread_allocations();
+        let mut read = 0;
+        for frame in &frames {
+            read += usize::from(std::hint::black_box(read_server(frame)) != Incoming::Bad);
+        }
+        assert_eq!(crate::testalloc::thread_allocations() - before, 0);
+        assert_eq!(read, frames.len());
+        // The counter does count: a message with an escape in a key it reads is copied.
+        let before = crate::testalloc::thread_allocations();
+        std::hint::black_box(read_server(br#"{"type":"msg","body":{"\u0074":1}}"#));
+        assert!(crate::testalloc::thread_allocations() > before);
+    }
+
+    #[test]
     fn garbage_is_bad() {
         for text in [
             &b""[..],
@@ -481,14 +518,8 @@ mod tests {
                     assert_eq!(room, "hot");
                     assert_eq!(id.unwrap().as_json(), "12");
                     assert!(exclude_self);
-                    let mut t = None;
-                    assert!(for_each_member(body.get().as_bytes(), |k, v| {
-                        if k == b"t" {
-                            t = number(v);
-                        }
-                        true
-                    }));
-                    assert_eq!(t, Some(987_654_321));
+                    let read = object::<Lenient>(body.get().as_bytes()).expect("an object");
+                    assert_eq!(read.t, Some(987_654_321));
                 }
                 other => panic!("{other:?}"),
             }
@@ -516,6 +547,11 @@ mod tests {
         assert_eq!(check.observe(3), SeqVerdict::Backwards);
         assert_eq!(check.observe(15), SeqVerdict::InOrder);
         assert_eq!(check.last, 15);
+    }
+
+    /// What the old scanner's `number` returned for a raw value: the value read leniently.
+    fn number(raw: &[u8]) -> Option<u64> {
+        serde_json::from_slice::<Lenient>(raw).ok()?.int
     }
 
     #[test]
