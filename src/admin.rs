@@ -727,6 +727,11 @@ async fn call(api: &ApiState, shard: ShardId, op: ApiOp) -> Result<ApiReply, Res
     }
     match recv_by(&answer, Instant::now() + api.timeout).await {
         Ok(ApiReply::Overloaded) => Err(api_error(503, "overloaded", "the gateway is overloaded; retry")),
+        Ok(ApiReply::StorageFull) => Err(api_error(
+            507,
+            "storage_full",
+            "the message store's disk budget is spent; nothing was stored",
+        )),
         Ok(reply) => Ok(reply),
         Err(RecvTimeoutError::Timeout) => Err(api_error(504, "timeout", "the shard did not answer in time")),
         // The shard dropped the request unanswered (stopping).

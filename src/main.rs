@@ -131,6 +131,9 @@ fn serve(cfg: Config) -> ExitCode {
         if cfg.echo { ", echoing every message" } else { "" },
         cfg.admin_listen,
     );
+    if !cfg.echo {
+        eprintln!("wsgate: {}", wsgate::server::journal::describe(&cfg, server.recovery()));
+    }
     if admin_state.api.is_some() {
         eprintln!(
             "wsgate: backend API on http://{}/api/ (Authorization: Bearer <api_key>)",

@@ -13,6 +13,119 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashMap;
 
+/// A latency histogram with fixed buckets (Prometheus `le` bounds in seconds, each
+/// count cumulative when rendered), plain integers like every other shard counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`Histogram::BOUNDS`] (not cumulative).
+    buckets: [u64; Histogram::BOUNDS.len()],
+    /// Observations above the last bound.
+    over: u64,
+    /// Sum of the observations, in microseconds.
+    sum_micros: u64,
+}
+
+impl Histogram {
+    /// Upper bounds in seconds: 50 µs to 1 s, about three per decade (an fsync of a
+    /// small append takes 0.1-2 ms on an SSD, tens of ms on a disk or a busy device).
+    pub const BOUNDS: [f64; 13] = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ];
+
+    /// Counts one observation.
+    pub fn observe(&mut self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        match Self::BOUNDS.iter().position(|&b| seconds <= b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_micros += took.as_micros() as u64;
+    }
+
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum::<u64>() + self.over
+    }
+
+    /// Adds `other`'s observations.
+    pub fn merge(&mut self, other: &Self) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.over += other.over;
+        self.sum_micros += other.sum_micros;
+    }
+}
+
+/// The disk store's counters of one shard (`server::journal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalMetrics {
+    /// Bytes appended to segments.
+    pub bytes_written: u64,
+    /// Records encoded (messages, positions, acks, takes).
+    pub records_written: u64,
+    /// Writes (each a batch of whole records).
+    pub writes: u64,
+    /// `fdatasync` latencies (their count is the number of syncs).
+    pub fsync_seconds: Histogram,
+    /// Failed writes or syncs, each retried.
+    pub write_errors: u64,
+    /// Compactions finished.
+    pub compactions: u64,
+    /// Gauge: segment files.
+    pub segments: u64,
+    /// Gauge: bytes in segment files.
+    pub disk_bytes: u64,
+    /// Gauge: 1 while new messages are refused because the budget is spent.
+    pub full: u64,
+    /// Gauge: answers (acks, deliveries, API replies) waiting for the journal.
+    pub held: u64,
+    /// Records read intact at start.
+    pub recovered_records: u64,
+    /// Bytes read intact at start.
+    pub recovered_bytes: u64,
+    /// Bytes cut at start from torn or corrupt segment tails.
+    pub recovery_cut_bytes: u64,
+    /// Milliseconds the start-up recovery took.
+    pub recovery_millis: u64,
+}
+
+impl JournalMetrics {
+    /// Adds `other` (gauges summed too: the whole process's view).
+    pub fn merge(&mut self, other: Self) {
+        let Self {
+            bytes_written,
+            records_written,
+            writes,
+            fsync_seconds,
+            write_errors,
+            compactions,
+            segments,
+            disk_bytes,
+            full,
+            held,
+            recovered_records,
+            recovered_bytes,
+            recovery_cut_bytes,
+            recovery_millis,
+        } = other;
+        self.bytes_written += bytes_written;
+        self.records_written += records_written;
+        self.writes += writes;
+        self.fsync_seconds.merge(&fsync_seconds);
+        self.write_errors += write_errors;
+        self.compactions += compactions;
+        self.segments += segments;
+        self.disk_bytes += disk_bytes;
+        self.full += full;
+        self.held += held;
+        self.recovered_records += recovered_records;
+        self.recovered_bytes += recovered_bytes;
+        self.recovery_cut_bytes += recovery_cut_bytes;
+        self.recovery_millis = self.recovery_millis.max(recovery_millis);
+    }
+}
+
 /// The counters and gauges of one shard.
 #[derive(Clone, Debug, Default)]
 pub struct ShardMetrics {
@@ -97,6 +210,8 @@ pub struct ShardMetrics {
     /// TLS handshakes failed, by reason (`tls::SessionError` label, or `timeout`,
     /// `eof`, `too_large`, `after_handshake`).
     pub tls_handshake_failures: HashMap<&'static str, u64>,
+    /// The disk store's journal (all 0 with `--store memory`).
+    pub journal: JournalMetrics,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.
     #[doc(hidden)]
@@ -145,8 +260,10 @@ impl ShardMetrics {
             tls_handshakes,
             tls_resumed,
             tls_handshake_failures,
+            journal,
             test_heap_bytes,
         } = other;
+        self.journal.merge(journal);
         self.connections += connections;
         self.handshakes_in_progress += handshakes_in_progress;
         self.accepted += accepted;
@@ -276,6 +393,7 @@ pub struct ProcessInfo {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// How a family's value is read from one shard.
@@ -285,6 +403,8 @@ enum Series {
     /// One sample per shard and label value: the label's name and the (value, count)
     /// pairs in a stable order.
     Labelled(&'static str, fn(&ShardMetrics) -> Vec<(String, u64)>),
+    /// A histogram per shard: `_bucket{le=…}` (cumulative), `_sum` (seconds), `_count`.
+    Histogram(fn(&ShardMetrics) -> &Histogram),
 }
 
 /// One metric family of the shard metrics: name, type, help and how to read it.
@@ -607,6 +727,96 @@ const FAMILIES: &[Family] = &[
         series: Series::Labelled("code", |m| sorted(&m.msg.errors_by_code)),
     },
     Family {
+        name: "wsgate_msg_storage_full_refusals_total",
+        kind: Kind::Counter,
+        help: "Sends and publishes refused with storage_full (the disk store's budget was spent).",
+        series: Series::Plain(|m| m.msg.storage_full_refusals),
+    },
+    Family {
+        name: "wsgate_journal_written_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes appended to the disk store's journal segments.",
+        series: Series::Plain(|m| m.journal.bytes_written),
+    },
+    Family {
+        name: "wsgate_journal_records_total",
+        kind: Kind::Counter,
+        help: "Journal records encoded (messages, positions, acks, offline takes).",
+        series: Series::Plain(|m| m.journal.records_written),
+    },
+    Family {
+        name: "wsgate_journal_writes_total",
+        kind: Kind::Counter,
+        help: "Journal writes, each a batch of whole records.",
+        series: Series::Plain(|m| m.journal.writes),
+    },
+    Family {
+        name: "wsgate_journal_fsync_seconds",
+        kind: Kind::Histogram,
+        help: "Time of each fdatasync of the journal.",
+        series: Series::Histogram(|m| &m.journal.fsync_seconds),
+    },
+    Family {
+        name: "wsgate_journal_write_errors_total",
+        kind: Kind::Counter,
+        help: "Failed journal writes or syncs (retried; the acks they cover wait).",
+        series: Series::Plain(|m| m.journal.write_errors),
+    },
+    Family {
+        name: "wsgate_journal_compactions_total",
+        kind: Kind::Counter,
+        help: "Journal compactions finished (state restated, older segments deleted).",
+        series: Series::Plain(|m| m.journal.compactions),
+    },
+    Family {
+        name: "wsgate_journal_segments",
+        kind: Kind::Gauge,
+        help: "Journal segment files.",
+        series: Series::Plain(|m| m.journal.segments),
+    },
+    Family {
+        name: "wsgate_journal_disk_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes in journal segment files.",
+        series: Series::Plain(|m| m.journal.disk_bytes),
+    },
+    Family {
+        name: "wsgate_journal_full",
+        kind: Kind::Gauge,
+        help: "1 while new messages are refused because the disk budget is spent.",
+        series: Series::Plain(|m| m.journal.full),
+    },
+    Family {
+        name: "wsgate_journal_held",
+        kind: Kind::Gauge,
+        help: "Answers (acks, deliveries, API replies) waiting for the journal to be durable.",
+        series: Series::Plain(|m| m.journal.held),
+    },
+    Family {
+        name: "wsgate_journal_recovered_records",
+        kind: Kind::Gauge,
+        help: "Records read intact from the journal at start.",
+        series: Series::Plain(|m| m.journal.recovered_records),
+    },
+    Family {
+        name: "wsgate_journal_recovered_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes read intact from the journal at start.",
+        series: Series::Plain(|m| m.journal.recovered_bytes),
+    },
+    Family {
+        name: "wsgate_journal_recovery_cut_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes cut at start from torn or corrupt journal segment tails.",
+        series: Series::Plain(|m| m.journal.recovery_cut_bytes),
+    },
+    Family {
+        name: "wsgate_journal_recovery_milliseconds",
+        kind: Kind::Gauge,
+        help: "How long the start-up recovery of the journal took.",
+        series: Series::Plain(|m| m.journal.recovery_millis),
+    },
+    Family {
         name: "wsgate_tls_sessions",
         kind: Kind::Gauge,
         help: "Connections on the TLS listener now (handshaking, open or closing).",
@@ -657,6 +867,19 @@ pub fn render(shards: &[ShardMetrics], process: &ProcessInfo) -> String {
                             escape_label_value(&value)
                         );
                     }
+                }
+                Series::Histogram(get) => {
+                    let h = get(metrics);
+                    let name = family.name;
+                    let mut cumulative = 0;
+                    for (bound, n) in Histogram::BOUNDS.iter().zip(h.buckets) {
+                        cumulative += n;
+                        let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {cumulative}");
+                    }
+                    let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}", h.count());
+                    let sum = h.sum_micros as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+                    let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", h.count());
                 }
             }
         }
@@ -735,6 +958,7 @@ fn header(out: &mut String, name: &str, kind: Kind, help: &str) {
     let kind = match kind {
         Kind::Counter => "counter",
         Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
     };
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -137,10 +137,12 @@ pub enum ApiReply {
     },
     /// The mesh shed the request (a full ring): retry later.
     Overloaded,
+    /// The message store's disk budget (`data_max_bytes`) is spent: nothing was stored.
+    StorageFull,
 }
 
 impl ApiReply {
-    /// The JSON the HTTP API answers with (not for `Disconnected` and `Overloaded`,
+    /// The JSON the HTTP API answers with (not for `Disconnected`, `Overloaded` and `StorageFull`,
     /// which the admin side turns into its own answers).
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(96);
@@ -188,6 +190,7 @@ impl ApiReply {
                 let _ = write!(out, "{{\"shard\":{shard},\"closed\":{closed}}}");
             }
             Self::Overloaded => out.push_str("{\"error\":\"overloaded\"}"),
+            Self::StorageFull => out.push_str("{\"error\":\"storage_full\"}"),
         }
         out
     }

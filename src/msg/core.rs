@@ -102,6 +102,11 @@ pub struct MsgShard<S = MemStore> {
     local: VecDeque<MeshMsg>,
     /// Scratch for the owner's answers.
     answers: Vec<(ShardId, MeshMsg)>,
+    /// The owner's answers waiting for the journal: each with the journal position it
+    /// needs durable, in the order produced.
+    held: VecDeque<(u64, ShardId, MeshMsg)>,
+    /// How far the journal is durable (see [`on_durable`](Self::on_durable)).
+    durable: u64,
     buf: Vec<u8>,
 }
 
@@ -126,7 +131,40 @@ impl<S: Store> MsgShard<S> {
             mesh_out: VecDeque::new(),
             local: VecDeque::new(),
             answers: Vec::new(),
+            held: VecDeque::new(),
+            durable: 0,
             buf: Vec::new(),
+        }
+    }
+
+    /// The journal is durable up to `upto` (bytes): the owner's answers that waited for
+    /// it go out, in order.
+    pub fn on_durable(&mut self, upto: u64, now: Instant) {
+        self.durable = self.durable.max(upto);
+        while self.held.front().is_some_and(|(needs, _, _)| *needs <= self.durable) {
+            let (_, to, msg) = self.held.pop_front().expect("front checked");
+            self.dispatch_to(to, msg);
+        }
+        self.run_local(now);
+    }
+
+    /// Owner answers waiting for the journal (a gauge).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Sends the owner's answers on, or holds them until the journal is durable up to
+    /// where the owner's store has written: an ack, a delivery or an API answer never
+    /// leaves before the change it reports is durable, and later answers queue behind
+    /// earlier ones so the order stays the owner's.
+    fn release_or_hold(&mut self, answers: &mut Vec<(ShardId, MeshMsg)>) {
+        let end = self.owner.store().journal_end();
+        if end > self.durable || !self.held.is_empty() {
+            self.held.extend(answers.drain(..).map(|(to, msg)| (end, to, msg)));
+        } else {
+            for (to, msg) in answers.drain(..) {
+                self.dispatch_to(to, msg);
+            }
         }
     }
 
@@ -405,9 +443,7 @@ impl<S: Store> MsgShard<S> {
     pub fn handle_tick(&mut self, now: Instant) {
         let mut answers = std::mem::take(&mut self.answers);
         self.owner.handle_tick(now, &mut answers, &mut self.metrics);
-        for (to, msg) in answers.drain(..) {
-            self.dispatch_to(to, msg);
-        }
+        self.release_or_hold(&mut answers);
         self.answers = answers;
         self.run_local(now);
     }
@@ -499,12 +535,14 @@ impl<S: Store> MsgShard<S> {
                 });
                 self.metrics.frames_delivered += n;
             }
+            MeshMsg::ApiAnswer(answer) => {
+                let (request, reply) = *answer;
+                request.answer(reply);
+            }
             owner_msg => {
                 let mut answers = std::mem::take(&mut self.answers);
                 self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
-                for (to, msg) in answers.drain(..) {
-                    self.dispatch_to(to, msg);
-                }
+                self.release_or_hold(&mut answers);
                 self.answers = answers;
             }
         }

@@ -242,6 +242,10 @@ pub enum MeshMsg {
     /// A backend request (publish, send, presence), answered by the owner on the
     /// request's own channel. Boxed, so the other messages stay small.
     Api(Box<ApiRequest>),
+    /// The owner's answer to a backend request, handed to the owner's own shard so that
+    /// it leaves with the owner's other output: after the journal made the change
+    /// durable (see `core`). Never on a ring.
+    ApiAnswer(Box<(ApiRequest, super::api::ApiReply)>),
 }
 
 /// Whether a message may be shed when a ring stays full (see the module docs).
@@ -255,6 +259,7 @@ impl Class for MeshMsg {
         !matches!(
             self,
             Self::Connect { .. }
+                | Self::ApiAnswer(_)
                 | Self::Disconnect { .. }
                 | Self::Resume { .. }
                 | Self::Join { .. }

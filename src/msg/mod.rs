@@ -54,6 +54,7 @@ use hashbrown::HashMap;
 
 pub mod api;
 pub mod core;
+pub mod journal;
 pub mod local;
 pub mod mesh;
 pub mod owner;
@@ -241,6 +242,9 @@ pub struct MsgMetrics {
     pub superseded_deliveries: u64,
     /// Connections closed by the backend API's disconnect.
     pub api_disconnects: u64,
+    /// Sends and publishes (client and API) refused with `storage_full`: the store's
+    /// disk budget was spent.
+    pub storage_full_refusals: u64,
 }
 
 impl MsgMetrics {
@@ -273,6 +277,7 @@ impl MsgMetrics {
             protocol_closes,
             superseded_deliveries,
             api_disconnects,
+            storage_full_refusals,
         } = other;
         self.sends_accepted += sends_accepted;
         self.publishes_accepted += publishes_accepted;
@@ -300,41 +305,12 @@ impl MsgMetrics {
         self.protocol_closes += protocol_closes;
         self.superseded_deliveries += superseded_deliveries;
         self.api_disconnects += api_disconnects;
+        self.storage_full_refusals += storage_full_refusals;
     }
 
     /// Adds `other` into `self` (to sum the shards of a simulation or a scrape).
     pub fn add(&mut self, other: &Self) {
-        macro_rules! sum {
-            ($($f:ident),*) => { $( self.$f += other.$f; )* };
-        }
-        sum!(
-            sends_accepted,
-            publishes_accepted,
-            frames_delivered,
-            mesh_sent,
-            mesh_received,
-            mesh_shed,
-            mesh_waited,
-            offline_queued,
-            offline_dropped,
-            offline_expired,
-            offline_delivered,
-            history_trimmed,
-            replays,
-            resyncs,
-            receipts,
-            receipts_unknown,
-            receipts_undeliverable,
-            presence_events,
-            presence_counts,
-            client_errors,
-            protocol_closes,
-            superseded_deliveries,
-            api_disconnects
-        );
-        for (code, n) in &other.errors_by_code {
-            *self.errors_by_code.entry(code).or_insert(0) += n;
-        }
+        self.merge(other.clone());
     }
 }
 

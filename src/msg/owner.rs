@@ -39,7 +39,7 @@ use hashbrown::HashMap;
 use super::api::{ApiOp, ApiReply, ApiRequest};
 use super::mesh::MeshMsg;
 use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
-use super::store::{LogKey, Record, Sender, Store};
+use super::store::{Acked, LogKey, Record, Sender, Store};
 use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of, stable_hash};
 use crate::proto::frame::SharedFrame;
 
@@ -202,6 +202,23 @@ impl<S: Store> Owner<S> {
         &self.store
     }
 
+    /// The store, mutably (the server's journal writer takes its bytes).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Writes every entry's position and stored records into the store's journal again
+    /// ([`Store::restate`]): a compaction, after which older journal segments hold
+    /// nothing needed.
+    pub fn restate_all(&mut self) {
+        for (user, entry) in &self.users {
+            self.store.restate(&LogKey::Inbox(user.clone()), entry.pos);
+        }
+        for (room, entry) in &self.rooms {
+            self.store.restate(&LogKey::Room(room.clone()), entry.pos);
+        }
+    }
+
     fn new_epoch(&mut self) -> u64 {
         self.epochs_made += 1;
         let mut bytes = [0u8; 24];
@@ -219,11 +236,15 @@ impl<S: Store> Owner<S> {
 
     fn user_entry(&mut self, user: &Key, now: Instant) -> &mut UserEntry {
         if !self.users.contains_key(user) {
-            let epoch = self.new_epoch();
+            let fresh = Position {
+                epoch: self.new_epoch(),
+                seq: 0,
+            };
+            let pos = self.store.start_position(&LogKey::Inbox(user.clone()), fresh);
             self.users.insert(
                 user.clone(),
                 UserEntry {
-                    pos: Position { epoch, seq: 0 },
+                    pos,
                     shards: Vec::new(),
                     idle_since: now,
                 },
@@ -234,11 +255,15 @@ impl<S: Store> Owner<S> {
 
     fn room_entry(&mut self, room: &Key, now: Instant) -> &mut RoomEntry {
         if !self.rooms.contains_key(room) {
-            let epoch = self.new_epoch();
+            let fresh = Position {
+                epoch: self.new_epoch(),
+                seq: 0,
+            };
+            let pos = self.store.start_position(&LogKey::Room(room.clone()), fresh);
             self.rooms.insert(
                 room.clone(),
                 RoomEntry {
-                    pos: Position { epoch, seq: 0 },
+                    pos,
                     shards: Vec::new(),
                     users: HashMap::new(),
                     announced: u64::MAX,
@@ -279,14 +304,16 @@ impl<S: Store> Owner<S> {
                 id,
                 body,
             } => {
+                if self.store.full() {
+                    return self.refuse_full(from, conn, id.as_ref(), out, m);
+                }
                 let (pos, _) = self.on_send(&to, Some(sender), id.clone(), &body, now, out, m);
                 let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
                 out.push((from, MeshMsg::ToConn { conn, frame: ack }));
             }
             MeshMsg::Ack { user, seq, conn, id } => {
-                let log = LogKey::Inbox(user.clone());
-                match self.store.get_mut(&log, seq) {
-                    None => {
+                match self.store.ack(&user, seq) {
+                    Acked::Unknown => {
                         m.receipts_unknown += 1;
                         m.client_errors += 1;
                         *m.errors_by_code.entry(ErrorCode::UnknownSeq.label()).or_insert(0) += 1;
@@ -295,15 +322,19 @@ impl<S: Store> Owner<S> {
                         out.push((from, MeshMsg::ToConn { conn, frame }));
                     }
                     // A second ack of the same message (another device) sends nothing.
-                    Some(record) if record.acked => {}
-                    Some(record) => {
-                        record.acked = true;
-                        if let Some(sender) = &record.sender {
-                            let to = sender.user.clone();
-                            let owner = owner_of(KeyKind::User, &to, self.shards);
-                            let id = sender.id.clone();
-                            out.push((owner, MeshMsg::Receipt { to, by: user, seq, id }));
-                        }
+                    Acked::Again | Acked::First(None) => {}
+                    Acked::First(Some(sender)) => {
+                        let to = sender.user;
+                        let owner = owner_of(KeyKind::User, &to, self.shards);
+                        out.push((
+                            owner,
+                            MeshMsg::Receipt {
+                                to,
+                                by: user,
+                                seq,
+                                id: sender.id,
+                            },
+                        ));
                     }
                 }
             }
@@ -364,6 +395,9 @@ impl<S: Store> Owner<S> {
                 body,
                 exclude_self,
             } => {
+                if self.store.full() {
+                    return self.refuse_full(from, conn, id.as_ref(), out, m);
+                }
                 let exclude = exclude_self.then_some((from, conn));
                 let pos = self.on_publish(&room, Some(&publisher), id.as_ref(), &body, exclude, now, out, m);
                 let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Room { room: &room }, pos));
@@ -398,7 +432,8 @@ impl<S: Store> Owner<S> {
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
             | MeshMsg::ToUser { .. }
-            | MeshMsg::ToRoom { .. } => unreachable!("local-side message routed to the owner"),
+            | MeshMsg::ToRoom { .. }
+            | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
         }
     }
 
@@ -730,8 +765,31 @@ impl<S: Store> Owner<S> {
 
     /// A backend request for a user or room of this shard: done, and answered on the
     /// request's channel (see [`super::api`]).
+    /// Answers a send or publish with `storage_full`: the store's disk budget is spent,
+    /// so nothing is accepted that could not be kept.
+    fn refuse_full(
+        &mut self,
+        from: ShardId,
+        conn: ConnId,
+        id: Option<&ClientId>,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        m.storage_full_refusals += 1;
+        m.client_errors += 1;
+        *m.errors_by_code.entry(ErrorCode::StorageFull.label()).or_insert(0) += 1;
+        let text = "the message store is full; retry later";
+        let frame = self.frame(|o| protocol::encode_error(o, ErrorCode::StorageFull, text, id));
+        out.push((from, MeshMsg::ToConn { conn, frame }));
+    }
+
     fn on_api(&mut self, request: ApiRequest, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let full = self.store.full();
         let reply = match &request.op {
+            ApiOp::Publish { .. } | ApiOp::Send { .. } if full => {
+                m.storage_full_refusals += 1;
+                ApiReply::StorageFull
+            }
             ApiOp::Publish { room, body } => {
                 let pos = self.on_publish(room, None, None, body, None, now, out, m);
                 ApiReply::Published {
@@ -776,7 +834,8 @@ impl<S: Store> Owner<S> {
             }
             ApiOp::Disconnect { .. } => unreachable!("disconnects are handled by each shard's local side"),
         };
-        request.answer(reply);
+        // Answered through the owner's output, so it leaves once the change is durable.
+        out.push((self.shard, MeshMsg::ApiAnswer(Box::new((request, reply)))));
     }
 
     /// The owner's tick: member counts for large rooms that changed, and (every

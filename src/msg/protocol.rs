@@ -222,11 +222,14 @@ pub enum ErrorCode {
     Overloaded,
     /// `ack` for a sequence number not in the inbox history.
     UnknownSeq,
+    /// The message store's disk budget is spent: the message was not stored (and not
+    /// delivered). Retry later.
+    StorageFull,
 }
 
 impl ErrorCode {
     /// Every code, for tests and docs.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::BadRequest,
         Self::UnknownType,
         Self::TooLarge,
@@ -237,6 +240,7 @@ impl ErrorCode {
         Self::NotJoined,
         Self::Overloaded,
         Self::UnknownSeq,
+        Self::StorageFull,
     ];
 
     /// The wire name (snake_case).
@@ -252,6 +256,7 @@ impl ErrorCode {
             Self::NotJoined => "not_joined",
             Self::Overloaded => "overloaded",
             Self::UnknownSeq => "unknown_seq",
+            Self::StorageFull => "storage_full",
         }
     }
 }
@@ -1162,7 +1167,7 @@ mod tests {
             "reserved, not built"
         );
         assert_eq!(Encoding::from_subprotocol(Some("chat")), None);
-        assert_eq!(ErrorCode::ALL.len(), 10);
+        assert_eq!(ErrorCode::ALL.len(), 11);
     }
 
     /// Valid messages of every type, as mutation seeds.

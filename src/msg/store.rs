@@ -12,8 +12,14 @@
 //! opening the app wants) and counts it. Age is checked on every append and read and by
 //! [`Store::sweep`] on the owner's tick.
 //!
-//! The in-memory store is a cache: it is lost on restart, which the owner reports to
-//! clients through a new epoch.
+//! Without a journal [`MemStore`] is a cache: it is lost on restart, which the owner
+//! reports to clients through a new epoch. With one ([`MemStore::durable`], what
+//! `--store disk` builds) it stays the index the owner reads, and every change the
+//! owner makes through the trait is also encoded as a journal record
+//! ([`super::journal`]); the server persists those bytes and releases the owner's
+//! answers once they are durable ([`Store::journal_end`]). A restart loads what the
+//! journal recovered ([`MemStore::load`]) under the same limits, so sequence numbers,
+//! epochs, histories and offline queues come back.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -21,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
+use super::journal::{Encoder, RecoveredLog, WallClock};
 use super::protocol::ClientId;
-use super::{Key, MsgLimits};
+use super::{Key, MsgLimits, Position};
 use crate::proto::frame::SharedFrame;
 
 /// Which log: a user's inbox or a room.
@@ -83,17 +90,33 @@ pub struct OfflinePushed {
     pub expired: u64,
 }
 
+/// What [`Store::ack`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// The message is not in the inbox history.
+    Unknown,
+    /// It was acknowledged before (another device): nothing more to do.
+    Again,
+    /// First acknowledgement; the sender, if any, gets a receipt.
+    First(Option<Sender>),
+}
+
 /// Storage for the owner's logs and queues. Sequence numbers are the owner's: the
 /// store keeps records in the order appended (ascending `seq`) and never renumbers.
 pub trait Store {
+    /// The position `log` starts from when the owner creates its entry: what the store
+    /// recovered for it, else `fresh` (a new epoch at seq 0), which a durable store
+    /// records so that the epoch survives a restart.
+    fn start_position(&mut self, log: &LogKey, fresh: Position) -> Position;
     /// Appends `record` to `log` and trims the log to its limits; returns how many old
-    /// records were forgotten.
+    /// records were forgotten. An inbox record that [`offline_push`](Self::offline_push)
+    /// queued just before is journaled as queued.
     fn append(&mut self, log: &LogKey, record: Record, now: Instant) -> u64;
     /// Appends every record of `log` with `seq > after` to `out`, in order (after
     /// forgetting what is too old). The caller checks for a gap.
     fn read_since(&mut self, log: &LogKey, after: u64, now: Instant, out: &mut Vec<Record>);
-    /// The record `seq` of `log`, if still held.
-    fn get_mut(&mut self, log: &LogKey, seq: u64) -> Option<&mut Record>;
+    /// Marks inbox message `seq` of `user` acknowledged.
+    fn ack(&mut self, user: &Key, seq: u64) -> Acked;
     /// Sequence number of the oldest record held, if any.
     fn first_seq(&self, log: &LogKey) -> Option<u64>;
     /// Forgets `log` entirely.
@@ -109,6 +132,22 @@ pub trait Store {
     fn sweep(&mut self, now: Instant) -> Swept;
     /// Records held in all logs and queues (a gauge, and for tests).
     fn records(&self) -> usize;
+    /// Where the store's journal ends: bytes of records produced so far. Answers that
+    /// depend on a change wait until the journal is durable up to here. Always 0 for a
+    /// store without a journal.
+    fn journal_end(&self) -> u64 {
+        0
+    }
+    /// Whether new messages are refused because the store's disk budget is spent.
+    fn full(&self) -> bool {
+        false
+    }
+    /// Writes `log`'s position and every record it still holds into the journal again
+    /// (a compaction: after it, older segments hold nothing needed). No-op without a
+    /// journal.
+    fn restate(&mut self, log: &LogKey, pos: Position) {
+        let _ = (log, pos);
+    }
 }
 
 /// A bounded FIFO of records with a byte count.
@@ -158,12 +197,40 @@ impl Fifo {
     }
 }
 
-/// The in-memory [`Store`]: one `VecDeque` per log and per offline queue.
+/// The journal side of a durable [`MemStore`].
+#[derive(Debug)]
+pub struct Journal {
+    /// Records encoded and not yet handed to the writer.
+    pub encoder: Encoder,
+    /// Instants to wall-clock time and back.
+    pub clock: WallClock,
+    /// Positions recovered at start for logs the owner has not opened yet.
+    recovered: HashMap<LogKey, Position>,
+    /// Set by the writer when the disk budget is spent.
+    pub full: bool,
+}
+
+/// What [`MemStore::load`] put back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Logs with a position.
+    pub logs: u64,
+    /// History records held.
+    pub history: u64,
+    /// Offline messages queued.
+    pub offline: u64,
+    /// Records not loaded because the limits (count, bytes, age) drop them now.
+    pub trimmed: u64,
+}
+
+/// The in-memory [`Store`]: one `VecDeque` per log and per offline queue, and with a
+/// journal, the records that make it durable.
 #[derive(Debug)]
 pub struct MemStore {
     limits: MsgLimits,
     logs: HashMap<LogKey, Fifo>,
     offline: HashMap<Key, Fifo>,
+    journal: Option<Box<Journal>>,
 }
 
 impl MemStore {
@@ -173,12 +240,129 @@ impl MemStore {
             limits: limits.clone(),
             logs: HashMap::new(),
             offline: HashMap::new(),
+            journal: None,
         }
+    }
+
+    /// An empty store that journals every change, the journal starting at byte `end`
+    /// (what the log already holds) and converting times with `clock`.
+    pub fn durable(limits: &MsgLimits, end: u64, clock: WallClock) -> Self {
+        Self {
+            journal: Some(Box::new(Journal {
+                encoder: Encoder::new(end),
+                clock,
+                recovered: HashMap::new(),
+                full: false,
+            })),
+            ..Self::new(limits)
+        }
+    }
+
+    /// The journal, if this store has one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_deref()
+    }
+
+    /// The journal, if this store has one.
+    pub fn journal_mut(&mut self) -> Option<&mut Journal> {
+        self.journal.as_deref_mut()
+    }
+
+    /// Loads what recovery rebuilt, under today's limits (records that are too many,
+    /// too large or too old now are left out and counted). Call on an empty store.
+    pub fn load(&mut self, logs: Vec<RecoveredLog>, now: Instant) -> Loaded {
+        let mut loaded = Loaded::default();
+        for recovered in logs {
+            let RecoveredLog {
+                log,
+                pos,
+                records,
+                offline,
+            } = recovered;
+            loaded.logs += 1;
+            if let Some(journal) = self.journal.as_deref_mut() {
+                journal.recovered.insert(log.clone(), pos);
+            }
+            let user = match &log {
+                LogKey::Inbox(user) => Some(user.clone()),
+                LogKey::Room(_) => None,
+            };
+            let l = &self.limits;
+            let mut queue = Fifo::default();
+            let mut history = Fifo::default();
+            let mut queued = offline.iter().peekable();
+            for record in records {
+                if queued.next_if(|&&seq| seq == record.seq).is_some() {
+                    queue.push(record.clone());
+                }
+                history.push(record);
+            }
+            loaded.trimmed += history.trim_age(now, l.history_max_age)
+                + history.trim_size(l.history_max_messages, l.history_max_bytes);
+            loaded.trimmed +=
+                queue.trim_age(now, l.offline_max_age) + queue.trim_size(l.offline_max_messages, l.offline_max_bytes);
+            loaded.history += history.records.len() as u64;
+            loaded.offline += queue.records.len() as u64;
+            if !history.records.is_empty() {
+                self.logs.insert(log, history);
+            }
+            if let (Some(user), false) = (user, queue.records.is_empty()) {
+                self.offline.insert(user, queue);
+            }
+        }
+        loaded
+    }
+
+    /// Sets whether the disk budget is spent (the writer's verdict).
+    pub fn set_full(&mut self, full: bool) {
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.full = full;
+        }
+    }
+
+    /// The record `seq` of `log`, if still held (tests).
+    pub fn get_mut(&mut self, log: &LogKey, seq: u64) -> Option<&mut Record> {
+        let fifo = self.logs.get_mut(log)?;
+        let first = fifo.records.front()?.seq;
+        let record = fifo.records.get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        debug_assert_eq!(record.seq, seq);
+        Some(record)
     }
 }
 
 impl Store for MemStore {
+    fn start_position(&mut self, log: &LogKey, fresh: Position) -> Position {
+        let Some(journal) = self.journal.as_deref_mut() else {
+            return fresh;
+        };
+        match journal.recovered.remove(log) {
+            Some(pos) if pos.epoch != 0 => pos,
+            recovered => {
+                // A log whose epoch record was lost keeps its sequence numbers under a
+                // new epoch (clients holding the old one are told to resync).
+                let pos = Position {
+                    epoch: fresh.epoch,
+                    seq: recovered.map_or(fresh.seq, |p| p.seq),
+                };
+                journal.encoder.position(log, pos);
+                pos
+            }
+        }
+    }
+
     fn append(&mut self, log: &LogKey, record: Record, now: Instant) -> u64 {
+        if let Some(journal) = self.journal.as_deref_mut() {
+            let queued = match log {
+                LogKey::Inbox(user) => self
+                    .offline
+                    .get(user)
+                    .and_then(|f| f.records.back())
+                    .is_some_and(|r| r.seq == record.seq),
+                LogKey::Room(_) => false,
+            };
+            let ms = journal.clock.ms(record.at);
+            journal.encoder.message(log, &record, ms, queued);
+        }
         let l = &self.limits;
         let fifo = self.logs.entry(log.clone()).or_default();
         debug_assert!(fifo.records.back().is_none_or(|last| last.seq < record.seq));
@@ -202,12 +386,30 @@ impl Store for MemStore {
         debug_assert!(out.iter().all(|r| r.seq > after));
     }
 
-    fn get_mut(&mut self, log: &LogKey, seq: u64) -> Option<&mut Record> {
-        let fifo = self.logs.get_mut(log)?;
-        let first = fifo.records.front()?.seq;
-        let record = fifo.records.get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        debug_assert_eq!(record.seq, seq);
-        Some(record)
+    fn ack(&mut self, user: &Key, seq: u64) -> Acked {
+        let log = LogKey::Inbox(user.clone());
+        let Some(record) = self.get_mut(&log, seq) else {
+            return Acked::Unknown;
+        };
+        if record.acked {
+            return Acked::Again;
+        }
+        record.acked = true;
+        let sender = record.sender.clone();
+        // An acknowledged message leaves the offline queue too (the user has it).
+        if let Some(queue) = self.offline.get_mut(user)
+            && let Some(i) = queue.records.iter().position(|r| r.seq == seq)
+        {
+            let removed = queue.records.remove(i).expect("index found above");
+            queue.bytes -= removed.bytes();
+            if queue.records.is_empty() {
+                self.offline.remove(user);
+            }
+        }
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.encoder.ack(user, seq);
+        }
+        Acked::First(sender)
     }
 
     fn first_seq(&self, log: &LogKey) -> Option<u64> {
@@ -235,6 +437,9 @@ impl Store for MemStore {
             return 0;
         };
         let expired = fifo.trim_age(now, self.limits.offline_max_age);
+        if let (Some(journal), Some(last)) = (self.journal.as_deref_mut(), fifo.records.back()) {
+            journal.encoder.take_offline(user, last.seq);
+        }
         out.extend(fifo.records);
         expired
     }
@@ -263,6 +468,44 @@ impl Store for MemStore {
             .chain(self.offline.values())
             .map(|f| f.records.len())
             .sum()
+    }
+
+    fn journal_end(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.encoder.end())
+    }
+
+    fn full(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.full)
+    }
+
+    fn restate(&mut self, log: &LogKey, pos: Position) {
+        let Some(journal) = self.journal.as_deref_mut() else {
+            return;
+        };
+        journal.encoder.position(log, pos);
+        let history = self.logs.get(log).map(|f| &f.records);
+        let queue = match log {
+            LogKey::Inbox(user) => self.offline.get(user).map(|f| &f.records),
+            LogKey::Room(_) => None,
+        };
+        let empty = VecDeque::new();
+        let (history, queue) = (history.unwrap_or(&empty), queue.unwrap_or(&empty));
+        // Merge by seq: queued records older than the history's start are written too.
+        let (mut h, mut q) = (history.iter().peekable(), queue.iter().peekable());
+        loop {
+            let (record, queued) = match (h.peek(), q.peek()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if a.seq == b.seq => {
+                    q.next();
+                    (h.next().expect("peeked"), true)
+                }
+                (Some(a), Some(b)) if b.seq < a.seq => (q.next().expect("peeked"), true),
+                (Some(_), _) => (h.next().expect("peeked"), false),
+                (None, Some(_)) => (q.next().expect("peeked"), true),
+            };
+            let ms = journal.clock.ms(record.at);
+            journal.encoder.message(log, record, ms, queued);
+        }
     }
 }
 

@@ -32,6 +32,7 @@
 //! reproduces the stall in seconds with a 10 µs timer on one core.
 
 pub mod admission;
+pub mod journal;
 pub mod ring;
 mod shard;
 pub mod watchdog;
@@ -91,6 +92,10 @@ pub struct Server {
     /// Stops the watchdog once the shards have ended.
     watchdog_stop: Arc<std::sync::atomic::AtomicBool>,
     watchdog: Option<JoinHandle<()>>,
+    /// What each shard's recovery read (disk store only).
+    recovery: Vec<journal::RecoveryReport>,
+    /// The data directory's lock, held while the shards run.
+    _data_dir_lock: Option<journal::DataDirLock>,
 }
 
 /// The backend API's way to the shards: a request goes into the shard's inbox as
@@ -208,6 +213,13 @@ impl Server {
             }
             _ => ((0..cfg.shards).map(|_| None).collect::<Vec<_>>(), None),
         };
+        let disk = !cfg.echo && cfg.store == crate::config::StoreKind::Disk;
+        let data_dir = if disk {
+            Some(journal::prepare(&cfg).map_err(io::Error::other)?)
+        } else {
+            None
+        };
+        let mut recovery = Vec::new();
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let edge = Arc::new(Edge::new(cfg.edge.clone()));
@@ -250,26 +262,45 @@ impl Server {
                         }
                     };
                     executor.run(async move {
-                        let (mut shard, bell) = match Shard::new(id, shared, listener, shard_tls) {
+                        let recovered = if disk {
+                            match journal::recover(&cfg, id, &cfg.msg) {
+                                Ok(recovered) => Some(recovered),
+                                Err(e) => {
+                                    let _ = tx.send(Err(io::Error::other(format!("shard {id}: recovery: {e}"))));
+                                    return;
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        let (store, writer, report) = match recovered {
+                            Some(r) => (Some(r.store), Some(r.writer), Some(r.report)),
+                            None => (None, None, None),
+                        };
+                        let (mut shard, bell) = match Shard::new(id, shared, listener, shard_tls, store) {
                             Ok(made) => made,
                             Err(e) => {
                                 let _ = tx.send(Err(e));
                                 return;
                             }
                         };
-                        let _ = tx.send(Ok(shard.handle()));
+                        if let Some(writer) = &writer {
+                            shard.attach_journal(writer.signal(), writer.stats());
+                        }
+                        let _ = tx.send(Ok((shard.handle(), report)));
                         match mesh_rx.recv() {
                             Ok(endpoint) => shard.attach_mesh(endpoint),
                             // Another shard failed to start: the server is not coming up.
                             Err(_) => return,
                         }
-                        run_shard(shard, bell, cfg).await;
+                        run_shard(shard, bell, cfg, writer).await;
                     });
                 })?;
-            let handle = rx
+            let (handle, report) = rx
                 .recv()
                 .map_err(|_| io::Error::other(format!("shard {id} died while starting")))??;
             handles.push(handle);
+            recovery.extend(report);
             threads.push(thread);
         }
         peers
@@ -295,7 +326,14 @@ impl Server {
             threads,
             watchdog_stop,
             watchdog: Some(watchdog),
+            recovery,
+            _data_dir_lock: data_dir,
         })
+    }
+
+    /// What each shard's recovery read at start (empty without the disk store).
+    pub fn recovery(&self) -> &[journal::RecoveryReport] {
+        &self.recovery
     }
 
     /// The address the shards listen on (with the real port when 0 was asked for).
@@ -341,12 +379,18 @@ impl Server {
     }
 }
 
-/// The shard's two tasks: the waker loop (doorbell) and the ticker (timer wheel).
-async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
+/// The shard's tasks: the waker loop (doorbell), the ticker (timer wheel) and, with the
+/// disk store, the journal writer, which outlives the other two long enough to write
+/// what the shard's last turns encoded.
+async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>, writer: Option<journal::Writer>) {
     let handle = shard.handle();
     // SAFETY: gettid has no preconditions.
     handle.set_tid(unsafe { libc::gettid() });
     let shard = Rc::new(RefCell::new(shard));
+    let journal = writer.map(|writer| {
+        let signal = writer.signal();
+        (signal, glommio::spawn_local(writer.run(shard.clone())))
+    });
     let ticker = {
         let shard = shard.clone();
         let handle = handle.clone();
@@ -382,6 +426,10 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>) {
     // The shard is finished when either task sees it finish; the other is dropped
     // (cancelled) with it.
     futures_lite::future::or(ticker, waker).await;
+    if let Some((signal, writer)) = journal {
+        signal.stop();
+        writer.await;
+    }
     handle.finish();
 }
 

@@ -37,6 +37,8 @@ impl TestServer {
             max_connections: 1000,
             echo: true,
             tick: Duration::from_millis(20),
+            // Tests that need the disk store set it with their own data directory.
+            store: crate::config::StoreKind::Memory,
             ..Config::default()
         };
         cfg.auth.mode = AuthMode::None;

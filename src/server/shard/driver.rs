@@ -110,6 +110,20 @@ impl Shard {
     }
 
     pub(super) fn end_turn(&mut self) -> ShardState {
+        self.flush_turn();
+        match &self.drain {
+            Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
+                self.abort_all();
+                self.publish_metrics();
+                ShardState::Finished
+            }
+            _ => ShardState::Running,
+        }
+    }
+
+    /// The output of a turn: messaging output into send queues, dirty connections
+    /// flushed, the journal's writer signalled, the ring submitted.
+    pub(super) fn flush_turn(&mut self) {
         self.flush_messaging();
         let dirty = std::mem::take(&mut self.dirty);
         for entry in &dirty {
@@ -127,16 +141,9 @@ impl Shard {
             // Deferred reads: come back after the executor has run other tasks.
             self.handle.bell.ring();
         }
+        self.signal_journal();
         if let Err(e) = self.ring.submit() {
             eprintln!("shard {}: io_uring submit failed: {e}", self.id);
-        }
-        match &self.drain {
-            Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
-                self.abort_all();
-                self.publish_metrics();
-                ShardState::Finished
-            }
-            _ => ShardState::Running,
         }
     }
 
@@ -287,7 +294,27 @@ impl Shard {
         self.metrics.queued_bytes = self.queued_total as u64;
         self.metrics.watchdog_wakes = self.handle.watchdog_wakes.load(Ordering::Relaxed);
         self.metrics.commands_refused = self.handle.commands_refused();
+        if let Some(stats) = &self.journal_stats {
+            let stats = stats.borrow();
+            let m = &mut self.metrics.journal;
+            m.bytes_written = stats.bytes_written;
+            m.writes = stats.writes;
+            m.fsync_seconds.clone_from(&stats.fsync_seconds);
+            m.write_errors = stats.write_errors;
+            m.compactions = stats.compactions;
+            m.segments = stats.segments;
+            m.disk_bytes = stats.disk_bytes;
+            m.full = u64::from(stats.full);
+            m.recovered_records = stats.recovery.read.records;
+            m.recovered_bytes = stats.recovery.read.bytes;
+            m.recovery_cut_bytes = stats.recovery.read.cut_bytes;
+            m.recovery_millis = stats.recovery.elapsed.as_millis() as u64;
+        }
         if let Some(msg) = &self.msg {
+            self.metrics.journal.held = msg.held() as u64;
+            if let Some(journal) = msg.owner().store().journal() {
+                self.metrics.journal.records_written = journal.encoder.records();
+            }
             self.metrics.msg.clone_from(msg.metrics());
             self.metrics.msg_users = msg.hub().users() as u64;
             self.metrics.msg_rooms = msg.hub().rooms() as u64;

@@ -39,12 +39,14 @@
 //! | `frames.rs` | WebSocket frames through the state machine, and the hand-off to messaging |
 //! | `send.rs` | send queues, the slow-consumer policy, flushing (plain and TLS) |
 //! | `close.rs` | leaving the open set, eviction, linger, freeing a slot, drain |
+//! | `journal.rs` | the disk store's hand-off: records to the writer task, durable answers released |
 
 mod accept;
 mod close;
 mod driver;
 mod frames;
 mod handle;
+mod journal;
 mod read;
 mod send;
 mod slot;
@@ -67,6 +69,7 @@ use crate::metrics::{Registry, ShardMetrics};
 use crate::msg::core::MsgShard;
 use crate::msg::mesh::{Endpoint, MeshMsg};
 use crate::msg::protocol;
+use crate::msg::store::MemStore;
 use crate::proto::frame::{OpCode, SharedFrame};
 use crate::proto::handshake::HandshakeConfig;
 use crate::tls::TlsContext;
@@ -130,6 +133,9 @@ pub struct Shard {
     peers: Peers,
     /// Messaging (`None` in echo mode): this shard's owner and local sides.
     msg: Option<MsgShard>,
+    /// The journal writer's signal and counters (disk store only).
+    journal: Option<std::rc::Rc<crate::server::journal::Signal>>,
+    journal_stats: Option<std::rc::Rc<std::cell::RefCell<crate::server::journal::JournalStats>>>,
     /// This shard's ends of the rings to and from every other shard.
     mesh: Option<Endpoint<MeshMsg>>,
     /// The per-connection message rate limit, if on.
@@ -212,6 +218,7 @@ impl Shard {
         shared: Shared,
         listener: OwnedFd,
         tls: Option<(OwnedFd, Arc<TlsContext>)>,
+        store: Option<MemStore>,
     ) -> std::io::Result<(Self, OwnedFd)> {
         let Shared {
             cfg,
@@ -247,13 +254,16 @@ impl Shard {
                 let seed = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64);
-                MsgShard::new(
+                MsgShard::with_store(
                     id as u16,
                     cfg.shards,
                     &cfg.msg,
+                    store.unwrap_or_else(|| MemStore::new(&cfg.msg)),
                     seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 )
             }),
+            journal: None,
+            journal_stats: None,
             mesh: None,
             ring,
             handle,

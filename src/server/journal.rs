@@ -1,0 +1,625 @@
+//! The disk store's files: the data directory, each shard's segment files, recovery at
+//! start and the writer task that makes the owner's journal durable.
+//!
+//! In: at start, the data directory (`prepare`: created, locked, its shard count
+//! checked) and each shard's segments (`recover`: read, torn tails cut, the store
+//! rebuilt). While running, the bytes the shard's store encoded
+//! (`msg::journal::Encoder`), taken by the writer task at the end of a batch. Out:
+//! appends to the current segment through glommio's io_uring file I/O (the shard thread
+//! never blocks in a write or a sync), `fdatasync` per the `fsync` policy, then
+//! `Shard::on_durable`, which releases the acks, deliveries and API answers that waited
+//! for those records.
+//!
+//! # Files
+//!
+//! ```text
+//! DATA_DIR/wsgate.meta          "wsgate-data 1\nshards N\n": the layout and shard count
+//! DATA_DIR/wsgate.lock          flock(2)ed by the running process
+//! DATA_DIR/shard-00003/00000000000000000042.wal   segment 42 of shard 3
+//! ```
+//!
+//! A segment holds whole records (a batch never straddles two files), so each is read
+//! on its own at recovery. The shard count is fixed per data directory: a user's owner
+//! is `hash(user) % shards`, so records written by 4 shards are in the wrong place for
+//! 2. A run with another count is refused at start with a message that says so (moving
+//! records between owners would be a migration tool of its own; not built).
+//!
+//! # Compaction
+//!
+//! The store in memory holds everything still needed (histories under their limits,
+//! offline queues, positions), so a compaction needs no reading: when the segments hold
+//! more than twice what the last compaction wrote plus one segment, the writer starts a
+//! new segment, asks the owner to restate its state into the journal
+//! (`Owner::restate_all`), and once that is durable deletes every older segment. The
+//! restatement is encoded in one go on the shard thread (time proportional to the live
+//! data: about 1 ms per 10 MB here); disk use stays under about twice the live data plus
+//! two segments, and `data_max_bytes` caps it: at the shard's share, new messages are
+//! refused (`storage_full`) until a compaction brings it back under 90%.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{Config, FsyncPolicy};
+use crate::msg::MsgLimits;
+use crate::msg::journal::{Read, Recovery, WallClock};
+use crate::msg::store::{Loaded, MemStore};
+
+/// The first line of `wsgate.meta`: the layout version.
+const META_MAGIC: &str = "wsgate-data 1";
+/// How long the writer waits before retrying a failed write or sync.
+const WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Below this share of its budget a full shard accepts messages again.
+const FULL_CLEAR_RATIO: f64 = 0.9;
+
+/// The locked data directory; unlocked when dropped (at exit).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Creates (if needed), locks and checks the data directory for `cfg.shards` shards.
+pub fn prepare(cfg: &Config) -> Result<DataDirLock, String> {
+    let dir = &cfg.data_dir.0;
+    let shown = dir.display();
+    fs::create_dir_all(dir).map_err(|e| format!("data_dir {shown}: cannot create it: {e}"))?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("wsgate.lock"))
+        .map_err(|e| format!("data_dir {shown}: cannot open wsgate.lock: {e}"))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data_dir {shown} is in use by another wsgate process (wsgate.lock is locked); \
+             give each process its own --data-dir"
+        ));
+    }
+    let meta = dir.join("wsgate.meta");
+    match fs::read_to_string(&meta) {
+        Ok(text) => {
+            let shards = parse_meta(&text)
+                .ok_or_else(|| format!("data_dir {shown}: wsgate.meta is not a wsgate data directory's ({text:?})"))?;
+            if shards != cfg.shards {
+                return Err(format!(
+                    "data_dir {shown} was written by {shards} shards and this run has {}: every user and \
+                     room is owned by hash % shards, so the records would be in the wrong place. Start with \
+                     --shards {shards}, or give this run another --data-dir",
+                    cfg.shards
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            write_atomically(&meta, format!("{META_MAGIC}\nshards {}\n", cfg.shards).as_bytes())
+                .map_err(|e| format!("data_dir {shown}: cannot write wsgate.meta: {e}"))?;
+        }
+        Err(e) => return Err(format!("data_dir {shown}: cannot read wsgate.meta: {e}")),
+    }
+    for shard in 0..cfg.shards {
+        let sub = shard_dir(dir, shard);
+        fs::create_dir_all(&sub).map_err(|e| format!("data_dir {}: {e}", sub.display()))?;
+    }
+    Ok(DataDirLock { _file: lock })
+}
+
+fn parse_meta(text: &str) -> Option<usize> {
+    let mut lines = text.lines();
+    (lines.next()? == META_MAGIC).then_some(())?;
+    lines.next()?.strip_prefix("shards ")?.parse().ok()
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// The directory of shard `shard`'s segments.
+pub fn shard_dir(data_dir: &Path, shard: usize) -> PathBuf {
+    data_dir.join(format!("shard-{shard:05}"))
+}
+
+fn segment_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{index:020}.wal"))
+}
+
+/// One segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    index: u64,
+    bytes: u64,
+}
+
+/// What a shard's recovery found, for the start-up report and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments read.
+    pub segments: u64,
+    /// What was read and cut.
+    pub read: Read,
+    /// What the store holds afterwards.
+    pub loaded: Loaded,
+    /// How long reading and rebuilding took.
+    pub elapsed: Duration,
+}
+
+/// A shard's store rebuilt from its segments, and the writer that continues them.
+pub struct Recovered {
+    /// The store with its journal, holding what the segments held.
+    pub store: MemStore,
+    /// The writer for the shard's task.
+    pub writer: Writer,
+    /// What was read.
+    pub report: RecoveryReport,
+}
+
+/// Reads shard `shard`'s segments (synchronously: the shard is not serving yet),
+/// cuts each damaged tail (truncating the file there), and rebuilds the store.
+pub fn recover(cfg: &Config, shard: usize, limits: &MsgLimits) -> io::Result<Recovered> {
+    let started = Instant::now();
+    let dir = shard_dir(&cfg.data_dir.0, shard);
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(index) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        segments.push(Segment { index, bytes: 0 });
+    }
+    segments.sort_by_key(|s| s.index);
+    let mut recovery = Recovery::new();
+    for segment in &mut segments {
+        let path = segment_path(&dir, segment.index);
+        let bytes = fs::read(&path)?;
+        let good = recovery.feed(&bytes);
+        if good < bytes.len() {
+            // A torn or corrupt tail: cut it so appends continue from whole records.
+            let file = fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+        segment.bytes = good as u64;
+    }
+    let now = Instant::now();
+    let clock = WallClock::new(now, SystemTime::now());
+    let (logs, read) = recovery.finish(&clock);
+    let end: u64 = segments.iter().map(|s| s.bytes).sum();
+    let mut store = MemStore::durable(limits, end, clock);
+    let loaded = store.load(logs, now);
+    let report = RecoveryReport {
+        segments: segments.len() as u64,
+        read,
+        loaded,
+        elapsed: started.elapsed(),
+    };
+    let budget = cfg.data_max_bytes / cfg.shards as u64;
+    let writer = Writer {
+        dir,
+        segments: segments.into(),
+        file: None,
+        fsync: cfg.fsync,
+        window: cfg.fsync_window,
+        segment_bytes: cfg.segment_bytes,
+        budget,
+        live_bytes: 0,
+        compaction: None,
+        signal: Rc::new(Signal::default()),
+        stats: Rc::new(RefCell::new(JournalStats::default())),
+    };
+    writer.stats.borrow_mut().recovery = report;
+    Ok(Recovered { store, writer, report })
+}
+
+/// The start-up report's line about the store: where it is, the fsync policy, and
+/// what recovery read and how long it took (summed over the shards; the slowest shard's
+/// time, since they recover in parallel).
+pub fn describe(cfg: &Config, reports: &[RecoveryReport]) -> String {
+    if cfg.store == crate::config::StoreKind::Memory {
+        return "message store: memory (--store memory): nothing survives a restart".to_owned();
+    }
+    let mut read = Read::default();
+    let mut loaded = Loaded::default();
+    let mut segments = 0;
+    let mut slowest = Duration::ZERO;
+    for r in reports {
+        segments += r.segments;
+        read.records += r.read.records;
+        read.bytes += r.read.bytes;
+        read.cut_segments += r.read.cut_segments;
+        read.cut_bytes += r.read.cut_bytes;
+        loaded.logs += r.loaded.logs;
+        loaded.history += r.loaded.history;
+        loaded.offline += r.loaded.offline;
+        slowest = slowest.max(r.elapsed);
+    }
+    let window = match cfg.fsync {
+        FsyncPolicy::Batch => format!(" (window {:?})", cfg.fsync_window),
+        _ => String::new(),
+    };
+    let mut line = format!(
+        "message store: disk at {} (fsync {}{window}); recovered {} records ({}) from {segments} segments in {:?}: {} logs, {} history messages, {} offline",
+        cfg.data_dir,
+        cfg.fsync,
+        read.records,
+        crate::units::human_bytes(read.bytes as f64, 1),
+        slowest,
+        loaded.logs,
+        loaded.history,
+        loaded.offline,
+    );
+    if read.cut_segments > 0 {
+        line.push_str(&format!(
+            "; cut {} damaged bytes at the tail of {} segments",
+            read.cut_bytes, read.cut_segments
+        ));
+    }
+    line
+}
+
+/// Wakes the writer task when the shard has encoded records, or when it must stop.
+#[derive(Debug, Default)]
+pub struct Signal {
+    raised: Cell<bool>,
+    stop: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    /// Records are waiting (cheap when already raised).
+    pub fn raise(&self) {
+        if !self.raised.replace(true)
+            && let Some(waker) = self.waker.borrow_mut().take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// The shard is done: write what is left and end.
+    pub fn stop(&self) {
+        self.stop.set(true);
+        self.raised.set(false);
+        self.raise();
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.raised.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Counters of one shard's journal, published with the shard's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct JournalStats {
+    /// Bytes written to segments.
+    pub bytes_written: u64,
+    /// Writes (each a batch of whole records).
+    pub writes: u64,
+    /// `fdatasync` latencies (and count).
+    pub fsync_seconds: crate::metrics::Histogram,
+    /// Failed writes or syncs (each retried).
+    pub write_errors: u64,
+    /// Compactions finished.
+    pub compactions: u64,
+    /// Segment files now.
+    pub segments: u64,
+    /// Bytes in segment files now.
+    pub disk_bytes: u64,
+    /// Whether new messages are refused (the budget is spent).
+    pub full: bool,
+    /// What recovery found at start.
+    pub recovery: RecoveryReport,
+}
+
+/// A compaction in progress: the restatement ends at `end`; segments before `first_kept`
+/// go once it is durable.
+#[derive(Clone, Copy, Debug)]
+struct Compaction {
+    first_kept: u64,
+    end: u64,
+}
+
+/// What the writer asks of the shard: the seam between the writer task and
+/// `server::shard` (the shard implements it; tests can drive the writer without one).
+pub trait JournalSource {
+    /// Takes the records encoded so far: their bytes and the journal position after
+    /// them, `None` if there are none.
+    fn take_journal(&mut self) -> Option<(Vec<u8>, u64)>;
+    /// Restates the owner's whole state into the journal (a compaction) and takes it:
+    /// the bytes before the restatement, then the restatement, and the end position.
+    fn restate_journal(&mut self) -> (Vec<u8>, Vec<u8>, u64);
+    /// The journal is durable up to `upto`.
+    fn on_durable(&mut self, upto: u64);
+    /// The budget is spent (`true`) or available again.
+    fn set_store_full(&mut self, full: bool);
+}
+
+/// The writer of one shard's journal: run by [`Writer::run`] as a task on the shard's
+/// executor.
+pub struct Writer {
+    dir: PathBuf,
+    segments: std::collections::VecDeque<Segment>,
+    file: Option<glommio::io::BufferedFile>,
+    fsync: FsyncPolicy,
+    window: Duration,
+    segment_bytes: u64,
+    budget: u64,
+    /// Bytes the last compaction wrote (what is live); 0 before the first.
+    live_bytes: u64,
+    compaction: Option<Compaction>,
+    signal: Rc<Signal>,
+    stats: Rc<RefCell<JournalStats>>,
+}
+
+impl Writer {
+    /// What the shard raises when it has encoded records.
+    pub fn signal(&self) -> Rc<Signal> {
+        self.signal.clone()
+    }
+
+    /// The counters the shard publishes.
+    pub fn stats(&self) -> Rc<RefCell<JournalStats>> {
+        self.stats.clone()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Writes the shard's records as they come until the shard stops, then what is left.
+    pub async fn run<S: JournalSource>(mut self, source: Rc<RefCell<S>>) {
+        self.publish();
+        loop {
+            self.signal.wait().await;
+            if self.fsync == FsyncPolicy::Batch && !self.window.is_zero() && !self.signal.stop.get() {
+                // Group commit: records of the next `window` share this write and sync.
+                glommio::timer::sleep(self.window).await;
+            }
+            let taken = source.borrow_mut().take_journal();
+            if let Some((bytes, end)) = taken {
+                self.write(&bytes).await;
+                self.sync().await;
+                source.borrow_mut().on_durable(end);
+                self.after_write(&source).await;
+            }
+            if self.signal.stop.get() {
+                // The shard finished: nothing more can be encoded.
+                if let Some((bytes, end)) = source.borrow_mut().take_journal() {
+                    self.write(&bytes).await;
+                    self.sync().await;
+                    let _ = end;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Compaction, deletion of restated segments and the budget, after a write.
+    async fn after_write<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>) {
+        if let Some(compaction) = self.compaction.take() {
+            // The restatement was in this write or an earlier one: it is durable now.
+            while self.segments.front().is_some_and(|s| s.index < compaction.first_kept) {
+                let old = self.segments.pop_front().expect("front checked");
+                if let Err(e) = glommio::io::remove(segment_path(&self.dir, old.index)).await {
+                    eprintln!(
+                        "journal {}: cannot delete segment {}: {e}",
+                        self.dir.display(),
+                        old.index
+                    );
+                }
+            }
+            let _ = compaction.end;
+            self.stats.borrow_mut().compactions += 1;
+        }
+        let disk = self.disk_bytes();
+        if disk > 2 * self.live_bytes + self.segment_bytes && self.segments.len() > 1 {
+            let (before, restated, end) = source.borrow_mut().restate_journal();
+            if !before.is_empty() {
+                self.write(&before).await;
+            }
+            self.roll().await;
+            let first_kept = self.segments.back().map_or(0, |s| s.index);
+            self.live_bytes = restated.len() as u64;
+            self.write(&restated).await;
+            self.sync().await;
+            source.borrow_mut().on_durable(end);
+            self.compaction = Some(Compaction { first_kept, end });
+            // Delete now rather than after the next write: the restatement is durable.
+            Box::pin(self.after_write(source)).await;
+            return;
+        }
+        let mut stats = self.stats.borrow_mut();
+        let full = if stats.full {
+            disk as f64 >= self.budget as f64 * FULL_CLEAR_RATIO
+        } else {
+            disk >= self.budget
+        };
+        if full != stats.full {
+            stats.full = full;
+            drop(stats);
+            source.borrow_mut().set_store_full(full);
+        } else {
+            drop(stats);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let mut stats = self.stats.borrow_mut();
+        stats.segments = self.segments.len() as u64;
+        stats.disk_bytes = self.disk_bytes();
+    }
+
+    /// Starts a new segment file (and makes its name durable in the directory).
+    async fn roll(&mut self) {
+        let index = self.segments.back().map_or(0, |s| s.index + 1);
+        loop {
+            match glommio::io::BufferedFile::create(segment_path(&self.dir, index)).await {
+                Ok(file) => {
+                    if let Some(old) = self.file.replace(file) {
+                        let _ = old.close().await;
+                    }
+                    self.segments.push_back(Segment { index, bytes: 0 });
+                    self.sync_dir().await;
+                    return;
+                }
+                Err(e) => self.failed("create a segment", &e).await,
+            }
+        }
+    }
+
+    async fn sync_dir(&self) {
+        match glommio::io::Directory::open(&self.dir).await {
+            Ok(dir) => {
+                let _ = dir.sync().await;
+                let _ = dir.close().await;
+            }
+            Err(e) => eprintln!("journal {}: cannot sync the directory: {e}", self.dir.display()),
+        }
+    }
+
+    /// Opens the last segment for appending, or starts the first.
+    async fn current(&mut self) {
+        if self.file.is_some() {
+            return;
+        }
+        let Some(last) = self.segments.back().copied() else {
+            return self.roll().await;
+        };
+        loop {
+            let opened = glommio::io::OpenOptions::new()
+                .write(true)
+                .buffered_open(segment_path(&self.dir, last.index))
+                .await;
+            match opened {
+                Ok(file) => {
+                    self.file = Some(file);
+                    return;
+                }
+                Err(e) => self.failed("open the last segment", &e).await,
+            }
+        }
+    }
+
+    /// Appends `bytes` (whole records) to the current segment, starting a new one first
+    /// if they would overflow it. Retries until it succeeds: the records' answers wait.
+    async fn write(&mut self, bytes: &[u8]) {
+        self.current().await;
+        let last = self.segments.back().expect("current() made one").bytes;
+        if last > 0 && last + bytes.len() as u64 > self.segment_bytes {
+            self.roll().await;
+        }
+        let mut written = 0;
+        while written < bytes.len() {
+            let segment = self.segments.back_mut().expect("current() made one");
+            let file = self.file.as_ref().expect("current() opened one");
+            // `write_at` takes its buffer by value: a copy, small next to the sync.
+            match file.write_at(bytes[written..].to_vec(), segment.bytes).await {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "wrote nothing");
+                    self.failed("write", &glommio::GlommioError::<()>::IoError(e)).await;
+                }
+                Ok(n) => {
+                    written += n;
+                    segment.bytes += n as u64;
+                    self.stats.borrow_mut().bytes_written += n as u64;
+                }
+                Err(e) => self.failed("write", &e).await,
+            }
+        }
+        self.stats.borrow_mut().writes += 1;
+    }
+
+    async fn sync(&mut self) {
+        if self.fsync == FsyncPolicy::Never {
+            return;
+        }
+        loop {
+            let file = self.file.as_ref().expect("a write opened one");
+            let started = Instant::now();
+            match file.fdatasync().await {
+                Ok(()) => {
+                    self.stats.borrow_mut().fsync_seconds.observe(started.elapsed());
+                    return;
+                }
+                Err(e) => self.failed("sync", &e).await,
+            }
+        }
+    }
+
+    async fn failed<T>(&self, what: &str, e: &glommio::GlommioError<T>) {
+        self.stats.borrow_mut().write_errors += 1;
+        eprintln!(
+            "journal {}: cannot {what} ({e}); retrying in {WRITE_RETRY:?}, acks wait",
+            self.dir.display()
+        );
+        glommio::timer::sleep(WRITE_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_names_the_layout_and_the_shard_count() {
+        assert_eq!(parse_meta("wsgate-data 1\nshards 4\n"), Some(4));
+        assert_eq!(parse_meta("wsgate-data 2\nshards 4\n"), None);
+        assert_eq!(parse_meta("shards 4\n"), None);
+        assert_eq!(parse_meta(""), None);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wsgate-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_data_dir_is_locked_and_keeps_its_shard_count() {
+        let dir = temp_dir("prepare");
+        let cfg = Config {
+            shards: 2,
+            data_dir: crate::config::DataDir(dir.clone()),
+            ..Config::default()
+        };
+        let lock = prepare(&cfg).unwrap();
+        assert!(dir.join("shard-00001").is_dir());
+        let busy = prepare(&cfg).unwrap_err();
+        assert!(busy.contains("in use by another wsgate process"), "{busy}");
+        drop(lock);
+        let other = Config {
+            shards: 3,
+            ..cfg.clone()
+        };
+        let refused = prepare(&other).unwrap_err();
+        assert!(
+            refused.contains("written by 2 shards") && refused.contains("--shards 2"),
+            "{refused}"
+        );
+        drop(prepare(&cfg).unwrap());
+        fs::write(dir.join("wsgate.meta"), "something else").unwrap();
+        assert!(prepare(&cfg).unwrap_err().contains("not a wsgate data directory"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
