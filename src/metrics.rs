@@ -1182,6 +1182,66 @@ wsgate_msg_protocol_closes_total{shard="0"} 0
 # HELP wsgate_msg_client_errors_total Error messages sent to clients, by code.
 # TYPE wsgate_msg_client_errors_total counter
 wsgate_msg_client_errors_total{shard="0",code="too_large"} 2
+# HELP wsgate_msg_storage_full_refusals_total Sends and publishes refused with storage_full (the disk store's budget was spent).
+# TYPE wsgate_msg_storage_full_refusals_total counter
+wsgate_msg_storage_full_refusals_total{shard="0"} 0
+# HELP wsgate_journal_written_bytes_total Bytes appended to the disk store's journal segments.
+# TYPE wsgate_journal_written_bytes_total counter
+wsgate_journal_written_bytes_total{shard="0"} 0
+# HELP wsgate_journal_records_total Journal records encoded (messages, positions, acks, offline takes).
+# TYPE wsgate_journal_records_total counter
+wsgate_journal_records_total{shard="0"} 0
+# HELP wsgate_journal_writes_total Journal writes, each a batch of whole records.
+# TYPE wsgate_journal_writes_total counter
+wsgate_journal_writes_total{shard="0"} 0
+# HELP wsgate_journal_fsync_seconds Time of each fdatasync of the journal.
+# TYPE wsgate_journal_fsync_seconds histogram
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.00005"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.0001"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.00025"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.0005"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.001"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.002"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.005"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.01"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.025"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.05"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.1"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="0.25"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="1"} 0
+wsgate_journal_fsync_seconds_bucket{shard="0",le="+Inf"} 0
+wsgate_journal_fsync_seconds_sum{shard="0"} 0
+wsgate_journal_fsync_seconds_count{shard="0"} 0
+# HELP wsgate_journal_write_errors_total Failed journal writes or syncs (retried; the acks they cover wait).
+# TYPE wsgate_journal_write_errors_total counter
+wsgate_journal_write_errors_total{shard="0"} 0
+# HELP wsgate_journal_compactions_total Journal compactions finished (state restated, older segments deleted).
+# TYPE wsgate_journal_compactions_total counter
+wsgate_journal_compactions_total{shard="0"} 0
+# HELP wsgate_journal_segments Journal segment files.
+# TYPE wsgate_journal_segments gauge
+wsgate_journal_segments{shard="0"} 0
+# HELP wsgate_journal_disk_bytes Bytes in journal segment files.
+# TYPE wsgate_journal_disk_bytes gauge
+wsgate_journal_disk_bytes{shard="0"} 0
+# HELP wsgate_journal_full 1 while new messages are refused because the disk budget is spent.
+# TYPE wsgate_journal_full gauge
+wsgate_journal_full{shard="0"} 0
+# HELP wsgate_journal_held Answers (acks, deliveries, API replies) waiting for the journal to be durable.
+# TYPE wsgate_journal_held gauge
+wsgate_journal_held{shard="0"} 0
+# HELP wsgate_journal_recovered_records Records read intact from the journal at start.
+# TYPE wsgate_journal_recovered_records gauge
+wsgate_journal_recovered_records{shard="0"} 0
+# HELP wsgate_journal_recovered_bytes Bytes read intact from the journal at start.
+# TYPE wsgate_journal_recovered_bytes gauge
+wsgate_journal_recovered_bytes{shard="0"} 0
+# HELP wsgate_journal_recovery_cut_bytes Bytes cut at start from torn or corrupt journal segment tails.
+# TYPE wsgate_journal_recovery_cut_bytes gauge
+wsgate_journal_recovery_cut_bytes{shard="0"} 0
+# HELP wsgate_journal_recovery_milliseconds How long the start-up recovery of the journal took.
+# TYPE wsgate_journal_recovery_milliseconds gauge
+wsgate_journal_recovery_milliseconds{shard="0"} 0
 # HELP wsgate_tls_sessions Connections on the TLS listener now (handshaking, open or closing).
 # TYPE wsgate_tls_sessions gauge
 wsgate_tls_sessions{shard="0"} 3
