@@ -678,6 +678,18 @@ options! {
         Dur(MESH_RING_FULL_WAIT_RANGE), "DURATION", "Messaging",
         "How long a data message waits for room in a full cross-shard ring before it is shed and counted \
         (the sender gets error overloaded)";
+
+    /// Which diagnostics reach stderr: a level, or `target=level` directives with at most
+    /// one bare level (see [`crate::logging::LogFilter`]). Output (a minted token, a
+    /// bench report) is not a diagnostic and always goes to stdout.
+    log_level: crate::logging::LogFilter = crate::logging::LogFilter::default(),
+        Parsed, "LEVEL", "Logging",
+        "error, warn, info, debug or trace; or directives with at most one bare level (wsgate::server=debug,info)";
+    /// How events are written to stderr: `text` for people, `json` (one object per line)
+    /// for log shippers.
+    log_format: crate::logging::LogFormat = crate::logging::LogFormat::Text,
+        Parsed, "text|json", "Logging",
+        "text for people, json for log shippers (one object per line); both on stderr";
 }
 
 /// CPUs this process may run on (its affinity mask, cgroup quota aside), at least 1.
@@ -1069,16 +1081,23 @@ impl ConfigError {
         matches!(self, Self::Cli(e) if !e.use_stderr())
     }
 
-    /// Prints the message where it belongs (help and version to stdout, errors to
-    /// stderr, prefixed `wsgate:`) and exits with [`ConfigError::exit_code`].
+    /// Prints the message where it belongs and exits with [`ConfigError::exit_code`]:
+    /// clap prints help and version to stdout and usage errors to stderr; any other
+    /// error is logged ([`ConfigError::log`]), so the subscriber must be installed.
     pub fn exit(&self) -> ! {
         match self {
             Self::Cli(e) => e.exit(),
             other => {
-                eprintln!("wsgate: {other}");
+                other.log();
                 std::process::exit(other.exit_code())
             }
         }
+    }
+
+    /// Logs this error as one `cannot load the configuration` event (its text never holds a
+    /// secret: a refused key or secret is described, not quoted).
+    pub fn log(&self) {
+        tracing::error!(error = %self, "cannot load the configuration");
     }
 }
 
@@ -2303,6 +2322,42 @@ mod tests {
         assert!(err.contains(&bad_path) && !err.contains("tiny\""), "{err}");
         let missing = serve(&["--api-key-file", "/nonexistent/wsgate-key"], &no_env).unwrap();
         assert!(missing.load_api_key().is_err());
+    }
+
+    #[test]
+    fn log_options_from_each_source_checked_with_a_clear_error() {
+        use crate::logging::{LogFilter, LogFormat};
+        let defaults = serve(&[], &no_env).unwrap();
+        assert_eq!(
+            (defaults.log_level.to_string(), defaults.log_format),
+            ("info".to_owned(), LogFormat::Text)
+        );
+        let flags = serve(&["--log-level", "debug", "--log-format", "json"], &no_env).unwrap();
+        assert_eq!(flags.log_level, "debug".parse::<LogFilter>().unwrap());
+        assert_eq!(flags.log_format, LogFormat::Json);
+        let env = env_of(&[
+            ("WSGATE_LOG_LEVEL", "wsgate::server=trace,warn"),
+            ("WSGATE_LOG_FORMAT", "json"),
+        ]);
+        let from_env = serve(&[], &env).unwrap();
+        assert_eq!(from_env.log_level.to_string(), "wsgate::server=trace,warn");
+        assert_eq!(from_env.log_format, LogFormat::Json);
+        let file = TempFile::new("log_level = \"error\"\nlog_format = \"json\"\n");
+        let from_file = serve(&[&file.arg()], &no_env).unwrap();
+        assert_eq!(
+            (from_file.log_level.to_string(), from_file.log_format),
+            ("error".to_owned(), LogFormat::Json)
+        );
+        // Written out and read back like every option.
+        let round = TempFile::new(&from_env.to_toml());
+        assert_eq!(serve(&[&round.arg()], &no_env).unwrap(), from_env);
+        let e = error(&["--log-level", "verbose"], &no_env);
+        assert!(
+            e.contains("--log-level") && e.contains("error, warn, info, debug, trace"),
+            "{e}"
+        );
+        let e = error(&[], &env_of(&[("WSGATE_LOG_FORMAT", "yaml")]));
+        assert!(e.contains("WSGATE_LOG_FORMAT") && e.contains("text or json"), "{e}");
     }
 
     #[test]

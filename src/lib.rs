@@ -71,8 +71,11 @@
 //! - [`cli`]: the command line (`serve`, `token`, `bench`); [`config`], [`limits`]: every
 //!   knob, with its default and what happens when it is hit; [`units`]: the syntax of
 //!   sizes, durations and rates. Imports run one way: `cli` → `bench`, `config`;
-//!   `bench` → `sys`, `config`, `units`; `sys` → `config`, `units`; `config` → `units`.
-//! - [`metrics`], [`admin`], [`sys`]: what operators see.
+//!   `bench` → `sys`, `config`, `units`; `sys` → `config`, `units`, `auth`; `config` →
+//!   `units`, `logging`.
+//! - [`metrics`], [`admin`], [`sys`], [`logging`]: what operators see; `logging` is the
+//!   one path for diagnostics (`tracing` events to stderr, text or JSON, rate-limited
+//!   where a flood could write a line per bad client).
 //!
 //! - [`bench`](mod@bench): `wsgate bench density|echo|fanout|direct`, the load generator that proves density and
 //!   speed against a running gateway. Its workers are built like the shards (one
@@ -148,6 +151,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod msg;
 pub mod proto;

@@ -3,28 +3,41 @@
 //!
 //! Exit codes: 0 after a drain (or for `--help`), 2 for an invalid configuration or
 //! usage, 1 when the server cannot start or a second signal cuts the drain short.
+//!
+//! Diagnostics are `tracing` events on stderr (see `wsgate::logging`); the subscriber is
+//! installed here, once, before anything logs: with `--log-level` and `--log-format`
+//! for `serve`, with the defaults (info, text) for `token`, `bench` and a configuration
+//! that did not load.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use tracing::{error, info, warn};
 use wsgate::admin::{self, AdminState, ApiState};
-use wsgate::auth::{AuthMode, Authenticator};
+use wsgate::auth::Authenticator;
 use wsgate::cli::{self, Command};
 use wsgate::config::Config;
+use wsgate::logging::{self, LogFilter, LogFormat};
 use wsgate::metrics::Registry;
 use wsgate::msg::api::ApiSinkSlot;
 use wsgate::proto::close::CloseCode;
 use wsgate::server::Server;
 use wsgate::sys;
 use wsgate::tls::TlsContext;
+use wsgate::units::format_duration;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match cli::load() {
+    let command = cli::load();
+    match &command {
+        Ok(Command::Serve(cfg)) => logging::install(&cfg.log_level, cfg.log_format),
+        _ => logging::install(&LogFilter::default(), LogFormat::default()),
+    };
+    match command {
         Ok(Command::Serve(cfg)) => serve(cfg),
         Ok(Command::Token(args)) => wsgate::auth::run_token(&args),
         Ok(Command::Bench(args)) => wsgate::bench::run(args),
@@ -36,7 +49,7 @@ fn serve(cfg: Config) -> ExitCode {
     let (nofile, _) = match sys::raise_nofile_limit() {
         Ok(limits) => limits,
         Err(e) => {
-            eprintln!("wsgate: cannot read the open-files limit: {e}");
+            error!(error = %e, "cannot read the open-files limit");
             return ExitCode::FAILURE;
         }
     };
@@ -44,34 +57,18 @@ fn serve(cfg: Config) -> ExitCode {
     let authenticator = match Authenticator::new(&cfg.auth) {
         Ok(authenticator) => Arc::new(authenticator),
         Err(e) => {
-            eprintln!("wsgate: {e}");
+            error!(error = %e, "invalid authentication configuration");
             return ExitCode::from(2);
         }
     };
     let report = sys::startup_report(&cfg, nofile);
-    for line in &report.lines {
-        eprintln!("wsgate: {line}");
-    }
-    match authenticator.mode() {
-        AuthMode::Jwt => eprintln!(
-            "wsgate: auth: JWT before the upgrade, {} key(s), algorithms {:?}",
-            authenticator.key_count(),
-            authenticator.allowed_algorithms()
-        ),
-        AuthMode::None => eprintln!(
-            "wsgate: WARNING: --auth-mode none: EVERY client is let in without a token, as an anonymous user. \
-             For local benchmarks only; never expose this listener."
-        ),
-    }
-    for warning in &report.warnings {
-        eprintln!("wsgate: WARNING: {warning}");
-    }
+    sys::log_startup(&cfg, nofile, &report, &authenticator);
     // Loaded before anything listens: a bad certificate or key is a configuration error.
     let tls = match cfg.tls_files() {
         Some(files) => match TlsContext::load(files) {
             Ok(context) => Some(Arc::new(context)),
             Err(e) => {
-                eprintln!("wsgate: TLS: {e}");
+                error!(error = %e, "invalid tls configuration");
                 return ExitCode::from(2);
             }
         },
@@ -81,7 +78,7 @@ fn serve(cfg: Config) -> ExitCode {
     let api_key = match cfg.load_api_key() {
         Ok(key) => key,
         Err(e) => {
-            eprintln!("wsgate: {e}");
+            error!(error = %e, "invalid backend api key");
             return ExitCode::from(2);
         }
     };
@@ -91,17 +88,19 @@ fn serve(cfg: Config) -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
-            eprintln!("wsgate: cannot install signal handlers: {e}");
+            error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
     let admin_listener = match std::net::TcpListener::bind(cfg.admin_listen) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("wsgate: cannot listen for admin on {}: {e}", cfg.admin_listen);
+            error!(admin = %cfg.admin_listen, error = %e, "cannot listen for admin");
             return ExitCode::FAILURE;
         }
     };
+    // Port 0 binds some free port: the event says which.
+    let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin_listen);
     // The backend API reaches the shards once they run; until then it answers 503.
     let api_shards = Arc::new(ApiSinkSlot::new());
     let mut admin_state = AdminState::new(registry.clone(), nofile);
@@ -110,40 +109,37 @@ fn serve(cfg: Config) -> ExitCode {
     }
     let admin_state = Arc::new(admin_state);
     if let Err(e) = admin::spawn(admin_listener, admin_state.clone()) {
-        eprintln!("wsgate: cannot start the admin listener: {e}");
+        error!(error = %e, "cannot start the admin listener");
         return ExitCode::FAILURE;
     }
     admin_state.tls.store(tls.is_some(), Ordering::Release);
     let server = match Server::start_with_tls(cfg.clone(), registry.clone(), authenticator, tls.clone()) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("wsgate: cannot start on {}: {e}", cfg.listen);
+            error!(listen = %cfg.listen, error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
     api_shards.set(Arc::new(server.api_shards()));
     admin_state.ready.store(true, Ordering::Release);
-    eprintln!(
-        "wsgate: listening on ws://{}{} with {} shards{}; admin on http://{}",
-        server.local_addr(),
-        cfg.paths.first().map_or("/", String::as_str),
-        cfg.shards,
-        if cfg.echo { ", echoing every message" } else { "" },
-        cfg.admin_listen,
+    let path = cfg.paths.first().map_or("/", String::as_str);
+    info!(
+        ws = %format_args!("ws://{}{path}", server.local_addr()),
+        wss = server.tls_addr().map(|addr| format!("wss://{addr}{path}")),
+        admin = %format_args!("http://{admin_addr}"),
+        shards = cfg.shards,
+        echo = cfg.echo,
+        "listening"
     );
     if !cfg.echo {
-        eprintln!("wsgate: {}", wsgate::server::journal::describe(&cfg, server.recovery()));
+        wsgate::server::journal::log_recovery(&cfg, server.recovery());
     }
     if admin_state.api.is_some() {
-        eprintln!(
-            "wsgate: backend API on http://{}/api/ (Authorization: Bearer <api_key>)",
-            cfg.admin_listen
-        );
-    }
-    if let Some(addr) = server.tls_addr() {
-        eprintln!(
-            "wsgate: listening on wss://{addr}{} (TLS 1.3/1.2, ALPN http/1.1); SIGHUP reloads the certificate",
-            cfg.paths.first().map_or("/", String::as_str)
+        // Where the API is and how it is called; the key itself is never logged.
+        info!(
+            url = %format_args!("http://{admin_addr}/api/"),
+            auth = "Authorization: Bearer <api_key>",
+            "backend api on"
         );
     }
     let first = loop {
@@ -158,9 +154,11 @@ fn serve(cfg: Config) -> ExitCode {
         CloseCode::GOING_AWAY
     };
     admin_state.draining.store(true, Ordering::Release);
-    eprintln!(
-        "wsgate: draining: close {code} spread over {:?}, deadline {:?}; a second signal exits at once",
-        cfg.drain_window, cfg.drain_timeout
+    info!(
+        close_code = %code,
+        window = %format_duration(cfg.drain_window),
+        deadline = %format_duration(cfg.drain_timeout),
+        "draining; a second signal exits at once"
     );
     server.drain(code);
     std::thread::spawn(move || {
@@ -169,12 +167,12 @@ fn serve(cfg: Config) -> ExitCode {
                 reload_tls(tls.as_deref(), &registry);
                 continue;
             }
-            eprintln!("wsgate: second signal: exiting without finishing the drain");
+            warn!(signal, "second signal: exiting without finishing the drain");
             std::process::exit(1);
         }
     });
     server.join();
-    eprintln!("wsgate: drained");
+    info!("drained");
     ExitCode::SUCCESS
 }
 
@@ -184,23 +182,23 @@ fn serve(cfg: Config) -> ExitCode {
 /// `wsgate_tls_reloads_total`.
 fn reload_tls(tls: Option<&TlsContext>, registry: &Registry) {
     let Some(tls) = tls else {
-        eprintln!("wsgate: SIGHUP: TLS is not configured, nothing to reload");
+        info!("sighup: tls is not configured, nothing to reload");
         return;
     };
     let files = tls.files();
     match tls.reload() {
         Ok(()) => {
             registry.count_tls_reload(true);
-            eprintln!(
-                "wsgate: TLS: reloaded {} and {} (generation {}); new connections use them",
-                files.cert.display(),
-                files.key.display(),
-                tls.generation()
+            info!(
+                cert_file = %files.cert.display(),
+                key_file = %files.key.display(),
+                generation = tls.generation(),
+                "tls reloaded; new connections use it"
             );
         }
         Err(e) => {
             registry.count_tls_reload(false);
-            eprintln!("wsgate: TLS: reload failed, the certificate in force stays: {e}");
+            warn!(error = %e, "tls reload failed; the certificate in force stays");
         }
     }
 }

@@ -2,10 +2,11 @@
 //! the operator at start-up.
 //!
 //! `main` calls [`raise_nofile_limit`] first (every connection is a file descriptor),
-//! then prints [`startup_report`]: the limits in force, the memory they imply, and plain
-//! warnings when the machine cannot hold what the configuration promises. The report is
-//! computed from the [`Config`] and a few host facts read from `/proc`, so a test can
-//! check its arithmetic with made-up facts. [`rss_bytes`] feeds the `/metrics` process
+//! then logs [`log_startup`]: the limits in force, the memory they imply (info events
+//! with fields), and the warnings of [`startup_report`] when the machine cannot hold
+//! what the configuration promises. The report is computed from the [`Config`] and a
+//! few host facts read from `/proc`, so a test can check its arithmetic with made-up
+//! facts. [`rss_bytes`] feeds the `/metrics` process
 //! gauges.
 //!
 //! This module calls libc for resource limits and the page size, so it cannot forbid
@@ -13,6 +14,9 @@
 
 use std::io;
 
+use tracing::{info, warn};
+
+use crate::auth::{AuthMode, Authenticator};
 use crate::config::{Config, available_cpus};
 use crate::units::{format_bytes, format_duration};
 
@@ -334,6 +338,109 @@ fn report(config: &Config, nofile_soft: u64, host: &Host) -> StartupReport {
         ));
     }
     StartupReport { lines, warnings }
+}
+
+/// Logs what the gateway is about to run with, before it listens: a few info events
+/// with fields (capacity, limits, timers, routing, open files, memory budget,
+/// messaging, authentication), then one warning per problem in `report`. No secret is
+/// in any of them (`crate::logging`'s tests check).
+pub fn log_startup(cfg: &Config, nofile_soft: u64, report: &StartupReport, auth: &Authenticator) {
+    let l = &cfg.limits;
+    let list = |items: &[String], empty: &str| {
+        if items.is_empty() {
+            empty.to_owned()
+        } else {
+            items.join(",")
+        }
+    };
+    info!(
+        shards = cfg.shards,
+        cpus = available_cpus(),
+        max_connections = cfg.max_connections,
+        per_shard = cfg.connections_per_shard(),
+        handshakes_per_shard = cfg.max_handshakes_per_shard,
+        handshake_timeout = %format_duration(cfg.handshake_timeout),
+        backlog = cfg.listen_backlog,
+        "capacity"
+    );
+    info!(
+        send_queue = %format_bytes(cfg.send_queue_bytes as u64),
+        shard_send_budget = %format_bytes(cfg.shard_send_budget_bytes as u64),
+        read_buffer = %format_bytes(cfg.read_buffer_bytes as u64),
+        frame_max = %format_bytes(l.max_frame_bytes),
+        message_max = %format_bytes(l.max_message_bytes),
+        header_max = %format_bytes(l.max_header_bytes as u64),
+        headers_max = l.max_headers,
+        request_line_max = %format_bytes(l.max_request_line_bytes as u64),
+        "limits"
+    );
+    info!(
+        ping = %format_duration(l.ping_interval),
+        idle = %format_duration(l.idle_timeout),
+        close = %format_duration(l.close_timeout),
+        drain_window = %format_duration(cfg.drain_window),
+        drain_timeout = %format_duration(cfg.drain_timeout),
+        tick = %format_duration(cfg.tick),
+        "timers"
+    );
+    info!(
+        paths = %list(&cfg.paths, "none"),
+        origins = %list(&cfg.allowed_origins, "any"),
+        subprotocols = %list(&cfg.subprotocols, "none"),
+        echo = cfg.echo,
+        "routing"
+    );
+    let reserved = fd_reserve(cfg.shards);
+    info!(
+        limit = nofile_soft,
+        needed = cfg.max_connections as u64 + reserved,
+        reserved,
+        "open files"
+    );
+    let budget = memory_budget(cfg);
+    // Not included (no limit bounds them per box): partly received messages, up to
+    // `message_max` per connection, and the TLS session of each TLS connection.
+    info!(
+        total = %human_bytes(budget.total_bytes),
+        connections = %human_bytes(budget.connections_bytes),
+        send_queues = %human_bytes(budget.send_queues_bytes),
+        read_buffers = %human_bytes(budget.read_buffers_bytes),
+        handshakes = %human_bytes(budget.handshakes_bytes),
+        tls_bytes_per_connection = cfg.tls_listen_addr().map(|_| crate::tls::SESSION_BYTES_ESTIMATE),
+        "memory budget (estimate, all limits full)"
+    );
+    if !cfg.echo {
+        let m = &cfg.msg;
+        info!(
+            store = %cfg.store,
+            history_max_messages = m.history_max_messages,
+            history_max_bytes = %format_bytes(m.history_max_bytes as u64),
+            history_max_age = %format_duration(m.history_max_age),
+            offline_max_messages = m.offline_max_messages,
+            offline_max_age = %format_duration(m.offline_max_age),
+            mesh_ring_depth = m.ring_depth,
+            "messaging"
+        );
+    }
+    match auth.mode() {
+        AuthMode::Jwt => {
+            let algorithms: Vec<String> = auth.allowed_algorithms().iter().map(ToString::to_string).collect();
+            info!(
+                mode = "jwt",
+                keys = auth.key_count(),
+                algorithms = %algorithms.join(","),
+                "authentication"
+            );
+        }
+        AuthMode::None => warn!(
+            mode = "none",
+            "authentication off: every client is let in as an anonymous user; for local benchmarks only, \
+             never expose this listener"
+        ),
+    }
+    for warning in &report.warnings {
+        warn!(reason = %warning, "start-up check");
+    }
 }
 
 /// `6979321856` → `"6.5 GiB"`: approximate, for reading (one decimal is enough for

@@ -380,9 +380,9 @@ fn parse_lifetime(s: &str) -> Result<Duration, String> {
         .ok_or_else(expected)
 }
 
-/// Runs `wsgate token`: prints the token and a newline to stdout and returns success,
-/// or prints `wsgate token: <error>` to stderr and returns 2 (bad options) or 1 (key
-/// unreadable or unusable).
+/// Runs `wsgate token`: prints the token and a newline to stdout (the output, never a
+/// log event) and returns success, or logs the error (never the key) and returns 2 (bad
+/// options) or 1 (key unreadable or unusable).
 pub fn run_token(args: &TokenArgs) -> ExitCode {
     match args.to_options(SystemTime::now()).and_then(|options| mint(&options)) {
         Ok(token) => {
@@ -390,13 +390,13 @@ pub fn run_token(args: &TokenArgs) -> ExitCode {
             match writeln!(stdout, "{token}").and_then(|()| stdout.flush()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("wsgate token: cannot write the token: {e}");
+                    tracing::error!(error = %e, "cannot write the token");
                     ExitCode::FAILURE
                 }
             }
         }
         Err(e) => {
-            eprintln!("wsgate token: {e}");
+            tracing::error!(error = %e, "cannot mint a token");
             ExitCode::from(e.exit_code())
         }
     }

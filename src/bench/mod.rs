@@ -227,7 +227,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         let installed = signal_hook::flag::register_conditional_shutdown(signal, 130, interrupt.clone())
             .and_then(|_| signal_hook::flag::register(signal, interrupt.clone()));
         if let Err(e) = installed {
-            eprintln!("wsgate bench: cannot install signal handlers: {e}");
+            tracing::error!(error = %e, "cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     }
@@ -253,7 +253,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("wsgate bench: {e}");
+            tracing::error!(error = %e, "bench failed");
             ExitCode::from(e.exit_code())
         }
     }
@@ -660,7 +660,7 @@ impl Fleet {
                     missing -= 1;
                 }
                 Ok((i, Err(e))) => {
-                    eprintln!("wsgate bench: worker {i} failed: {e}");
+                    tracing::warn!(worker = i, error = %e, "worker failed");
                     missing -= 1;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < until => {}
@@ -819,7 +819,7 @@ impl Table {
 pub(crate) fn print_json(value: &impl Serialize) {
     match serde_json::to_string(value) {
         Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("wsgate bench: cannot render the report as JSON: {e}"),
+        Err(e) => tracing::error!(error = %e, "cannot render the report as json"),
     }
 }
 

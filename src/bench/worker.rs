@@ -596,7 +596,7 @@ impl Worker {
             self.expire_deadlines();
             self.publish();
             if let Err(e) = self.ring.submit() {
-                eprintln!("wsgate bench: worker {}: io_uring submit failed: {e}", self.plan.index);
+                tracing::error!(worker = self.plan.index, error = %e, "io_uring submit failed");
                 self.abort_all("io_uring_error");
                 break;
             }

@@ -45,6 +45,8 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
+use tracing::{error, info, warn};
+
 use crate::config::{Config, FsyncPolicy};
 use crate::msg::MsgLimits;
 use crate::msg::journal::{Read, Recovery, WallClock};
@@ -224,12 +226,13 @@ pub fn recover(cfg: &Config, shard: usize, limits: &MsgLimits) -> io::Result<Rec
     Ok(Recovered { store, writer, report })
 }
 
-/// The start-up report's line about the store: where it is, the fsync policy, and
-/// what recovery read and how long it took (summed over the shards; the slowest shard's
-/// time, since they recover in parallel).
-pub fn describe(cfg: &Config, reports: &[RecoveryReport]) -> String {
+/// The start-up report's events about the store: where it is, the fsync policy, what
+/// recovery read and how long it took (summed over the shards; the slowest shard's
+/// time, since they recover in parallel), and a warning if damaged tails were cut.
+pub fn log_recovery(cfg: &Config, reports: &[RecoveryReport]) {
     if cfg.store == crate::config::StoreKind::Memory {
-        return "message store: memory (--store memory): nothing survives a restart".to_owned();
+        warn!(store = "memory", "message store in memory (--store memory): nothing survives a restart");
+        return;
     }
     let mut read = Read::default();
     let mut loaded = Loaded::default();
@@ -244,30 +247,31 @@ pub fn describe(cfg: &Config, reports: &[RecoveryReport]) -> String {
         loaded.logs += r.loaded.logs;
         loaded.history += r.loaded.history;
         loaded.offline += r.loaded.offline;
+        loaded.trimmed += r.loaded.trimmed;
         slowest = slowest.max(r.elapsed);
     }
-    let window = match cfg.fsync {
-        FsyncPolicy::Batch => format!(" (window {:?})", cfg.fsync_window),
-        _ => String::new(),
-    };
-    let mut line = format!(
-        "message store: disk at {} (fsync {}{window}); recovered {} records ({}) from {segments} segments in {:?}: {} logs, {} history messages, {} offline",
-        cfg.data_dir,
-        cfg.fsync,
-        read.records,
-        crate::units::human_bytes(read.bytes as f64, 1),
-        slowest,
-        loaded.logs,
-        loaded.history,
-        loaded.offline,
+    info!(
+        store = "disk",
+        data_dir = %cfg.data_dir,
+        fsync = %cfg.fsync,
+        fsync_window = ?cfg.fsync_window,
+        records = read.records,
+        bytes = %crate::units::human_bytes(read.bytes as f64, 1),
+        segments,
+        took = ?slowest,
+        logs = loaded.logs,
+        history = loaded.history,
+        offline = loaded.offline,
+        trimmed = loaded.trimmed,
+        "message store recovered"
     );
     if read.cut_segments > 0 {
-        line.push_str(&format!(
-            "; cut {} damaged bytes at the tail of {} segments",
-            read.cut_bytes, read.cut_segments
-        ));
+        warn!(
+            cut_bytes = read.cut_bytes,
+            segments = read.cut_segments,
+            "journal tails cut at start: torn or corrupt records after the last good one"
+        );
     }
-    line
 }
 
 /// Wakes the writer task when the shard has encoded records, or when it must stop.
@@ -494,7 +498,7 @@ impl Writer {
                 let _ = dir.sync().await;
                 let _ = dir.close().await;
             }
-            Err(e) => eprintln!("journal {}: cannot sync the directory: {e}", self.dir.display()),
+            Err(e) => warn!(dir = %self.dir.display(), error = %e, "cannot sync the journal directory"),
         }
     }
 
@@ -569,10 +573,8 @@ impl Writer {
 
     async fn failed<T>(&self, what: &str, e: &glommio::GlommioError<T>) {
         self.stats.borrow_mut().write_errors += 1;
-        eprintln!(
-            "journal {}: cannot {what} ({e}); retrying in {WRITE_RETRY:?}, acks wait",
-            self.dir.display()
-        );
+        // At most one event per retry interval per shard: not a flood.
+        error!(dir = %self.dir.display(), what, error = %e, retry = ?WRITE_RETRY, "journal write failed; acks wait");
         glommio::timer::sleep(WRITE_RETRY).await;
     }
 }

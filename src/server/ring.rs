@@ -255,8 +255,18 @@ impl ConnRing {
     /// overflowed, the kernel keeps the excess aside and hands it over only on an
     /// `io_uring_enter` that asks for events, without ringing the eventfd again: so an
     /// empty queue with the overflow flag set is flushed here, or those completions
-    /// (and the shard) would wait for some unrelated event.
+    /// (and the shard) would wait for some unrelated event. A failed flush is logged;
+    /// [`ConnRing::try_drain`] returns it instead.
     pub fn drain(&mut self, out: &mut Vec<Completion>, max: usize) {
+        if let Err(e) = self.try_drain(out, max) {
+            tracing::error!(error = %e, "io_uring: flushing overflowed completions failed");
+        }
+    }
+
+    /// [`ConnRing::drain`], returning a failed flush of overflowed completions (the
+    /// completions already queued are moved all the same) for the caller to log: the
+    /// shard rate-limits it, since it could recur on every turn.
+    pub fn try_drain(&mut self, out: &mut Vec<Completion>, max: usize) -> io::Result<()> {
         let start = out.len();
         out.extend(self.ring.completion().take(max).map(|cqe| Completion {
             user_data: cqe.user_data(),
@@ -265,15 +275,15 @@ impl ConnRing {
         }));
         if out.len() == start && self.ring.submission().cq_overflow() {
             // `submit` adds GETEVENTS when the overflow flag is set, which flushes.
-            if let Err(e) = self.submit() {
-                eprintln!("io_uring: flushing overflowed completions failed: {e}");
-            }
+            let flushed = self.submit();
             out.extend(self.ring.completion().take(max).map(|cqe| Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
                 more: cqueue::more(cqe.flags()),
             }));
+            return flushed;
         }
+        Ok(())
     }
 }
 

@@ -85,9 +85,11 @@ pub fn spawn(shards: Vec<Arc<ShardHandle>>, tick: Duration, stop: Arc<AtomicBool
                         // (futex_wait: a lock) is not the glommio stall.
                         let wchan = std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan"))
                             .unwrap_or_else(|_| "unknown".into());
-                        eprintln!(
-                            "wsgate: shard {shard} slept through {STALL_TICKS} ticks (in {wchan}) and was woken by \
-                             the watchdog (counted in wsgate_shard_watchdog_wakes_total)"
+                        tracing::warn!(
+                            shard,
+                            ticks = STALL_TICKS,
+                            wchan = wchan.trim(),
+                            "shard stalled, woken by the watchdog (counted in wsgate_shard_watchdog_wakes_total)"
                         );
                     }
                     shards[shard].kick();

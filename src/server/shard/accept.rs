@@ -4,7 +4,9 @@
 //! out of descriptors). Out: a slot in the `Handshake` phase with a read poll armed and
 //! a handshake deadline on the wheel, or, when the shard is draining or has too many
 //! handshakes in flight, a fixed 503 written straight to the socket and the fd closed.
-//! Accepting pauses for `ACCEPT_BACKOFF` after EMFILE/ENFILE.
+//! Accepting pauses for `ACCEPT_BACKOFF` after EMFILE/ENFILE. Accept errors are counted
+//! and logged as warnings, rate-limited (`Noisy::Accept`): while descriptors run out,
+//! every connection attempt fails.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -14,6 +16,7 @@ use crate::metrics::ShardMetrics;
 use crate::server::ring::Completion;
 use crate::tls::TlsSession;
 
+use super::driver::Noisy;
 use super::slot::{Io, Phase, Slot, user_data};
 use super::{ACCEPT_BACKOFF, ACCEPT_PLAIN, ACCEPT_TLS, KIND_READ, Shard};
 
@@ -50,12 +53,17 @@ impl Shard {
             }
         }
         if completion.result < 0 {
-            let label = match -completion.result {
+            let errno = -completion.result;
+            let label = match errno {
                 libc::EMFILE | libc::ENFILE => "out_of_files",
                 libc::ECANCELED => return,
                 _ => "accept_error",
             };
             ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+            if self.may_log(Noisy::Accept) {
+                let error = std::io::Error::from_raw_os_error(errno);
+                tracing::warn!(shard = self.id, reason = label, error = %error, "accept failed");
+            }
             return;
         }
         // SAFETY: a successful accept hands over a new descriptor that nobody else owns.

@@ -7,10 +7,17 @@
 //! the connection's state, and at the end of every turn the messaging output, the dirty
 //! connections flushed and the ring submitted. `ShardState::Finished` when a drain has
 //! ended.
+//!
+//! Failures that could recur on every turn or for every bad client (`Noisy`) are
+//! logged through one `RateLimit` per kind; the tick writes the `suppressed events`
+//! summary.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tracing::{error, warn};
+
+use crate::logging::RateLimit;
 use crate::metrics::ShardMetrics;
 use crate::proto::connection::Timeout;
 use crate::server::ring::{BELL_DATA, Completion, NOOP_DATA};
@@ -22,7 +29,56 @@ use super::{
     ACCEPT_PLAIN, ACCEPT_TLS, COMPLETION_BATCH, KIND_ACCEPT, KIND_MASK, KIND_READ, KIND_WRITE, Shard, ShardState,
 };
 
+/// The shard's events that could otherwise write a line per turn or per bad client:
+/// each kind is logged through its own [`RateLimit`] (`Shard::noisy`), at most
+/// [`crate::logging::LOG_EVENTS_PER_SECOND`] a second; the metrics count every one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Noisy {
+    /// An accept completed with an error (out of descriptors, ...): one per connection
+    /// attempt while it lasts.
+    Accept,
+    /// Submitting to the connection ring failed: once per turn while it lasts.
+    Submit,
+    /// Flushing overflowed completions failed: once per drain of the ring.
+    Flush,
+}
+
+impl Noisy {
+    /// Every kind, in the order of `Shard::noisy`.
+    pub(super) const ALL: [Noisy; 3] = [Noisy::Accept, Noisy::Submit, Noisy::Flush];
+
+    /// The `kind` field of the summary line.
+    fn name(self) -> &'static str {
+        match self {
+            Noisy::Accept => "accept",
+            Noisy::Submit => "submit",
+            Noisy::Flush => "flush",
+        }
+    }
+}
+
+/// One limit per [`Noisy`] kind, for `Shard::noisy`.
+pub(super) fn noisy_limits() -> [RateLimit; Noisy::ALL.len()] {
+    [RateLimit::per_shard(); Noisy::ALL.len()]
+}
+
 impl Shard {
+    /// Whether an event of `kind` may be logged now; `false`: it is counted for the
+    /// summary instead.
+    pub(super) fn may_log(&mut self, kind: Noisy) -> bool {
+        self.noisy[kind as usize].handle_event(self.now)
+    }
+
+    /// One `suppressed events` line per kind whose events were held back in a window
+    /// that has ended.
+    fn log_suppressed(&mut self) {
+        for kind in Noisy::ALL {
+            if let Some(suppressed) = self.noisy[kind as usize].poll_suppressed(self.now) {
+                warn!(shard = self.id, kind = kind.name(), suppressed, "suppressed events");
+            }
+        }
+    }
+
     /// Runs one turn after the doorbell rang: commands, completions, deferred reads,
     /// then writes.
     ///
@@ -58,7 +114,11 @@ impl Shard {
     pub(super) fn drain_ring(&mut self) {
         loop {
             self.completions.clear();
-            self.ring.drain(&mut self.completions, COMPLETION_BATCH);
+            if let Err(e) = self.ring.try_drain(&mut self.completions, COMPLETION_BATCH)
+                && self.may_log(Noisy::Flush)
+            {
+                error!(shard = self.id, error = %e, "io_uring: flushing overflowed completions failed");
+            }
             if self.completions.is_empty() {
                 break;
             }
@@ -106,6 +166,7 @@ impl Shard {
         }
         self.drain_step();
         self.publish_metrics();
+        self.log_suppressed();
         self.end_turn()
     }
 
@@ -142,8 +203,10 @@ impl Shard {
             self.handle.bell.ring();
         }
         self.signal_journal();
-        if let Err(e) = self.ring.submit() {
-            eprintln!("shard {}: io_uring submit failed: {e}", self.id);
+        if let Err(e) = self.ring.submit()
+            && self.may_log(Noisy::Submit)
+        {
+            error!(shard = self.id, error = %e, "io_uring submit failed");
         }
     }
 

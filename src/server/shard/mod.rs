@@ -161,6 +161,9 @@ pub struct Shard {
     /// are armed again when the pause ends (a second multishot accept on a listener
     /// that still has one would duplicate every completion).
     accept_paused: [bool; 2],
+    /// One log rate limit per `driver::Noisy` kind, so a failure that recurs per turn
+    /// or per client writes a few lines a second, not one per event.
+    noisy: [crate::logging::RateLimit; driver::Noisy::ALL.len()],
     slots: Vec<Slot>,
     free: Vec<u32>,
     wheel: Wheel,
@@ -285,6 +288,7 @@ impl Shard {
             tls,
             accept_paused_until: None,
             accept_paused: [false; 2],
+            noisy: driver::noisy_limits(),
             slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
             free: Vec::new(),
             wheel: Wheel::new(now, cfg.tick, WHEEL_SLOTS),
