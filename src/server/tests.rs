@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Server;
@@ -23,6 +24,26 @@ thread_local! {
     pub(crate) static PREEMPT_TIMER: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
 }
 
+/// The offset into the allowed CPUs at which the next server started in this test
+/// process pins its shard 0 (see [`first_cpu_for_next_server`]).
+static NEXT_FIRST_CPU: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the shards of a server started now begin on the allowed CPUs (test builds
+/// only; `Server::start_with_tls` adds the shard id and `cpu_for_shard` wraps round).
+///
+/// A real server pins shard 0 to the first allowed CPU. Tests run in parallel, so if
+/// every test server did the same, all the one-shard servers would share one core and
+/// the timing assertions (round trips, heartbeat and drain windows) would measure each
+/// other's load. Each server takes the next `shards` CPUs instead, so consecutive
+/// servers land on consecutive cores, round and round the allowed set.
+pub(crate) fn first_cpu_for_next_server(shards: usize) -> usize {
+    NEXT_FIRST_CPU.fetch_add(shards, Ordering::Relaxed)
+}
+
+/// A server on an ephemeral port for one test: 2 shards, echo on, no auth, edge
+/// limits off and a 20 ms tick unless the test's `tweak` says otherwise; its shards
+/// start at a rotating CPU ([`first_cpu_for_next_server`]). Dropping it drains the
+/// server and waits for its threads.
 pub(crate) struct TestServer {
     pub server: Option<Server>,
     pub registry: Arc<Registry>,
