@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Server;
+use super::shard::ShardHandle;
 use crate::auth::{AuthMode, Authenticator, MintKey, MintOptions, Secret};
 use crate::config::Config;
 use crate::limits::Limits;
@@ -48,6 +49,8 @@ pub(crate) struct TestServer {
     pub server: Option<Server>,
     pub registry: Arc<Registry>,
     pub addr: SocketAddr,
+    /// The shards' tick, for [`TestServer::wait_for_shard_time`].
+    tick: Duration,
 }
 
 impl TestServer {
@@ -67,13 +70,20 @@ impl TestServer {
         tweak(&mut cfg);
         let registry = Arc::new(Registry::new(cfg.shards));
         let auth = Arc::new(Authenticator::new(&cfg.auth).expect("auth config"));
+        let tick = cfg.tick;
         let server = Server::start(Arc::new(cfg), registry.clone(), auth).expect("server starts");
         let addr = server.local_addr();
         Self {
             server: Some(server),
             registry,
             addr,
+            tick,
         }
+    }
+
+    /// The running server's shard handles.
+    fn handles(&self) -> &[Arc<ShardHandle>] {
+        &self.server.as_ref().expect("the server runs").handles
     }
 
     /// Sums the shards' published metrics (published every tick).
@@ -94,6 +104,31 @@ impl TestServer {
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}: {m:?}");
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until every shard has lived `span` from now by its own clock and published
+    /// after it: a deadline `span` away has fired on its timer wheel and the metrics
+    /// show it. Counted in ticks, which a shard runs `tick` apart at the soonest
+    /// (sleep, then turn), so a starved shard is waited for instead of overrun by a
+    /// guessed wall-clock sleep: `span / tick` rounded up, one more for the wheel's
+    /// rounding of a deadline up to its tick, one for a tick already under way now, and
+    /// one so that the turn that fired it has published (a tick is counted as it starts
+    /// and publishes as it ends).
+    pub fn wait_for_shard_time(&self, span: Duration) {
+        let more = span.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 3;
+        let targets: Vec<u64> = self.handles().iter().map(|h| h.ticks() + more).collect();
+        let deadline = Instant::now() + span + Duration::from_secs(10);
+        loop {
+            let ticks: Vec<u64> = self.handles().iter().map(|h| h.ticks()).collect();
+            if ticks.iter().zip(&targets).all(|(t, target)| t >= target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {span:?} of shard time: ticks {ticks:?}, waiting for {targets:?}"
+            );
+            std::thread::sleep(self.tick);
         }
     }
 }
@@ -477,14 +512,15 @@ fn slow_consumer_is_closed_while_a_fast_neighbour_keeps_its_latency() {
 /// cleanly, and checks that the shard's heap returns to where it was after a warm-up
 /// batch: nothing leaks on the connection path.
 fn open_and_close_in_batches(batches: usize, per_batch: usize) {
+    // Short deadlines, so the wheel entries of closed connections fire (and go)
+    // between batches.
+    let deadline = Duration::from_millis(100);
     let server = TestServer::start(|cfg| {
         cfg.shards = 1;
         cfg.max_connections = per_batch * 2;
         cfg.max_handshakes_per_shard = per_batch;
-        // Short deadlines, so the wheel entries of closed connections fire (and go)
-        // between batches.
-        cfg.handshake_timeout = Duration::from_millis(100);
-        cfg.limits.close_timeout = Duration::from_millis(100);
+        cfg.handshake_timeout = deadline;
+        cfg.limits.close_timeout = deadline;
     });
     let mut baseline = None;
     for batch in 0..=batches {
@@ -503,8 +539,8 @@ fn open_and_close_in_batches(batches: usize, per_batch: usize) {
         server.wait_for("every connection closed", |m| {
             m.connections == 0 && m.closed == closed && m.handshakes_in_progress == 0
         });
-        // Let the last deadlines pass and the shard publish.
-        std::thread::sleep(Duration::from_millis(250));
+        // Until the last deadlines have fired on the shard's wheel and it has published.
+        server.wait_for_shard_time(deadline);
         let heap = server.metrics().test_heap_bytes;
         eprintln!("batch {batch}: heap {heap}");
         match baseline {
