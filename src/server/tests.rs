@@ -41,6 +41,38 @@ pub(crate) fn first_cpu_for_next_server(shards: usize) -> usize {
     NEXT_FIRST_CPU.fetch_add(shards, Ordering::Relaxed)
 }
 
+/// Whether an interoperability test (a Python client nobody here wrote) runs: true when
+/// `python3` can import `imports`, false only when the caller opted out with
+/// `WSGATE_SKIP_INTEROP=1` (said on stderr). Otherwise a missing interpreter or package
+/// fails the test with the way to install it, so that a plain `cargo test` never
+/// passes it silently.
+pub(crate) fn python_interop(test: &str, imports: &str) -> bool {
+    if std::env::var_os("WSGATE_SKIP_INTEROP").is_some_and(|v| v == "1") {
+        eprintln!("{test}: skipped (WSGATE_SKIP_INTEROP=1)");
+        return false;
+    }
+    let how = "install it with `python3 -m pip install \"websockets>=13\"` or run scripts/test.sh, \
+               which does; set WSGATE_SKIP_INTEROP=1 to skip this test";
+    match std::process::Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+    {
+        Err(e) => {
+            panic!("{test} needs python3 with the websockets package (>= 13), and python3 does not run ({e}): {how}")
+        }
+        Ok(out) if !out.status.success() => panic!(
+            "{test} needs python3 with the websockets package (>= 13), and `import {imports}` failed ({}: {}): {how}",
+            out.status,
+            // The exception, not the traceback.
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no output")
+        ),
+        Ok(_) => true,
+    }
+}
+
 /// A server on an ephemeral port for one test: 2 shards, echo on, no auth, edge
 /// limits off and a 20 ms tick unless the test's `tweak` says otherwise; its shards
 /// start at a rotating CPU ([`first_cpu_for_next_server`]). Dropping it drains the
@@ -582,22 +614,12 @@ fn many_connections_open_and_close_and_every_slot_is_freed() {
 }
 
 /// Interoperability with a client nobody here wrote: Python's `websockets` package
-/// (scripts/interop_client.py). `scripts/test.sh` installs it and sets
-/// `WSGATE_REQUIRE_INTEROP=1`, making a missing Python or package a failure; a bare
-/// `cargo test` without them says so and skips.
+/// (scripts/interop_client.py). Required: without Python or the package the test fails
+/// and says how to install them (`scripts/test.sh` does); `WSGATE_SKIP_INTEROP=1` skips
+/// it (see [`python_interop`]).
 #[test]
 fn interoperates_with_python_websockets() {
-    let required = std::env::var_os("WSGATE_REQUIRE_INTEROP").is_some();
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import websockets.sync.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            !required,
-            "python3 with the websockets package is required (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: python3 with the websockets package is not installed");
+    if !python_interop("interoperates_with_python_websockets", "websockets.sync.client") {
         return;
     }
     let server = TestServer::start(|_| {});
