@@ -18,6 +18,10 @@
 //! It does not stay 0 under heavy CPU contention (the million and fan-out runs in the
 //! README): glommio still parks a shard with work by a path other than the expired
 //! preemption timer, not found yet, and this watchdog is what bounds such a stall.
+//!
+//! Tested end to end by `tests::a_shard_sleeping_through_its_ticks_is_woken_by_the_watchdog_and_serves_again`
+//! (a shard whose ticker lost its wake-up, in the default suite) and, under the real
+//! trigger, by the ignored stress test `tests::shards_parked_with_runnable_tasks_are_woken`.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
