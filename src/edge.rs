@@ -650,6 +650,36 @@ mod tests {
         assert_eq!(slow.admit_ip(a, t0), Err(Refusal::UpgradeRate { retry_after_secs: 1 }));
     }
 
+    /// The recovery half of `server::tests_edge::upgrade_rate_per_address_answers_429_with_retry_after_and_is_counted`,
+    /// on a fake clock: at 2/s a token is back after half a second, not before, and
+    /// the refused attempts in between do not push the refill back.
+    #[test]
+    fn upgrade_bucket_refills_at_its_rate_after_a_429() {
+        let e = edge(|c| {
+            c.upgrade_rate_per_ip = 2;
+            c.upgrade_burst_per_ip = 3;
+        });
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..3 {
+            e.admit_ip(a, t0).unwrap();
+        }
+        let refused = Err(Refusal::UpgradeRate { retry_after_secs: 1 });
+        assert_eq!(e.admit_ip(a, t0), refused);
+        assert_eq!(e.admit_ip(a, t0 + Duration::from_millis(200)), refused);
+        assert_eq!(e.admit_ip(a, t0 + Duration::from_millis(400)), refused);
+        // 600 ms at 2/s: 1.2 tokens back, so one upgrade and no second.
+        let t1 = t0 + Duration::from_millis(600);
+        e.admit_ip(a, t1).unwrap();
+        assert_eq!(e.admit_ip(a, t1), refused);
+        // A long quiet spell refills the burst, never more.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            e.admit_ip(a, t2).unwrap();
+        }
+        assert_eq!(e.admit_ip(a, t2), refused);
+    }
+
     #[test]
     fn ipv6_clients_share_their_slash_64() {
         let e = edge(|c| c.max_connections_per_ip = 1);
@@ -764,6 +794,36 @@ mod tests {
         assert!((0..3).all(|_| limit.allow(&mut tat, later)));
         assert!(!limit.allow(&mut tat, later));
         assert!(MessageRate::new(&EdgeConfig::off()).is_none());
+    }
+
+    /// The calm client of `server::tests_edge::message_rate_closes_a_flooding_connection_with_1008_and_spares_the_others`,
+    /// on a fake clock: at 20/s with a burst of 5, messages 60 ms apart are never
+    /// refused, nor are messages exactly at the rate once the burst is spent; a little
+    /// faster than the rate is refused once the burst's slack runs out.
+    #[test]
+    fn message_rate_spaced_at_the_rate_is_never_refused() {
+        let cfg = EdgeConfig {
+            message_rate: 20,
+            message_burst: 5,
+            ..EdgeConfig::off()
+        };
+        let limit = MessageRate::new(&cfg).unwrap();
+        let start = 1_000_000;
+        let mut tat = 0;
+        for i in 0..1000 {
+            assert!(limit.allow(&mut tat, start + i * 60_000), "message {i}, 60 ms apart");
+        }
+        // The whole burst at once, then one every 50 ms (the rate) for ever.
+        let mut tat = 0;
+        assert!((0..5).all(|_| limit.allow(&mut tat, start)));
+        for i in 1..1000 {
+            assert!(limit.allow(&mut tat, start + i * 50_000), "message {i} at the rate");
+        }
+        // 45 ms apart gains 5 ms a message on the rate: the 200 ms of slack a burst of
+        // 5 leaves is gone after about 40 messages, and then it is refused.
+        let mut tat = 0;
+        let refused_at = (0..100u64).find(|i| !limit.allow(&mut tat, start + i * 45_000));
+        assert_eq!(refused_at, Some(41));
     }
 
     #[test]

@@ -228,6 +228,12 @@ impl Server {
         let preempt_timer = tests::PREEMPT_TIMER.get().unwrap_or(SHARD_PREEMPT_TIMER);
         #[cfg(not(test))]
         let preempt_timer = SHARD_PREEMPT_TIMER;
+        // Test servers start their shards at a rotating CPU, so parallel tests do not all
+        // pile onto the first one (see `tests::first_cpu_for_next_server`).
+        #[cfg(test)]
+        let first_cpu = tests::first_cpu_for_next_server(cfg.shards);
+        #[cfg(not(test))]
+        let first_cpu = 0;
         let shared = Shared {
             cfg: cfg.clone(),
             registry,
@@ -243,7 +249,7 @@ impl Server {
             let (tx, rx) = std::sync::mpsc::channel();
             let (mesh_tx, mesh_rx) = std::sync::mpsc::channel::<Endpoint<MeshMsg>>();
             mesh_senders.push(mesh_tx);
-            let cpu = cpu_for_shard(&cpus, id);
+            let cpu = cpu_for_shard(&cpus, first_cpu + id);
             let cfg = cfg.clone();
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
@@ -402,6 +408,9 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>, writer: Option
             })
             .await;
             loop {
+                // The end-to-end watchdog test's way to lose the ticker's wake-up.
+                #[cfg(test)]
+                tests::park_ticker_if_asked(&handle).await;
                 glommio::timer::sleep(cfg.tick).await;
                 if shard.borrow_mut().on_tick() == ShardState::Finished {
                     return;

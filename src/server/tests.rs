@@ -4,9 +4,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::Server;
+use super::shard::ShardHandle;
 use crate::auth::{AuthMode, Authenticator, MintKey, MintOptions, Secret};
 use crate::config::Config;
 use crate::limits::Limits;
@@ -23,10 +25,108 @@ thread_local! {
     pub(crate) static PREEMPT_TIMER: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
 }
 
+/// The offset into the allowed CPUs at which the next server started in this test
+/// process pins its shard 0 (see [`first_cpu_for_next_server`]).
+static NEXT_FIRST_CPU: AtomicUsize = AtomicUsize::new(0);
+
+/// Where the shards of a server started now begin on the allowed CPUs (test builds
+/// only; `Server::start_with_tls` adds the shard id and `cpu_for_shard` wraps round).
+///
+/// A real server pins shard 0 to the first allowed CPU. Tests run in parallel, so if
+/// every test server did the same, all the one-shard servers would share one core and
+/// the timing assertions (round trips, heartbeat and drain windows) would measure each
+/// other's load. Each server takes the next `shards` CPUs instead, so consecutive
+/// servers land on consecutive cores, round and round the allowed set.
+pub(crate) fn first_cpu_for_next_server(shards: usize) -> usize {
+    NEXT_FIRST_CPU.fetch_add(shards, Ordering::Relaxed)
+}
+
+/// The shard whose ticker is to lose its next wake-up: the address of its handle, 0
+/// for none (see [`park_ticker_if_asked`]).
+static PARK_TICKER: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks the ticker of `handle`'s shard to park at the start of its next round, with no
+/// timer and nothing else that would wake it: a lost wake-up, which leaves the shard
+/// sleeping through its ticks until the watchdog wakes the ticker through its `Waker`
+/// (see `server::watchdog`).
+fn park_ticker(handle: &ShardHandle) {
+    let me = std::ptr::from_ref(handle) as usize;
+    PARK_TICKER
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+        .expect("one parked ticker at a time");
+}
+
+/// Whether the ticker asked to park by [`park_ticker`] has taken the request.
+fn ticker_parked() -> bool {
+    PARK_TICKER.load(Ordering::Acquire) == 0
+}
+
+/// Called by every shard's ticker before it sleeps (test builds only): parks it, once,
+/// when [`park_ticker`] asked for this shard. The future is pending once without
+/// keeping the waker it is given, so no timer, I/O or doorbell byte brings it back;
+/// only a wake of the ticker task's own `Waker` from another thread does (glommio's
+/// cross-thread wake, the watchdog's `ShardHandle::kick`).
+pub(crate) async fn park_ticker_if_asked(handle: &ShardHandle) {
+    let me = std::ptr::from_ref(handle) as usize;
+    if PARK_TICKER
+        .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let mut woken = false;
+    std::future::poll_fn(|_| {
+        if std::mem::replace(&mut woken, true) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Whether an interoperability test (a Python client nobody here wrote) runs: true when
+/// `python3` can import `imports`, false only when the caller opted out with
+/// `WSGATE_SKIP_INTEROP=1` (said on stderr). Otherwise a missing interpreter or package
+/// fails the test with the way to install it, so that a plain `cargo test` never
+/// passes it silently.
+pub(crate) fn python_interop(test: &str, imports: &str) -> bool {
+    if std::env::var_os("WSGATE_SKIP_INTEROP").is_some_and(|v| v == "1") {
+        eprintln!("{test}: skipped (WSGATE_SKIP_INTEROP=1)");
+        return false;
+    }
+    let how = "install it with `python3 -m pip install \"websockets>=13\"` or run scripts/test.sh, \
+               which does; set WSGATE_SKIP_INTEROP=1 to skip this test";
+    match std::process::Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+    {
+        Err(e) => {
+            panic!("{test} needs python3 with the websockets package (>= 13), and python3 does not run ({e}): {how}")
+        }
+        Ok(out) if !out.status.success() => panic!(
+            "{test} needs python3 with the websockets package (>= 13), and `import {imports}` failed ({}: {}): {how}",
+            out.status,
+            // The exception, not the traceback.
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no output")
+        ),
+        Ok(_) => true,
+    }
+}
+
+/// A server on an ephemeral port for one test: 2 shards, echo on, no auth, edge
+/// limits off and a 20 ms tick unless the test's `tweak` says otherwise; its shards
+/// start at a rotating CPU ([`first_cpu_for_next_server`]). Dropping it drains the
+/// server and waits for its threads.
 pub(crate) struct TestServer {
     pub server: Option<Server>,
     pub registry: Arc<Registry>,
     pub addr: SocketAddr,
+    /// The shards' tick, for [`TestServer::wait_for_shard_time`].
+    tick: Duration,
 }
 
 impl TestServer {
@@ -48,13 +148,20 @@ impl TestServer {
         tweak(&mut cfg);
         let registry = Arc::new(Registry::new(cfg.shards));
         let auth = Arc::new(Authenticator::new(&cfg.auth).expect("auth config"));
+        let tick = cfg.tick;
         let server = Server::start(Arc::new(cfg), registry.clone(), auth).expect("server starts");
         let addr = server.local_addr();
         Self {
             server: Some(server),
             registry,
             addr,
+            tick,
         }
+    }
+
+    /// The running server's shard handles.
+    fn handles(&self) -> &[Arc<ShardHandle>] {
+        &self.server.as_ref().expect("the server runs").handles
     }
 
     /// Sums the shards' published metrics (published every tick).
@@ -75,6 +182,31 @@ impl TestServer {
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}: {m:?}");
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until every shard has lived `span` from now by its own clock and published
+    /// after it: a deadline `span` away has fired on its timer wheel and the metrics
+    /// show it. Counted in ticks, which a shard runs `tick` apart at the soonest
+    /// (sleep, then turn), so a starved shard is waited for instead of overrun by a
+    /// guessed wall-clock sleep: `span / tick` rounded up, one more for the wheel's
+    /// rounding of a deadline up to its tick, one for a tick already under way now, and
+    /// one so that the turn that fired it has published (a tick is counted as it starts
+    /// and publishes as it ends).
+    pub fn wait_for_shard_time(&self, span: Duration) {
+        let more = span.as_nanos().div_ceil(self.tick.as_nanos()) as u64 + 3;
+        let targets: Vec<u64> = self.handles().iter().map(|h| h.ticks() + more).collect();
+        let deadline = Instant::now() + span + Duration::from_secs(10);
+        loop {
+            let ticks: Vec<u64> = self.handles().iter().map(|h| h.ticks()).collect();
+            if ticks.iter().zip(&targets).all(|(t, target)| t >= target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {span:?} of shard time: ticks {ticks:?}, waiting for {targets:?}"
+            );
+            std::thread::sleep(self.tick);
         }
     }
 }
@@ -458,14 +590,15 @@ fn slow_consumer_is_closed_while_a_fast_neighbour_keeps_its_latency() {
 /// cleanly, and checks that the shard's heap returns to where it was after a warm-up
 /// batch: nothing leaks on the connection path.
 fn open_and_close_in_batches(batches: usize, per_batch: usize) {
+    // Short deadlines, so the wheel entries of closed connections fire (and go)
+    // between batches.
+    let deadline = Duration::from_millis(100);
     let server = TestServer::start(|cfg| {
         cfg.shards = 1;
         cfg.max_connections = per_batch * 2;
         cfg.max_handshakes_per_shard = per_batch;
-        // Short deadlines, so the wheel entries of closed connections fire (and go)
-        // between batches.
-        cfg.handshake_timeout = Duration::from_millis(100);
-        cfg.limits.close_timeout = Duration::from_millis(100);
+        cfg.handshake_timeout = deadline;
+        cfg.limits.close_timeout = deadline;
     });
     let mut baseline = None;
     for batch in 0..=batches {
@@ -484,8 +617,8 @@ fn open_and_close_in_batches(batches: usize, per_batch: usize) {
         server.wait_for("every connection closed", |m| {
             m.connections == 0 && m.closed == closed && m.handshakes_in_progress == 0
         });
-        // Let the last deadlines pass and the shard publish.
-        std::thread::sleep(Duration::from_millis(250));
+        // Until the last deadlines have fired on the shard's wheel and it has published.
+        server.wait_for_shard_time(deadline);
         let heap = server.metrics().test_heap_bytes;
         eprintln!("batch {batch}: heap {heap}");
         match baseline {
@@ -527,22 +660,12 @@ fn many_connections_open_and_close_and_every_slot_is_freed() {
 }
 
 /// Interoperability with a client nobody here wrote: Python's `websockets` package
-/// (scripts/interop_client.py). `scripts/test.sh` installs it and sets
-/// `WSGATE_REQUIRE_INTEROP=1`, making a missing Python or package a failure; a bare
-/// `cargo test` without them says so and skips.
+/// (scripts/interop_client.py). Required: without Python or the package the test fails
+/// and says how to install them (`scripts/test.sh` does); `WSGATE_SKIP_INTEROP=1` skips
+/// it (see [`python_interop`]).
 #[test]
 fn interoperates_with_python_websockets() {
-    let required = std::env::var_os("WSGATE_REQUIRE_INTEROP").is_some();
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import websockets.sync.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            !required,
-            "python3 with the websockets package is required (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: python3 with the websockets package is not installed");
+    if !python_interop("interoperates_with_python_websockets", "websockets.sync.client") {
         return;
     }
     let server = TestServer::start(|_| {});
@@ -629,6 +752,76 @@ fn eof_arriving_with_the_last_data_is_seen_at_once() {
     server.wait_for("every connection gone", |m| m.connections == 0 && m.closed == 300);
 }
 
+/// Polls `done` every 10 ms for up to `limit`; whether it came true. For waits whose
+/// failure must not panic on the spot (a test that has to leak a stuck server first).
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The watchdog end to end, deterministically: the shard's ticker loses its wake-up
+/// ([`park_ticker`]: parked with no timer), so the shard sleeps in `io_uring_enter`
+/// through its ticks, as the glommio stall leaves it (`server` module docs). Only the
+/// watchdog can bring the ticker back (nothing else holds its `Waker`): it must see
+/// the tick counter stand still for `STALL_TICKS` checks while the thread sleeps, wake
+/// it, and count the wake; then the shard ticks and serves again. The stall's trigger
+/// itself (glommio parking with runnable tasks) is left to the stress test below.
+///
+/// Every wait is bounded. If the shard is not rescued it can never finish a drain
+/// (the drain runs on ticks), so the test leaks the server and fails instead of
+/// hanging in its drop.
+#[test]
+fn a_shard_sleeping_through_its_ticks_is_woken_by_the_watchdog_and_serves_again() {
+    let server = TestServer::start(|cfg| {
+        // One shard, so the connection afterwards is served by the one that was parked.
+        cfg.shards = 1;
+    });
+    let handle = server.handles()[0].clone();
+    server.wait_for("the first ticks", |_| handle.ticks() >= 2);
+    let wakes_before = server.metrics().watchdog_wakes;
+    park_ticker(&handle);
+    let fail = |server: TestServer, what: String| -> ! {
+        // A parked shard never finishes its drain: leave the server running.
+        std::mem::forget(server);
+        panic!("{what}");
+    };
+    if !eventually(Duration::from_secs(5), ticker_parked) {
+        PARK_TICKER.store(0, Ordering::Release);
+        fail(
+            server,
+            format!("the ticker never took the park request (ticks {})", handle.ticks()),
+        );
+    }
+    let parked_at = handle.ticks();
+    // STALL_TICKS silent checks, a tick apart, then the wake: well under a second.
+    let limit = Duration::from_secs(10);
+    if !eventually(limit, || handle.ticks() > parked_at) {
+        let state = handle.tid().and_then(super::watchdog::thread_state);
+        fail(
+            server,
+            format!(
+                "the parked shard was not woken within {limit:?}: ticks stuck at {parked_at}, thread state {state:?}, \
+                 watchdog wakes {}",
+                handle.watchdog_wakes()
+            ),
+        );
+    }
+    // The wake is counted, and published as wsgate_shard_watchdog_wakes_total.
+    server.wait_for("the watchdog's wake to be counted", |m| m.watchdog_wakes > wakes_before);
+    let mut client = Client::connect(server.addr);
+    client.send_text("after the wake");
+    assert_eq!(client.next_event(), Some(OwnedEvent::Text("after the wake".into())));
+    server.wait_for("the upgrade after the wake", |m| m.upgrades == 1 && m.connections == 1);
+}
+
 /// Pins the calling thread, and the threads it spawns from now on, to CPU 0.
 fn pin_to_cpu0() {
     // SAFETY: `set` is a plain bit set, zeroed then filled by the libc macro.
@@ -655,9 +848,12 @@ fn pin_to_cpu0() {
 /// of 4 full-suite runs here the process then hung, the test running for minutes (a
 /// shard parked again while the server drained). The rescue is not complete under this
 /// artificial trigger; production removes the trigger (the preemption timer is 1 h), and
-/// the 10 µs timer also leaks into servers other tests start meanwhile.
+/// the 10 µs timer also leaks into servers other tests start meanwhile. The default
+/// run covers the watchdog's rescue with
+/// `a_shard_sleeping_through_its_ticks_is_woken_by_the_watchdog_and_serves_again`.
 #[test]
-#[ignore = "stress test that can hang the suite; run alone with --ignored"]
+#[ignore = "can hang the suite: a shard parked again while the server drains never finishes the drain, and \
+            the drop waits for it; run alone with --ignored"]
 fn shards_parked_with_runnable_tasks_are_woken() {
     use std::sync::atomic::{AtomicBool, Ordering};
     fn knob(name: &str, default: u64) -> u64 {
@@ -703,13 +899,16 @@ fn shards_parked_with_runnable_tasks_are_woken() {
     for thread in threads {
         thread.join().unwrap();
     }
-    // Three ticks for the watchdog to notice, a few more to wake and tick.
-    std::thread::sleep(Duration::from_millis(300));
+    // Every shard ticks on: twice the watchdog's window past the end of the stress
+    // (the watchdog notices a parked one after STALL_TICKS ticks and wakes it), within
+    // a second or so; a shard still short of that after 3 s stopped ticking.
+    let goal = 2 * u64::from(super::watchdog::STALL_TICKS);
     let before: Vec<u64> = handles.iter().map(|h| h.ticks()).collect();
-    std::thread::sleep(Duration::from_millis(700));
+    let ticking = |i: usize| handles[i].ticks() >= before[i] + goal;
+    eventually(Duration::from_secs(3), || (0..handles.len()).all(ticking));
     let after: Vec<u64> = handles.iter().map(|h| h.ticks()).collect();
     let wakes: u64 = handles.iter().map(|h| h.watchdog_wakes()).sum();
-    let frozen: Vec<usize> = (0..handles.len()).filter(|&i| after[i] == before[i]).collect();
+    let frozen: Vec<usize> = (0..handles.len()).filter(|&i| !ticking(i)).collect();
     if !frozen.is_empty() {
         let states: Vec<Option<char>> = frozen
             .iter()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use super::tests::{Client, OwnedEvent, TestServer};
+use super::tests::{Client, OwnedEvent, TestServer, python_interop};
 use crate::limits::Limits;
 use crate::proto::connection::{Connection, Event, Message};
 use crate::tls::testing::{BOTH, CertDir, TestCert, client_config};
@@ -248,21 +248,15 @@ fn reload_under_live_connections() {
 }
 
 /// Interoperability over TLS with clients nobody here wrote: Python's `ssl` module and
-/// `websockets` (scripts/interop_client.py with `--ca`). Gated like the plain interop
-/// test by `WSGATE_REQUIRE_INTEROP`.
+/// `websockets` (scripts/interop_client.py with `--ca`). Required like the plain interop
+/// test: a missing Python or package fails it, `WSGATE_SKIP_INTEROP=1` skips it (see
+/// `tests::python_interop`).
 #[test]
 fn interoperates_with_python_ssl_and_websockets() {
-    let required = std::env::var_os("WSGATE_REQUIRE_INTEROP").is_some();
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import ssl, websockets.sync.client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            !required,
-            "python3 with the websockets package is required (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: python3 with the websockets package is not installed");
+    if !python_interop(
+        "interoperates_with_python_ssl_and_websockets",
+        "ssl, websockets.sync.client",
+    ) {
         return;
     }
     let cert = TestCert::new();

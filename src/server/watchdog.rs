@@ -18,6 +18,10 @@
 //! It does not stay 0 under heavy CPU contention (the million and fan-out runs in the
 //! README): glommio still parks a shard with work by a path other than the expired
 //! preemption timer, not found yet, and this watchdog is what bounds such a stall.
+//!
+//! Tested end to end by `tests::a_shard_sleeping_through_its_ticks_is_woken_by_the_watchdog_and_serves_again`
+//! (a shard whose ticker lost its wake-up, in the default suite) and, under the real
+//! trigger, by the ignored stress test `tests::shards_parked_with_runnable_tasks_are_woken`.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -134,14 +138,24 @@ mod tests {
         assert!(!needs_wake(Some('R')));
         assert!(!needs_wake(Some('D')));
         assert_eq!(thread_state(my_tid()), Some('R'));
-        let (tx, rx) = std::sync::mpsc::channel();
+        // A thread blocked on a channel until this one lets it go: it sleeps for as
+        // long as it takes this thread to look, however slowly that runs.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let sleeper = std::thread::spawn(move || {
-            tx.send(my_tid()).unwrap();
-            std::thread::sleep(Duration::from_millis(500));
+            tid_tx.send(my_tid()).unwrap();
+            let _ = go_rx.recv();
         });
-        let tid = rx.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(thread_state(tid), Some('S'));
+        let tid = tid_rx.recv().unwrap();
+        // Between its send and its block in recv it is still running: poll until it sleeps.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut state = thread_state(tid);
+        while state != Some('S') && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            state = thread_state(tid);
+        }
+        assert_eq!(state, Some('S'));
+        go_tx.send(()).unwrap();
         sleeper.join().unwrap();
         // Gone: unknown, which asks for a wake (the safe side).
         assert_eq!(thread_state(tid), None);
