@@ -231,7 +231,10 @@ pub fn recover(cfg: &Config, shard: usize, limits: &MsgLimits) -> io::Result<Rec
 /// time, since they recover in parallel), and a warning if damaged tails were cut.
 pub fn log_recovery(cfg: &Config, reports: &[RecoveryReport]) {
     if cfg.store == crate::config::StoreKind::Memory {
-        warn!(store = "memory", "message store in memory (--store memory): nothing survives a restart");
+        warn!(
+            store = "memory",
+            "message store in memory (--store memory): nothing survives a restart"
+        );
         return;
     }
     let mut read = Read::default();
@@ -408,10 +411,10 @@ impl Writer {
             }
             if self.signal.stop.get() {
                 // The shard finished: nothing more can be encoded.
-                if let Some((bytes, end)) = source.borrow_mut().take_journal() {
+                let last = source.borrow_mut().take_journal();
+                if let Some((bytes, _)) = last {
                     self.write(&bytes).await;
                     self.sync().await;
-                    let _ = end;
                 }
                 return;
             }
