@@ -757,8 +757,10 @@ PY
 rm -f "$out/.stop" "$out/latest" "$out"/bench-*.json "$out"/metrics-*.json "$out/cpu.json"
 say "starting $servers server process(es)"
 for ((i = 0; i < servers; i++)); do
+  # Each process has its own (fresh) disk store: a data directory is locked by one process.
+  rm -rf "$out/data-$i"
   "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(( admin_base + i ))" \
-    --shards "$shards" --max-connections "$server_max" --auth-mode none \
+    --data-dir "$out/data-$i" --shards "$shards" --max-connections "$server_max" --auth-mode none \
     --upgrade-rate-per-ip 0 --message-rate 0 \
     --handshake-timeout 30s --max-handshakes-per-shard 8192 \
     --ping-interval "$ping_interval" --idle-timeout "$idle_timeout" \

@@ -15,6 +15,9 @@
 # against it, then prints one table. Stops only what it started, by PID; every run is
 # bounded by the bench's own limits.
 #
+# STORE=memory runs the gateway with --store memory (default: the disk store, in a fresh
+# data directory under the output directory).
+#
 # Why not 100,000 members here: this box caps every process at 20,000 open files
 # (RLIMIT_NOFILE, not raisable without CAP_SYS_RESOURCE), so one bench process holds at
 # most ~19,900 sockets and one gateway process as many. Rooms live inside one gateway
@@ -77,7 +80,9 @@ echo "bench-fanout: one gateway (2 shards), one bench process; subscribers $subs
   "$publishers publisher(s) at $publish_rate, $size B, $duration each" >&2
 echo "bench-fanout: 100,000 members would need 5+ processes on each side here (20,000 open" \
   "files per process) and rooms spanning gateway processes (not before the Redis bus)" >&2
+rm -rf "$out/data"
 "$wsgate" serve --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:18191 --shards 2 \
+  --store "${STORE:-disk}" --data-dir "$out/data" \
   --auth-mode none --upgrade-rate-per-ip 0 --message-rate 0 --max-connections-per-user 0 \
   --max-connections 19900 --handshake-timeout 30s --max-handshakes-per-shard 8192 > "$out/wsgate.log" 2>&1 &
 server_pid=$!
