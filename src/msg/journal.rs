@@ -809,6 +809,36 @@ mod tests {
         assert!(back.journal_end() > end, "the take is journaled");
     }
 
+    /// A log recovered at start that nobody has touched since is still restated by a
+    /// compaction (else deleting the old segments would lose it), and its position is
+    /// forgotten only once it holds nothing and has been idle past the history age.
+    #[test]
+    fn an_unclaimed_recovered_log_survives_a_compaction() {
+        let (bytes, now, clock) = sample();
+        let mut recovery = Recovery::new();
+        recovery.feed(&bytes);
+        let (logs, _) = recovery.finish(&clock);
+        let mut store = MemStore::durable(&limits(), bytes.len() as u64, clock);
+        store.load(logs, now);
+        store.restate_unclaimed();
+        let restated = store.journal_mut().unwrap().encoder.take(Vec::new());
+        let mut recovery = Recovery::new();
+        recovery.feed(&restated);
+        let (mut logs, _) = recovery.finish(&clock);
+        logs.sort_by_key(|l| matches!(l.log, LogKey::Room(_)));
+        assert_eq!(logs[0].pos, Position { epoch: 77, seq: 2 });
+        assert_eq!(logs[0].records.len(), 2);
+        assert_eq!(logs[1].pos, Position { epoch: 5, seq: 1 });
+        // Idle past the history age with its messages (and queue) aged out: forgotten.
+        let l = limits();
+        let later = now + l.history_max_age.max(l.offline_max_age) + Duration::from_secs(1);
+        store.sweep(later);
+        let mut e = Encoder::new(0);
+        std::mem::swap(&mut store.journal_mut().unwrap().encoder, &mut e);
+        store.restate_unclaimed();
+        assert_eq!(store.journal_mut().unwrap().encoder.pending(), 0);
+    }
+
     /// A compaction's restatement alone rebuilds the same state as the whole journal.
     #[test]
     fn a_restatement_replaces_the_journal_before_it() {

@@ -217,6 +217,7 @@ impl<S: Store> Owner<S> {
         for (room, entry) in &self.rooms {
             self.store.restate(&LogKey::Room(room.clone()), entry.pos);
         }
+        self.store.restate_unclaimed();
     }
 
     fn new_epoch(&mut self) -> u64 {

@@ -148,6 +148,9 @@ pub trait Store {
     fn restate(&mut self, log: &LogKey, pos: Position) {
         let _ = (log, pos);
     }
+    /// Restates the logs recovered at start that the owner has not opened yet (their
+    /// positions and records live only in the store). No-op without a journal.
+    fn restate_unclaimed(&mut self) {}
 }
 
 /// A bounded FIFO of records with a byte count.
@@ -204,8 +207,13 @@ pub struct Journal {
     pub encoder: Encoder,
     /// Instants to wall-clock time and back.
     pub clock: WallClock,
-    /// Positions recovered at start for logs the owner has not opened yet.
+    /// Positions recovered at start for logs the owner has not opened yet. A compaction
+    /// restates them too (their records would be lost otherwise); those with nothing
+    /// stored are forgotten once idle for `history_max_age` after the load, as the owner
+    /// forgets an idle entry.
     recovered: HashMap<LogKey, Position>,
+    /// When [`MemStore::load`] ran.
+    loaded_at: Option<Instant>,
     /// Set by the writer when the disk budget is spent.
     pub full: bool,
 }
@@ -252,6 +260,7 @@ impl MemStore {
                 encoder: Encoder::new(end),
                 clock,
                 recovered: HashMap::new(),
+                loaded_at: None,
                 full: false,
             })),
             ..Self::new(limits)
@@ -272,6 +281,9 @@ impl MemStore {
     /// too large or too old now are left out and counted). Call on an empty store.
     pub fn load(&mut self, logs: Vec<RecoveredLog>, now: Instant) -> Loaded {
         let mut loaded = Loaded::default();
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.loaded_at = Some(now);
+        }
         for recovered in logs {
             let RecoveredLog {
                 log,
@@ -459,6 +471,17 @@ impl Store for MemStore {
             swept.offline_expired += fifo.trim_age(now, l.offline_max_age);
             !fifo.records.is_empty()
         });
+        if let Some(journal) = self.journal.as_deref_mut()
+            && journal
+                .loaded_at
+                .is_some_and(|at| now.saturating_duration_since(at) > l.history_max_age)
+        {
+            let (logs, offline) = (&self.logs, &self.offline);
+            journal.recovered.retain(|log, _| {
+                logs.contains_key(log)
+                    || matches!(log, LogKey::Inbox(user) if offline.contains_key(user))
+            });
+        }
         swept
     }
 
@@ -476,6 +499,16 @@ impl Store for MemStore {
 
     fn full(&self) -> bool {
         self.journal.as_ref().is_some_and(|j| j.full)
+    }
+
+    fn restate_unclaimed(&mut self) {
+        let Some(journal) = self.journal.as_deref() else {
+            return;
+        };
+        let unclaimed: Vec<(LogKey, Position)> = journal.recovered.iter().map(|(l, p)| (l.clone(), *p)).collect();
+        for (log, pos) in unclaimed {
+            self.restate(&log, pos);
+        }
     }
 
     fn restate(&mut self, log: &LogKey, pos: Position) {
