@@ -478,8 +478,7 @@ impl Store for MemStore {
         {
             let (logs, offline) = (&self.logs, &self.offline);
             journal.recovered.retain(|log, _| {
-                logs.contains_key(log)
-                    || matches!(log, LogKey::Inbox(user) if offline.contains_key(user))
+                logs.contains_key(log) || matches!(log, LogKey::Inbox(user) if offline.contains_key(user))
             });
         }
         swept
