@@ -56,7 +56,13 @@
 //! The syntax of sizes and durations is [`crate::units`]'s. In the file, sizes and
 //! counts may be TOML integers or strings, durations strings, `echo` a boolean and lists
 //! arrays of strings. A key that is not an option is an error, so a misspelt key cannot
-//! silently leave a default in force.
+//! silently leave a default in force.//!
+//! # Why one long file
+//!
+//! About 800 of its lines are the option table itself (one row per option: key, type,
+//! default, kind, help), which is the point: every option reviewed side by side. The
+//! machinery that turns rows into clap arguments, merges sources and checks ranges sits
+//! beside it because the `options!` macro and the `Kind` implementations change together.
 #![forbid(unsafe_code)]
 
 use std::fmt;

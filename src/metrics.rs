@@ -4,7 +4,12 @@
 //! atomics, no sharing). Once per timer tick the shard copies it into its slot of the
 //! [`Registry`]; a scrape of `/metrics` reads those copies, so a figure is at most one
 //! tick old and the hot path never waits on a reader. [`render`] turns the copies and a
-//! few process facts ([`ProcessInfo`]) into the Prometheus text format.
+//! few process facts ([`ProcessInfo`]) into the Prometheus text format.//!
+//! # Why one long file
+//!
+//! Most of it is `FAMILIES`, the table of every exported metric (name, type, help, how to
+//! read it), kept in one place so names and help texts are reviewed side by side, and the
+//! exact-text test that pins the exposition format.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;

@@ -14,6 +14,10 @@
 //!   users `send` to each other; send-to-`msg` and send-to-`ack` latency (`fanout.rs`,
 //!   the worker side in `worker/fan.rs`, the message reading in `wire.rs`).
 //!
+//! This file is the coordinator of all four modes (arguments, threads, the report and
+//! its JSON), 825 lines: the modes share one argument set and one report type, so they
+//! are read together; each mode's worker side has a file of its own.
+//!
 //! # Layout
 //!
 //! ```text

@@ -29,7 +29,13 @@
 //! the distinct users with a connection in it. When a user's first connection joins (or
 //! last leaves) a room of at most `presence_event_max_members` members, the members that
 //! asked for presence get a join (leave) event; above that size they get the member
-//! count instead, at most once per tick.
+//! count instead, at most once per tick.//!
+//! # Why one long file
+//!
+//! The owner is one state machine over one set of tables (users, rooms, positions,
+//! store): splitting its handlers across files would split the invariants between them
+//! (a directory count changed in one and read in another). Each handler is a method of
+//! its own, in the order of [`MeshMsg`]'s variants.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};

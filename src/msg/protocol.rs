@@ -26,7 +26,12 @@
 //! Server messages are written by the `encode_*` functions straight into a `Vec<u8>`
 //! (no intermediate tree); the owner of a key encodes a message once and every
 //! recipient shares the bytes through a `SharedFrame`. A `body` is copied verbatim:
-//! it was validated as JSON when the client sent it.
+//! it was validated as JSON when the client sent it.//!
+//! # Why one long file
+//!
+//! It is the wire protocol: the parser of every client message and the encoder of every
+//! server message, side by side so that a field's name, limit and error code are read and
+//! changed in one place (the README's protocol tables follow its order).
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;

@@ -16,6 +16,13 @@
 //! one read is handed out as a slice of that buffer (zero-copy). Only a message split
 //! across reads or frames, a partial control frame, a pending pong or a close in
 //! progress allocate, in one boxed `Extra` that is freed as soon as it is empty again.
+//!
+//! # Why one long file
+//!
+//! It is one state machine: reading (frames, fragments, UTF-8, control frames), the
+//! heartbeat, and the close handshake share the connection's state bits and its one
+//! `Extra`, and each transition is checked against all of them. Parsing of frame headers,
+//! masks, close payloads and UTF-8 live in their own files beside it.
 
 use std::borrow::Cow;
 use std::time::Instant;
