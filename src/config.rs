@@ -193,6 +193,9 @@ pub const OFFLINE_MAX_AGE_RANGE: RangeInclusive<Duration> = Duration::from_secs(
 /// Accepted `max_rooms_per_connection`: each room a connection is in costs an entry on
 /// its shard and a member count at the room's owner.
 pub const MAX_ROOMS_PER_CONNECTION_RANGE: RangeInclusive<usize> = 0..=10_000;
+/// Accepted [`MsgLimits::max_owner_entries`]: at least one entry; 2^32 entries of ~200
+/// bytes are more memory than any box has.
+pub const MAX_OWNER_ENTRIES_RANGE: RangeInclusive<usize> = 1..=(1 << 32);
 /// Accepted `max_room_name_bytes`.
 pub const MAX_ROOM_NAME_BYTES_RANGE: RangeInclusive<u64> = 1..=4 * KIB;
 /// Accepted `max_user_id_bytes`: no token can name a longer user
@@ -665,6 +668,10 @@ options! {
     max_rooms_per_connection => msg.max_rooms_per_connection,
         Count(MAX_ROOMS_PER_CONNECTION_RANGE), "N", "Messaging",
         "Rooms one connection may be in. Beyond: error too_many_rooms";
+    max_owner_entries => msg.max_owner_entries,
+        Count(MAX_OWNER_ENTRIES_RANGE), "N", "Messaging",
+        "Users and rooms one owner shard tracks. A send or publish that would add one beyond: error \
+        owner_full (known users and rooms are always served)";
     max_room_name_bytes => msg.max_room_name_bytes,
         Size(MAX_ROOM_NAME_BYTES_RANGE), "SIZE", "Messaging",
         "Bytes of a room name. Beyond: error too_large";

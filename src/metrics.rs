@@ -738,6 +738,18 @@ const FAMILIES: &[Family] = &[
         series: Series::Plain(|m| m.msg.storage_full_refusals),
     },
     Family {
+        name: "wsgate_msg_owner_full_refusals_total",
+        kind: Kind::Counter,
+        help: "Sends and publishes refused with owner_full (they would have grown the owner's tables past max_owner_entries).",
+        series: Series::Plain(|m| m.msg.owner_full_refusals),
+    },
+    Family {
+        name: "wsgate_msg_owner_entries",
+        kind: Kind::Gauge,
+        help: "Users and rooms the shard's owner tracks (bounded by max_owner_entries).",
+        series: Series::Plain(|m| m.msg.owner_entries),
+    },
+    Family {
         name: "wsgate_journal_written_bytes_total",
         kind: Kind::Counter,
         help: "Bytes appended to the disk store's journal segments.",
@@ -1190,6 +1202,12 @@ wsgate_msg_client_errors_total{shard="0",code="too_large"} 2
 # HELP wsgate_msg_storage_full_refusals_total Sends and publishes refused with storage_full (the disk store's budget was spent).
 # TYPE wsgate_msg_storage_full_refusals_total counter
 wsgate_msg_storage_full_refusals_total{shard="0"} 0
+# HELP wsgate_msg_owner_full_refusals_total Sends and publishes refused with owner_full (they would have grown the owner's tables past max_owner_entries).
+# TYPE wsgate_msg_owner_full_refusals_total counter
+wsgate_msg_owner_full_refusals_total{shard="0"} 0
+# HELP wsgate_msg_owner_entries Users and rooms the shard's owner tracks (bounded by max_owner_entries).
+# TYPE wsgate_msg_owner_entries gauge
+wsgate_msg_owner_entries{shard="0"} 0
 # HELP wsgate_journal_written_bytes_total Bytes appended to the disk store's journal segments.
 # TYPE wsgate_journal_written_bytes_total counter
 wsgate_journal_written_bytes_total{shard="0"} 0

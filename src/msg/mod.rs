@@ -161,6 +161,11 @@ pub struct MsgLimits {
     pub ring_depth: usize,
     /// How long a data message may wait for room in a full ring before it is shed.
     pub ring_full_wait: Duration,
+    /// Users and rooms one owner shard tracks at most. A send or publish that would
+    /// create an entry beyond it is refused (`owner_full`); connections and keys that
+    /// already have an entry are never refused. Bounds what made-up user ids and room
+    /// names can make an owner hold until its sweep.
+    pub max_owner_entries: usize,
 }
 
 /// Bytes of a client-chosen `id`, fixed by the protocol: enough for a UUID or a
@@ -183,6 +188,7 @@ impl Default for MsgLimits {
             presence_event_max_members: 100,
             ring_depth: 4096,
             ring_full_wait: Duration::from_millis(5),
+            max_owner_entries: 1_000_000,
         }
     }
 }
@@ -245,6 +251,11 @@ pub struct MsgMetrics {
     /// Sends and publishes (client and API) refused with `storage_full`: the store's
     /// disk budget was spent.
     pub storage_full_refusals: u64,
+    /// Sends and publishes refused with `owner_full` (they would have created an owner
+    /// entry beyond `max_owner_entries`).
+    pub owner_full_refusals: u64,
+    /// Gauge: users and rooms this shard's owner tracks (what `max_owner_entries` bounds).
+    pub owner_entries: u64,
 }
 
 impl MsgMetrics {
@@ -278,6 +289,8 @@ impl MsgMetrics {
             superseded_deliveries,
             api_disconnects,
             storage_full_refusals,
+            owner_full_refusals,
+            owner_entries,
         } = other;
         self.sends_accepted += sends_accepted;
         self.publishes_accepted += publishes_accepted;
@@ -306,6 +319,8 @@ impl MsgMetrics {
         self.superseded_deliveries += superseded_deliveries;
         self.api_disconnects += api_disconnects;
         self.storage_full_refusals += storage_full_refusals;
+        self.owner_full_refusals += owner_full_refusals;
+        self.owner_entries += owner_entries;
     }
 
     /// Adds `other` into `self` (to sum the shards of a simulation or a scrape).

@@ -311,8 +311,8 @@ impl<S: Store> Owner<S> {
                 id,
                 body,
             } => {
-                if self.store.full() {
-                    return self.refuse_full(from, conn, id.as_ref(), out, m);
+                if let Some(code) = self.refusal(KeyKind::User, &to) {
+                    return self.refuse(from, conn, id.as_ref(), code, out, m);
                 }
                 let (pos, _) = self.on_send(&to, Some(sender), id.clone(), &body, now, out, m);
                 let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
@@ -402,8 +402,8 @@ impl<S: Store> Owner<S> {
                 body,
                 exclude_self,
             } => {
-                if self.store.full() {
-                    return self.refuse_full(from, conn, id.as_ref(), out, m);
+                if let Some(code) = self.refusal(KeyKind::Room, &room) {
+                    return self.refuse(from, conn, id.as_ref(), code, out, m);
                 }
                 let exclude = exclude_self.then_some((from, conn));
                 let pos = self.on_publish(&room, Some(&publisher), id.as_ref(), &body, exclude, now, out, m);
@@ -772,30 +772,64 @@ impl<S: Store> Owner<S> {
 
     /// A backend request for a user or room of this shard: done, and answered on the
     /// request's channel (see [`super::api`]).
-    /// Answers a send or publish with `storage_full`: the store's disk budget is spent,
-    /// so nothing is accepted that could not be kept.
-    fn refuse_full(
+    /// Why a send to user `key` or a publish to room `key` cannot be accepted now: the
+    /// store's disk budget is spent (`storage_full`: nothing is accepted that could not
+    /// be kept), or the message would create an entry beyond `max_owner_entries`
+    /// (`owner_full`: made-up user ids and room names cannot grow the owner's tables
+    /// without bound; keys that already have an entry are served as usual).
+    fn refusal(&self, kind: KeyKind, key: &Key) -> Option<ErrorCode> {
+        if self.store.full() {
+            return Some(ErrorCode::StorageFull);
+        }
+        let known = match kind {
+            KeyKind::User => self.users.contains_key(key),
+            KeyKind::Room => self.rooms.contains_key(key),
+        };
+        let entries = self.users.len() + self.rooms.len();
+        (!known && entries >= self.limits.max_owner_entries).then_some(ErrorCode::OwnerFull)
+    }
+
+    /// Answers a send or publish with `code` (see [`refusal`](Self::refusal)), counted.
+    fn refuse(
         &mut self,
         from: ShardId,
         conn: ConnId,
         id: Option<&ClientId>,
+        code: ErrorCode,
         out: &mut Vec<(ShardId, MeshMsg)>,
         m: &mut MsgMetrics,
     ) {
-        m.storage_full_refusals += 1;
+        let text = match code {
+            ErrorCode::StorageFull => {
+                m.storage_full_refusals += 1;
+                "the message store is full; retry later"
+            }
+            _ => {
+                m.owner_full_refusals += 1;
+                "the gateway tracks too many users and rooms; retry later"
+            }
+        };
         m.client_errors += 1;
-        *m.errors_by_code.entry(ErrorCode::StorageFull.label()).or_insert(0) += 1;
-        let text = "the message store is full; retry later";
-        let frame = self.frame(|o| protocol::encode_error(o, ErrorCode::StorageFull, text, id));
+        *m.errors_by_code.entry(code.label()).or_insert(0) += 1;
+        let frame = self.frame(|o| protocol::encode_error(o, code, text, id));
         out.push((from, MeshMsg::ToConn { conn, frame }));
     }
 
     fn on_api(&mut self, request: ApiRequest, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
-        let full = self.store.full();
+        let refusal = match &request.op {
+            ApiOp::Publish { room, .. } => self.refusal(KeyKind::Room, room),
+            ApiOp::Send { to, .. } => self.refusal(KeyKind::User, to),
+            _ => None,
+        };
         let reply = match &request.op {
-            ApiOp::Publish { .. } | ApiOp::Send { .. } if full => {
+            _ if refusal == Some(ErrorCode::StorageFull) => {
                 m.storage_full_refusals += 1;
                 ApiReply::StorageFull
+            }
+            // Too many entries: the API's answer for "retry later" (503).
+            _ if refusal.is_some() => {
+                m.owner_full_refusals += 1;
+                ApiReply::Overloaded
             }
             ApiOp::Publish { room, body } => {
                 let pos = self.on_publish(room, None, None, body, None, now, out, m);

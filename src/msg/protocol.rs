@@ -230,11 +230,14 @@ pub enum ErrorCode {
     /// The message store's disk budget is spent: the message was not stored (and not
     /// delivered). Retry later.
     StorageFull,
+    /// The message would create a user or room entry beyond `max_owner_entries` on its
+    /// owner shard. Retry later.
+    OwnerFull,
 }
 
 impl ErrorCode {
     /// Every code, for tests and docs.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::BadRequest,
         Self::UnknownType,
         Self::TooLarge,
@@ -246,6 +249,7 @@ impl ErrorCode {
         Self::Overloaded,
         Self::UnknownSeq,
         Self::StorageFull,
+        Self::OwnerFull,
     ];
 
     /// The wire name (snake_case).
@@ -262,6 +266,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::UnknownSeq => "unknown_seq",
             Self::StorageFull => "storage_full",
+            Self::OwnerFull => "owner_full",
         }
     }
 }
@@ -1172,7 +1177,7 @@ mod tests {
             "reserved, not built"
         );
         assert_eq!(Encoding::from_subprotocol(Some("chat")), None);
-        assert_eq!(ErrorCode::ALL.len(), 11);
+        assert_eq!(ErrorCode::ALL.len(), 12);
     }
 
     /// Valid messages of every type, as mutation seeds.

@@ -701,6 +701,35 @@ fn leave_and_rejoin_before_the_first_joined_arrives() {
     assert_eq!(seqs(&msgs), [2, 3, 4, 5], "{frames:?}");
 }
 
+/// Made-up recipients and rooms cannot grow an owner past `max_owner_entries`: a send or
+/// publish that would add an entry beyond it gets `owner_full` (counted); known users
+/// and rooms, and connections, are served as usual.
+#[test]
+fn owner_tables_are_bounded_for_made_up_users_and_rooms() {
+    let limits = MsgLimits {
+        max_owner_entries: 2,
+        ..MsgLimits::default()
+    };
+    let mut sim = Sim::new(1, &limits);
+    let alice = sim.connect(0, "alice");
+    sim.say(alice, json!({"type":"send","to":"bob","id":1,"body":"hi"}));
+    sim.run();
+    sim.say(alice, json!({"type":"send","to":"carol","id":2,"body":"hi"}));
+    sim.say(alice, json!({"type":"publish","room":"new-room","id":3,"body":"hi"}));
+    sim.say(alice, json!({"type":"send","to":"bob","id":4,"body":"again"}));
+    sim.run();
+    let acks: Vec<_> = sim.of_type(alice, "ack").iter().map(|a| a["id"].clone()).collect();
+    assert_eq!(acks, [json!(1), json!(4)]);
+    let errors = sim.of_type(alice, "error");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().all(|e| e["code"] == "owner_full"), "{errors:?}");
+    assert_eq!(sim.metrics().owner_full_refusals, 2);
+    // A connection is never refused, even beyond the bound.
+    let dave = sim.connect(0, "dave");
+    assert_eq!(sim.frames(dave)[0]["type"], "welcome");
+    assert_eq!(sim.shards[0].core.owner().users(), 3);
+}
+
 #[test]
 fn offline_queue_delivers_on_connect_within_its_limits() {
     let limits = MsgLimits {

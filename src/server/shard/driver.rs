@@ -379,6 +379,7 @@ impl Shard {
                 self.metrics.journal.records_written = journal.encoder.records();
             }
             self.metrics.msg.clone_from(msg.metrics());
+            self.metrics.msg.owner_entries = (msg.owner().users() + msg.owner().rooms()) as u64;
             self.metrics.msg_users = msg.hub().users() as u64;
             self.metrics.msg_rooms = msg.hub().rooms() as u64;
             self.metrics.msg_owned_users_online = msg.owner().online_users() as u64;
