@@ -4,8 +4,8 @@
 //! millions of mostly idle connections per box. This crate is the library behind the
 //! `wsgate` binary. Built today: the sans-IO protocol core, the server runtime (shards,
 //! connection lifecycle, drain, metrics) and its configuration, token authentication,
-//! edge limits, in-process TLS, and the sans-IO messaging core; scale-out comes next
-//! (the README says what works).
+//! edge limits, in-process TLS, the sans-IO messaging core and its durable on-disk
+//! store; scale-out comes next (the README says what works).
 //!
 //! # Layout
 //!
@@ -43,12 +43,18 @@
 //!        ├── msg::local     local side: user / room → this shard's ConnIds
 //!        ├── msg::owner     owner of hash(key) % shards: directory, seq + epoch, history,
 //!        │                  offline queue, room interest by shard, presence
-//!        ├── msg::store     Store trait (logs, offline queues) + in-memory store
+//!        ├── msg::store     Store trait (logs, offline queues) + the store in memory,
+//!        │                  which with --store disk also encodes every change
+//!        ├── msg::journal   sans-IO journal records (len | crc32c | payload) and recovery
+//!        │                  (torn or corrupt tails cut) ──▶ server::journal: the data
+//!        │                  directory, segments, the writer task (group commit, fsync,
+//!        │                  compaction, disk budget) on the shard's executor
 //!        └── msg::mesh      MeshMsg + one bounded SPSC ring per ordered shard pair,
 //!                           doorbell per shard, wait-then-shed when a ring is full
 //!
 //!  main.rs ── cli (the command line) ── config (one table of options: flags, env, TOML
 //!          → one Config) ── sys (fd limit, start-up report); units (sizes, durations)
+//!         ── serve::run: the shards, the admin listener, signals, drain
 //!         ── admin (/healthz, /readyz, /metrics on its own thread) ◀── metrics::Registry
 //!         ── signals ──▶ Command::Drain to every shard; SIGHUP ──▶ tls::TlsContext::reload
 //! ```
@@ -76,6 +82,8 @@
 //! - [`metrics`], [`admin`], [`sys`], [`logging`]: what operators see; `logging` is the
 //!   one path for diagnostics (`tracing` events to stderr, text or JSON, rate-limited
 //!   where a flood could write a line per bad client).
+//! - [`serve`]: `wsgate serve` from a loaded `Config` to the exit code (what `main`
+//!   calls, and what the crash tests run in a child process and kill).
 //!
 //! - [`bench`](mod@bench): `wsgate bench density|echo|fanout|direct`, the load generator that proves density and
 //!   speed against a running gateway. Its workers are built like the shards (one
@@ -83,7 +91,7 @@
 //!   in the client role), so the client side costs as little per connection as the
 //!   server side.
 //!
-//! Planned, not built yet: durable stores (on-disk log, Redis), `cluster/` (Redis).
+//! Planned, not built yet: `cluster/` (scale-out over Redis).
 //!
 //! # Limits
 //!
@@ -155,6 +163,7 @@ pub mod logging;
 pub mod metrics;
 pub mod msg;
 pub mod proto;
+pub mod serve;
 pub mod server;
 pub mod sys;
 #[cfg(test)]

@@ -337,6 +337,17 @@ fn report(config: &Config, nofile_soft: u64, host: &Host) -> StartupReport {
             config.listen_backlog
         ));
     }
+    // The welcome and the whole offline queue are queued at once on the first connection.
+    let offline = config.msg.offline_max_bytes;
+    if !config.echo && offline > config.send_queue_bytes {
+        warnings.push(format!(
+            "offline_max_bytes ({}) exceeds send_queue_bytes ({}): a user whose offline queue holds more than \
+             a send queue is closed as a slow consumer when it connects, and again on every reconnect; keep \
+             offline_max_bytes at or under send_queue_bytes",
+            human_bytes(offline as u64),
+            human_bytes(config.send_queue_bytes as u64)
+        ));
+    }
     StartupReport { lines, warnings }
 }
 
@@ -556,6 +567,12 @@ mod tests {
         );
         assert!(warnings[1].starts_with("shards (4) exceed the CPUs available (2)"));
         assert!(warnings[2].starts_with("listen_backlog 65535 is capped by net.core.somaxconn = 4096"));
+        // An offline queue that cannot fit in a send queue.
+        let mut big_offline = config();
+        big_offline.msg.offline_max_bytes = big_offline.send_queue_bytes + 1;
+        let warnings = report(&big_offline, 1 << 20, &host()).warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(warnings[0].starts_with("offline_max_bytes (256.0 KiB) exceeds send_queue_bytes (256.0 KiB)"));
         // Unknown facts give no warning.
         let unknown = Host {
             cpus: 4,

@@ -157,6 +157,10 @@ impl<S: Store> MsgShard<S> {
     /// where the owner's store has written: an ack, a delivery or an API answer never
     /// leaves before the change it reports is durable, and later answers queue behind
     /// earlier ones so the order stays the owner's.
+    ///
+    /// Refusals (`storage_full`, `owner_full`) report no change: they leave at once, also
+    /// ahead of held answers, so a client hears "retry later" while the disk is failing
+    /// instead of waiting on writes that cannot finish.
     fn release_or_hold(&mut self, answers: &mut Vec<(ShardId, MeshMsg)>) {
         let end = self.owner.store().journal_end();
         if end > self.durable || !self.held.is_empty() {
@@ -165,6 +169,10 @@ impl<S: Store> MsgShard<S> {
             for (to, msg) in answers.drain(..) {
                 self.dispatch_to(to, msg);
             }
+        }
+        self.owner.take_refusals(answers);
+        for (to, msg) in answers.drain(..) {
+            self.dispatch_to(to, msg);
         }
     }
 

@@ -157,6 +157,9 @@ pub struct Owner<S> {
     records: Vec<Record>,
     /// Scratch: JSON being encoded.
     buf: Vec<u8>,
+    /// Refusals: answers that report no change, so they need not wait for the journal
+    /// (a full or failing disk must not hold them behind writes that cannot finish).
+    refusals: Vec<(ShardId, MeshMsg)>,
 }
 
 impl<S: Store> Owner<S> {
@@ -180,7 +183,14 @@ impl<S: Store> Owner<S> {
             last_sweep: None,
             records: Vec::new(),
             buf: Vec::new(),
+            refusals: Vec::new(),
         }
+    }
+
+    /// Moves the refusals made since the last call into `out`: they may leave at once,
+    /// ahead of answers still waiting for the journal.
+    pub fn take_refusals(&mut self, out: &mut Vec<(ShardId, MeshMsg)>) {
+        out.append(&mut self.refusals);
     }
 
     /// Users with an entry here (gauge).
@@ -312,7 +322,7 @@ impl<S: Store> Owner<S> {
                 body,
             } => {
                 if let Some(code) = self.refusal(KeyKind::User, &to) {
-                    return self.refuse(from, conn, id.as_ref(), code, out, m);
+                    return self.refuse(from, conn, id.as_ref(), code, m);
                 }
                 let (pos, _) = self.on_send(&to, Some(sender), id.clone(), &body, now, out, m);
                 let ack = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
@@ -403,7 +413,7 @@ impl<S: Store> Owner<S> {
                 exclude_self,
             } => {
                 if let Some(code) = self.refusal(KeyKind::Room, &room) {
-                    return self.refuse(from, conn, id.as_ref(), code, out, m);
+                    return self.refuse(from, conn, id.as_ref(), code, m);
                 }
                 let exclude = exclude_self.then_some((from, conn));
                 let pos = self.on_publish(&room, Some(&publisher), id.as_ref(), &body, exclude, now, out, m);
@@ -790,15 +800,7 @@ impl<S: Store> Owner<S> {
     }
 
     /// Answers a send or publish with `code` (see [`refusal`](Self::refusal)), counted.
-    fn refuse(
-        &mut self,
-        from: ShardId,
-        conn: ConnId,
-        id: Option<&ClientId>,
-        code: ErrorCode,
-        out: &mut Vec<(ShardId, MeshMsg)>,
-        m: &mut MsgMetrics,
-    ) {
+    fn refuse(&mut self, from: ShardId, conn: ConnId, id: Option<&ClientId>, code: ErrorCode, m: &mut MsgMetrics) {
         let text = match code {
             ErrorCode::StorageFull => {
                 m.storage_full_refusals += 1;
@@ -812,7 +814,7 @@ impl<S: Store> Owner<S> {
         m.client_errors += 1;
         *m.errors_by_code.entry(code.label()).or_insert(0) += 1;
         let frame = self.frame(|o| protocol::encode_error(o, code, text, id));
-        out.push((from, MeshMsg::ToConn { conn, frame }));
+        self.refusals.push((from, MeshMsg::ToConn { conn, frame }));
     }
 
     fn on_api(&mut self, request: ApiRequest, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
@@ -875,8 +877,13 @@ impl<S: Store> Owner<S> {
             }
             ApiOp::Disconnect { .. } => unreachable!("disconnects are handled by each shard's local side"),
         };
-        // Answered through the owner's output, so it leaves once the change is durable.
-        out.push((self.shard, MeshMsg::ApiAnswer(Box::new((request, reply)))));
+        let answer = (self.shard, MeshMsg::ApiAnswer(Box::new((request, reply))));
+        if refusal.is_some() {
+            self.refusals.push(answer);
+        } else {
+            // Through the owner's output, so it leaves once the change is durable.
+            out.push(answer);
+        }
     }
 
     /// The owner's tick: member counts for large rooms that changed, and (every

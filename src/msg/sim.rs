@@ -50,6 +50,8 @@ pub(crate) struct Sim {
     /// With the disk store: the journal is made durable every this many steps (so
     /// answers wait behind it for a while), 0 without.
     durable_every: usize,
+    /// The disk refuses writes: nothing becomes durable (a full or failing device).
+    disk_down: bool,
     steps: usize,
 }
 
@@ -116,6 +118,7 @@ impl Sim {
             next_conn: 1,
             batch: 3,
             durable_every,
+            disk_down: false,
             steps: 0,
         }
     }
@@ -252,7 +255,7 @@ impl Sim {
             self.pump_outputs(i);
         }
         self.steps += 1;
-        if self.durable_every > 0 && (self.steps.is_multiple_of(self.durable_every) || !moved) {
+        if self.durable_every > 0 && !self.disk_down && (self.steps.is_multiple_of(self.durable_every) || !moved) {
             moved |= self.make_durable();
         }
         moved
@@ -728,6 +731,49 @@ fn owner_tables_are_bounded_for_made_up_users_and_rooms() {
     let dave = sim.connect(0, "dave");
     assert_eq!(sim.frames(dave)[0]["type"], "welcome");
     assert_eq!(sim.shards[0].core.owner().users(), 3);
+}
+
+/// While the disk fails, what was accepted waits (no ack, no delivery) and new sends are
+/// refused with `storage_full` at once, not held behind the writes that cannot finish;
+/// once the disk is back the waiting acks come, in order, and sends are taken again.
+#[test]
+fn a_failing_disk_holds_acks_and_refuses_new_sends_at_once() {
+    let mut sim = Sim::with_journal(2, &MsgLimits::default(), 1);
+    let alice = sim.connect(0, "alice");
+    let bob = sim.connect(1, "bob");
+    sim.say(alice, json!({"type":"send","to":"bob","id":1,"body":"one"}));
+    sim.run();
+    assert_eq!(sim.of_type(alice, "ack").len(), 1);
+    sim.disk_down = true;
+    sim.say(alice, json!({"type":"send","to":"bob","id":2,"body":"two"}));
+    sim.run();
+    assert_eq!(sim.of_type(alice, "ack").len(), 1, "not acked before it is durable");
+    assert_eq!(sim.of_type(bob, "msg").len(), 1, "not delivered before it is durable");
+    // The writer marks the store full on its first failed write.
+    for shard in &mut sim.shards {
+        shard.core.owner_mut().store_mut().set_full(true);
+    }
+    sim.say(alice, json!({"type":"send","to":"bob","id":3,"body":"three"}));
+    sim.run();
+    let errors = sim.of_type(alice, "error");
+    assert_eq!(errors.len(), 1, "refused at once, not held: {errors:?}");
+    assert_eq!(
+        (errors[0]["code"].as_str(), errors[0]["id"].as_u64()),
+        (Some("storage_full"), Some(3))
+    );
+    // The disk is back.
+    for shard in &mut sim.shards {
+        shard.core.owner_mut().store_mut().set_full(false);
+    }
+    sim.disk_down = false;
+    sim.run();
+    let acks: Vec<_> = sim.of_type(alice, "ack").iter().map(|a| a["id"].clone()).collect();
+    assert_eq!(acks, [json!(1), json!(2)]);
+    let bodies: Vec<_> = sim.of_type(bob, "msg").iter().map(|m| m["body"].clone()).collect();
+    assert_eq!(bodies, [json!("one"), json!("two")]);
+    sim.say(alice, json!({"type":"send","to":"bob","id":4,"body":"four"}));
+    sim.run();
+    assert_eq!(sim.of_type(alice, "ack").len(), 3);
 }
 
 #[test]

@@ -35,6 +35,13 @@
 //! data: about 1 ms per 10 MB here); disk use stays under about twice the live data plus
 //! two segments, and `data_max_bytes` caps it: at the shard's share, new messages are
 //! refused (`storage_full`) until a compaction brings it back under 90%.
+//!
+//! # Write failures
+//!
+//! A write or sync that fails (the device is full, or failing) is retried every 100 ms
+//! and the records' acks wait: nothing is acked that is not written. From the first
+//! failure until a write and its sync go through again, new messages are refused with
+//! `storage_full` (counted), so what waits stays bounded by what was in flight.
 
 use std::cell::{Cell, RefCell};
 use std::fs;
@@ -219,6 +226,7 @@ pub fn recover(cfg: &Config, shard: usize, limits: &MsgLimits) -> io::Result<Rec
         budget,
         live_bytes: 0,
         compaction: None,
+        failing: false,
         signal: Rc::new(Signal::default()),
         stats: Rc::new(RefCell::new(JournalStats::default())),
     };
@@ -374,6 +382,8 @@ pub struct Writer {
     /// Bytes the last compaction wrote (what is live); 0 before the first.
     live_bytes: u64,
     compaction: Option<Compaction>,
+    /// A write or sync failed and has not succeeded since: new messages are refused.
+    failing: bool,
     signal: Rc<Signal>,
     stats: Rc<RefCell<JournalStats>>,
 }
@@ -404,8 +414,8 @@ impl Writer {
             }
             let taken = source.borrow_mut().take_journal();
             if let Some((bytes, end)) = taken {
-                self.write(&bytes).await;
-                self.sync().await;
+                self.write(&source, &bytes).await;
+                self.sync(&source).await;
                 source.borrow_mut().on_durable(end);
                 self.after_write(&source).await;
             }
@@ -413,8 +423,8 @@ impl Writer {
                 // The shard finished: nothing more can be encoded.
                 let last = source.borrow_mut().take_journal();
                 if let Some((bytes, _)) = last {
-                    self.write(&bytes).await;
-                    self.sync().await;
+                    self.write(&source, &bytes).await;
+                    self.sync(&source).await;
                 }
                 return;
             }
@@ -428,11 +438,7 @@ impl Writer {
             while self.segments.front().is_some_and(|s| s.index < compaction.first_kept) {
                 let old = self.segments.pop_front().expect("front checked");
                 if let Err(e) = glommio::io::remove(segment_path(&self.dir, old.index)).await {
-                    eprintln!(
-                        "journal {}: cannot delete segment {}: {e}",
-                        self.dir.display(),
-                        old.index
-                    );
+                    warn!(dir = %self.dir.display(), segment = old.index, error = %e, "cannot delete a compacted segment");
                 }
             }
             let _ = compaction.end;
@@ -442,13 +448,13 @@ impl Writer {
         if disk > 2 * self.live_bytes + self.segment_bytes && self.segments.len() > 1 {
             let (before, restated, end) = source.borrow_mut().restate_journal();
             if !before.is_empty() {
-                self.write(&before).await;
+                self.write(source, &before).await;
             }
-            self.roll().await;
+            self.roll(source).await;
             let first_kept = self.segments.back().map_or(0, |s| s.index);
             self.live_bytes = restated.len() as u64;
-            self.write(&restated).await;
-            self.sync().await;
+            self.write(source, &restated).await;
+            self.sync(source).await;
             source.borrow_mut().on_durable(end);
             self.compaction = Some(Compaction { first_kept, end });
             // Delete now rather than after the next write: the restatement is durable.
@@ -478,7 +484,7 @@ impl Writer {
     }
 
     /// Starts a new segment file (and makes its name durable in the directory).
-    async fn roll(&mut self) {
+    async fn roll<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>) {
         let index = self.segments.back().map_or(0, |s| s.index + 1);
         loop {
             match glommio::io::BufferedFile::create(segment_path(&self.dir, index)).await {
@@ -490,7 +496,7 @@ impl Writer {
                     self.sync_dir().await;
                     return;
                 }
-                Err(e) => self.failed("create a segment", &e).await,
+                Err(e) => self.failed(source, "create a segment", &e).await,
             }
         }
     }
@@ -506,12 +512,12 @@ impl Writer {
     }
 
     /// Opens the last segment for appending, or starts the first.
-    async fn current(&mut self) {
+    async fn current<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>) {
         if self.file.is_some() {
             return;
         }
         let Some(last) = self.segments.back().copied() else {
-            return self.roll().await;
+            return self.roll(source).await;
         };
         loop {
             let opened = glommio::io::OpenOptions::new()
@@ -523,18 +529,18 @@ impl Writer {
                     self.file = Some(file);
                     return;
                 }
-                Err(e) => self.failed("open the last segment", &e).await,
+                Err(e) => self.failed(source, "open the last segment", &e).await,
             }
         }
     }
 
     /// Appends `bytes` (whole records) to the current segment, starting a new one first
     /// if they would overflow it. Retries until it succeeds: the records' answers wait.
-    async fn write(&mut self, bytes: &[u8]) {
-        self.current().await;
+    async fn write<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>, bytes: &[u8]) {
+        self.current(source).await;
         let last = self.segments.back().expect("current() made one").bytes;
         if last > 0 && last + bytes.len() as u64 > self.segment_bytes {
-            self.roll().await;
+            self.roll(source).await;
         }
         let mut written = 0;
         while written < bytes.len() {
@@ -544,22 +550,23 @@ impl Writer {
             match file.write_at(bytes[written..].to_vec(), segment.bytes).await {
                 Ok(0) => {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "wrote nothing");
-                    self.failed("write", &glommio::GlommioError::<()>::IoError(e)).await;
+                    self.failed(source, "write", &glommio::GlommioError::<()>::IoError(e))
+                        .await;
                 }
                 Ok(n) => {
                     written += n;
                     segment.bytes += n as u64;
                     self.stats.borrow_mut().bytes_written += n as u64;
                 }
-                Err(e) => self.failed("write", &e).await,
+                Err(e) => self.failed(source, "write", &e).await,
             }
         }
         self.stats.borrow_mut().writes += 1;
     }
 
-    async fn sync(&mut self) {
+    async fn sync<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>) {
         if self.fsync == FsyncPolicy::Never {
-            return;
+            return self.succeeded(source);
         }
         loop {
             let file = self.file.as_ref().expect("a write opened one");
@@ -567,15 +574,33 @@ impl Writer {
             match file.fdatasync().await {
                 Ok(()) => {
                     self.stats.borrow_mut().fsync_seconds.observe(started.elapsed());
-                    return;
+                    return self.succeeded(source);
                 }
-                Err(e) => self.failed("sync", &e).await,
+                Err(e) => self.failed(source, "sync", &e).await,
             }
         }
     }
 
-    async fn failed<T>(&self, what: &str, e: &glommio::GlommioError<T>) {
+    /// A write and its sync went through: after a failure, new messages are taken again
+    /// (unless the budget is spent).
+    fn succeeded<S: JournalSource>(&mut self, source: &Rc<RefCell<S>>) {
+        if self.failing {
+            self.failing = false;
+            let full = self.stats.borrow().full;
+            source.borrow_mut().set_store_full(full);
+            info!(dir = %self.dir.display(), "journal writes succeed again");
+        }
+    }
+
+    /// A write, sync or file operation failed (a full or failing device): new messages
+    /// are refused with `storage_full` until a write succeeds again, so the answers that
+    /// wait stay bounded; the failed operation is retried after [`WRITE_RETRY`].
+    async fn failed<T, S: JournalSource>(&mut self, source: &Rc<RefCell<S>>, what: &str, e: &glommio::GlommioError<T>) {
         self.stats.borrow_mut().write_errors += 1;
+        if !self.failing {
+            self.failing = true;
+            source.borrow_mut().set_store_full(true);
+        }
         // At most one event per retry interval per shard: not a flood.
         error!(dir = %self.dir.display(), what, error = %e, retry = ?WRITE_RETRY, "journal write failed; acks wait");
         glommio::timer::sleep(WRITE_RETRY).await;
@@ -625,6 +650,140 @@ mod tests {
         drop(prepare(&cfg).unwrap());
         fs::write(dir.join("wsgate.meta"), "something else").unwrap();
         assert!(prepare(&cfg).unwrap_err().contains("not a wsgate data directory"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Stands in for the shard: a durable store that the test appends to, restated on
+    /// the writer's demand, with what the writer reported.
+    struct Source {
+        store: MemStore,
+        pos: crate::msg::Position,
+        durable: u64,
+    }
+
+    const LOBBY: fn() -> crate::msg::store::LogKey = || crate::msg::store::LogKey::Room("lobby".into());
+
+    impl JournalSource for Source {
+        fn take_journal(&mut self) -> Option<(Vec<u8>, u64)> {
+            let journal = self.store.journal_mut()?;
+            (journal.encoder.pending() > 0).then(|| {
+                let end = journal.encoder.end();
+                (journal.encoder.take(Vec::new()), end)
+            })
+        }
+
+        fn restate_journal(&mut self) -> (Vec<u8>, Vec<u8>, u64) {
+            use crate::msg::store::Store as _;
+            let before = self.take_journal().map(|(b, _)| b).unwrap_or_default();
+            self.store.restate(&LOBBY(), self.pos);
+            let (restated, end) = self.take_journal().expect("a restatement");
+            (before, restated, end)
+        }
+
+        fn on_durable(&mut self, upto: u64) {
+            self.durable = self.durable.max(upto);
+        }
+
+        fn set_store_full(&mut self, full: bool) {
+            self.store.set_full(full);
+        }
+    }
+
+    /// The writer rolls small segments, compacts them by restatement and deletes what was
+    /// restated, keeps the disk near the live data, and what it leaves recovers to the
+    /// same log: the last messages under the history limit, the position and epoch.
+    #[test]
+    fn the_writer_rolls_compacts_and_deletes_segments_and_recovery_reads_them_back() {
+        use crate::msg::store::{Record, Store as _};
+        let dir = temp_dir("writer");
+        let cfg = Config {
+            shards: 1,
+            data_dir: crate::config::DataDir(dir.clone()),
+            segment_bytes: 8 * 1024,
+            fsync_window: Duration::from_micros(100),
+            ..Config::default()
+        };
+        let limits = MsgLimits {
+            history_max_messages: 20,
+            ..MsgLimits::default()
+        };
+        let _lock = prepare(&cfg).unwrap();
+        let (stats, segments_seen) = glommio::LocalExecutorBuilder::default()
+            .spawn({
+                let (cfg, limits) = (cfg.clone(), limits.clone());
+                move || async move {
+                    let recovered = recover(&cfg, 0, &limits).unwrap();
+                    let mut store = recovered.store;
+                    let fresh = crate::msg::Position { epoch: 5, seq: 0 };
+                    assert_eq!(store.start_position(&LOBBY(), fresh), fresh);
+                    let writer = recovered.writer;
+                    let (signal, stats) = (writer.signal(), writer.stats());
+                    let source = Rc::new(RefCell::new(Source {
+                        store,
+                        pos: fresh,
+                        durable: 0,
+                    }));
+                    let task = glommio::spawn_local(writer.run(source.clone()));
+                    let mut segments_seen = 0;
+                    for seq in 1..=2000u64 {
+                        {
+                            let mut s = source.borrow_mut();
+                            let record = Record {
+                                seq,
+                                at: Instant::now(),
+                                frame: crate::proto::frame::SharedFrame::text(&format!("{seq:0>200}")),
+                                sender: None,
+                                acked: false,
+                            };
+                            s.store.append(&LOBBY(), record, Instant::now());
+                            s.pos.seq = seq;
+                        }
+                        signal.raise();
+                        if seq % 50 == 0 {
+                            // Every answer waits for the journal: so does the test.
+                            while source.borrow().durable < source.borrow().store.journal_end() {
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                            segments_seen = segments_seen.max(stats.borrow().segments);
+                        }
+                    }
+                    signal.stop();
+                    task.await;
+                    let stats = stats.borrow();
+                    ((stats.compactions, stats.segments, stats.disk_bytes), segments_seen)
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (compactions, segments, disk) = stats;
+        // 2000 records of ~230 bytes: about 56 segments of 8 KiB written, few kept.
+        assert!(compactions >= 5, "compactions {compactions}");
+        assert!(
+            segments_seen >= 2 && segments <= 4,
+            "segments: at most {segments_seen}, at the end {segments}"
+        );
+        let on_disk: Vec<_> = fs::read_dir(shard_dir(&dir, 0)).unwrap().collect();
+        assert_eq!(
+            on_disk.len() as u64,
+            segments,
+            "deleted segments are gone from the directory"
+        );
+        assert!(disk < 4 * 8 * 1024, "disk {disk} bytes");
+        // What is left recovers to the same log.
+        let mut recovered = recover(&cfg, 0, &limits).unwrap();
+        let mut out = Vec::new();
+        recovered.store.read_since(&LOBBY(), 0, Instant::now(), &mut out);
+        let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1981..=2000).collect::<Vec<_>>());
+        assert!(out[19].frame.as_bytes().ends_with(format!("{:0>200}", 2000).as_bytes()));
+        let fresh = crate::msg::Position { epoch: 77, seq: 0 };
+        assert_eq!(
+            recovered.store.start_position(&LOBBY(), fresh),
+            crate::msg::Position { epoch: 5, seq: 2000 },
+            "the epoch and seq survive"
+        );
+        drop(_lock);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -447,6 +447,8 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_api;
 #[cfg(test)]
+mod tests_crash;
+#[cfg(test)]
 mod tests_edge;
 #[cfg(test)]
 mod tests_msg;
