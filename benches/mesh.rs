@@ -142,7 +142,12 @@ fn fanout(c: &mut Criterion) {
             generated: false,
         };
         shard.handle_connect(ConnId::new(i as u32, 0), &identity, Encoding::Json, now);
-        shard.handle_client_frame(ConnId::new(i as u32, 0), FrameKind::Text, br#"{"type":"join","room":"hot"}"#, now);
+        shard.handle_client_frame(
+            ConnId::new(i as u32, 0),
+            FrameKind::Text,
+            br#"{"type":"join","room":"hot"}"#,
+            now,
+        );
     }
     while shard.poll_output().is_some() {}
     let publish = br#"{"type":"publish","room":"hot","id":"p","body":{"text":"hello, room"}}"#;

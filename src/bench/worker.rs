@@ -1324,8 +1324,6 @@ impl Worker {
         self.closing = true;
         let entries: Vec<Key> = self.slots.keys().collect();
         for entry in entries {
-            // An earlier close may have ended this one too (never, today: each
-            // connection is closed on its own).
             let Some(slot) = self.slots.get(entry) else { continue };
             match slot.state {
                 State::Open => self.close(entry),

@@ -1,4 +1,4 @@
-//! The shard's two key points and the dispatch under them.
+//! The shard's two entry points and the dispatch under them.
 //!
 //! In: `on_wake` (the doorbell rang: commands from other threads, mesh messages,
 //! completions of the connection ring, deferred reads) and `on_tick` (the timer tick:

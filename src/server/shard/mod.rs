@@ -20,8 +20,8 @@
 //! # What an idle connection holds
 //!
 //! A `Slot`: the protocol state machine (`proto::connection::Connection`), the fd, the
-//! wheel tick and a few flags, and `io: None`; beside it in the slab, the generation. No buffer, no task, no
-//! timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
+//! generation (kept in the slot for the slab), the wheel tick and a few flags, and
+//! `io: None`. No buffer, no task, no timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
 //! is allocated while it is needed and freed when it is empty again.
 //!
 //! # Where each job lives

@@ -75,7 +75,7 @@ pub(super) struct Io {
     pub(super) request: Vec<u8>,
     /// Output waiting for the socket, oldest first.
     pub(super) queue: VecDeque<Out>,
-    /// Bytes of the queue's first key already written.
+    /// Bytes of the queue's first entry already written.
     pub(super) head_written: usize,
     /// Bytes in `queue` not yet written (what the send-queue cap counts).
     pub(super) queued_bytes: usize,
