@@ -33,6 +33,7 @@
 //! value's niche. The free list is 4 bytes per freed slot.
 #![forbid(unsafe_code)]
 
+use std::hash::{Hash, Hasher};
 use std::ops::{Index, IndexMut};
 
 /// Bits of a [`Key`]'s generation (what the `user_data` packing leaves room for).
@@ -43,8 +44,9 @@ pub const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
 /// A slot of a [`Slab`] and its generation when the key was made.
 ///
-/// Ordered by generation, then index (the order of the packed `u64`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Ordered by generation, then index (the order of the packed `u64`), and hashed as the
+/// packed `u64` (one word for the hasher, as `ConnId` was before it became a `Key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
     generation: u32,
     index: u32,
@@ -93,6 +95,12 @@ pub trait Generational {
     fn generation(&self) -> u32;
     /// Called by [`Slab::insert`] only.
     fn set_generation(&mut self, generation: u32);
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.to_user_data().hash(state);
+    }
 }
 
 /// One slot: a value, or the generation its next value will get. The vacant variant
