@@ -43,7 +43,7 @@ fn journal(n: usize) -> (Vec<u8>, WallClock) {
     let now = Instant::now();
     let clock = WallClock::new(now, SystemTime::now());
     let mut store = MemStore::durable(&limits(), 0, clock);
-    let users: Vec<_> = (0..USERS).map(|u| format!("user{u}").into()).collect();
+    let users: Vec<wsgate::msg::Key> = (0..USERS).map(|u| format!("user{u}").into()).collect();
     let mut seqs = vec![0u64; USERS];
     for i in 0..n {
         let u = i % USERS;
