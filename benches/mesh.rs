@@ -141,8 +141,13 @@ fn fanout(c: &mut Criterion) {
             carrier: Carrier::Anonymous,
             generated: false,
         };
-        shard.handle_connect(ConnId(i), &identity, Encoding::Json, now);
-        shard.handle_client_frame(ConnId(i), FrameKind::Text, br#"{"type":"join","room":"hot"}"#, now);
+        shard.handle_connect(ConnId::new(i as u32, 0), &identity, Encoding::Json, now);
+        shard.handle_client_frame(
+            ConnId::new(i as u32, 0),
+            FrameKind::Text,
+            br#"{"type":"join","room":"hot"}"#,
+            now,
+        );
     }
     while shard.poll_output().is_some() {}
     let publish = br#"{"type":"publish","room":"hot","id":"p","body":{"text":"hello, room"}}"#;
@@ -151,7 +156,7 @@ fn fanout(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("publish_10k_local", |b| {
         b.iter(|| {
-            shard.handle_client_frame(ConnId(0), FrameKind::Text, publish, now);
+            shard.handle_client_frame(ConnId::new(0, 0), FrameKind::Text, publish, now);
             let mut n = 0u64;
             while let Some(out) = shard.poll_output() {
                 if let Output::Send { frame, .. } = out {

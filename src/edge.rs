@@ -37,6 +37,8 @@ use std::time::Instant;
 
 use hashbrown::HashMap;
 
+use crate::slab::Key;
+
 /// Stripes of the address and user tables.
 pub const STRIPES: usize = 64;
 
@@ -278,15 +280,15 @@ impl UserTicket {
     pub const NONE: Self = Self(0);
 }
 
-/// One open connection of a user, as the user table remembers it.
+/// One open connection of a user, as the user table remembers it: the shard holding it
+/// and its key in that shard's slab (slot and generation, so a stale reference never
+/// reaches the slot's next owner).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnRef {
     /// The shard holding it.
     pub shard: u32,
-    /// Its slot on that shard.
-    pub slot: u32,
-    /// The slot's generation (a stale reference never reaches the slot's next owner).
-    pub gen_: u32,
+    /// Its key on that shard.
+    pub conn: Key,
 }
 
 /// What [`Edge::admit_ip`] decided besides admitting.
@@ -739,8 +741,7 @@ mod tests {
         let e = edge(|c| c.max_connections_per_user = 2);
         let conn = |slot| ConnRef {
             shard: 0,
-            slot,
-            gen_: 1,
+            conn: Key::new(slot, 1),
         };
         let evicts = |user, slot| e.admit_user(user, conn(slot)).map(|(_, evicted)| evicted);
         assert_eq!(evicts("alice", 1), Ok(None));
@@ -765,8 +766,7 @@ mod tests {
         });
         let conn = |slot| ConnRef {
             shard: 1,
-            slot,
-            gen_: 0,
+            conn: Key::new(slot, 0),
         };
         let (alice, _) = e.admit_user("alice", conn(1)).unwrap();
         assert_eq!(e.admit_user("alice", conn(2)), Err(Refusal::ConnectionsPerUser));

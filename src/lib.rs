@@ -24,6 +24,10 @@
 //!        │            queues flushed with one sendmsg per connection per turn, drain;
 //!        │            one file per job (accept, read, upgrade, frames, send, close,
 //!        │            driver, slot, handle), see its module doc
+//!        ├── slab            the generational Slab<T> and its Key (slot index + 30-bit
+//!        │                   generation): the connection's one name in the shard, the
+//!        │                   wheel, the user_data tags, msg::ConnId and edge::ConnRef,
+//!        │                   shared with the bench's workers
 //!        ├── server::admission  sans-IO upgrade policy: draining → cap → address → token
 //!        │                      → user, a flat verdict (401/429/503 or the tickets)
 //!        ├── server::wheel   one timer wheel per shard: handshake, heartbeat, close, linger
@@ -79,6 +83,8 @@
 //!   sizes, durations and rates. Imports run one way: `cli` → `bench`, `config`;
 //!   `bench` → `sys`, `config`, `units`; `sys` → `config`, `units`, `auth`; `config` →
 //!   `units`, `logging`.
+//! - [`slab`]: the generational slab and its [`Key`](slab::Key), shared by the server's
+//!   shards and the bench's workers: one type names a connection everywhere.
 //! - [`metrics`], [`admin`], [`sys`], [`logging`]: what operators see; `logging` is the
 //!   one path for diagnostics (`tracing` events to stderr, text or JSON, rate-limited
 //!   where a flood could write a line per bad client).
@@ -165,6 +171,7 @@ pub mod msg;
 pub mod proto;
 pub mod serve;
 pub mod server;
+pub mod slab;
 pub mod sys;
 #[cfg(test)]
 mod testalloc;

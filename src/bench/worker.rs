@@ -32,7 +32,7 @@
 //! `Sec-WebSocket-Accept`) → `Open` (idle in density; echoes flowing in echo; the
 //! `wsgate.v1.json` exchange of fan-out and direct, see `fan`) →
 //! `Closing` (our close 1000 sent, or the server's close answered; waiting for the
-//! server's close frame and its end of the TCP stream) → `Free`. The server closes TCP
+//! server's close frame and its end of the TCP stream) → freed. The server closes TCP
 //! first after a clean close handshake, so TIME_WAIT stays on its side and the bench's
 //! source ports are free again for the next run.
 //!
@@ -64,16 +64,16 @@ use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
 use crate::proto::handshake::accept_key;
 use crate::server::ring::{BELL_DATA, Completion, ConnRing};
+use crate::slab::{Generational, Key, Slab};
 
 mod fan;
 pub use fan::{FanoutPlan, FanoutStats, MAX_TRACKED_MESSAGES};
 
-/// `user_data` layout, as in the server: kind in the top 2 bits, generation in the next
-/// 30, slot index in the low 32.
+/// `user_data` layout, as in the server: kind in the top 2 bits, then the slab key
+/// ([`Key::to_user_data`]: generation in the next 30 bits, slot index in the low 32).
 const KIND_READ: u64 = 0;
 const KIND_WRITE: u64 = 1 << 62;
 const KIND_MASK: u64 = 3 << 62;
-const GEN_MASK: u32 = (1 << 30) - 1;
 
 /// Submission slots of each worker's ring (a full queue is submitted and reused).
 const RING_ENTRIES: u32 = 4096;
@@ -354,11 +354,9 @@ fn bump(map: &mut BTreeMap<String, u64>, label: impl Into<String>) {
     *map.entry(label.into()).or_default() += 1;
 }
 
-/// Where a slot is in its connection's life.
+/// Where a slot is in its connection's life (a free slot holds no `Slot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Not in use (on the free list).
-    Free,
     /// `connect()` issued; waiting for the socket to become writable.
     Connecting,
     /// The upgrade request is sent (or being sent); waiting for the 101.
@@ -410,15 +408,16 @@ struct Slot {
     busy: Option<Box<Busy>>,
     /// wss://: the connection's TLS state (rustls' buffered client).
     tls: Option<Box<rustls::ClientConnection>>,
-    /// The socket; `None` when free.
+    /// The socket (dropping the slot closes it).
     sock: Option<Socket>,
     /// When `connect()` was called (ns since the epoch), for the handshake latency.
     started_ns: u64,
     /// Connection number (source address, handshake key and payload pattern derive
     /// from it).
     id: u64,
-    /// Changes each time the slot is freed, so late completions are recognised.
-    gen_: u32,
+    /// The slot's generation, kept here for the slab (`Generational`: it fills what would
+    /// be padding); only the slab sets it.
+    generation: u32,
     state: State,
     /// A one-shot write poll is armed.
     write_armed: bool,
@@ -426,22 +425,19 @@ struct Slot {
     we_closed: bool,
 }
 
-/// Slot index and generation, as carried in `user_data`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    slot: u32,
-    gen_: u32,
-}
-
-fn user_data(kind: u64, entry: Entry) -> u64 {
-    kind | (u64::from(entry.gen_ & GEN_MASK) << 32) | u64::from(entry.slot)
-}
-
-fn entry_of(user_data: u64) -> Entry {
-    Entry {
-        slot: user_data as u32,
-        gen_: ((user_data >> 32) as u32) & GEN_MASK,
+impl Generational for Slot {
+    fn generation(&self) -> u32 {
+        self.generation
     }
+
+    fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
+    }
+}
+
+/// The ring's request tag for `entry`: `kind` in the top 2 bits, the slab key below.
+fn user_data(kind: u64, entry: Key) -> u64 {
+    kind | entry.to_user_data()
 }
 
 /// A worker's whole state.
@@ -452,12 +448,13 @@ struct Worker {
     ring: ConnRing,
     bell: UnixStream,
     limits: Limits,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// The connections, named by their slab key (slot and generation, as carried in
+    /// `user_data`, so late completions are recognised).
+    slots: Slab<Slot>,
     /// Connect deadlines (ns), in order.
-    connect_deadlines: VecDeque<(u64, Entry)>,
+    connect_deadlines: VecDeque<(u64, Key)>,
     /// Close deadlines (ns), in order.
-    close_deadlines: VecDeque<(u64, Entry)>,
+    close_deadlines: VecDeque<(u64, Key)>,
     buf: Vec<u8>,
     /// Output being built for one connection.
     scratch: Vec<u8>,
@@ -466,7 +463,7 @@ struct Worker {
     plain: Vec<u8>,
     completions: Vec<Completion>,
     /// Connections that used their read budget with data left: read again next turn.
-    again: Vec<Entry>,
+    again: Vec<Key>,
     /// Payload source: printable ASCII, `size + PATTERN_PERIOD` bytes; message `(id,
     /// seq)` is the slice at `(id × 7 + seq × 13) % PATTERN_PERIOD`.
     pattern: Vec<u8>,
@@ -478,14 +475,12 @@ struct Worker {
     pending: usize,
     /// Connections in `Open`.
     open: u64,
-    /// Slots not free.
-    live: usize,
     /// Echo messages in flight on all connections.
     in_flight: u64,
     /// Echo: the first messages have been sent.
     echo_started: bool,
     /// Fan-out: this worker's publishers that were welcomed.
-    publishers: Vec<Entry>,
+    publishers: Vec<Key>,
     /// Fan-out: server messages read in one `on_frame_bytes`, handled after it.
     fan_events: Vec<crate::bench::wire::Incoming<'static>>,
     /// The close phase has been entered (every open connection closed).
@@ -532,14 +527,13 @@ pub fn run(
     };
     let now = Instant::now();
     let mut worker = Worker {
-        slots: Vec::with_capacity(plan.connections as usize),
+        slots: Slab::with_capacity(plan.connections as usize),
         plan,
         control,
         progress,
         ring,
         bell,
         limits,
-        free: Vec::new(),
         connect_deadlines: VecDeque::new(),
         close_deadlines: VecDeque::new(),
         buf: vec![0; READ_BUFFER_BYTES],
@@ -553,7 +547,6 @@ pub fn run(
         started: 0,
         pending: 0,
         open: 0,
-        live: 0,
         in_flight: 0,
         echo_started: false,
         publishers: Vec::new(),
@@ -600,7 +593,7 @@ impl Worker {
                 self.abort_all("io_uring_error");
                 break;
             }
-            if self.closing && self.live == 0 {
+            if self.closing && self.slots.is_empty() {
                 break;
             }
             let wait = if self.again.is_empty() {
@@ -611,7 +604,7 @@ impl Worker {
             self.wait(wait);
             self.set_now(Instant::now());
             for entry in std::mem::take(&mut self.again) {
-                if self.valid(entry) {
+                if self.slots.contains(entry) {
                     self.on_readable(entry, true);
                 }
             }
@@ -703,19 +696,6 @@ impl Worker {
         p.acked.store(f.acked_total, Ordering::Relaxed);
     }
 
-    fn valid(&self, entry: Entry) -> bool {
-        self.slots
-            .get(entry.slot as usize)
-            .is_some_and(|slot| slot.gen_ == entry.gen_ && slot.state != State::Free)
-    }
-
-    fn entry(&self, slot: u32) -> Entry {
-        Entry {
-            slot,
-            gen_: self.slots[slot as usize].gen_,
-        }
-    }
-
     // -----------------------------------------------------------------------------
     // Connecting
     // -----------------------------------------------------------------------------
@@ -744,45 +724,28 @@ impl Worker {
             }
         };
         let fd = sock.as_raw_fd();
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.slots.push(Slot {
-                    ws: Connection::new_client(self.now, 1),
-                    busy: None,
-                    tls: None,
-                    sock: None,
-                    started_ns: 0,
-                    id: 0,
-                    gen_: 0,
-                    state: State::Free,
-                    write_armed: false,
-                    we_closed: false,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
         let now_ns = self.now_ns;
-        let slot = &mut self.slots[index as usize];
-        debug_assert_eq!(slot.state, State::Free);
-        slot.sock = Some(sock);
-        slot.state = State::Connecting;
-        slot.started_ns = now_ns;
-        slot.id = id;
-        slot.write_armed = true;
-        slot.we_closed = false;
-        self.live += 1;
+        let entry = self.slots.insert(Slot {
+            ws: Connection::new_client(self.now, 1),
+            busy: None,
+            tls: None,
+            sock: Some(sock),
+            started_ns: now_ns,
+            id,
+            generation: 0,
+            state: State::Connecting,
+            write_armed: true,
+            we_closed: false,
+        });
         self.pending += 1;
-        let entry = self.entry(index);
         self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
         let deadline = now_ns + self.plan.connect_timeout.as_nanos() as u64;
         self.connect_deadlines.push_back((deadline, entry));
     }
 
     /// The socket became writable while connecting: connected, or failed.
-    fn on_connected(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        let sock = self.slots[index].sock.as_ref().expect("a connecting slot has a socket");
+    fn on_connected(&mut self, entry: Key) {
+        let sock = self.slots[entry].sock.as_ref().expect("a connecting slot has a socket");
         match sock.take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
@@ -791,7 +754,7 @@ impl Worker {
             }
         }
         let fd = sock.as_raw_fd();
-        self.slots[index].state = State::Handshake;
+        self.slots[entry].state = State::Handshake;
         self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
         if let Some((config, name)) = &self.plan.tls {
             match rustls::ClientConnection::new(config.clone(), name.clone()) {
@@ -800,7 +763,7 @@ impl Worker {
                     // Everything written is moved to the socket path at once (whose own
                     // backlog is capped), so rustls' buffer needs no cap of its own.
                     conn.set_buffer_limit(None);
-                    self.slots[index].tls = Some(Box::new(conn));
+                    self.slots[entry].tls = Some(Box::new(conn));
                 }
                 Err(_) => {
                     self.fail(entry, "tls_setup");
@@ -817,21 +780,21 @@ impl Worker {
                 prefix,
                 match &self.plan.fanout {
                     Some(f) if f.direct => "u-",
-                    Some(f) if self.slots[index].id < f.publishers => "pub-",
+                    Some(f) if self.slots[entry].id < f.publishers => "pub-",
                     _ => "sub-",
                 },
-                self.slots[index].id,
+                self.slots[entry].id,
             ),
             None => request.extend_from_slice(self.plan.request_prefix.as_bytes()),
         }
-        request.extend_from_slice(&handshake_key(self.plan.seed, self.slots[index].id));
+        request.extend_from_slice(&handshake_key(self.plan.seed, self.slots[entry].id));
         request.extend_from_slice(b"\r\n\r\n");
         self.send(entry, &request);
         self.scratch = request;
     }
 
     /// An attempt failed before the upgrade.
-    fn fail(&mut self, entry: Entry, reason: impl Into<String>) {
+    fn fail(&mut self, entry: Key, reason: impl Into<String>) {
         bump(&mut self.report.failures, reason);
         self.release(entry);
     }
@@ -844,14 +807,14 @@ impl Worker {
         if completion.user_data == BELL_DATA {
             return;
         }
-        let entry = entry_of(completion.user_data);
-        if !self.valid(entry) {
+        let entry = Key::from_user_data(completion.user_data);
+        if !self.slots.contains(entry) {
             return;
         }
         match completion.user_data & KIND_MASK {
             KIND_WRITE => {
-                self.slots[entry.slot as usize].write_armed = false;
-                if self.slots[entry.slot as usize].state == State::Connecting {
+                self.slots[entry].write_armed = false;
+                if self.slots[entry].state == State::Connecting {
                     self.on_connected(entry);
                 } else {
                     self.flush(entry);
@@ -877,21 +840,17 @@ impl Worker {
         }
     }
 
-    fn fd(&self, entry: Entry) -> RawFd {
-        self.slots[entry.slot as usize]
-            .sock
-            .as_ref()
-            .map_or(-1, AsRawFd::as_raw_fd)
+    fn fd(&self, entry: Key) -> RawFd {
+        self.slots[entry].sock.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
     /// Reads what the socket has. A read shorter than the buffer means it is empty,
     /// unless the peer hung up (`hangup`) or we wait for its EOF (closing): then read
     /// on until the EOF or EAGAIN.
-    fn on_readable(&mut self, entry: Entry, hangup: bool) {
+    fn on_readable(&mut self, entry: Key, hangup: bool) {
         let mut budget = READ_BUDGET_BYTES;
         loop {
-            let index = entry.slot as usize;
-            let sock = self.slots[index].sock.as_ref().expect("a live slot has a socket");
+            let sock = self.slots[entry].sock.as_ref().expect("a live slot has a socket");
             let n = match (&*sock).read(&mut self.buf) {
                 Ok(0) => {
                     self.on_eof(entry);
@@ -909,7 +868,7 @@ impl Worker {
                 // Echo and delivery latency: stamp each read, not the turn.
                 self.set_now(Instant::now());
             }
-            if self.slots[index].tls.is_some() {
+            if self.slots[entry].tls.is_some() {
                 let Some(plain) = self.decrypt(entry, n) else { return };
                 if plain > 0 {
                     std::mem::swap(&mut self.buf, &mut self.plain);
@@ -919,10 +878,10 @@ impl Worker {
             } else {
                 self.on_plaintext(entry, n);
             }
-            if !self.valid(entry) {
+            if !self.slots.contains(entry) {
                 return;
             }
-            let to_the_end = hangup || self.slots[index].state == State::Closing;
+            let to_the_end = hangup || self.slots[entry].state == State::Closing;
             if n < self.buf.len() && !to_the_end {
                 return;
             }
@@ -936,20 +895,19 @@ impl Worker {
     }
 
     /// Plaintext arrived in `buf[..n]`.
-    fn on_plaintext(&mut self, entry: Entry, n: usize) {
-        match self.slots[entry.slot as usize].state {
+    fn on_plaintext(&mut self, entry: Key, n: usize) {
+        match self.slots[entry].state {
             State::Handshake => self.on_response_bytes(entry, n),
             State::Open | State::Closing => self.on_frame_bytes(entry, n),
-            State::Connecting | State::Free => unreachable!("no read poll before the connect completes"),
+            State::Connecting => unreachable!("no read poll before the connect completes"),
         }
     }
 
     /// wss://: feeds `buf[..n]` to rustls, sends what it answers (handshake flights),
     /// and leaves the plaintext in `plain`; returns its length, or `None` when the
     /// connection failed (counted and released).
-    fn decrypt(&mut self, entry: Entry, n: usize) -> Option<usize> {
-        let index = entry.slot as usize;
-        let conn = self.slots[index].tls.as_deref_mut().expect("a TLS slot");
+    fn decrypt(&mut self, entry: Key, n: usize) -> Option<usize> {
+        let conn = self.slots[entry].tls.as_deref_mut().expect("a TLS slot");
         self.plain.clear();
         let mut ciphertext = &self.buf[..n];
         let mut failed = None;
@@ -968,36 +926,35 @@ impl Worker {
         if let Some(label) = failed {
             // rustls may have an alert to send: give it its chance, then give up.
             self.send(entry, &[]);
-            if self.valid(entry) {
+            if self.slots.contains(entry) {
                 self.on_broken(entry, &label);
             }
             return None;
         }
         self.send(entry, &[]);
-        self.valid(entry).then_some(self.plain.len())
+        self.slots.contains(entry).then_some(self.plain.len())
     }
 
     /// Response bytes arrived in `buf[..n]`.
-    fn on_response_bytes(&mut self, entry: Entry, n: usize) {
-        let index = entry.slot as usize;
-        let stashed = self.slots[index].busy.as_deref().is_some_and(|b| !b.head.is_empty());
+    fn on_response_bytes(&mut self, entry: Key, n: usize) {
+        let stashed = self.slots[entry].busy.as_deref().is_some_and(|b| !b.head.is_empty());
         if stashed {
-            let busy = self.slots[index].busy.as_deref_mut().expect("checked above");
+            let busy = self.slots[entry].busy.as_deref_mut().expect("checked above");
             let room = (MAX_RESPONSE_HEAD_BYTES + 1).saturating_sub(busy.head.len());
             busy.head.extend_from_slice(&self.buf[..n.min(room)]);
         }
         let data: &[u8] = if stashed {
-            &self.slots[index].busy.as_deref().expect("checked above").head
+            &self.slots[entry].busy.as_deref().expect("checked above").head
         } else {
             &self.buf[..n]
         };
-        let key = handshake_key(self.plan.seed, self.slots[index].id);
+        let key = handshake_key(self.plan.seed, self.slots[entry].id);
         let verdict = check_response(data, &key);
         match verdict {
             Response::Partial if data.len() > MAX_RESPONSE_HEAD_BYTES => self.fail(entry, "bad_response"),
             Response::Partial => {
                 if !stashed {
-                    let busy = self.slots[index].busy.get_or_insert_with(Box::default);
+                    let busy = self.slots[entry].busy.get_or_insert_with(Box::default);
                     busy.head.extend_from_slice(&self.buf[..n]);
                 }
             }
@@ -1005,7 +962,7 @@ impl Worker {
             Response::Upgraded { head_len } => {
                 let leftover = data[head_len..].to_vec();
                 self.on_upgraded(entry);
-                if !leftover.is_empty() && self.valid(entry) {
+                if !leftover.is_empty() && self.slots.contains(entry) {
                     // Frames right behind the 101: feed them as if just read.
                     self.buf[..leftover.len()].copy_from_slice(&leftover);
                     self.on_frame_bytes(entry, leftover.len());
@@ -1014,10 +971,9 @@ impl Worker {
         }
     }
 
-    fn on_upgraded(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
+    fn on_upgraded(&mut self, entry: Key) {
         let (now, now_ns, seed) = (self.now, self.now_ns, self.plan.seed);
-        let slot = &mut self.slots[index];
+        let slot = &mut self.slots[entry];
         slot.state = State::Open;
         slot.ws = Connection::new_client(now, (seed ^ slot.id.wrapping_mul(0x9e37_79b9)) as u32);
         if let Some(busy) = slot.busy.as_deref_mut() {
@@ -1054,8 +1010,7 @@ impl Worker {
     // -----------------------------------------------------------------------------
 
     /// Frame bytes arrived in `buf[..n]` for an open or closing connection.
-    fn on_frame_bytes(&mut self, entry: Entry, n: usize) {
-        let index = entry.slot as usize;
+    fn on_frame_bytes(&mut self, entry: Key, n: usize) {
         let now = self.now;
         let now_ns = self.now_ns;
         let mut off = 0;
@@ -1064,7 +1019,7 @@ impl Worker {
         while off < n {
             let Slot {
                 ws, busy, id, state, ..
-            } = &mut self.slots[index];
+            } = &mut self.slots[entry];
             let (used, event) = ws.handle_input(now, &self.limits, &mut self.buf[off..n]);
             let Some(event) = event else { break };
             off += used;
@@ -1114,44 +1069,42 @@ impl Worker {
         if !self.fan_events.is_empty() {
             self.on_fan_events(entry);
         }
-        if self.valid(entry) {
+        if self.slots.contains(entry) {
             self.after_protocol(entry);
         }
     }
 
     /// Sends what the protocol core wants sent (pong, close) and moves a connection
     /// whose WebSocket is finishing towards its end.
-    fn after_protocol(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
+    fn after_protocol(&mut self, entry: Key) {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        while let Some(control) = self.slots[index].ws.poll_transmit() {
+        while let Some(control) = self.slots[entry].ws.poll_transmit() {
             out.extend_from_slice(control.as_bytes());
         }
         if !out.is_empty() {
             self.send(entry, &out);
         }
         self.scratch = out;
-        if !self.valid(entry) {
+        if !self.slots.contains(entry) {
             return;
         }
-        let slot = &self.slots[index];
+        let slot = &self.slots[entry];
         let finishing = !slot.ws.can_send() || slot.ws.is_closed();
         if slot.state == State::Open && finishing {
             // The server closed first (or broke the protocol): our answer is out; wait
             // for its end of the stream.
             self.leave_open(entry);
-            self.slots[index].state = State::Closing;
+            self.slots[entry].state = State::Closing;
             let deadline = self.now_ns + self.plan.close_timeout.as_nanos() as u64;
             self.close_deadlines.push_back((deadline, entry));
         }
     }
 
-    fn leave_open(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        if self.slots[index].state == State::Open {
+    fn leave_open(&mut self, entry: Key) {
+        if self.slots[entry].state == State::Open {
             self.open -= 1;
-            if let Some(echo) = self.slots[index].busy.as_deref_mut().and_then(|b| b.echo.take()) {
+            if let Some(echo) = self.slots[entry].busy.as_deref_mut().and_then(|b| b.echo.take()) {
                 let left = echo.sent_ns.len() as u64;
                 self.in_flight -= left;
                 self.report.echo.unanswered += left;
@@ -1174,25 +1127,27 @@ impl Worker {
             return;
         }
         self.echo_started = true;
-        for index in 0..self.slots.len() as u32 {
-            let entry = self.entry(index);
-            if self.slots[index as usize].state == State::Open {
-                self.send_echoes(entry, plan.in_flight);
-            }
+        let open: Vec<Key> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.state == State::Open)
+            .map(|(entry, _)| entry)
+            .collect();
+        for entry in open {
+            self.send_echoes(entry, plan.in_flight);
         }
     }
 
     /// Sends `count` messages on one connection, in one write.
-    fn send_echoes(&mut self, entry: Entry, count: usize) {
+    fn send_echoes(&mut self, entry: Key, count: usize) {
         let Some(plan) = self.plan.echo else { return };
         if count == 0 || self.now_ns >= self.measure_until_ns || self.closing {
             return;
         }
-        let index = entry.slot as usize;
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         let send_ns = self.control.ns(Instant::now());
-        let Slot { ws, busy, id, .. } = &mut self.slots[index];
+        let Slot { ws, busy, id, .. } = &mut self.slots[entry];
         let Some(echo) = busy.as_deref_mut().and_then(|b| b.echo.as_mut()) else {
             self.scratch = out;
             return;
@@ -1224,9 +1179,8 @@ impl Worker {
 
     /// Sends `bytes` of WebSocket (or HTTP) data: as they are, or through the
     /// connection's TLS session (with whatever handshake records it has to send).
-    fn send(&mut self, entry: Entry, bytes: &[u8]) {
-        let index = entry.slot as usize;
-        let Some(conn) = self.slots[index].tls.as_deref_mut() else {
+    fn send(&mut self, entry: Key, bytes: &[u8]) {
+        let Some(conn) = self.slots[entry].tls.as_deref_mut() else {
             self.send_raw(entry, bytes);
             return;
         };
@@ -1249,13 +1203,12 @@ impl Worker {
 
     /// Writes `bytes` now, or queues what the socket does not take and waits for it to
     /// be writable. Order is kept: nothing bypasses queued bytes.
-    fn send_raw(&mut self, entry: Entry, bytes: &[u8]) {
-        let index = entry.slot as usize;
-        let queued = self.slots[index].busy.as_deref().is_some_and(|b| !b.out.is_empty());
+    fn send_raw(&mut self, entry: Key, bytes: &[u8]) {
+        let queued = self.slots[entry].busy.as_deref().is_some_and(|b| !b.out.is_empty());
         let written = if queued {
             0
         } else {
-            let sock = self.slots[index].sock.as_ref().expect("a live slot has a socket");
+            let sock = self.slots[entry].sock.as_ref().expect("a live slot has a socket");
             match send_all(sock, bytes) {
                 Ok(n) => n,
                 Err(e) => {
@@ -1267,7 +1220,7 @@ impl Worker {
         if written == bytes.len() {
             return;
         }
-        let busy = self.slots[index].busy.get_or_insert_with(Box::default);
+        let busy = self.slots[entry].busy.get_or_insert_with(Box::default);
         if busy.out.len() + bytes.len() - written > MAX_PENDING_OUT_BYTES {
             self.on_broken(entry, "send_backlog");
             return;
@@ -1276,9 +1229,9 @@ impl Worker {
         self.arm_write(entry);
     }
 
-    fn arm_write(&mut self, entry: Entry) {
+    fn arm_write(&mut self, entry: Key) {
         let fd = self.fd(entry);
-        let slot = &mut self.slots[entry.slot as usize];
+        let slot = &mut self.slots[entry];
         if !slot.write_armed {
             slot.write_armed = true;
             self.ring.poll_write_once(fd, user_data(KIND_WRITE, entry));
@@ -1286,25 +1239,24 @@ impl Worker {
     }
 
     /// The socket is writable again: write what was queued.
-    fn flush(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        let Some(busy) = self.slots[index].busy.as_deref_mut() else {
+    fn flush(&mut self, entry: Key) {
+        let Some(busy) = self.slots[entry].busy.as_deref_mut() else {
             return;
         };
         if busy.out.is_empty() {
             return;
         }
         let out = std::mem::take(&mut busy.out);
-        let sock = self.slots[index].sock.as_ref().expect("a live slot has a socket");
+        let sock = self.slots[entry].sock.as_ref().expect("a live slot has a socket");
         match send_all(sock, &out) {
             Ok(n) => {
-                let busy = self.slots[index].busy.as_deref_mut().expect("checked above");
+                let busy = self.slots[entry].busy.as_deref_mut().expect("checked above");
                 busy.out = out;
                 busy.out.drain(..n);
                 if busy.out.is_empty() {
                     busy.out = Vec::new();
                     if busy.is_empty() {
-                        self.slots[index].busy = None;
+                        self.slots[entry].busy = None;
                     }
                 } else {
                     self.arm_write(entry);
@@ -1318,9 +1270,8 @@ impl Worker {
     // Endings
     // -----------------------------------------------------------------------------
 
-    fn on_eof(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        let slot = &self.slots[index];
+    fn on_eof(&mut self, entry: Key) {
+        let slot = &self.slots[entry];
         match slot.state {
             State::Handshake => self.fail(entry, "closed_before_response"),
             State::Open => {
@@ -1337,12 +1288,12 @@ impl Worker {
                 }
                 self.release(entry);
             }
-            State::Connecting | State::Free => unreachable!("no read poll before the connect completes"),
+            State::Connecting => unreachable!("no read poll before the connect completes"),
         }
     }
 
     /// A read, write or poll failed with `e`.
-    fn on_socket_error(&mut self, entry: Entry, e: &io::Error) {
+    fn on_socket_error(&mut self, entry: Key, e: &io::Error) {
         let label = match e.raw_os_error() {
             Some(libc::ECONNRESET | libc::EPIPE) => "reset".to_owned(),
             Some(libc::ETIMEDOUT) => "tcp_timeout".to_owned(),
@@ -1353,13 +1304,13 @@ impl Worker {
     }
 
     /// The connection broke for `label`: counted by what it was doing.
-    fn on_broken(&mut self, entry: Entry, label: &str) {
-        let slot = &self.slots[entry.slot as usize];
+    fn on_broken(&mut self, entry: Key, label: &str) {
+        let slot = &self.slots[entry];
         match slot.state {
             State::Connecting | State::Handshake => bump(&mut self.report.failures, label),
             State::Open => bump(&mut self.report.dropped, label),
             State::Closing if slot.we_closed => bump(&mut self.report.close_failures, label),
-            State::Closing | State::Free => {}
+            State::Closing => {}
         }
         self.release(entry);
     }
@@ -1371,15 +1322,16 @@ impl Worker {
             return;
         }
         self.closing = true;
-        for index in 0..self.slots.len() as u32 {
-            let entry = self.entry(index);
-            match self.slots[index as usize].state {
+        let entries: Vec<Key> = self.slots.keys().collect();
+        for entry in entries {
+            let Some(slot) = self.slots.get(entry) else { continue };
+            match slot.state {
                 State::Open => self.close(entry),
                 State::Connecting | State::Handshake => {
                     self.report.aborted += 1;
                     self.release(entry);
                 }
-                State::Closing | State::Free => {}
+                State::Closing => {}
             }
         }
         // Connections never started count as aborted too.
@@ -1388,14 +1340,13 @@ impl Worker {
     }
 
     /// Sends close 1000 on an open connection and waits for the server's answer.
-    fn close(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
+    fn close(&mut self, entry: Key) {
         let (now, now_ns) = (self.now, self.now_ns);
-        self.slots[index]
+        self.slots[entry]
             .ws
             .close(now, &self.limits, CloseCode::NORMAL, "bench done");
         self.leave_open(entry);
-        let slot = &mut self.slots[index];
+        let slot = &mut self.slots[entry];
         slot.state = State::Closing;
         slot.we_closed = true;
         let deadline = now_ns + self.plan.close_timeout.as_nanos() as u64;
@@ -1410,10 +1361,10 @@ impl Worker {
                 break;
             }
             self.connect_deadlines.pop_front();
-            if !self.valid(entry) {
+            if !self.slots.contains(entry) {
                 continue;
             }
-            match self.slots[entry.slot as usize].state {
+            match self.slots[entry].state {
                 State::Connecting => self.fail(entry, "connect_timeout"),
                 State::Handshake => self.fail(entry, "handshake_timeout"),
                 _ => {}
@@ -1424,10 +1375,10 @@ impl Worker {
                 break;
             }
             self.close_deadlines.pop_front();
-            if !self.valid(entry) || self.slots[entry.slot as usize].state != State::Closing {
+            if !self.slots.contains(entry) || self.slots[entry].state != State::Closing {
                 continue;
             }
-            let slot = &self.slots[entry.slot as usize];
+            let slot = &self.slots[entry];
             if slot.we_closed {
                 let label = if slot.ws.is_closed() {
                     "server_kept_tcp_open"
@@ -1442,11 +1393,10 @@ impl Worker {
 
     /// The hard deadline: drop everything, counting what was cut short.
     fn abort_all(&mut self, label: &str) {
-        for index in 0..self.slots.len() as u32 {
-            let entry = self.entry(index);
-            let slot = &self.slots[index as usize];
+        let entries: Vec<Key> = self.slots.keys().collect();
+        for entry in entries {
+            let slot = &self.slots[entry];
             match slot.state {
-                State::Free => continue,
                 State::Connecting | State::Handshake => self.report.aborted += 1,
                 State::Open => bump(&mut self.report.dropped, label),
                 State::Closing if slot.we_closed => bump(&mut self.report.close_failures, label),
@@ -1460,15 +1410,15 @@ impl Worker {
     }
 
     /// Frees the slot: stops its polls, closes the socket.
-    fn release(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        match self.slots[index].state {
-            State::Free => return,
+    fn release(&mut self, entry: Key) {
+        let Some(slot) = self.slots.get(entry) else { return };
+        match slot.state {
             State::Connecting | State::Handshake => self.pending -= 1,
             State::Open => self.leave_open(entry),
             State::Closing => {}
         }
-        let slot = &mut self.slots[index];
+        // The slab bumps the slot's generation, so late completions are recognised.
+        let slot = self.slots.remove(entry).expect("checked above");
         // A pending poll holds a reference to the file and would keep the socket open.
         if slot.state != State::Connecting {
             self.ring.poll_remove(user_data(KIND_READ, entry));
@@ -1476,14 +1426,8 @@ impl Worker {
         if slot.write_armed {
             self.ring.poll_remove(user_data(KIND_WRITE, entry));
         }
-        slot.sock = None;
-        slot.busy = None;
-        slot.tls = None;
-        slot.state = State::Free;
-        slot.write_armed = false;
-        slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
-        self.live -= 1;
-        self.free.push(entry.slot);
+        // Dropping the slot closes the socket.
+        drop(slot);
     }
 }
 
@@ -1653,7 +1597,9 @@ mod tests {
 
     #[test]
     fn idle_slot_is_small() {
-        assert!(size_of::<Slot>() <= 128, "{} bytes", size_of::<Slot>());
+        let size = Slab::<Slot>::SLOT_BYTES;
+        assert_eq!(size, size_of::<Slot>(), "the slab adds nothing to a slot");
+        assert!(size <= 128, "{size} bytes");
         assert_eq!(size_of::<Option<Socket>>(), 4);
     }
 

@@ -36,7 +36,7 @@
 //!    `server::ring::Bell` is a [`Doorbell`](super::mesh::Doorbell)); shard `i` takes endpoint `i` and
 //!    `MsgShard::new(i, shards, &cfg.msg, seed)` (seed: start time mixed with `i`).
 //!    Add `wsgate.v1.json` to the subprotocols the handshake selects.
-//! 2. Upgrade done: `ConnId` = the slab entry (slot | generation << 32);
+//! 2. Upgrade done: `ConnId` = the connection's slab key (`crate::slab::Key`);
 //!    `handle_connect(conn, &identity, Encoding::from_subprotocol(selected)?, now)`.
 //! 3. `Event::Message`: `handle_client_frame(conn, Text|Binary, bytes, now)`.
 //! 4. Connection gone (any reason): `handle_disconnect(conn, now)`.

@@ -306,34 +306,44 @@ mod tests {
     fn membership_starts_at_joined_and_ends_at_leave() {
         let mut hub = LocalHub::new();
         let room: Key = "r".into();
-        hub.add(ConnId(1), &identity("a", None), Encoding::Json);
-        hub.add(ConnId(2), &identity("a", Some(&["x*"])), Encoding::Json);
-        assert_eq!(hub.begin_join(ConnId(2), &room, false, 8), Err(ErrorCode::Forbidden));
-        let ticket = hub.begin_join(ConnId(1), &room, true, 8).unwrap();
-        assert_eq!(hub.begin_join(ConnId(1), &room, true, 8), Err(ErrorCode::AlreadyJoined));
+        hub.add(ConnId::new(1, 0), &identity("a", None), Encoding::Json);
+        hub.add(ConnId::new(2, 0), &identity("a", Some(&["x*"])), Encoding::Json);
+        assert_eq!(
+            hub.begin_join(ConnId::new(2, 0), &room, false, 8),
+            Err(ErrorCode::Forbidden)
+        );
+        let ticket = hub.begin_join(ConnId::new(1, 0), &room, true, 8).unwrap();
+        assert_eq!(
+            hub.begin_join(ConnId::new(1, 0), &room, true, 8),
+            Err(ErrorCode::AlreadyJoined)
+        );
         let mut got = Vec::new();
         hub.for_room("r", None, false, |c| got.push(c));
         assert!(got.is_empty(), "joining is not a member yet");
-        assert!(!hub.joined(ConnId(1), &room, ticket + 1), "not this join's answer");
-        assert!(hub.joined(ConnId(1), &room, ticket));
+        assert!(
+            !hub.joined(ConnId::new(1, 0), &room, ticket + 1),
+            "not this join's answer"
+        );
+        assert!(hub.joined(ConnId::new(1, 0), &room, ticket));
         hub.for_room("r", None, true, |c| got.push(c));
-        assert_eq!(got, [ConnId(1)]);
+        assert_eq!(got, [ConnId::new(1, 0)]);
         got.clear();
-        hub.for_room("r", Some(ConnId(1)), false, |c| got.push(c));
+        hub.for_room("r", Some(ConnId::new(1, 0)), false, |c| got.push(c));
         assert!(got.is_empty());
-        assert_eq!(hub.leave(ConnId(1), "r"), Ok(true));
-        assert_eq!(hub.leave(ConnId(1), "r"), Err(ErrorCode::NotJoined));
+        assert_eq!(hub.leave(ConnId::new(1, 0), "r"), Ok(true));
+        assert_eq!(hub.leave(ConnId::new(1, 0), "r"), Err(ErrorCode::NotJoined));
         assert_eq!(hub.members("r"), 0);
         assert_eq!(hub.rooms(), 0);
         // Room cap counts joining rooms too.
         for i in 0..2 {
-            hub.begin_join(ConnId(1), &format!("r{i}").into(), false, 2).unwrap();
+            hub.begin_join(ConnId::new(1, 0), &format!("r{i}").into(), false, 2)
+                .unwrap();
         }
         assert_eq!(
-            hub.begin_join(ConnId(1), &"r9".into(), false, 2),
+            hub.begin_join(ConnId::new(1, 0), &"r9".into(), false, 2),
             Err(ErrorCode::TooManyRooms)
         );
-        let removed = hub.remove(ConnId(1)).unwrap();
+        let removed = hub.remove(ConnId::new(1, 0)).unwrap();
         assert_eq!(removed.rooms.len(), 2);
         assert_eq!(hub.connections(), 1);
     }
@@ -341,22 +351,22 @@ mod tests {
     #[test]
     fn inbox_waits_for_welcome_and_replays() {
         let mut hub = LocalHub::new();
-        hub.add(ConnId(1), &identity("a", None), Encoding::Json);
-        hub.add(ConnId(2), &identity("a", None), Encoding::Json);
+        hub.add(ConnId::new(1, 0), &identity("a", None), Encoding::Json);
+        hub.add(ConnId::new(2, 0), &identity("a", None), Encoding::Json);
         let mut got = Vec::new();
         assert_eq!(hub.for_user("a", |c| got.push(c)), 2);
-        hub.welcomed(ConnId(1));
-        hub.welcomed(ConnId(2));
-        hub.begin_resume(ConnId(2));
+        hub.welcomed(ConnId::new(1, 0));
+        hub.welcomed(ConnId::new(2, 0));
+        hub.begin_resume(ConnId::new(2, 0));
         assert_eq!(hub.for_user("a", |c| got.push(c)), 1);
-        assert_eq!(got, [ConnId(1)]);
-        hub.resumed(ConnId(2));
+        assert_eq!(got, [ConnId::new(1, 0)]);
+        hub.resumed(ConnId::new(2, 0));
         got.clear();
         hub.for_user("a", |c| got.push(c));
         got.sort();
-        assert_eq!(got, [ConnId(1), ConnId(2)]);
-        hub.remove(ConnId(1));
-        hub.remove(ConnId(2));
+        assert_eq!(got, [ConnId::new(1, 0), ConnId::new(2, 0)]);
+        hub.remove(ConnId::new(1, 0));
+        hub.remove(ConnId::new(2, 0));
         assert_eq!(hub.for_user("a", |_| panic!()), 0);
     }
 }

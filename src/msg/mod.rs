@@ -71,10 +71,10 @@ pub type ShardId = u16;
 /// `Arc<str>` so a key crosses shards with a reference count, not a copy).
 pub type Key = Arc<str>;
 
-/// An opaque connection handle, unique within its shard. The server's shard maps it to
-/// its slab entry (slot index and generation); this module never looks inside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+/// An opaque connection handle, unique within its shard: the shard's slab key (slot
+/// index and generation, [`crate::slab::Key`]), so a stale one never reaches the slot's
+/// next connection. This module never looks inside.
+pub type ConnId = crate::slab::Key;
 
 /// A position in an inbox or room log: the log's epoch (it changes when the history is
 /// lost, so a stale position is recognised) and the last sequence number seen.

@@ -997,7 +997,7 @@ mod tests {
             MeshMsg::Send {
                 to: "bob".into(),
                 from: "alice".into(),
-                conn: ConnId(1),
+                conn: ConnId::new(1, 0),
                 id: Some(ClientId::from_json_text("\"a\"")),
                 body: "1".into(),
             },
@@ -1018,7 +1018,7 @@ mod tests {
             0,
             MeshMsg::Connect {
                 user: "bob".into(),
-                conn: ConnId(2),
+                conn: ConnId::new(2, 0),
             },
             now,
             &mut out,
@@ -1027,7 +1027,7 @@ mod tests {
         let MeshMsg::Welcome { frames, conn } = &out[0].1 else {
             panic!()
         };
-        assert_eq!(*conn, ConnId(2));
+        assert_eq!(*conn, ConnId::new(2, 0));
         assert_eq!(json(&frames[0])["type"], "welcome");
         assert_eq!(json(&frames[0])["inbox"]["seq"], 1);
         assert_eq!(json(&frames[1])["type"], "msg");
@@ -1047,7 +1047,7 @@ mod tests {
             0,
             MeshMsg::Connect {
                 user: "bob".into(),
-                conn: ConnId(2),
+                conn: ConnId::new(2, 0),
             },
             t0,
             &mut out,
@@ -1061,7 +1061,7 @@ mod tests {
             0,
             MeshMsg::Disconnect {
                 user: "bob".into(),
-                conn: ConnId(2),
+                conn: ConnId::new(2, 0),
             },
             t0,
             &mut out,
@@ -1077,7 +1077,7 @@ mod tests {
             0,
             MeshMsg::Connect {
                 user: "bob".into(),
-                conn: ConnId(3),
+                conn: ConnId::new(3, 0),
             },
             later,
             &mut out,

@@ -44,7 +44,7 @@ pub(crate) struct Sim {
     shards: Vec<SimShard>,
     rung: Vec<Arc<AtomicUsize>>,
     clients: HashMap<ConnId, Client>,
-    next_conn: u64,
+    next_conn: u32,
     /// Messages taken off each ring per step (small: interleaves shards).
     batch: usize,
     /// With the disk store: the journal is made durable every this many steps (so
@@ -146,7 +146,7 @@ impl Sim {
     }
 
     fn connect_as(&mut self, shard: ShardId, identity: &Identity) -> ConnId {
-        let conn = ConnId(self.next_conn);
+        let conn = ConnId::new(self.next_conn, 0);
         self.next_conn += 1;
         self.clients.insert(
             conn,
@@ -1289,8 +1289,8 @@ fn two_threads_deliver_in_order() {
             std::thread::spawn(move || {
                 let mut core = MsgShard::new(i as ShardId, 2, &limits, 3);
                 let now = Instant::now();
-                let me = ConnId(1);
-                let member = ConnId(2);
+                let me = ConnId::new(1, 0);
+                let member = ConnId::new(2, 0);
                 core.handle_connect(me, &identity(users[i]), Encoding::Json, now);
                 core.handle_connect(member, &identity(&format!("member-{i}")), Encoding::Json, now);
                 core.handle_client_frame(member, FrameKind::Text, br#"{"type":"join","room":"both"}"#, now);
@@ -1360,7 +1360,7 @@ fn two_threads_deliver_in_order() {
     for (i, t) in threads.into_iter().enumerate() {
         let (frames, metrics) = t.join().unwrap();
         assert_eq!(metrics.mesh_shed, 0, "shard {i}");
-        let inbox: Vec<Value> = frames[&ConnId(1)]
+        let inbox: Vec<Value> = frames[&ConnId::new(1, 0)]
             .iter()
             .filter(|m| m["type"] == "msg")
             .cloned()
@@ -1368,7 +1368,7 @@ fn two_threads_deliver_in_order() {
         assert_one_to(&seqs(&inbox), N, "inbox seqs");
         let ids: Vec<u64> = inbox.iter().map(|m| m["id"].as_u64().unwrap() + 1).collect();
         assert_one_to(&ids, N, "the sender's order");
-        let room: Vec<Value> = frames[&ConnId(2)]
+        let room: Vec<Value> = frames[&ConnId::new(2, 0)]
             .iter()
             .filter(|m| m["type"] == "room_msg")
             .cloned()

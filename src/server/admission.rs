@@ -264,8 +264,7 @@ mod tests {
     fn conn(slot: u32) -> ConnRef {
         ConnRef {
             shard: 0,
-            slot,
-            gen_: 1,
+            conn: crate::slab::Key::new(slot, 1),
         }
     }
 

@@ -1,7 +1,8 @@
 //! One hashed timer wheel per shard: every connection deadline (handshake, heartbeat,
 //! close handshake, linger, drain) without a timer object per connection.
 //!
-//! The wheel holds at most a few 8-byte entries per connection. It is lazy: a
+//! The wheel holds at most a few 8-byte entries per connection: its slab [`Key`] (slot
+//! and generation, so an entry outliving its connection is recognised). It is lazy: a
 //! connection is scheduled for the tick of its earliest deadline, and when that tick
 //! fires the shard asks the connection for its real deadline again; if the deadline has
 //! moved later (input arrived, so the heartbeat moved), the connection is scheduled
@@ -12,20 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-/// A reference to a connection slot: index and generation (see `shard.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Entry {
-    /// Slot index in the shard's connection table.
-    pub slot: u32,
-    /// Generation of the slot when the entry was made.
-    pub gen_: u32,
-}
+use crate::slab::Key;
 
 /// The wheel.
 #[derive(Debug)]
 pub struct Wheel {
     /// One list of entries per tick, indexed by tick modulo the slot count.
-    slots: Vec<Vec<Entry>>,
+    slots: Vec<Vec<Key>>,
     /// Length of a tick.
     tick: Duration,
     /// Instant of tick 0.
@@ -57,7 +51,7 @@ impl Wheel {
     /// Schedules `entry` for the tick of `at` and returns the tick actually used: the
     /// next tick for deadlines already past, the horizon for deadlines beyond it. The
     /// caller remembers the returned tick to recognise stale entries.
-    pub fn schedule(&mut self, at: Instant, entry: Entry) -> u64 {
+    pub fn schedule(&mut self, at: Instant, entry: Key) -> u64 {
         let horizon = self.fired + self.slots.len() as u64;
         let tick = self.tick_of(at).clamp(self.fired + 1, horizon);
         let index = (tick % self.slots.len() as u64) as usize;
@@ -66,7 +60,7 @@ impl Wheel {
     }
 
     /// Hands out, into `out`, the entries of every tick up to `now`, each with its tick.
-    pub fn advance(&mut self, now: Instant, out: &mut Vec<(u64, Entry)>) {
+    pub fn advance(&mut self, now: Instant, out: &mut Vec<(u64, Key)>) {
         let since = now.saturating_duration_since(self.origin).as_nanos();
         let now_tick = ((since / self.tick.as_nanos()) as u64).max(self.fired);
         // Past a full turn, every slot is due once: do not loop over missed turns.
@@ -104,8 +98,8 @@ impl Wheel {
 mod tests {
     use super::*;
 
-    fn entry(slot: u32) -> Entry {
-        Entry { slot, gen_: 0 }
+    fn entry(slot: u32) -> Key {
+        Key::new(slot, 0)
     }
 
     #[test]
@@ -153,7 +147,7 @@ mod tests {
         }
         let mut out = Vec::new();
         wheel.advance(origin + Duration::from_secs(60), &mut out);
-        let mut slots: Vec<u32> = out.iter().map(|(_, e)| e.slot).collect();
+        let mut slots: Vec<u32> = out.iter().map(|(_, e)| e.index()).collect();
         slots.sort_unstable();
         assert_eq!(slots, (0..8).collect::<Vec<_>>());
         assert!(wheel.is_empty());

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{Busy, Entry, Slot, State, Worker, bump, histogram};
+use super::{Busy, Slot, State, Worker, bump, histogram};
 use crate::bench::wire::{self, Incoming, SeqCheck, SeqVerdict};
 use crate::proto::connection::Message;
+use crate::slab::Key;
 
 /// Publishes in flight (sent, not acked) remembered per publisher; beyond, the oldest
 /// is forgotten and counted as unacked.
@@ -257,23 +258,20 @@ pub(super) fn classify(
 }
 
 impl Worker {
-    fn fan_conn(&mut self, entry: Entry) -> Option<&mut FanConn> {
-        self.slots[entry.slot as usize]
-            .busy
-            .as_deref_mut()
-            .and_then(|b| b.fan.as_mut())
+    fn fan_conn(&mut self, entry: Key) -> Option<&mut FanConn> {
+        self.slots[entry].busy.as_deref_mut().and_then(|b| b.fan.as_mut())
     }
 
     /// Acts on the messages [`classify`] queued for `entry`.
-    pub(super) fn on_fan_events(&mut self, entry: Entry) {
+    pub(super) fn on_fan_events(&mut self, entry: Key) {
         let Some(plan) = self.plan.fanout.clone() else { return };
         let events = std::mem::take(&mut self.fan_events);
         let (now_ns, from, until) = (self.now_ns, self.measure_from_ns, self.measure_until_ns);
         for event in &events {
-            if !self.valid(entry) {
+            if !self.slots.contains(entry) {
                 break;
             }
-            let id = self.slots[entry.slot as usize].id;
+            let id = self.slots[entry].id;
             let stats = &mut self.report.fanout;
             match *event {
                 Incoming::Welcome => {
@@ -313,11 +311,7 @@ impl Worker {
                         Some(_) => {}
                         None => stats.untimed += 1,
                     }
-                    let Some(conn) = self.slots[entry.slot as usize]
-                        .busy
-                        .as_deref_mut()
-                        .and_then(|b| b.fan.as_mut())
-                    else {
+                    let Some(conn) = self.slots[entry].busy.as_deref_mut().and_then(|b| b.fan.as_mut()) else {
                         continue;
                     };
                     if plan.direct && conn.stage == Stage::Publisher && conn.seq.last == 0 {
@@ -336,11 +330,7 @@ impl Worker {
                     }
                 }
                 Incoming::Ack { id: Some(n), .. } => {
-                    let Some(conn) = self.slots[entry.slot as usize]
-                        .busy
-                        .as_deref_mut()
-                        .and_then(|b| b.fan.as_mut())
-                    else {
+                    let Some(conn) = self.slots[entry].busy.as_deref_mut().and_then(|b| b.fan.as_mut()) else {
                         continue;
                     };
                     while conn.unacked.front().is_some_and(|&(m, _)| m < n) {
@@ -368,13 +358,10 @@ impl Worker {
     }
 
     /// Sends one text message on an open connection.
-    fn send_text(&mut self, entry: Entry, text: &[u8]) {
+    fn send_text(&mut self, entry: Key, text: &[u8]) {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let ok = self.slots[entry.slot as usize]
-            .ws
-            .write_message(&mut out, true, text)
-            .is_ok();
+        let ok = self.slots[entry].ws.write_message(&mut out, true, text).is_ok();
         if ok {
             self.send(entry, &out);
         }
@@ -392,7 +379,7 @@ impl Worker {
         let mut i = 0;
         while i < self.publishers.len() {
             let entry = self.publishers[i];
-            if !self.valid(entry) || self.slots[entry.slot as usize].state != State::Open {
+            if !self.slots.contains(entry) || self.slots[entry].state != State::Open {
                 self.publishers.swap_remove(i);
                 continue;
             }
@@ -402,7 +389,7 @@ impl Worker {
             out.clear();
             let mut text = Vec::with_capacity(plan.size + 64);
             let (from, until) = (self.measure_from_ns, self.measure_until_ns);
-            let Slot { ws, busy, id, .. } = &mut self.slots[entry.slot as usize];
+            let Slot { ws, busy, id, .. } = &mut self.slots[entry];
             let Some(conn) = busy.as_deref_mut().and_then(|b: &mut Busy| b.fan.as_mut()) else {
                 self.scratch = out;
                 continue;
@@ -457,7 +444,7 @@ impl Worker {
             .publishers
             .iter()
             .filter_map(|e| {
-                let slot = self.slots.get(e.slot as usize)?;
+                let slot = self.slots.get(*e)?;
                 let conn = slot.busy.as_deref()?.fan.as_ref()?;
                 Some(conn.next_k as f64 + phase(slot.id, plan.publishers))
             })
@@ -470,7 +457,7 @@ impl Worker {
     }
 
     /// A fan-out connection leaves `Open`: its unacked publishes are counted.
-    pub(super) fn leave_open_fan(&mut self, entry: Entry) {
+    pub(super) fn leave_open_fan(&mut self, entry: Key) {
         if let Some(conn) = self.fan_conn(entry) {
             let left = conn.unacked.len() as u64;
             conn.unacked.clear();

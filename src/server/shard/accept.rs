@@ -17,7 +17,7 @@ use crate::server::ring::Completion;
 use crate::tls::TlsSession;
 
 use super::driver::Noisy;
-use super::slot::{Io, Phase, Slot, user_data};
+use super::slot::{Io, Slot, user_data};
 use super::{ACCEPT_BACKOFF, ACCEPT_PLAIN, ACCEPT_TLS, KIND_READ, Shard};
 
 /// The response to a connection refused before its request was read (too many
@@ -97,29 +97,17 @@ impl Shard {
         let _ = SockRef::from(&fd).set_nodelay(true);
         let raw_fd = fd.as_raw_fd();
         let now = self.now;
-        let slot = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.slots.push(Slot::new(now));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let s = &mut self.slots[slot as usize];
-        debug_assert_eq!(s.phase, Phase::Free);
-        s.fd = Some(fd);
-        s.phase = Phase::Handshake;
         if tls.is_some() {
             self.metrics.tls_sessions += 1;
         }
-        s.tls = tls;
-        s.io = Some(Box::new(Io {
+        let io = Box::new(Io {
             deadline: Some(now + self.cfg.handshake_timeout),
             ..Io::default()
-        }));
+        });
+        let key = self.slots.insert(Slot::new(now, fd, tls, io));
         self.handshakes += 1;
-        let entry = self.entry(slot);
-        self.ring.poll_read_multi(raw_fd, user_data(KIND_READ, entry));
-        self.schedule(entry);
+        self.ring.poll_read_multi(raw_fd, user_data(KIND_READ, key));
+        self.schedule(key);
     }
 
     /// A session for a connection accepted on the TLS listener, with the configuration

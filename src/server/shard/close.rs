@@ -12,13 +12,11 @@ use std::time::Instant;
 
 use crate::edge::ConnRef;
 use crate::proto::close::CloseCode;
-use crate::proto::connection::Connection;
-use crate::proto::frame::Role;
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
 use super::handle::Command;
-use super::slot::{Phase, conn_of, sock, user_data};
-use super::{ACCEPT_PLAIN, ACCEPT_TLS, GEN_MASK, KIND_READ, KIND_WRITE, Shard};
+use super::slot::{Phase, sock, user_data};
+use super::{ACCEPT_PLAIN, ACCEPT_TLS, KIND_READ, KIND_WRITE, Shard};
 
 /// Drain progress.
 #[derive(Debug)]
@@ -29,74 +27,65 @@ pub(super) struct Drain {
     pub(super) started: Instant,
     /// Open connections at the start, in random order: closed progressively over the
     /// drain window so clients do not all reconnect at once.
-    pub(super) order: Vec<Entry>,
+    pub(super) order: Vec<Key>,
     /// How many of `order` have been sent a close.
     pub(super) next: usize,
 }
 
 impl Shard {
     /// Counts a connection out of the open set (once).
-    pub(super) fn leave_open(&mut self, entry: Entry) {
-        let slot = &mut self.slots[entry.slot as usize];
+    pub(super) fn leave_open(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
         if slot.phase == Phase::Open {
             slot.phase = Phase::Closing;
             self.connections -= 1;
             self.metrics.closed += 1;
-            self.forget_peer(entry);
+            self.forget_peer(key);
         }
     }
 
     /// Gives the connection's share of the per-address and per-user limits back.
-    pub(super) fn forget_peer(&mut self, entry: Entry) {
+    pub(super) fn forget_peer(&mut self, key: Key) {
         if let Some(msg) = self.msg.as_mut() {
-            msg.handle_disconnect(conn_of(entry), self.now);
+            msg.handle_disconnect(key, self.now);
         }
-        let slot = &mut self.slots[entry.slot as usize];
+        let slot = &mut self.slots[key];
         self.edge.release_ip(std::mem::take(&mut slot.ip));
         let user = std::mem::take(&mut slot.user);
         let conn = ConnRef {
             shard: self.id as u32,
-            slot: entry.slot,
-            gen_: entry.gen_,
+            conn: key,
         };
         self.edge.release_user(user, conn);
     }
 
     /// Closes a connection the per-user limit evicted, on whichever shard holds it.
     pub(super) fn evict_anywhere(&mut self, victim: ConnRef) {
-        let entry = Entry {
-            slot: victim.slot,
-            gen_: victim.gen_,
-        };
         if victim.shard as usize == self.id {
-            self.evict(entry);
+            self.evict(victim.conn);
         } else if let Some(peer) = self.peers.get().and_then(|peers| peers.get(victim.shard as usize)) {
-            peer.send(Command::Kick {
-                slot: victim.slot,
-                gen_: victim.gen_,
-            });
+            peer.send(Command::Kick { conn: victim.conn });
         }
     }
 
-    /// Closes `entry` with 1008 because a newer connection of its user replaced it.
-    pub(super) fn evict(&mut self, entry: Entry) {
-        if !self.valid(entry) || self.slots[entry.slot as usize].phase != Phase::Open {
+    /// Closes `key` with 1008 because a newer connection of its user replaced it.
+    pub(super) fn evict(&mut self, key: Key) {
+        if !self.slots.contains(key) || self.slots[key].phase != Phase::Open {
             return;
         }
-        self.slots[entry.slot as usize].ws.close(
+        self.slots[key].ws.close(
             self.now,
             &self.cfg.limits,
             CloseCode::POLICY_VIOLATION,
             "replaced by a newer connection",
         );
-        self.after_protocol(entry);
+        self.after_protocol(key);
     }
 
     /// Our side is done: shut down writing so the peer sees our last bytes and an EOF,
     /// then wait (up to the close timeout) for the peer to close its side.
-    pub(super) fn start_linger(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        let slot = &mut self.slots[index];
+    pub(super) fn start_linger(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
         if slot.phase == Phase::Handshake {
             self.handshakes -= 1;
         }
@@ -107,49 +96,41 @@ impl Shard {
         let io = slot.io.get_or_insert_with(Box::default);
         io.close_after_flush = false;
         io.deadline = Some(self.now + self.cfg.limits.close_timeout);
-        self.schedule(entry);
+        self.schedule(key);
     }
 
-    /// Frees the slot: stops the polls, closes the socket, drops queued output.
-    pub(super) fn release(&mut self, entry: Entry, abnormal: bool) {
-        let index = entry.slot as usize;
-        let slot = &mut self.slots[index];
+    /// Frees the slot: stops the polls, closes the socket, drops queued output. Nothing
+    /// happens if `key` is stale (the slot is free already).
+    pub(super) fn release(&mut self, key: Key, abnormal: bool) {
+        let Some(slot) = self.slots.get(key) else { return };
         match slot.phase {
-            Phase::Free => return,
             Phase::Handshake => self.handshakes -= 1,
             Phase::Open => {
                 self.connections -= 1;
                 self.metrics.closed += 1;
-                self.forget_peer(entry);
+                self.forget_peer(key);
             }
             Phase::Closing | Phase::Linger => {}
         }
-        let slot = &mut self.slots[index];
         if abnormal {
             self.metrics.abnormal_closes += 1;
         }
-        self.ring.poll_remove(user_data(KIND_READ, entry));
+        // The slab bumps the slot's generation: no late completion, wheel entry or
+        // messaging output for this connection reaches the slot's next one.
+        let slot = self.slots.remove(key).expect("checked above");
+        self.ring.poll_remove(user_data(KIND_READ, key));
         if slot.write_armed {
-            self.ring.poll_remove(user_data(KIND_WRITE, entry));
+            self.ring.poll_remove(user_data(KIND_WRITE, key));
         }
-        // Closes the socket; the pending polls hold their own file references until the
-        // removals above complete.
-        drop(slot.fd.take());
-        if let Some(io) = slot.io.take() {
+        if let Some(io) = &slot.io {
             self.queued_total -= io.queued_bytes;
         }
-        if slot.tls.take().is_some() {
+        if slot.tls.is_some() {
             self.metrics.tls_sessions -= 1;
         }
-        slot.phase = Phase::Free;
-        slot.write_armed = false;
-        slot.dirty = false;
-        slot.peer_closed = false;
-        slot.tat = 0;
-        slot.wheel_tick = 0;
-        slot.gen_ = (slot.gen_ + 1) & GEN_MASK;
-        slot.ws = Connection::new(Role::Server, self.now);
-        self.free.push(entry.slot);
+        // Dropping the slot closes the socket; the pending polls hold their own file
+        // references until the removals above complete.
+        drop(slot);
     }
 
     pub(super) fn start_drain(&mut self, code: CloseCode) {
@@ -164,9 +145,11 @@ impl Shard {
             self.ring.cancel(ACCEPT_TLS);
             drop(listener);
         }
-        let mut order: Vec<Entry> = (0..self.slots.len() as u32)
-            .filter(|&i| self.slots[i as usize].phase == Phase::Open)
-            .map(|i| self.entry(i))
+        let mut order: Vec<Key> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.phase == Phase::Open)
+            .map(|(key, _)| key)
             .collect();
         // Fisher-Yates with xorshift: which client goes first does not matter, only
         // that reconnects spread out.
@@ -203,12 +186,12 @@ impl Shard {
         let due = ((drain.order.len() as f64) * share).ceil() as usize;
         let (code, from) = (drain.code, drain.next);
         for i in from..due {
-            let entry = self.drain.as_ref().expect("draining").order[i];
-            if self.valid(entry) && self.slots[entry.slot as usize].phase == Phase::Open {
-                self.slots[entry.slot as usize]
+            let key = self.drain.as_ref().expect("draining").order[i];
+            if self.slots.contains(key) && self.slots[key].phase == Phase::Open {
+                self.slots[key]
                     .ws
                     .close(self.now, &self.cfg.limits, code, "server draining");
-                self.after_protocol(entry);
+                self.after_protocol(key);
             }
         }
         if let Some(drain) = self.drain.as_mut() {
@@ -218,11 +201,9 @@ impl Shard {
 
     /// The drain deadline passed (or the shard is finished): close every socket left.
     pub(super) fn abort_all(&mut self) {
-        for i in 0..self.slots.len() as u32 {
-            let entry = self.entry(i);
-            if self.valid(entry) {
-                self.release(entry, true);
-            }
+        let keys: Vec<Key> = self.slots.keys().collect();
+        for key in keys {
+            self.release(key, true);
         }
         let _ = self.ring.submit();
     }

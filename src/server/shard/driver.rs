@@ -21,10 +21,10 @@ use crate::logging::RateLimit;
 use crate::metrics::ShardMetrics;
 use crate::proto::connection::Timeout;
 use crate::server::ring::{BELL_DATA, Completion, NOOP_DATA};
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
 use super::handle::Command;
-use super::slot::{Phase, entry_of, raw, user_data};
+use super::slot::{Phase, raw, user_data};
 use super::{
     ACCEPT_PLAIN, ACCEPT_TLS, COMPLETION_BATCH, KIND_ACCEPT, KIND_MASK, KIND_READ, KIND_WRITE, Shard, ShardState,
 };
@@ -91,7 +91,7 @@ impl Shard {
         for command in commands {
             match command {
                 Command::Drain { code } => self.start_drain(code),
-                Command::Kick { slot, gen_ } => self.evict(Entry { slot, gen_ }),
+                Command::Kick { conn } => self.evict(conn),
                 Command::Api(request) => {
                     if let Some(msg) = self.msg.as_mut() {
                         msg.handle_api(*request, self.now);
@@ -101,9 +101,9 @@ impl Shard {
         }
         self.recv_mesh();
         let again = std::mem::take(&mut self.again);
-        for entry in again {
-            if self.valid(entry) {
-                self.on_readable(entry, true);
+        for key in again {
+            if self.slots.contains(key) {
+                self.on_readable(key, true);
             }
         }
         self.drain_ring();
@@ -146,12 +146,12 @@ impl Shard {
         self.fired.clear();
         self.wheel.advance(now, &mut self.fired);
         let fired = std::mem::take(&mut self.fired);
-        for &(tick, entry) in &fired {
-            if self.valid(entry) && u64::from(self.slots[entry.slot as usize].wheel_tick) == tick {
-                self.slots[entry.slot as usize].wheel_tick = 0;
-                self.on_deadline(entry);
-                if self.valid(entry) {
-                    self.schedule(entry);
+        for &(tick, key) in &fired {
+            if self.slots.contains(key) && u64::from(self.slots[key].wheel_tick) == tick {
+                self.slots[key].wheel_tick = 0;
+                self.on_deadline(key);
+                if self.slots.contains(key) {
+                    self.schedule(key);
                 }
             }
         }
@@ -187,10 +187,10 @@ impl Shard {
     pub(super) fn flush_turn(&mut self) {
         self.flush_messaging();
         let dirty = std::mem::take(&mut self.dirty);
-        for entry in &dirty {
-            if self.valid(*entry) {
-                self.slots[entry.slot as usize].dirty = false;
-                self.flush(*entry);
+        for &key in &dirty {
+            if let Some(slot) = self.slots.get_mut(key) {
+                slot.dirty = false;
+                self.flush(key);
             }
         }
         let mut dirty = dirty;
@@ -211,20 +211,7 @@ impl Shard {
     }
 
     pub(super) fn live_slots(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    pub(super) fn valid(&self, entry: Entry) -> bool {
-        self.slots
-            .get(entry.slot as usize)
-            .is_some_and(|slot| slot.gen_ == entry.gen_ && slot.phase != Phase::Free)
-    }
-
-    pub(super) fn entry(&self, slot: u32) -> Entry {
-        Entry {
-            slot,
-            gen_: self.slots[slot as usize].gen_,
-        }
+        self.slots.len()
     }
 
     pub(super) fn on_completion(&mut self, completion: Completion) {
@@ -243,19 +230,19 @@ impl Shard {
         match completion.user_data & KIND_MASK {
             KIND_ACCEPT => self.on_accept(completion),
             KIND_READ => {
-                let entry = entry_of(completion.user_data);
-                if !self.valid(entry) {
+                let key = Key::from_user_data(completion.user_data);
+                if !self.slots.contains(key) {
                     return;
                 }
                 if completion.result < 0 && completion.result != -libc::ECANCELED {
-                    self.release(entry, true);
+                    self.release(key, true);
                     return;
                 }
                 if !completion.more {
                     // The kernel ended the multishot poll (it may, e.g. on overflow):
                     // arm it again.
-                    let fd = raw(&self.slots[entry.slot as usize].fd);
-                    self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
+                    let fd = raw(&self.slots[key].fd);
+                    self.ring.poll_read_multi(fd, user_data(KIND_READ, key));
                 }
                 // The poll result is the ready mask. A hang-up or error must be read to the
                 // end: io_uring coalesces wake-ups, so data and FIN arriving together give
@@ -263,22 +250,22 @@ impl Shard {
                 // the EOF unseen until some later event.
                 let hangup = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32;
                 let to_end = completion.result > 0 && completion.result & hangup != 0;
-                self.on_readable(entry, to_end);
+                self.on_readable(key, to_end);
             }
             KIND_WRITE => {
-                let entry = entry_of(completion.user_data);
-                if self.valid(entry) {
-                    self.slots[entry.slot as usize].write_armed = false;
-                    self.flush(entry);
+                let key = Key::from_user_data(completion.user_data);
+                if self.slots.contains(key) {
+                    self.slots[key].write_armed = false;
+                    self.flush(key);
                 }
             }
             _ => {}
         }
     }
 
-    /// The slot's earliest deadline.
-    pub(super) fn deadline(&self, entry: Entry) -> Option<Instant> {
-        let slot = &self.slots[entry.slot as usize];
+    /// The slot's earliest deadline (`None` for a stale key too).
+    pub(super) fn deadline(&self, key: Key) -> Option<Instant> {
+        let slot = self.slots.get(key)?;
         let io_deadline = slot.io.as_deref().and_then(|io| io.deadline);
         match slot.phase {
             Phase::Open => {
@@ -289,65 +276,58 @@ impl Shard {
                 }
             }
             Phase::Handshake | Phase::Closing | Phase::Linger => io_deadline,
-            Phase::Free => None,
         }
     }
 
     /// Puts the slot on the wheel if its deadline is earlier than the tick it waits
     /// for (later deadlines are found lazily when that tick fires).
-    pub(super) fn schedule(&mut self, entry: Entry) {
-        let Some(at) = self.deadline(entry) else { return };
+    pub(super) fn schedule(&mut self, key: Key) {
+        let Some(at) = self.deadline(key) else { return };
         let tick = self.wheel.tick_of(at);
-        let slot = &self.slots[entry.slot as usize];
+        let slot = &self.slots[key];
         if slot.wheel_tick == 0 || tick < u64::from(slot.wheel_tick) {
-            let used = self.wheel.schedule(at, entry);
-            self.slots[entry.slot as usize].wheel_tick = used as u32;
+            let used = self.wheel.schedule(at, key);
+            self.slots[key].wheel_tick = used as u32;
         }
     }
 
-    pub(super) fn on_deadline(&mut self, entry: Entry) {
+    pub(super) fn on_deadline(&mut self, key: Key) {
         let now = self.now;
-        let index = entry.slot as usize;
-        let io_due = self.slots[index]
+        let io_due = self.slots[key]
             .io
             .as_deref()
             .and_then(|io| io.deadline)
             .is_some_and(|d| now >= d);
-        match self.slots[index].phase {
+        match self.slots[key].phase {
             Phase::Handshake => {
                 if io_due {
-                    let refused = self.slots[index].io.as_deref().is_some_and(|io| io.close_after_flush);
+                    let refused = self.slots[key].io.as_deref().is_some_and(|io| io.close_after_flush);
                     if !refused {
                         self.metrics.handshake_timeouts += 1;
                         ShardMetrics::bump(&mut self.metrics.handshake_failures, "handshake_timeout");
-                        if self.slots[index]
-                            .tls
-                            .as_deref()
-                            .is_some_and(|tls| !tls.is_established())
-                        {
+                        if self.slots[key].tls.as_deref().is_some_and(|tls| !tls.is_established()) {
                             ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "timeout");
                         }
                     }
-                    self.release(entry, !refused);
+                    self.release(key, !refused);
                 }
             }
             Phase::Closing | Phase::Linger => {
                 if io_due {
-                    self.release(entry, false);
+                    self.release(key, false);
                 }
             }
-            Phase::Open => match self.slots[index].ws.handle_timeout(now, &self.cfg.limits) {
+            Phase::Open => match self.slots[key].ws.handle_timeout(now, &self.cfg.limits) {
                 Some(Timeout::Heartbeat) => {
                     self.metrics.heartbeat_timeouts += 1;
-                    self.after_protocol(entry);
+                    self.after_protocol(key);
                 }
                 Some(Timeout::Close) => {
                     self.metrics.close_timeouts += 1;
-                    self.release(entry, true);
+                    self.release(key, true);
                 }
-                None => self.after_protocol(entry),
+                None => self.after_protocol(key),
             },
-            Phase::Free => {}
         }
     }
 

@@ -14,9 +14,9 @@ use crate::msg::protocol::FrameKind;
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Event, Message};
 use crate::proto::frame::{OpCode, SharedFrame};
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
-use super::slot::{Out, Phase, conn_of, entry_of_conn, sock};
+use super::slot::{Out, Phase, sock};
 use super::{MESH_RECV_BATCH, SEND_FLAGS, Shard};
 
 impl Shard {
@@ -37,23 +37,21 @@ impl Shard {
         }
         while let Some(output) = self.msg.as_mut().and_then(MsgShard::poll_output) {
             match output {
-                Output::Send { conn, frame } => {
-                    let entry = entry_of_conn(conn);
-                    if self.valid(entry)
-                        && self.slots[entry.slot as usize].phase == Phase::Open
-                        && self.slots[entry.slot as usize].ws.can_send()
+                Output::Send { conn: key, frame } => {
+                    if self.slots.contains(key) && self.slots[key].phase == Phase::Open && self.slots[key].ws.can_send()
                     {
                         self.metrics.messages_out += 1;
-                        self.enqueue(entry, Out::Frame(frame), false);
+                        self.enqueue(key, Out::Frame(frame), false);
                     }
                 }
-                Output::Close { conn, code, reason } => {
-                    let entry = entry_of_conn(conn);
-                    if self.valid(entry) && self.slots[entry.slot as usize].phase == Phase::Open {
-                        self.slots[entry.slot as usize]
-                            .ws
-                            .close(self.now, &self.cfg.limits, code, reason);
-                        self.after_protocol(entry);
+                Output::Close {
+                    conn: key,
+                    code,
+                    reason,
+                } => {
+                    if self.slots.contains(key) && self.slots[key].phase == Phase::Open {
+                        self.slots[key].ws.close(self.now, &self.cfg.limits, code, reason);
+                        self.after_protocol(key);
                     }
                 }
             }
@@ -65,12 +63,11 @@ impl Shard {
     }
 
     /// Frame bytes arrived in `buf[start..end]` for an open connection.
-    pub(super) fn on_frame_bytes(&mut self, entry: Entry, start: usize, end: usize) {
-        let index = entry.slot as usize;
+    pub(super) fn on_frame_bytes(&mut self, key: Key, start: usize, end: usize) {
         let mut off = start;
         while off < end {
             let echo = self.cfg.echo;
-            let slot = &mut self.slots[index];
+            let slot = &mut self.slots[key];
             let sending = slot.ws.can_send();
             let (used, event) = slot
                 .ws
@@ -104,7 +101,7 @@ impl Shard {
                             Message::Text(text) => (FrameKind::Text, text.as_bytes()),
                             Message::Binary(bytes) => (FrameKind::Binary, &bytes[..]),
                         };
-                        msg.handle_client_frame(conn_of(entry), kind, payload, self.now);
+                        msg.handle_client_frame(key, kind, payload, self.now);
                         None
                     } else {
                         echo.then(|| match &message {
@@ -124,22 +121,21 @@ impl Shard {
                     None
                 }
             };
-            self.metrics.frames_in += u64::from(self.slots[index].ws.take_frames_in());
+            self.metrics.frames_in += u64::from(self.slots[key].ws.take_frames_in());
             if let Some(frame) = reply
-                && self.slots[index].ws.can_send()
+                && self.slots[key].ws.can_send()
             {
                 self.metrics.messages_out += 1;
-                self.enqueue(entry, Out::Frame(frame), false);
+                self.enqueue(key, Out::Frame(frame), false);
             }
         }
-        self.after_protocol(entry);
+        self.after_protocol(key);
     }
 
     /// Collects the control frames the state machine wants sent, reschedules its
     /// deadline, and moves a finished connection towards its end.
-    pub(super) fn after_protocol(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        while let Some(control) = self.slots[index].ws.poll_transmit() {
+    pub(super) fn after_protocol(&mut self, key: Key) {
+        while let Some(control) = self.slots[key].ws.poll_transmit() {
             if control.opcode() == OpCode::Close {
                 let bytes = control.as_bytes();
                 let code = if bytes.len() >= 4 {
@@ -153,31 +149,31 @@ impl Shard {
             // when nothing else is queued write it at once, so a heartbeat round over a
             // million idle connections allocates nothing (no `Io`, no queue).
             let frame = if control.as_bytes() == self.ping.as_bytes() {
-                if self.ping_directly(entry) {
+                if self.ping_directly(key) {
                     continue;
                 }
                 self.ping.clone()
             } else {
                 SharedFrame::from_wire(control.as_bytes())
             };
-            self.enqueue(entry, Out::Frame(frame), true);
+            self.enqueue(key, Out::Frame(frame), true);
         }
-        if self.slots[index].ws.is_closed() {
-            self.leave_open(entry);
-            let slot = &mut self.slots[index];
+        if self.slots[key].ws.is_closed() {
+            self.leave_open(key);
+            let slot = &mut self.slots[key];
             let io = slot.io.get_or_insert_with(Box::default);
             io.close_after_flush = true;
             io.deadline = Some(self.now + self.cfg.limits.close_timeout);
-            self.mark_dirty(entry);
+            self.mark_dirty(key);
         }
-        self.schedule(entry);
+        self.schedule(key);
     }
 
     /// Writes the shared ping straight to an idle connection's socket. False (nothing
     /// written) when output is queued or pending, or the socket does not take the whole
     /// frame now: then it is queued like any frame.
-    pub(super) fn ping_directly(&mut self, entry: Entry) -> bool {
-        let slot = &self.slots[entry.slot as usize];
+    pub(super) fn ping_directly(&mut self, key: Key) -> bool {
+        let slot = &self.slots[key];
         if slot.io.as_deref().is_some_and(|io| !io.queue.is_empty()) || slot.write_armed {
             return false;
         }
@@ -196,7 +192,7 @@ impl Shard {
                 self.metrics.frames_out += 1;
                 self.metrics.bytes_out += n as u64;
                 let rest: Box<[u8]> = bytes[n..].into();
-                self.enqueue(entry, Out::Bytes(rest), true);
+                self.enqueue(key, Out::Bytes(rest), true);
                 true
             }
         }

@@ -11,6 +11,7 @@ use std::task::Waker;
 use crate::msg::api::ApiReply;
 use crate::proto::close::CloseCode;
 use crate::server::ring::Bell;
+use crate::slab::Key;
 
 /// A command from another thread.
 #[derive(Debug)]
@@ -25,10 +26,8 @@ pub enum Command {
     /// allows and the newest wins (see `crate::edge`). Ignored if the slot's generation
     /// has moved on (the connection already ended).
     Kick {
-        /// The slot on this shard.
-        slot: u32,
-        /// The slot's generation when the connection was admitted.
-        gen_: u32,
+        /// The connection's key on this shard (slot and generation when admitted).
+        conn: Key,
     },
     /// A backend API request from the admin thread (`crate::admin`, through
     /// [`ApiShards`](super::ApiShards)): handed to messaging, whose owner answers on the
@@ -202,9 +201,11 @@ mod tests {
     fn a_full_inbox_refuses_kicks_and_answers_api_requests_but_never_refuses_a_drain() {
         let handle = handle();
         for slot in 0..COMMAND_INBOX_CAPACITY as u32 {
-            assert!(handle.send(Command::Kick { slot, gen_: 1 }));
+            assert!(handle.send(Command::Kick {
+                conn: Key::new(slot, 1)
+            }));
         }
-        assert!(!handle.send(Command::Kick { slot: 0, gen_: 2 }));
+        assert!(!handle.send(Command::Kick { conn: Key::new(0, 2) }));
         let (reply, answer) = sync_channel(1);
         let request = ApiRequest {
             op: ApiOp::PresenceUser { user: "alice".into() },

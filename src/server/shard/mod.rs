@@ -8,18 +8,20 @@
 //!
 //! # Connection slots
 //!
-//! Connections live in a slab (`slots`) reserved up front for the shard's connection cap
-//! (reserved address space is not resident memory; pages are touched only as slots are
-//! used). A connection is named by its slot index and the slot's generation, which
-//! changes every time the slot is freed; ring completions and wheel entries carry both,
-//! so a late completion for a closed connection can never reach the slot's next owner.
-//! Lookups are an index, not a hash: the io_uring `user_data` carries the index.
+//! Connections live in a [`Slab`] (`slots`) reserved up front for the shard's connection
+//! cap (reserved address space is not resident memory; pages are touched only as slots
+//! are used). A connection is named by its slab [`Key`]: the slot index and the slot's
+//! generation, which the slab bumps every time the slot is freed. The same key is the
+//! ring requests' `user_data` (with the request kind on top), the wheel's entry,
+//! messaging's `ConnId` and, with the shard number, the edge's `ConnRef`, so a late
+//! completion, deadline or message for a closed connection can never reach the slot's
+//! next owner. Lookups are an index, not a hash.
 //!
 //! # What an idle connection holds
 //!
 //! A `Slot`: the protocol state machine (`proto::connection::Connection`), the fd, the
-//! generation, the wheel tick and a few flags, and `io: None`. No buffer, no task, no
-//! timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
+//! generation (kept in the slot for the slab), the wheel tick and a few flags, and
+//! `io: None`. No buffer, no task, no timer object. `Io` (request bytes during the handshake, the send queue, a deadline)
 //! is allocated while it is needed and freed when it is empty again.
 //!
 //! # Where each job lives
@@ -31,7 +33,7 @@
 //! |---|---|
 //! | `mod.rs` | the `Shard` struct, what it is built from, its constants |
 //! | `handle.rs` | what other threads may touch: the command inbox, the doorbell, the watchdog's view |
-//! | `slot.rs` | one connection's slot, its busy-time `Io`, its phases, the `user_data` tags |
+//! | `slot.rs` | one connection's slot, its busy-time `Io`, its phases, the `user_data` tags (from its slab key) |
 //! | `driver.rs` | the turn (doorbell) and the tick (timer wheel), completions dispatched, deadlines, metrics |
 //! | `accept.rs` | new sockets from the plain and TLS listeners, refused or given a slot |
 //! | `read.rs` | socket bytes (plain, or TLS decrypted) into the shard buffer, EOF |
@@ -61,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 use self::close::Drain;
 use self::slot::Slot;
 use super::ring::{Completion, ConnRing};
-use super::wheel::{Entry, Wheel};
+use super::wheel::Wheel;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::edge::{Edge, MessageRate};
@@ -72,10 +74,11 @@ use crate::msg::protocol;
 use crate::msg::store::MemStore;
 use crate::proto::frame::{OpCode, SharedFrame};
 use crate::proto::handshake::HandshakeConfig;
+use crate::slab::{Key, Slab};
 use crate::tls::TlsContext;
 
-/// `user_data` layout: kind in the top 2 bits, generation in the next 30, slot index in
-/// the low 32.
+/// `user_data` layout: kind in the top 2 bits, then the connection's slab key
+/// ([`Key::to_user_data`]: generation in the next 30 bits, slot index in the low 32).
 const KIND_READ: u64 = 0;
 const KIND_WRITE: u64 = 1 << 62;
 const KIND_ACCEPT: u64 = 2 << 62;
@@ -84,7 +87,6 @@ const KIND_MASK: u64 = 3 << 62;
 /// which listener a new socket came from).
 const ACCEPT_PLAIN: u64 = KIND_ACCEPT;
 const ACCEPT_TLS: u64 = KIND_ACCEPT | 1;
-const GEN_MASK: u32 = (1 << 30) - 1;
 /// Every send is non-blocking and must not raise SIGPIPE on a reset peer.
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 
@@ -164,8 +166,7 @@ pub struct Shard {
     /// One log rate limit per `driver::Noisy` kind, so a failure that recurs per turn
     /// or per client writes a few lines a second, not one per event.
     noisy: [crate::logging::RateLimit; driver::Noisy::ALL.len()],
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    slots: Slab<Slot>,
     wheel: Wheel,
     metrics: ShardMetrics,
     /// The shard's read buffer: every socket is read into it, one at a time.
@@ -175,11 +176,11 @@ pub struct Shard {
     /// The heartbeat ping, encoded once for the whole shard.
     ping: SharedFrame,
     completions: Vec<Completion>,
-    fired: Vec<(u64, Entry)>,
+    fired: Vec<(u64, Key)>,
     /// Connections with output queued this turn.
-    dirty: Vec<Entry>,
+    dirty: Vec<Key>,
     /// Connections that hit the read budget and have more to read.
-    again: Vec<Entry>,
+    again: Vec<Key>,
     max_connections: usize,
     connections: usize,
     handshakes: usize,
@@ -289,8 +290,7 @@ impl Shard {
             accept_paused_until: None,
             accept_paused: [false; 2],
             noisy: driver::noisy_limits(),
-            slots: Vec::with_capacity(max_connections + cfg.max_handshakes_per_shard),
-            free: Vec::new(),
+            slots: Slab::with_capacity(max_connections + cfg.max_handshakes_per_shard),
             wheel: Wheel::new(now, cfg.tick, WHEEL_SLOTS),
             metrics: ShardMetrics::default(),
             buf: vec![0; cfg.read_buffer_bytes],

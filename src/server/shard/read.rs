@@ -9,7 +9,7 @@
 use std::io::{ErrorKind, Read};
 
 use crate::metrics::ShardMetrics;
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
 use super::slot::{Phase, sock};
 use super::{READ_BUDGET_BYTES, Shard};
@@ -17,17 +17,17 @@ use super::{READ_BUDGET_BYTES, Shard};
 impl Shard {
     /// Reads what the socket has. A short read normally means the socket is drained;
     /// with `to_end` (the poll saw a hang-up) reading goes on until EOF or EAGAIN.
-    pub(super) fn on_readable(&mut self, entry: Entry, to_end: bool) {
-        if self.slots[entry.slot as usize].tls.is_some() {
-            self.on_tls_readable(entry, to_end);
+    pub(super) fn on_readable(&mut self, key: Key, to_end: bool) {
+        if self.slots[key].tls.is_some() {
+            self.on_tls_readable(key, to_end);
             return;
         }
         let mut budget = READ_BUDGET_BYTES;
         loop {
             // The socket is non-blocking (accepted with SOCK_NONBLOCK).
-            let n = match (&*sock(&self.slots[entry.slot as usize].fd)).read(&mut self.buf) {
+            let n = match (&*sock(&self.slots[key].fd)).read(&mut self.buf) {
                 Ok(0) => {
-                    self.on_eof(entry);
+                    self.on_eof(key);
                     return;
                 }
                 Ok(n) => n,
@@ -35,24 +35,23 @@ impl Shard {
                     ErrorKind::WouldBlock => return,
                     ErrorKind::Interrupted => continue,
                     _ => {
-                        self.on_eof(entry);
+                        self.on_eof(key);
                         return;
                     }
                 },
             };
             self.metrics.bytes_in += n as u64;
-            match self.slots[entry.slot as usize].phase {
-                Phase::Handshake => self.on_request_bytes(entry, n),
-                Phase::Open => self.on_frame_bytes(entry, 0, n),
+            match self.slots[key].phase {
+                Phase::Handshake => self.on_request_bytes(key, n),
+                Phase::Open => self.on_frame_bytes(key, 0, n),
                 Phase::Closing | Phase::Linger => {}
-                Phase::Free => unreachable!("read on a free slot"),
             }
-            if !self.valid(entry) || (n < self.buf.len() && !to_end) {
+            if !self.slots.contains(key) || (n < self.buf.len() && !to_end) {
                 return;
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {
-                self.again.push(entry);
+                self.again.push(key);
                 return;
             }
         }
@@ -62,11 +61,10 @@ impl Shard {
     /// kept from the last read, the session decrypts it, and the plaintext goes through
     /// the same handshake and frame code as a plain connection's bytes (by swapping it
     /// into `buf`).
-    pub(super) fn on_tls_readable(&mut self, entry: Entry, to_end: bool) {
-        let index = entry.slot as usize;
+    pub(super) fn on_tls_readable(&mut self, key: Key, to_end: bool) {
         let mut budget = READ_BUDGET_BYTES;
         loop {
-            let slot = &mut self.slots[index];
+            let slot = &mut self.slots[key];
             let tls = slot.tls.as_deref_mut().expect("a TLS slot");
             let kept = tls.partial_len();
             let room = self.buf.len() - kept;
@@ -76,7 +74,7 @@ impl Shard {
                 // a few KB). Refuse it rather than read 0 bytes and call it EOF.
                 ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "too_large");
                 tls.abandon();
-                self.tls_failed(entry);
+                self.tls_failed(key);
                 continue;
             }
             // Behind the kept bytes of an unfinished record, within the buffer.
@@ -89,7 +87,7 @@ impl Shard {
                     if !tls.is_established() && slot.phase == Phase::Handshake {
                         ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, "eof");
                     }
-                    self.on_eof(entry);
+                    self.on_eof(key);
                     return;
                 }
             };
@@ -101,7 +99,7 @@ impl Shard {
                 }
                 budget = budget.saturating_sub(n);
                 if budget == 0 {
-                    self.again.push(entry);
+                    self.again.push(key);
                     return;
                 }
                 continue;
@@ -111,7 +109,7 @@ impl Shard {
             let was_established = tls.is_established();
             let result = tls.handle_ciphertext(&mut self.buf[..kept + n], &mut self.plain);
             if tls.wants_transmit() {
-                self.mark_dirty(entry);
+                self.mark_dirty(key);
             }
             let input = match result {
                 Ok(input) => input,
@@ -122,7 +120,7 @@ impl Shard {
                         error.label()
                     };
                     ShardMetrics::bump(&mut self.metrics.tls_handshake_failures, label);
-                    self.tls_failed(entry);
+                    self.tls_failed(key);
                     return;
                 }
             };
@@ -133,20 +131,19 @@ impl Shard {
             let plain = self.plain.len();
             if plain > 0 {
                 std::mem::swap(&mut self.buf, &mut self.plain);
-                match self.slots[index].phase {
-                    Phase::Handshake => self.on_request_bytes(entry, plain),
-                    Phase::Open => self.on_frame_bytes(entry, 0, plain),
+                match self.slots[key].phase {
+                    Phase::Handshake => self.on_request_bytes(key, plain),
+                    Phase::Open => self.on_frame_bytes(key, 0, plain),
                     Phase::Closing | Phase::Linger => {}
-                    Phase::Free => unreachable!("read on a free slot"),
                 }
                 std::mem::swap(&mut self.buf, &mut self.plain);
             }
-            if !self.valid(entry) {
+            if !self.slots.contains(key) {
                 return;
             }
             if input.peer_closed {
                 // close_notify: the peer sends nothing more, as with a FIN.
-                self.on_eof(entry);
+                self.on_eof(key);
                 return;
             }
             if n < room && !to_end {
@@ -154,7 +151,7 @@ impl Shard {
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {
-                self.again.push(entry);
+                self.again.push(key);
                 return;
             }
         }
@@ -163,11 +160,11 @@ impl Shard {
     /// The TLS session failed: drop queued data, send rustls' alert (if any), then
     /// close like a refused handshake (linger for the peer's EOF, up to the close
     /// timeout).
-    pub(super) fn tls_failed(&mut self, entry: Entry) {
-        self.leave_open(entry);
+    pub(super) fn tls_failed(&mut self, key: Key) {
+        self.leave_open(key);
         let close_timeout = self.cfg.limits.close_timeout;
         let now = self.now;
-        let slot = &mut self.slots[entry.slot as usize];
+        let slot = &mut self.slots[key];
         let io = slot.io.get_or_insert_with(Box::default);
         for out in io.queue.drain(..) {
             let len = out.as_bytes().len();
@@ -178,17 +175,17 @@ impl Shard {
         io.request = Vec::new();
         io.close_after_flush = true;
         io.deadline = Some(now + close_timeout);
-        self.mark_dirty(entry);
-        self.schedule(entry);
+        self.mark_dirty(key);
+        self.schedule(key);
     }
 
-    pub(super) fn on_eof(&mut self, entry: Entry) {
-        let slot = &mut self.slots[entry.slot as usize];
+    pub(super) fn on_eof(&mut self, key: Key) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
         let abnormal = match slot.phase {
             Phase::Open => !slot.ws.handle_eof(),
             Phase::Handshake | Phase::Closing => true,
-            Phase::Linger | Phase::Free => false,
+            Phase::Linger => false,
         };
-        self.release(entry, abnormal);
+        self.release(key, abnormal);
     }
 }

@@ -9,17 +9,17 @@
 use std::io::{self, ErrorKind, IoSlice};
 
 use crate::proto::close::CloseCode;
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
 use super::slot::{Io, Out, raw, sock, user_data};
 use super::{IOV_BATCH, KIND_WRITE, SEND_FLAGS, Shard, TLS_SEAL_BATCH_BYTES};
 
 impl Shard {
-    pub(super) fn mark_dirty(&mut self, entry: Entry) {
-        let slot = &mut self.slots[entry.slot as usize];
+    pub(super) fn mark_dirty(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
         if !slot.dirty {
             slot.dirty = true;
-            self.dirty.push(entry);
+            self.dirty.push(key);
         }
     }
 
@@ -27,31 +27,29 @@ impl Shard {
     /// the slow-consumer policy; control output (handshake responses, pong, ping,
     /// close) is never refused, and it is bounded by the protocol (one of each at a
     /// time).
-    pub(super) fn enqueue(&mut self, entry: Entry, out: Out, control: bool) {
+    pub(super) fn enqueue(&mut self, key: Key, out: Out, control: bool) {
         let len = out.as_bytes().len();
-        let index = entry.slot as usize;
-        let io = self.slots[index].io.get_or_insert_with(Box::default);
+        let io = self.slots[key].io.get_or_insert_with(Box::default);
         if !control
             && (io.queued_bytes + len > self.cfg.send_queue_bytes
                 || self.queued_total + len > self.cfg.shard_send_budget_bytes)
         {
-            self.slow_consumer(entry);
+            self.slow_consumer(key);
             return;
         }
         io.queue.push_back(out);
         io.queued_bytes += len;
         self.queued_total += len;
-        self.mark_dirty(entry);
+        self.mark_dirty(key);
     }
 
     /// The slow-consumer policy: the client does not read what it is sent. Drop its
     /// queued data (all but a frame already partly written, which must be finished to
     /// keep the stream intact), send close 1008 "slow consumer", and give the close
     /// frame the close timeout to get out; then the socket is closed.
-    pub(super) fn slow_consumer(&mut self, entry: Entry) {
+    pub(super) fn slow_consumer(&mut self, key: Key) {
         self.metrics.slow_consumer_closes += 1;
-        let index = entry.slot as usize;
-        let slot = &mut self.slots[index];
+        let slot = &mut self.slots[key];
         if let Some(io) = slot.io.as_deref_mut() {
             let keep = usize::from(io.head_written > 0);
             for out in io.queue.drain(keep..) {
@@ -62,21 +60,20 @@ impl Shard {
         }
         slot.ws
             .close(self.now, &self.cfg.limits, CloseCode::POLICY_VIOLATION, "slow consumer");
-        self.after_protocol(entry);
+        self.after_protocol(key);
     }
 
     /// Writes as much of the queue as the socket takes, many frames per syscall.
-    pub(super) fn flush(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        if self.slots[index].write_armed {
+    pub(super) fn flush(&mut self, key: Key) {
+        if self.slots[key].write_armed {
             return;
         }
-        if self.slots[index].tls.is_some() {
-            self.flush_tls(entry);
+        if self.slots[key].tls.is_some() {
+            self.flush_tls(key);
             return;
         }
         loop {
-            let slot = &mut self.slots[index];
+            let slot = &mut self.slots[key];
             let Some(io) = slot.io.as_deref_mut() else { return };
             if io.queue.is_empty() {
                 break;
@@ -97,7 +94,7 @@ impl Shard {
             let sent = match sock(&slot.fd).send_vectored_with_flags(&iov[..count], SEND_FLAGS) {
                 Ok(sent) => sent,
                 Err(error) => {
-                    if self.send_failed(entry, &error) {
+                    if self.send_failed(key, &error) {
                         continue;
                     }
                     return;
@@ -128,22 +125,21 @@ impl Shard {
                 }
             }
             if sent < total {
-                self.wait_writable(entry);
+                self.wait_writable(key);
                 return;
             }
         }
-        self.after_flush(entry);
+        self.after_flush(key);
     }
 
     /// Everything queued is out: finish a closing connection, or free an empty `Io`.
-    pub(super) fn after_flush(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
-        let slot = &mut self.slots[index];
+    pub(super) fn after_flush(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
         let finished = slot.io.as_deref().is_some_and(|io| io.close_after_flush);
         if finished && slot.peer_closed {
-            self.release(entry, false);
+            self.release(key, false);
         } else if finished {
-            self.start_linger(entry);
+            self.start_linger(key);
         } else if slot.io.as_deref().is_some_and(Io::is_empty) {
             slot.io = None;
         }
@@ -152,10 +148,9 @@ impl Shard {
     /// [`Self::flush`] for a TLS connection: queued plaintext is sealed in batches into
     /// the session's output (which exists only while it holds ciphertext) and written
     /// from there; close_notify follows the last record of a finished connection.
-    pub(super) fn flush_tls(&mut self, entry: Entry) {
-        let index = entry.slot as usize;
+    pub(super) fn flush_tls(&mut self, key: Key) {
         loop {
-            let slot = &mut self.slots[index];
+            let slot = &mut self.slots[key];
             let tls = slot.tls.as_deref_mut().expect("a TLS slot");
             if let Some(io) = slot.io.as_deref_mut()
                 && tls.is_established()
@@ -177,7 +172,7 @@ impl Shard {
                     self.queued_total -= len;
                 }
                 if !self.seal_buf.is_empty() && tls.seal(&self.seal_buf).is_err() {
-                    self.release(entry, true);
+                    self.release(key, true);
                     return;
                 }
                 if self.seal_buf.capacity() > 4 * TLS_SEAL_BATCH_BYTES {
@@ -195,7 +190,7 @@ impl Shard {
             let sent = match sock(&slot.fd).send_with_flags(pending, SEND_FLAGS) {
                 Ok(sent) => sent,
                 Err(error) => {
-                    if self.send_failed(entry, &error) {
+                    if self.send_failed(key, &error) {
                         continue;
                     }
                     return;
@@ -205,38 +200,38 @@ impl Shard {
             tls.consume_transmit(sent);
             self.metrics.bytes_out += sent as u64;
             if short {
-                self.wait_writable(entry);
+                self.wait_writable(key);
                 return;
             }
         }
-        let queued = self.slots[index].io.as_deref().is_some_and(|io| !io.queue.is_empty());
+        let queued = self.slots[key].io.as_deref().is_some_and(|io| !io.queue.is_empty());
         if queued {
             // Not sealable (the handshake is still running): wait for it.
             return;
         }
-        self.after_flush(entry);
+        self.after_flush(key);
     }
 
     /// After a failed send: waits for writability when the socket is full, asks for a
     /// retry when interrupted (true), ends the connection on anything else.
-    pub(super) fn send_failed(&mut self, entry: Entry, error: &io::Error) -> bool {
+    pub(super) fn send_failed(&mut self, key: Key, error: &io::Error) -> bool {
         match error.kind() {
             ErrorKind::WouldBlock => {
-                self.wait_writable(entry);
+                self.wait_writable(key);
                 false
             }
             ErrorKind::Interrupted => true,
             _ => {
-                self.release(entry, true);
+                self.release(key, true);
                 false
             }
         }
     }
 
     /// The socket took less than it was offered: flush again once it is writable.
-    pub(super) fn wait_writable(&mut self, entry: Entry) {
-        let slot = &mut self.slots[entry.slot as usize];
+    pub(super) fn wait_writable(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
         slot.write_armed = true;
-        self.ring.poll_write_once(raw(&slot.fd), user_data(KIND_WRITE, entry));
+        self.ring.poll_write_once(raw(&slot.fd), user_data(KIND_WRITE, key));
     }
 }

@@ -1,9 +1,10 @@
 //! One connection's slot and what a busy connection holds beyond it.
 //!
 //! A `Slot` is what every idle connection costs in user space (asserted at 128 bytes);
-//! `Io` exists only while a handshake, queued output or a deadline needs it. The
-//! `user_data` helpers pack a slot and its generation into the ring's request tags and
-//! messaging's `ConnId`.
+//! `Io` exists only while a handshake, queued output or a deadline needs it. Slots live
+//! in the shard's slab (`crate::slab`), which keeps each slot's generation in it, and a
+//! slot's key is the connection's one name: ring request tags (`user_data`), wheel
+//! entries, messaging's `ConnId`, the edge's `ConnRef`.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -12,53 +13,31 @@ use std::time::Instant;
 use socket2::SockRef;
 
 use crate::edge::{IpTicket, UserTicket};
-use crate::msg::ConnId;
 use crate::proto::connection::Connection;
 use crate::proto::frame::{Role, SharedFrame};
-use crate::server::wheel::Entry;
+use crate::slab::{Generational, Key};
 use crate::tls::TlsSession;
 
-use super::GEN_MASK;
-
-pub(super) fn user_data(kind: u64, entry: Entry) -> u64 {
-    kind | (u64::from(entry.gen_ & GEN_MASK) << 32) | u64::from(entry.slot)
+/// The ring's request tag for `key`: `kind` in the top 2 bits (see `KIND_MASK`), the
+/// key's generation and slot below ([`Key::to_user_data`]).
+pub(super) fn user_data(kind: u64, key: Key) -> u64 {
+    kind | key.to_user_data()
 }
 
-/// The messaging layer's name for a connection: its slot and generation.
-pub(super) fn conn_of(entry: Entry) -> ConnId {
-    ConnId(u64::from(entry.slot) | (u64::from(entry.gen_) << 32))
-}
-
-pub(super) fn entry_of_conn(conn: ConnId) -> Entry {
-    Entry {
-        slot: conn.0 as u32,
-        gen_: (conn.0 >> 32) as u32,
-    }
-}
-
-pub(super) fn entry_of(user_data: u64) -> Entry {
-    Entry {
-        slot: user_data as u32,
-        gen_: ((user_data >> 32) as u32) & GEN_MASK,
-    }
-}
-
-/// The socket of a slot in use, for socket2's safe calls (`fd` is borrowed alone, so the
+/// The socket of a slot, for socket2's safe calls (`fd` is borrowed alone, so the
 /// slot's other fields stay free to borrow).
-pub(super) fn sock(fd: &Option<OwnedFd>) -> SockRef<'_> {
-    SockRef::from(fd.as_ref().expect("a slot in use has a socket"))
+pub(super) fn sock(fd: &OwnedFd) -> SockRef<'_> {
+    SockRef::from(fd)
 }
 
-/// The raw descriptor of a slot in use, for io_uring requests.
-pub(super) fn raw(fd: &Option<OwnedFd>) -> RawFd {
-    fd.as_ref().expect("a slot in use has a socket").as_raw_fd()
+/// The raw descriptor of a slot, for io_uring requests.
+pub(super) fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
 }
 
-/// Where a slot is in a connection's life.
+/// Where a slot is in a connection's life (a free slot holds no `Slot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
-    /// Not in use (on the free list).
-    Free,
     /// Accepted; reading the HTTP upgrade request (or flushing a refusal).
     Handshake,
     /// Upgraded: WebSocket frames flow.
@@ -122,10 +101,11 @@ pub(super) struct Slot {
     /// The TLS session of a connection from the TLS listener (`None` for plain ones, so
     /// a plain slot pays one pointer for TLS).
     pub(super) tls: Option<Box<TlsSession>>,
-    /// The socket (`None` while the slot is free: dropping it closes the socket).
-    pub(super) fd: Option<OwnedFd>,
-    /// Changes every time the slot is freed (30 bits used).
-    pub(super) gen_: u32,
+    /// The socket: freeing the slot (dropping it) closes it.
+    pub(super) fd: OwnedFd,
+    /// The slot's generation, kept here for the slab (`Generational`: it fills what would
+    /// be padding, where beside the slot it would cost 8 bytes); only the slab sets it.
+    generation: u32,
     /// The wheel tick the slot is scheduled for, 0 when unscheduled.
     pub(super) wheel_tick: u32,
     /// Where the connection is in its life.
@@ -148,15 +128,16 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(now: Instant) -> Self {
+    /// A slot for the socket `fd` just accepted, at the start of its handshake.
+    pub(super) fn new(now: Instant, fd: OwnedFd, tls: Option<Box<TlsSession>>, io: Box<Io>) -> Self {
         Self {
             ws: Connection::new(Role::Server, now),
-            io: None,
-            tls: None,
-            fd: None,
-            gen_: 0,
+            io: Some(io),
+            tls,
+            fd,
+            generation: 0,
             wheel_tick: 0,
-            phase: Phase::Free,
+            phase: Phase::Handshake,
             write_armed: false,
             dirty: false,
             peer_closed: false,
@@ -167,14 +148,25 @@ impl Slot {
     }
 }
 
+impl Generational for Slot {
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
+    }
+}
+
 #[cfg(test)]
 mod size_tests {
-    /// The slot is what every idle connection costs in user space (besides the kernel's
-    /// share): a guard against it growing by accident.
+    /// The slot, as the slab holds it, is what every idle connection costs in user space
+    /// (besides the kernel's share): a guard against it growing by accident.
     #[test]
     fn a_slot_stays_within_its_budget() {
-        let size = size_of::<super::Slot>();
-        eprintln!("Slot is {size} bytes");
+        let size = crate::slab::Slab::<super::Slot>::SLOT_BYTES;
+        eprintln!("Slot is {size} bytes in the slab");
+        assert_eq!(size, size_of::<super::Slot>(), "the slab adds nothing to a slot");
         assert!(size <= 128, "Slot grew to {size} bytes");
     }
 }

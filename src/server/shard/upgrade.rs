@@ -19,17 +19,16 @@ use crate::proto::connection::Connection;
 use crate::proto::frame::Role;
 use crate::proto::handshake;
 use crate::server::admission::{Admitted, Gate, Refused, ShardView, Verdict};
-use crate::server::wheel::Entry;
+use crate::slab::Key;
 
 use super::Shard;
-use super::slot::{Out, Phase, conn_of, sock};
+use super::slot::{Out, Phase, sock};
 
 impl Shard {
     /// Handshake bytes arrived in `buf[..n]`.
-    pub(super) fn on_request_bytes(&mut self, entry: Entry, n: usize) {
-        let index = entry.slot as usize;
+    pub(super) fn on_request_bytes(&mut self, key: Key, n: usize) {
         let max = self.cfg.limits.max_header_bytes;
-        let slot = &mut self.slots[index];
+        let slot = &mut self.slots[key];
         let fd = &slot.fd;
         let io = slot.io.as_deref_mut().expect("a handshaking slot has io");
         if io.close_after_flush {
@@ -53,7 +52,7 @@ impl Shard {
             }
             Err(error) => {
                 error.write_response(&mut self.scratch);
-                self.refuse(entry, error.label());
+                self.refuse(key, error.label());
                 return;
             }
         };
@@ -67,8 +66,7 @@ impl Shard {
         };
         let conn = ConnRef {
             shard: self.id as u32,
-            slot: entry.slot,
-            gen_: entry.gen_,
+            conn: key,
         };
         match gate.admit(&request, view, conn, || peer_ip(fd), self.now, SystemTime::now()) {
             Verdict::Refused(refused) => {
@@ -78,7 +76,7 @@ impl Shard {
                     Refused::Draining | Refused::ConnectionLimit => {}
                 }
                 refused.write_response(&mut self.scratch);
-                self.refuse(entry, refused.label());
+                self.refuse(key, refused.label());
             }
             Verdict::Admitted(admitted) => {
                 if admitted.ip_untracked {
@@ -91,31 +89,28 @@ impl Shard {
                 request.write_response(&mut self.scratch);
                 let encoding = Encoding::from_subprotocol(request.selected_protocol()).unwrap_or(Encoding::Json);
                 let leftover = data[request.header_len()..].to_vec();
-                self.upgrade(entry, admitted, encoding, leftover);
+                self.upgrade(key, admitted, encoding, leftover);
             }
         }
     }
 
     /// Sends the refusal in `scratch` and closes the connection once it is out.
-    fn refuse(&mut self, entry: Entry, label: &'static str) {
+    fn refuse(&mut self, key: Key, label: &'static str) {
         ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
         let response = self.scratch.as_slice().into();
         let close_timeout = self.cfg.limits.close_timeout;
-        let io = self.slots[entry.slot as usize]
-            .io
-            .as_deref_mut()
-            .expect("handshaking slot has io");
+        let io = self.slots[key].io.as_deref_mut().expect("handshaking slot has io");
         io.request = Vec::new();
         io.close_after_flush = true;
         io.deadline = Some(self.now + close_timeout);
-        self.enqueue(entry, Out::Bytes(response), true);
+        self.enqueue(key, Out::Bytes(response), true);
     }
 
     /// Sends the 101 in `scratch`, opens the WebSocket, tells messaging, and feeds any
     /// frames that came right behind the request.
-    fn upgrade(&mut self, entry: Entry, admitted: Admitted, encoding: Encoding, leftover: Vec<u8>) {
+    fn upgrade(&mut self, key: Key, admitted: Admitted, encoding: Encoding, leftover: Vec<u8>) {
         let response = self.scratch.as_slice().into();
-        let slot = &mut self.slots[entry.slot as usize];
+        let slot = &mut self.slots[key];
         slot.ws = Connection::new(Role::Server, self.now);
         slot.phase = Phase::Open;
         slot.user = admitted.user;
@@ -127,24 +122,24 @@ impl Shard {
         self.handshakes -= 1;
         self.connections += 1;
         self.metrics.upgrades += 1;
-        self.enqueue(entry, Out::Bytes(response), true);
-        self.schedule(entry);
+        self.enqueue(key, Out::Bytes(response), true);
+        self.schedule(key);
         if let Some(victim) = admitted.evict {
             self.evict_anywhere(victim);
         }
         if let Some(msg) = self.msg.as_mut() {
-            msg.handle_connect(conn_of(entry), &admitted.identity, encoding, self.now);
+            msg.handle_connect(key, &admitted.identity, encoding, self.now);
         }
         if !leftover.is_empty() {
             // Frames sent right behind the request: feed them as if just read.
             self.buf[..leftover.len()].copy_from_slice(&leftover);
-            self.on_frame_bytes(entry, 0, leftover.len());
+            self.on_frame_bytes(key, 0, leftover.len());
         }
     }
 }
 
 /// The peer address of a connected socket (`None` if it is already gone).
-fn peer_ip(fd: &Option<OwnedFd>) -> Option<IpAddr> {
+fn peer_ip(fd: &OwnedFd) -> Option<IpAddr> {
     let addr = sock(fd).peer_addr().ok()?;
     Some(addr.as_socket()?.ip())
 }
