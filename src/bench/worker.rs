@@ -17,6 +17,15 @@
 //! with the gateway, whose shards are pinned, and the kernel places unpinned workers
 //! around them better than a fixed CPU list would.
 //!
+//! # Why one long file (about 1,600 lines before its tests)
+//!
+//! The worker is one state machine over one slab: every completion handler reads and
+//! writes the same `Slot`, the same deadline queues and the same counters, and the
+//! states of a connection follow each other in the order below, which is the order of
+//! this file. Split by job the way the server's shard is, each piece would need most of
+//! the others' fields; the mode-specific protocol (fan-out and direct) already lives in
+//! `fan.rs`, and the slab and its keys in `crate::slab`, shared with the server.
+//!
 //! # Data flow
 //!
 //! Input: ring completions (socket writable: connected or output drained; socket

@@ -406,18 +406,24 @@ impl Writer {
     /// Writes the shard's records as they come until the shard stops, then what is left.
     pub async fn run<S: JournalSource>(mut self, source: Rc<RefCell<S>>) {
         self.publish();
+        // Records that arrived while the last write and sync ran have waited that long
+        // already: they go at once, in one batch, without a window of their own.
+        let mut backlog = false;
         loop {
             self.signal.wait().await;
-            if self.fsync == FsyncPolicy::Batch && !self.window.is_zero() && !self.signal.stop.get() {
+            let gather = self.fsync == FsyncPolicy::Batch && !self.window.is_zero() && !backlog;
+            if gather && !self.signal.stop.get() {
                 // Group commit: records of the next `window` share this write and sync.
                 glommio::timer::sleep(self.window).await;
             }
+            backlog = false;
             let taken = source.borrow_mut().take_journal();
             if let Some((bytes, end)) = taken {
                 self.write(&source, &bytes).await;
                 self.sync(&source).await;
                 source.borrow_mut().on_durable(end);
                 self.after_write(&source).await;
+                backlog = self.signal.raised.get();
             }
             if self.signal.stop.get() {
                 // The shard finished: nothing more can be encoded.

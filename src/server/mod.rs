@@ -244,6 +244,7 @@ impl Server {
         // Each shard gets its ends of the cross-shard rings once every shard exists
         // (the rings ring the shards' doorbells); until then its thread waits.
         let mut mesh_senders = Vec::new();
+        let mut starting = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
             let shard_tls = tls_listeners[id].take().zip(tls.clone());
             let (tx, rx) = std::sync::mpsc::channel();
@@ -302,12 +303,17 @@ impl Server {
                         run_shard(shard, bell, cfg, writer).await;
                     });
                 })?;
+            starting.push((id, rx));
+            threads.push(thread);
+        }
+        // Every shard starts (and recovers its journal) at once: the time to ready is the
+        // slowest shard's recovery, not the sum.
+        for (id, rx) in starting {
             let (handle, report) = rx
                 .recv()
                 .map_err(|_| io::Error::other(format!("shard {id} died while starting")))??;
             handles.push(handle);
             recovery.extend(report);
-            threads.push(thread);
         }
         peers
             .set(handles.clone())
