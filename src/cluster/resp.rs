@@ -467,9 +467,11 @@ fn build(input: &[u8], pos: usize) -> Result<(Value, usize), DecodeError> {
     Ok((value, next))
 }
 
-/// The type byte, the line after it (without CRLF) and the offset after the CRLF of the
-/// line starting at `pos`; `None` if the CRLF has not arrived.
-fn read_line<'a>(input: &'a [u8], pos: usize, limits: &Limits) -> Result<Option<(u8, &'a [u8], usize)>, DecodeError> {
+/// A line: its type byte, what follows it up to CRLF, and the offset after the CRLF.
+type Line<'a> = (u8, &'a [u8], usize);
+
+/// The line starting at `pos`; `None` if its CRLF has not arrived.
+fn read_line<'a>(input: &'a [u8], pos: usize, limits: &Limits) -> Result<Option<Line<'a>>, DecodeError> {
     let Some(&ty) = input.get(pos) else {
         return Ok(None);
     };
