@@ -206,6 +206,56 @@ fn auth_and_select_come_from_the_url() {
     drop(server);
 }
 
+/// Replies larger than the read buffer (it grows, then shrinks back) arrive whole; a
+/// reply over the decoder's bulk limit drops the connection (counted) instead of being
+/// buffered, and the connection comes back.
+#[test]
+fn large_replies_grow_the_buffer_and_one_over_the_limit_drops_the_connection() {
+    let server = RedisServer::start();
+    let addr = server.addr();
+    let stats = on_shard(move || async move {
+        let redis = client(ConnConfig {
+            limits: Limits {
+                max_bulk_bytes: 3 << 20,
+                ..Limits::default()
+            },
+            ..config(addr)
+        });
+        wait_until("connected", Duration::from_secs(5), || redis.is_up()).await;
+        let big: String = (0..(2 << 20)).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let mut b = Batch::new();
+        b.cmd(&["SET", "big", &big])
+            .cmd(&["GET", "big"])
+            .cmd(&["STRLEN", "big"]);
+        for i in 0..500 {
+            b.cmd(&["ECHO", &format!("{i:0>100}")]);
+        }
+        let r = redis.send(b).unwrap().await.unwrap();
+        assert_eq!(r[0], ok());
+        assert_eq!(r[1].as_bytes().map(|b| b == big.as_bytes()), Some(true));
+        assert_eq!(r[2], Value::Integer(2 << 20));
+        assert!(
+            r[3..]
+                .iter()
+                .enumerate()
+                .all(|(i, v)| *v == bulk(&format!("{i:0>100}")))
+        );
+        // 4 MiB is over the 3 MiB limit: refused from its header.
+        assert_eq!(run1(&redis, &["APPEND", "big", &big]).await, Value::Integer(4 << 20));
+        assert_eq!(
+            redis.send(one(&["GET", "big"])).unwrap().await.err(),
+            Some(Failed::Disconnected)
+        );
+        wait_until("reconnected", Duration::from_secs(5), || redis.is_up()).await;
+        assert_eq!(run1(&redis, &["STRLEN", "big"]).await, Value::Integer(4 << 20));
+        let stats = redis.stats();
+        redis.close();
+        stats
+    });
+    assert_eq!((stats.errors, stats.reconnects), (1, 1), "{stats:?}");
+    drop(server);
+}
+
 /// The outbox is bounded: while a batch is in flight (Redis busy in DEBUG SLEEP), queued
 /// commands up to the bound are accepted, the next batch is refused at once and counted,
 /// and everything accepted is answered.
