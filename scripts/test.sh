@@ -2,7 +2,7 @@
 # The whole test suite: what a new user runs, and exactly what CI runs (.ci/run).
 #
 # Installs what the tests need when it is missing (Python's websockets package, for
-# the interoperability test), then runs every unit, property and end-to-end test, and
+# the interoperability test; redis-server, for the Redis client tests), then runs every unit, property and end-to-end test, and
 # each criterion bench once in test mode so the benches keep compiling and running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,23 @@ cd "$(dirname "$0")/.."
 # installed here when missing.
 if ! python3 -c "import websockets.sync.client" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check "websockets>=13"
+fi
+
+# The Redis client tests (src/cluster) start their own redis-server on loopback and
+# fail, saying so, without one: it is installed here when missing (Debian's package).
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "redis-server is missing and cannot be installed here (needs root and apt-get):" >&2
+    echo "install it with: apt-get install -y redis-server" >&2
+    exit 1
+  fi
+  if ! apt-get install -y -qq redis-server >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    apt-get install -y -qq redis-server >/dev/null || {
+      echo "apt-get install -y redis-server failed: the src/cluster tests need it" >&2
+      exit 1
+    }
+  fi
 fi
 
 log=$(mktemp)

@@ -97,7 +97,11 @@
 //!   in the client role), so the client side costs as little per connection as the
 //!   server side.
 //!
-//! Planned, not built yet: `cluster/` (scale-out over Redis).
+//! - [`cluster`]: scale-out over Redis, so far only its client layer, used by tests:
+//!   the RESP codec (sans-IO, bounded), `redis://` URLs, and a pipelined connection
+//!   that runs as a task on a shard's executor (tested against a real `redis-server`).
+//!   Nothing starts it yet: no `--redis` flag, no registry, presence or cross-node
+//!   delivery (the module doc says what comes next).
 //!
 //! # Limits
 //!
@@ -162,6 +166,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod limits;
