@@ -329,6 +329,17 @@ fn receive_all(addr: SocketAddr, acked: &Acked, received: &mut [Received]) {
     }
 }
 
+/// Waits (bounded) until the senders got acks in this round, so every kill lands while
+/// traffic flows, however slowly a busy machine starts the child.
+fn wait_for_acks(acked: &Acked) {
+    let total = |a: &Acked| a.lock().unwrap().iter().map(BTreeMap::len).sum::<usize>();
+    let (before, deadline) = (total(acked), Instant::now() + Duration::from_secs(30));
+    while total(acked) < before + 10 {
+        assert!(Instant::now() < deadline, "no acks within 30 s of the senders starting");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A fresh directory under the system's temp dir, removed when the test passes.
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wsgate-{name}-{}", std::process::id()));
@@ -373,6 +384,7 @@ fn every_message_acked_before_a_sigkill_is_delivered_after_the_restart() {
             receive_all(gateway.addr, &acked, &mut received);
         }
         let senders = start_senders(gateway.addr, round, &acked);
+        wait_for_acks(&acked);
         std::thread::sleep(delay);
         gateway.signal(libc::SIGKILL);
         assert_eq!(gateway.wait(Duration::from_secs(10)), None, "killed by the signal");
@@ -402,6 +414,7 @@ fn every_message_acked_before_a_sigterm_is_delivered_after_the_restart() {
             receive_all(gateway.addr, &acked, &mut received);
         }
         let senders = start_senders(gateway.addr, round, &acked);
+        wait_for_acks(&acked);
         std::thread::sleep(delay);
         // The drain closes the senders with 1001 while they still send.
         gateway.signal(libc::SIGTERM);
