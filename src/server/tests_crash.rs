@@ -118,11 +118,12 @@ impl Gateway {
                 sink.lock().unwrap().push(event);
             }
         });
-        let (addr, admin) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("the child never listened: {:?}", log.lock().unwrap()));
+        let Some((addr, admin)) = rx.recv_timeout(Duration::from_secs(60)).ok().flatten() else {
+            // Not a `Gateway` yet, so no `Drop`: the child must not outlive the test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child never listened: {:?}", log.lock().unwrap());
+        };
         Self {
             child,
             addr,
