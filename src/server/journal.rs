@@ -346,12 +346,11 @@ pub struct JournalStats {
     pub recovery: RecoveryReport,
 }
 
-/// A compaction in progress: the restatement ends at `end`; segments before `first_kept`
-/// go once it is durable.
+/// A compaction in progress: segments before `first_kept` go once the restatement is
+/// durable.
 #[derive(Clone, Copy, Debug)]
 struct Compaction {
     first_kept: u64,
-    end: u64,
 }
 
 /// What the writer asks of the shard: the seam between the writer task and
@@ -447,7 +446,6 @@ impl Writer {
                     warn!(dir = %self.dir.display(), segment = old.index, error = %e, "cannot delete a compacted segment");
                 }
             }
-            let _ = compaction.end;
             self.stats.borrow_mut().compactions += 1;
         }
         let disk = self.disk_bytes();
@@ -462,7 +460,7 @@ impl Writer {
             self.write(source, &restated).await;
             self.sync(source).await;
             source.borrow_mut().on_durable(end);
-            self.compaction = Some(Compaction { first_kept, end });
+            self.compaction = Some(Compaction { first_kept });
             // Delete now rather than after the next write: the restatement is durable.
             Box::pin(self.after_write(source)).await;
             return;

@@ -372,14 +372,16 @@ fn kill_delays(rounds: usize) -> Vec<Duration> {
         .collect()
 }
 
-#[test]
-fn every_message_acked_before_a_sigkill_is_delivered_after_the_restart() {
-    let dir = temp_dir("crash-kill");
+/// `rounds` rounds of: start the gateway on `dir`, deliver what the last round left,
+/// send from every sender, then `signal` it at a random moment and wait for it to go
+/// (SIGKILL: killed by the signal; SIGTERM: a drain that exits 0). Then a last start that
+/// delivers everything; returns that gateway and the acks the senders got in all.
+fn crash_rounds(dir: &Path, signal: i32, rounds: usize) -> (Gateway, u64) {
     let acked: Acked = Arc::new(Mutex::new(vec![BTreeMap::new(); RECIPIENTS]));
     let mut received: Vec<Received> = (0..RECIPIENTS).map(|_| Received::default()).collect();
     let mut total = 0;
-    for (round, delay) in kill_delays(4).into_iter().enumerate() {
-        let gateway = Gateway::start(&dir);
+    for (round, delay) in kill_delays(rounds).into_iter().enumerate() {
+        let gateway = Gateway::start(dir);
         if round > 0 {
             // What the last kill left: delivered now, before anything new is sent.
             receive_all(gateway.addr, &acked, &mut received);
@@ -387,14 +389,26 @@ fn every_message_acked_before_a_sigkill_is_delivered_after_the_restart() {
         let senders = start_senders(gateway.addr, round, &acked);
         wait_for_acks(&acked);
         std::thread::sleep(delay);
-        gateway.signal(libc::SIGKILL);
-        assert_eq!(gateway.wait(Duration::from_secs(10)), None, "killed by the signal");
+        // SIGTERM's drain closes the senders with 1001 while they still send.
+        gateway.signal(signal);
+        if signal == libc::SIGKILL {
+            assert_eq!(gateway.wait(Duration::from_secs(10)), None, "killed by the signal");
+        } else {
+            assert_eq!(gateway.wait(Duration::from_secs(30)), Some(0), "a drain exits 0");
+        }
         let acks: u64 = senders.into_iter().map(|t| t.join().expect("a sender")).sum();
-        assert!(acks > 0, "round {round}: the senders got acks before the kill");
+        assert!(acks > 0, "round {round}: the senders got acks before the signal");
         total += acks;
     }
-    let gateway = Gateway::start(&dir);
+    let gateway = Gateway::start(dir);
     receive_all(gateway.addr, &acked, &mut received);
+    (gateway, total)
+}
+
+#[test]
+fn every_message_acked_before_a_sigkill_is_delivered_after_the_restart() {
+    let dir = temp_dir("crash-kill");
+    let (gateway, total) = crash_rounds(&dir, libc::SIGKILL, 4);
     let recovered = gateway
         .event("message store recovered")
         .expect("the recovery is logged");
@@ -407,24 +421,7 @@ fn every_message_acked_before_a_sigkill_is_delivered_after_the_restart() {
 #[test]
 fn every_message_acked_before_a_sigterm_is_delivered_after_the_restart() {
     let dir = temp_dir("crash-term");
-    let acked: Acked = Arc::new(Mutex::new(vec![BTreeMap::new(); RECIPIENTS]));
-    let mut received: Vec<Received> = (0..RECIPIENTS).map(|_| Received::default()).collect();
-    for (round, delay) in kill_delays(2).into_iter().enumerate() {
-        let gateway = Gateway::start(&dir);
-        if round > 0 {
-            receive_all(gateway.addr, &acked, &mut received);
-        }
-        let senders = start_senders(gateway.addr, round, &acked);
-        wait_for_acks(&acked);
-        std::thread::sleep(delay);
-        // The drain closes the senders with 1001 while they still send.
-        gateway.signal(libc::SIGTERM);
-        assert_eq!(gateway.wait(Duration::from_secs(30)), Some(0), "a drain exits 0");
-        let acks: u64 = senders.into_iter().map(|t| t.join().expect("a sender")).sum();
-        assert!(acks > 0, "round {round}: the senders got acks before the drain");
-    }
-    let gateway = Gateway::start(&dir);
-    receive_all(gateway.addr, &acked, &mut received);
+    let (gateway, _) = crash_rounds(&dir, libc::SIGTERM, 2);
     drop(gateway);
     let _ = std::fs::remove_dir_all(&dir);
 }
