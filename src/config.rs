@@ -130,6 +130,10 @@ pub const DATA_MAX_BYTES_RANGE: RangeInclusive<u64> = 16 * MIB..=(1 << 50);
 /// Accepted [`Config::segment_bytes`]: a record (a message of at most 16 MiB plus its
 /// fields) must fit in one segment.
 pub const SEGMENT_BYTES_RANGE: RangeInclusive<u64> = 32 * MIB..=4 * GIB;
+/// Default for [`Config::node_ttl`]: a killed node leaves presence within 10 s.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(10);
+/// Accepted [`Config::node_ttl`].
+pub const NODE_TTL_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(300);
 /// Default for [`Config::tick`]: heartbeats and timeouts are seconds long, so 100 ms of
 /// slack is invisible, and ten wake-ups a second per shard cost nothing.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
@@ -558,6 +562,30 @@ options! {
         Size(SEGMENT_BYTES_RANGE), "SIZE", "Message store",
         "Journal segment file size; old segments are deleted after a compaction";
 
+    /// `redis://[user[:password]@]host[:port][/db]`: run as one node of a fleet that
+    /// shares this Redis (registry, presence, sequences, logs, offline queues, pub/sub
+    /// between nodes). Unset: a single box, as without it.
+    redis: Option<crate::auth::Secret> = None,
+        Hidden, "URL", "Cluster",
+        "Redis shared by the fleet: redis://[user[:password]@]host[:port][/db]. Unset: a single box";
+    /// A file holding the Redis password (instead of putting it in the URL, which shows
+    /// in `ps` when given as a flag).
+    redis_password_file: Option<PathBuf> = None,
+        FilePath, "FILE", "Cluster",
+        "File holding the Redis password (overrides one in the URL)";
+    /// This node's id in the fleet: the same across its restarts (a restart removes what
+    /// the previous life left under it), different from every other node's. Default:
+    /// `<hostname>-<port>`.
+    node_id: Option<String> = None,
+        Text, "ID", "Cluster",
+        "This node's id in the fleet, stable across restarts. Default: <hostname>-<port>";
+    /// How long a node counts as alive without renewing (it renews every quarter of
+    /// this, at most every second): a node killed without a drain leaves presence
+    /// within it.
+    node_ttl: Duration = DEFAULT_NODE_TTL,
+        Dur(NODE_TTL_RANGE), "DURATION", "Cluster",
+        "A node that stops renewing (killed) leaves presence after this";
+
     auth_mode => auth.mode,
         Parsed, "jwt|none", "Authentication",
         "jwt: every upgrade needs a valid token (401 otherwise). none: everybody is let in as an \
@@ -748,6 +776,14 @@ impl Config {
         crate::auth::check_subprotocols(&self.subprotocols).map_err(|e| relation(e.to_string()))?;
         self.edge.validate().map_err(relation)?;
 
+        if let Some(url) = &self.redis {
+            let text =
+                std::str::from_utf8(url.expose()).map_err(|_| relation("redis: the URL is not UTF-8".to_owned()))?;
+            crate::cluster::RedisUrl::parse(text).map_err(|e| relation(format!("redis: {e}")))?;
+        }
+        if let Some(id) = &self.node_id {
+            crate::cluster::owner::check_node_id(id).map_err(relation)?;
+        }
         if self.max_connections < self.shards {
             return Err(relation(format!(
                 "max_connections ({}) must be at least shards ({}): every shard needs room for one connection",

@@ -131,6 +131,76 @@ impl JournalMetrics {
     }
 }
 
+/// The cluster side of one shard (`--redis`; all 0 without it): its Redis connection
+/// (`cluster::RedisStats`) and its cluster owner (`cluster::owner::ClusterStats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// Gauge: 1 while the shard's Redis connection is up (handshaken).
+    pub up: u64,
+    /// Round trips (pipelined writes of queued commands).
+    pub round_trips: u64,
+    /// Commands written.
+    pub commands: u64,
+    /// Reconnects after the first connect.
+    pub reconnects: u64,
+    /// Connection attempts that failed.
+    pub connect_failures: u64,
+    /// Connections lost (I/O errors, EOF, bad replies, timeouts).
+    pub errors: u64,
+    /// Round trips that timed out.
+    pub timeouts: u64,
+    /// Batches refused because Redis was down or the outbox full.
+    pub refused: u64,
+    /// Pub/sub messages received.
+    pub pushes: u64,
+    /// Requests answered `unavailable` (clients) or 503 (API).
+    pub unavailable: u64,
+    /// Inbox messages requeued offline (the user left the node meanwhile).
+    pub requeued: u64,
+    /// Entries of a previous life of this node removed at start.
+    pub cleaned: u64,
+    /// Error replies from Redis.
+    pub error_replies: u64,
+    /// Gauge: live nodes this shard sees (itself included).
+    pub live_nodes: u64,
+}
+
+impl ClusterMetrics {
+    /// Adds `other` (gauges summed, except `live_nodes`: the largest view).
+    pub fn merge(&mut self, other: Self) {
+        let Self {
+            up,
+            round_trips,
+            commands,
+            reconnects,
+            connect_failures,
+            errors,
+            timeouts,
+            refused,
+            pushes,
+            unavailable,
+            requeued,
+            cleaned,
+            error_replies,
+            live_nodes,
+        } = other;
+        self.up += up;
+        self.round_trips += round_trips;
+        self.commands += commands;
+        self.reconnects += reconnects;
+        self.connect_failures += connect_failures;
+        self.errors += errors;
+        self.timeouts += timeouts;
+        self.refused += refused;
+        self.pushes += pushes;
+        self.unavailable += unavailable;
+        self.requeued += requeued;
+        self.cleaned += cleaned;
+        self.error_replies += error_replies;
+        self.live_nodes = self.live_nodes.max(live_nodes);
+    }
+}
+
 /// The counters and gauges of one shard.
 #[derive(Clone, Debug, Default)]
 pub struct ShardMetrics {
@@ -217,6 +287,8 @@ pub struct ShardMetrics {
     pub tls_handshake_failures: HashMap<&'static str, u64>,
     /// The disk store's journal (all 0 with `--store memory`).
     pub journal: JournalMetrics,
+    /// The cluster side (all 0 without `--redis`).
+    pub cluster: ClusterMetrics,
     /// Heap bytes live on the shard's thread. Known only in test builds (which count
     /// allocations per thread); 0 otherwise, and not rendered.
     #[doc(hidden)]
@@ -266,9 +338,11 @@ impl ShardMetrics {
             tls_resumed,
             tls_handshake_failures,
             journal,
+            cluster,
             test_heap_bytes,
         } = other;
         self.journal.merge(journal);
+        self.cluster.merge(cluster);
         self.connections += connections;
         self.handshakes_in_progress += handshakes_in_progress;
         self.accepted += accepted;
@@ -748,6 +822,90 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Gauge,
         help: "Users and rooms the shard's owner tracks (bounded by max_owner_entries).",
         series: Series::Plain(|m| m.msg.owner_entries),
+    },
+    Family {
+        name: "wsgate_redis_up",
+        kind: Kind::Gauge,
+        help: "1 while the shard's Redis connection is up (with --redis).",
+        series: Series::Plain(|m| m.cluster.up),
+    },
+    Family {
+        name: "wsgate_redis_round_trips_total",
+        kind: Kind::Counter,
+        help: "Redis round trips: pipelined writes of the commands a shard's turn produced.",
+        series: Series::Plain(|m| m.cluster.round_trips),
+    },
+    Family {
+        name: "wsgate_redis_commands_total",
+        kind: Kind::Counter,
+        help: "Redis commands written.",
+        series: Series::Plain(|m| m.cluster.commands),
+    },
+    Family {
+        name: "wsgate_redis_reconnects_total",
+        kind: Kind::Counter,
+        help: "Redis reconnects after the first connect.",
+        series: Series::Plain(|m| m.cluster.reconnects),
+    },
+    Family {
+        name: "wsgate_redis_connect_failures_total",
+        kind: Kind::Counter,
+        help: "Redis connection attempts that failed.",
+        series: Series::Plain(|m| m.cluster.connect_failures),
+    },
+    Family {
+        name: "wsgate_redis_errors_total",
+        kind: Kind::Counter,
+        help: "Redis connections lost (I/O errors, EOF, bad replies, timeouts).",
+        series: Series::Plain(|m| m.cluster.errors),
+    },
+    Family {
+        name: "wsgate_redis_timeouts_total",
+        kind: Kind::Counter,
+        help: "Redis round trips that timed out.",
+        series: Series::Plain(|m| m.cluster.timeouts),
+    },
+    Family {
+        name: "wsgate_redis_refused_total",
+        kind: Kind::Counter,
+        help: "Redis batches refused at once (down, or the outbox full).",
+        series: Series::Plain(|m| m.cluster.refused),
+    },
+    Family {
+        name: "wsgate_redis_pushes_total",
+        kind: Kind::Counter,
+        help: "Pub/sub messages received from Redis.",
+        series: Series::Plain(|m| m.cluster.pushes),
+    },
+    Family {
+        name: "wsgate_cluster_unavailable_total",
+        kind: Kind::Counter,
+        help: "Requests answered unavailable (clients) or 503 (API) because Redis did not answer.",
+        series: Series::Plain(|m| m.cluster.unavailable),
+    },
+    Family {
+        name: "wsgate_cluster_requeued_total",
+        kind: Kind::Counter,
+        help: "Inbox messages queued offline again: the user left the node after the send found them there.",
+        series: Series::Plain(|m| m.cluster.requeued),
+    },
+    Family {
+        name: "wsgate_cluster_cleaned_total",
+        kind: Kind::Counter,
+        help: "Registry and membership entries of this node's previous life removed at start.",
+        series: Series::Plain(|m| m.cluster.cleaned),
+    },
+    Family {
+        name: "wsgate_redis_error_replies_total",
+        kind: Kind::Counter,
+        help: "Error replies from Redis (each fails its request).",
+        series: Series::Plain(|m| m.cluster.error_replies),
+    },
+    Family {
+        name: "wsgate_cluster_live_nodes",
+        kind: Kind::Gauge,
+        help: "Nodes in the fleet's live set, as this shard last read it.",
+        series: Series::Plain(|m| m.cluster.live_nodes),
     },
     Family {
         name: "wsgate_journal_written_bytes_total",

@@ -94,6 +94,9 @@ pub fn run(cfg: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     admin_state.tls.store(tls.is_some(), Ordering::Release);
+    admin_state
+        .cluster
+        .store(cfg.redis.is_some() && !cfg.echo, Ordering::Release);
     let server = match Server::start_with_tls(cfg.clone(), registry.clone(), authenticator, tls.clone()) {
         Ok(server) => server,
         Err(e) => {

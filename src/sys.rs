@@ -102,6 +102,13 @@ pub fn rss_bytes() -> Option<u64> {
     resident_pages.checked_mul(page_size()?)
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`), for the default node id.
+pub fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// The memory page size (what `/proc` page counts are multiplied by), or `None` if the
 /// system will not say.
 pub fn page_size() -> Option<u64> {

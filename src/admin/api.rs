@@ -98,6 +98,11 @@ pub(super) async fn call(api: &ApiState, shard: ShardId, op: ApiOp) -> Result<Ap
             "storage_full",
             "the message store's disk budget is spent; nothing was stored",
         )),
+        Ok(ApiReply::Unavailable) => Err(api_error(
+            503,
+            "unavailable",
+            "the cluster store (Redis) is unavailable; nothing was stored; retry",
+        )),
         Ok(reply) => Ok(reply),
         Err(RecvTimeoutError::Timeout) => Err(api_error(504, "timeout", "the shard did not answer in time")),
         // The shard dropped the request unanswered (stopping).

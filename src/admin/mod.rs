@@ -136,6 +136,8 @@ pub struct AdminState {
     pub nofile_limit: u64,
     /// TLS is configured: `/metrics` reports certificate reloads.
     pub tls: AtomicBool,
+    /// `--redis` is configured: `/readyz` also needs every shard's Redis connection up.
+    pub cluster: AtomicBool,
     /// The backend API, when an API key is configured; `None`: the `/api/` routes
     /// answer 404 "API disabled".
     pub api: Option<ApiState>,
@@ -152,6 +154,7 @@ impl AdminState {
             ready: AtomicBool::new(false),
             nofile_limit,
             tls: AtomicBool::new(false),
+            cluster: AtomicBool::new(false),
             api: None,
             api_requests: Mutex::new(BTreeMap::new()),
         }
@@ -607,7 +610,15 @@ fn readyz(state: &AdminState) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         Response::text(503, "draining\n")
     } else if state.ready.load(Ordering::Relaxed) {
-        Response::text(200, "ready\n")
+        // A node that cannot reach Redis serves its own connections but cannot route
+        // to the fleet: new clients are better sent to a node that can.
+        let cluster_down = state.cluster.load(Ordering::Relaxed)
+            && state.registry.snapshot().iter().any(|shard| shard.cluster.up == 0);
+        if cluster_down {
+            Response::text(503, "redis unavailable\n")
+        } else {
+            Response::text(200, "ready\n")
+        }
     } else {
         Response::text(503, "starting\n")
     }

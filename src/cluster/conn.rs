@@ -159,14 +159,28 @@ impl Batch {
         self
     }
 
-    /// Commands in the batch.
+    /// Adds a command Redis answers with pushes only (RESP3 `SUBSCRIBE`,
+    /// `UNSUBSCRIBE`): written with the batch, no reply awaited; its confirmations
+    /// reach the push handler.
+    pub fn cmd_unanswered<A: AsRef<[u8]>>(&mut self, args: &[A]) -> &mut Self {
+        resp::encode_command(&mut self.bytes, args);
+        self
+    }
+
+    /// Moves `other`'s commands after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.commands += other.commands;
+    }
+
+    /// Commands in the batch that get a reply.
     pub fn len(&self) -> usize {
         self.commands
     }
 
-    /// No command.
+    /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.commands == 0
+        self.bytes.is_empty()
     }
 
     /// Encoded bytes.

@@ -38,6 +38,7 @@
 
 pub mod backoff;
 pub mod conn;
+pub mod owner;
 pub mod resp;
 #[cfg(test)]
 mod testing;

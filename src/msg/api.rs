@@ -139,6 +139,8 @@ pub enum ApiReply {
     Overloaded,
     /// The message store's disk budget (`data_max_bytes`) is spent: nothing was stored.
     StorageFull,
+    /// With `--redis`: Redis did not answer; nothing was stored. Retry later.
+    Unavailable,
 }
 
 impl ApiReply {
@@ -191,6 +193,7 @@ impl ApiReply {
             }
             Self::Overloaded => out.push_str("{\"error\":\"overloaded\"}"),
             Self::StorageFull => out.push_str("{\"error\":\"storage_full\"}"),
+            Self::Unavailable => out.push_str("{\"error\":\"unavailable\"}"),
         }
         out
     }

@@ -62,6 +62,8 @@ use super::protocol::{self, ClientId, ClientMsg, Encoding, ErrorCode, FrameKind,
 use super::store::{MemStore, Store};
 use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, ShardId, owner_of};
 use crate::auth::Identity;
+use crate::cluster::owner::ClusterOwner;
+use crate::cluster::{Batch, Failed, Value};
 use crate::proto::close::CloseCode;
 use crate::proto::frame::SharedFrame;
 
@@ -107,6 +109,9 @@ pub struct MsgShard<S = MemStore> {
     held: VecDeque<(u64, ShardId, MeshMsg)>,
     /// How far the journal is durable (see [`on_durable`](Self::on_durable)).
     durable: u64,
+    /// With `--redis`: the owner side that keeps sequences, logs and the registry in
+    /// Redis. Owner messages go to it instead of `owner` (see [`crate::cluster::owner`]).
+    cluster: Option<Box<ClusterOwner>>,
     buf: Vec<u8>,
 }
 
@@ -133,8 +138,49 @@ impl<S: Store> MsgShard<S> {
             answers: Vec::new(),
             held: VecDeque::new(),
             durable: 0,
+            cluster: None,
             buf: Vec::new(),
         }
+    }
+
+    /// Makes this shard a node of a fleet: owner messages go to `cluster` from now on.
+    pub fn attach_cluster(&mut self, cluster: ClusterOwner) {
+        self.cluster = Some(Box::new(cluster));
+    }
+
+    /// The cluster owner, when attached (gauges, tests).
+    pub fn cluster(&self) -> Option<&ClusterOwner> {
+        self.cluster.as_deref()
+    }
+
+    /// The Redis commands this shard's turn produced, as one batch (see
+    /// [`ClusterOwner::take_batch`]); `generation` is the connection's handshake count.
+    pub fn take_cluster_batch(&mut self, generation: u64) -> Option<(u64, Batch)> {
+        self.cluster.as_mut()?.take_batch(generation)
+    }
+
+    /// The replies of cluster batch `id` (or why there are none).
+    pub fn handle_cluster_replies(&mut self, id: u64, replies: Result<Vec<Value>, Failed>, now: Instant) {
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        let mut answers = std::mem::take(&mut self.answers);
+        cluster.on_replies(id, replies, now, &mut answers, &mut self.metrics);
+        for (to, msg) in answers.drain(..) {
+            self.dispatch_to(to, msg);
+        }
+        self.answers = answers;
+        self.run_local(now);
+    }
+
+    /// A pub/sub message from Redis.
+    pub fn handle_cluster_push(&mut self, push: &Value, now: Instant) {
+        let Some(cluster) = self.cluster.as_mut() else { return };
+        let mut answers = std::mem::take(&mut self.answers);
+        cluster.on_push(push, &mut answers, &mut self.metrics);
+        for (to, msg) in answers.drain(..) {
+            self.dispatch_to(to, msg);
+        }
+        self.answers = answers;
+        self.run_local(now);
     }
 
     /// The journal is durable up to `upto` (bytes): the owner's answers that waited for
@@ -449,6 +495,9 @@ impl<S: Store> MsgShard<S> {
 
     /// The timer tick: the owner's counts for large rooms, history and offline ageing.
     pub fn handle_tick(&mut self, now: Instant) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.tick(now);
+        }
         let mut answers = std::mem::take(&mut self.answers);
         self.owner.handle_tick(now, &mut answers, &mut self.metrics);
         self.release_or_hold(&mut answers);
@@ -549,8 +598,16 @@ impl<S: Store> MsgShard<S> {
             }
             owner_msg => {
                 let mut answers = std::mem::take(&mut self.answers);
-                self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
-                self.release_or_hold(&mut answers);
+                if let Some(cluster) = self.cluster.as_mut() {
+                    // What the cluster owner answers is durable in Redis already.
+                    cluster.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
+                    for (to, msg) in answers.drain(..) {
+                        self.dispatch_to(to, msg);
+                    }
+                } else {
+                    self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
+                    self.release_or_hold(&mut answers);
+                }
                 self.answers = answers;
             }
         }

@@ -233,11 +233,15 @@ pub enum ErrorCode {
     /// The message would create a user or room entry beyond `max_owner_entries` on its
     /// owner shard. Retry later.
     OwnerFull,
+    /// With `--redis`: the cluster store did not answer (down, restarting, slow), so
+    /// the request could not be sequenced or looked up across the fleet. Nothing was
+    /// promised; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for tests and docs.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::BadRequest,
         Self::UnknownType,
         Self::TooLarge,
@@ -250,6 +254,7 @@ impl ErrorCode {
         Self::UnknownSeq,
         Self::StorageFull,
         Self::OwnerFull,
+        Self::Unavailable,
     ];
 
     /// The wire name (snake_case).
@@ -267,6 +272,7 @@ impl ErrorCode {
             Self::UnknownSeq => "unknown_seq",
             Self::StorageFull => "storage_full",
             Self::OwnerFull => "owner_full",
+            Self::Unavailable => "unavailable",
         }
     }
 }

@@ -151,6 +151,50 @@ pub fn cpu_for_shard(allowed: &[usize], id: usize) -> usize {
     allowed[id % allowed.len()]
 }
 
+/// The Redis connection settings and this node's identity, from the configuration
+/// (the host is resolved here, before the shards start).
+fn cluster_setup(
+    cfg: &Config,
+    url: &crate::auth::Secret,
+    local_addr: SocketAddr,
+) -> io::Result<(crate::cluster::ConnConfig, crate::cluster::owner::ClusterConfig)> {
+    let text = std::str::from_utf8(url.expose()).map_err(|_| io::Error::other("redis: the URL is not UTF-8"))?;
+    let url = crate::cluster::RedisUrl::parse(text).map_err(|e| io::Error::other(format!("redis: {e}")))?;
+    let mut conn = crate::cluster::ConnConfig::from_url(&url)?;
+    if let Some(file) = &cfg.redis_password_file {
+        conn.password = Some(
+            crate::cluster::read_password_file(file)
+                .map_err(|e| io::Error::other(format!("redis password file: {e}")))?,
+        );
+    }
+    let node: Arc<str> = match &cfg.node_id {
+        Some(id) => id.as_str().into(),
+        None => {
+            let host = crate::sys::hostname().unwrap_or_else(|| "wsgate".to_owned());
+            let id: String = format!("{host}-{}", local_addr.port())
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect();
+            id.into()
+        }
+    };
+    crate::cluster::owner::check_node_id(&node).map_err(io::Error::other)?;
+    Ok((
+        conn,
+        crate::cluster::owner::ClusterConfig {
+            node,
+            node_ttl: cfg.node_ttl,
+        },
+    ))
+}
+
 /// Binds a listening socket with SO_REUSEPORT and the configured backlog (glommio's
 /// `TcpListener::bind` hard-codes 1024 and offers no socket options).
 pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
@@ -213,7 +257,12 @@ impl Server {
             }
             _ => ((0..cfg.shards).map(|_| None).collect::<Vec<_>>(), None),
         };
-        let disk = !cfg.echo && cfg.store == crate::config::StoreKind::Disk;
+        // With `--redis` the fleet's messages live in Redis, not in the local journal.
+        let disk = !cfg.echo && cfg.store == crate::config::StoreKind::Disk && cfg.redis.is_none();
+        let cluster = match &cfg.redis {
+            Some(url) if !cfg.echo => Some(cluster_setup(&cfg, url, local_addr)?),
+            _ => None,
+        };
         let data_dir = if disk {
             Some(journal::prepare(&cfg).map_err(io::Error::other)?)
         } else {
@@ -253,6 +302,7 @@ impl Server {
             let cpu = cpu_for_shard(&cpus, first_cpu + id);
             let cfg = cfg.clone();
             let shared = shared.clone();
+            let cluster = cluster.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{id}"))
                 .spawn(move || {
@@ -294,13 +344,14 @@ impl Server {
                         if let Some(writer) = &writer {
                             shard.attach_journal(writer.signal(), writer.stats());
                         }
+                        let cluster = cluster.map(|(conn, node)| shard.attach_cluster(conn, &node));
                         let _ = tx.send(Ok((shard.handle(), report)));
                         match mesh_rx.recv() {
                             Ok(endpoint) => shard.attach_mesh(endpoint),
                             // Another shard failed to start: the server is not coming up.
                             Err(_) => return,
                         }
-                        run_shard(shard, bell, cfg, writer).await;
+                        run_shard(shard, bell, cfg, writer, cluster).await;
                     });
                 })?;
             starting.push((id, rx));
@@ -394,11 +445,24 @@ impl Server {
 /// The shard's tasks: the waker loop (doorbell), the ticker (timer wheel) and, with the
 /// disk store, the journal writer, which outlives the other two long enough to write
 /// what the shard's last turns encoded.
-async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>, writer: Option<journal::Writer>) {
+async fn run_shard(
+    shard: Shard,
+    bell: OwnedFd,
+    cfg: Arc<Config>,
+    writer: Option<journal::Writer>,
+    cluster: Option<(crate::cluster::Driver, Rc<shard::ClusterEvents>)>,
+) {
     let handle = shard.handle();
     // SAFETY: gettid has no preconditions.
     handle.set_tid(unsafe { libc::gettid() });
     let shard = Rc::new(RefCell::new(shard));
+    // With `--redis`: the connection's task, and the pump that hands its replies and
+    // pushes to the shard.
+    let cluster = cluster.map(|(driver, events)| {
+        let connection = glommio::spawn_local(driver.run());
+        let pump = glommio::spawn_local(shard::cluster_pump(shard.clone(), events));
+        (connection, pump)
+    });
     let journal = writer.map(|writer| {
         let signal = writer.signal();
         (signal, glommio::spawn_local(writer.run(shard.clone())))
@@ -427,20 +491,30 @@ async fn run_shard(shard: Shard, bell: OwnedFd, cfg: Arc<Config>, writer: Option
     // SAFETY: `bell` is a connected, non-blocking AF_UNIX stream socket we own.
     let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd()) };
     let mut bytes = [0u8; 256];
-    let waker = glommio::spawn_local(async move {
-        loop {
-            let n = match bell.read(&mut bytes).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if shard.borrow_mut().on_wake(&bytes[..n]) == ShardState::Finished {
-                return;
+    let waker = glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            loop {
+                let n = match bell.read(&mut bytes).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if shard.borrow_mut().on_wake(&bytes[..n]) == ShardState::Finished {
+                    return;
+                }
             }
         }
     });
     // The shard is finished when either task sees it finish; the other is dropped
     // (cancelled) with it.
-    futures_lite::future::or(ticker, waker).await;
+    match cluster {
+        Some((connection, pump)) => {
+            futures_lite::future::or(futures_lite::future::or(ticker, waker), pump).await;
+            shard.borrow().close_cluster();
+            connection.await;
+        }
+        None => futures_lite::future::or(ticker, waker).await,
+    }
     if let Some((signal, writer)) = journal {
         signal.stop();
         writer.await;

@@ -368,6 +368,35 @@ impl Shard {
         if let Some(mesh) = &self.mesh {
             self.metrics.mesh_pending = mesh.pending() as u64;
         }
+        if let Some(io) = &self.cluster {
+            let r = io.redis().stats();
+            let c = self
+                .msg
+                .as_ref()
+                .and_then(|m| m.cluster())
+                .map(|c| c.stats())
+                .unwrap_or_default();
+            self.metrics.cluster = crate::metrics::ClusterMetrics {
+                up: u64::from(io.redis().is_up()),
+                round_trips: r.round_trips,
+                commands: r.commands,
+                reconnects: r.reconnects,
+                connect_failures: r.connect_failures,
+                errors: r.errors,
+                timeouts: r.timeouts,
+                refused: r.refused_unavailable + r.refused_full,
+                pushes: r.pushes,
+                unavailable: c.unavailable,
+                requeued: c.requeued,
+                cleaned: c.cleaned,
+                error_replies: c.error_replies,
+                live_nodes: c.live_nodes,
+            };
+            if let Some(cluster) = self.msg.as_ref().and_then(|m| m.cluster()) {
+                self.metrics.msg_owned_users_online = cluster.users() as u64;
+                self.metrics.msg_owned_rooms = cluster.rooms() as u64;
+            }
+        }
         #[cfg(test)]
         {
             self.metrics.test_heap_bytes = crate::testalloc::thread_live_bytes();

@@ -60,6 +60,7 @@ impl Shard {
             // Messages wait for room on a ring: come back soon rather than at the tick.
             self.handle.bell.ring();
         }
+        self.flush_cluster();
     }
 
     /// Frame bytes arrived in `buf[start..end]` for an open connection.

@@ -42,9 +42,11 @@
 //! | `send.rs` | send queues, the slow-consumer policy, flushing (plain and TLS) |
 //! | `close.rs` | leaving the open set, eviction, linger, freeing a slot, drain |
 //! | `journal.rs` | the disk store's hand-off: records to the writer task, durable answers released |
+//! | `cluster.rs` | with `--redis`: the hand-off to the shard's Redis connection (batches out, replies and pushes in) |
 
 mod accept;
 mod close;
+mod cluster;
 mod driver;
 mod frames;
 mod handle;
@@ -54,6 +56,7 @@ mod send;
 mod slot;
 mod upgrade;
 
+pub(crate) use self::cluster::{Events as ClusterEvents, pump as cluster_pump};
 pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle};
 
 use std::os::fd::OwnedFd;
@@ -140,6 +143,8 @@ pub struct Shard {
     journal_stats: Option<std::rc::Rc<std::cell::RefCell<crate::server::journal::JournalStats>>>,
     /// This shard's ends of the rings to and from every other shard.
     mesh: Option<Endpoint<MeshMsg>>,
+    /// With `--redis`: the shard's Redis connection (see `cluster.rs`).
+    cluster: Option<cluster::ClusterIo>,
     /// The per-connection message rate limit, if on.
     message_rate: Option<MessageRate>,
     /// Time zero of the message-rate clocks.
@@ -269,6 +274,7 @@ impl Shard {
             journal: None,
             journal_stats: None,
             mesh: None,
+            cluster: None,
             ring,
             handle,
             registry,

@@ -1,0 +1,1387 @@
+//! [`ClusterOwner`]: the owner side of a shard when the gateway runs as one node of a
+//! fleet (`--redis`). Sans-IO like `msg::owner::Owner`, whose place it takes: it gets
+//! the same owner messages from the mesh and answers with the same local-side messages,
+//! but the state that must be one across the fleet lives in Redis (see the module docs
+//! of [`super`], "Keys and functions"), so each request becomes a Redis command and its
+//! answer comes when the reply does.
+//!
+//! What stays here, per shard and node: the local directory (which shards of this node
+//! have connections of a user, or members of a room), which is what a push from Redis
+//! needs to reach the right connections, and the counts the registry needs.
+//!
+//! # Driving it
+//!
+//! - [`handle`](ClusterOwner::handle): an owner message (from `MsgShard`).
+//! - [`take_batch`](ClusterOwner::take_batch): the commands this turn produced, as one
+//!   [`Batch`] with an id; hand it to the shard's [`super::Redis`] and, when its
+//!   replies come (or it was refused), call [`on_replies`](ClusterOwner::on_replies).
+//! - [`on_push`](ClusterOwner::on_push): a pub/sub message from the connection.
+//! - [`tick`](ClusterOwner::tick): renews the node's liveness and learns the live nodes.
+//!
+//! Answers for local shards go into the `out` vector each call takes, like the local
+//! owner's.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+
+use super::conn::{Batch, Failed};
+use super::resp::Value;
+use crate::msg::api::{ApiOp, ApiReply, ApiRequest};
+use crate::msg::mesh::MeshMsg;
+use crate::msg::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
+use crate::msg::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of, stable_hash};
+use crate::proto::frame::SharedFrame;
+
+/// The function library, loaded on every connect (`FUNCTION LOAD REPLACE`).
+pub const FUNCTIONS: &str = include_str!("functions.lua");
+
+/// The sorted set of live nodes (member: node id, score: expiry in ms).
+pub const NODES_KEY: &str = "wsg:nodes";
+
+/// What the owner says when Redis did not answer.
+const UNAVAILABLE: &str = "the cluster store (Redis) is unavailable; retry later";
+
+/// A node id: 1 to 64 bytes of `A-Z a-z 0-9 . _ : -`, the same on every restart of the
+/// node (its previous life's registry entries are found by it).
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node id {id:?}: 1 to 64 bytes of letters, digits, '.', '_', ':' or '-'"
+        ))
+    }
+}
+
+/// How this node takes part in the fleet.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's id (see [`check_node_id`]).
+    pub node: Arc<str>,
+    /// How long the node stays in the live set without renewing it; a node killed
+    /// without a drain leaves presence within this.
+    pub node_ttl: Duration,
+}
+
+/// Counters of the cluster side of one shard (copied into the shard's metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Requests answered `unavailable` (or an API 503) because Redis did not answer.
+    pub unavailable: u64,
+    /// Pub/sub messages received.
+    pub pushes: u64,
+    /// Inbox messages that reached this node after the user left it, queued offline
+    /// again.
+    pub requeued: u64,
+    /// Registry entries a previous life of this node left, removed at start.
+    pub cleaned: u64,
+    /// Error replies from Redis (each also fails its request).
+    pub error_replies: u64,
+    /// Gauge: nodes in the live set, this one included.
+    pub live_nodes: u64,
+}
+
+/// Where an answer goes.
+#[derive(Debug)]
+enum ReplyTo {
+    Conn(ShardId, ConnId, Option<ClientId>),
+    Api(Box<ApiRequest>),
+}
+
+/// What a command's reply is for, in command order.
+#[derive(Debug)]
+enum Op {
+    /// Nothing to do with the reply (an error is counted).
+    Ignore,
+    Alive,
+    Cleanup,
+    Connect {
+        from: ShardId,
+        conn: ConnId,
+        user: Key,
+    },
+    Send {
+        to: Key,
+        reply: ReplyTo,
+    },
+    Ack {
+        from: ShardId,
+        conn: ConnId,
+        user: Key,
+        seq: u64,
+        id: Option<ClientId>,
+    },
+    Receipt,
+    Requeue,
+    Resume {
+        from: ShardId,
+        conn: ConnId,
+        id: Option<ClientId>,
+        since: Position,
+    },
+    Join {
+        from: ShardId,
+        conn: ConnId,
+        room: Key,
+        id: Option<ClientId>,
+        since: Option<Position>,
+        ticket: u32,
+    },
+    Member {
+        room: Key,
+        user: Key,
+        joined: bool,
+    },
+    Publish {
+        room: Key,
+        reply: ReplyTo,
+    },
+    QueryUser {
+        user: Key,
+        reply: ReplyTo,
+    },
+    QueryRoom {
+        room: Key,
+        reply: ReplyTo,
+    },
+}
+
+#[derive(Debug, Default)]
+struct LocalUser {
+    /// Shards of this node with connections of the user, and how many.
+    shards: Vec<(ShardId, u32)>,
+    /// Connections Redis was told about (a connect refused while Redis was away is
+    /// not; the registry is set again when it comes back).
+    registered: u32,
+}
+
+impl LocalUser {
+    fn connections(&self) -> u32 {
+        self.shards.iter().map(|s| s.1).sum()
+    }
+}
+
+#[derive(Debug, Default)]
+struct LocalRoom {
+    /// Shards with member connections: (shard, connections, watchers).
+    shards: Vec<(ShardId, u32, u32)>,
+    /// Member users here and their member connections.
+    users: HashMap<Key, u32>,
+}
+
+/// The cluster owner of one shard. See the module docs.
+#[derive(Debug)]
+pub struct ClusterOwner {
+    shard: ShardId,
+    shards: usize,
+    limits: MsgLimits,
+    node: Arc<str>,
+    node_ttl: Duration,
+    /// `<node>/<shard>`: this shard's registry field.
+    field: String,
+    /// `wsg:n:<node>/<shard>`: its channel.
+    channel: String,
+    /// `wsg:t:<node>/<shard>`: what it wrote that a restart must undo.
+    tracking: String,
+    users: HashMap<Key, LocalUser>,
+    rooms: HashMap<Key, LocalRoom>,
+    /// The live nodes, joined by '\n' (the `wsg_connect` argument), and as a list.
+    live_arg: String,
+    live: Vec<Box<str>>,
+    batch: Batch,
+    ops: Vec<Op>,
+    inflight: HashMap<u64, Vec<Op>>,
+    next_batch: u64,
+    /// The connection generation (`RedisStats::connects`) the node last set up on.
+    generation: u64,
+    cleaned_up: bool,
+    last_alive: Option<Instant>,
+    epoch_seed: u64,
+    epochs_made: u64,
+    stats: ClusterStats,
+    buf: Vec<u8>,
+}
+
+fn key_of(kind: KeyKind, name: &str) -> String {
+    match kind {
+        KeyKind::User => format!("wsg:{{u:{name}}}"),
+        KeyKind::Room => format!("wsg:{{r:{name}}}"),
+    }
+}
+
+/// The room a room channel (`wsg:{r:<room>}`) is for.
+fn room_of_channel(channel: &[u8]) -> Option<&str> {
+    let name = channel.strip_prefix(b"wsg:{r:")?.strip_suffix(b"}")?;
+    std::str::from_utf8(name).ok()
+}
+
+fn int(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Integer(n) => Some(*n),
+        Value::Bulk(b) | Value::Simple(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<&str> {
+    std::str::from_utf8(v.as_bytes()?).ok()
+}
+
+/// Splits `"<ms> <frame>"`.
+fn entry(bytes: &[u8]) -> Option<(u64, &str)> {
+    let space = bytes.iter().position(|&b| b == b' ')?;
+    let ms = std::str::from_utf8(&bytes[..space]).ok()?.parse().ok()?;
+    Some((ms, std::str::from_utf8(&bytes[space + 1..]).ok()?))
+}
+
+/// Splits `"<len>:<name><rest>"` (the user of a `u` or `U` push).
+fn length_prefixed(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let colon = bytes.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&bytes[..colon]).ok()?.parse().ok()?;
+    let rest = &bytes[colon + 1..];
+    if rest.len() < len {
+        return None;
+    }
+    Some((std::str::from_utf8(&rest[..len]).ok()?, &rest[len..]))
+}
+
+impl ClusterOwner {
+    /// The cluster owner of shard `shard` of `shards`.
+    pub fn new(shard: ShardId, shards: usize, limits: &MsgLimits, cluster: &ClusterConfig, epoch_seed: u64) -> Self {
+        let field = format!("{}/{shard}", cluster.node);
+        Self {
+            shard,
+            shards,
+            limits: limits.clone(),
+            node: cluster.node.clone(),
+            node_ttl: cluster.node_ttl,
+            channel: format!("wsg:n:{field}"),
+            tracking: format!("wsg:t:{field}"),
+            field,
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            live_arg: cluster.node.to_string(),
+            live: vec![cluster.node.as_ref().into()],
+            batch: Batch::new(),
+            ops: Vec::new(),
+            inflight: HashMap::new(),
+            next_batch: 1,
+            generation: 0,
+            cleaned_up: false,
+            last_alive: None,
+            epoch_seed,
+            epochs_made: 0,
+            stats: ClusterStats::default(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The counters so far (`live_nodes` is a gauge).
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            live_nodes: self.live.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Users with connections on this shard's directory (gauge).
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Rooms with members on this node in this shard's directory (gauge).
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Batches sent and not yet answered.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn new_epoch(&mut self) -> u64 {
+        self.epochs_made += 1;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.epoch_seed.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.epochs_made.to_le_bytes());
+        bytes[16..18].copy_from_slice(&self.shard.to_le_bytes());
+        (stable_hash(&bytes) & ((1 << 53) - 1)).max(1)
+    }
+
+    fn cmd(&mut self, op: Op, args: &[&[u8]]) {
+        self.batch.cmd(args);
+        self.ops.push(op);
+    }
+
+    /// `FCALL name 1 key args...`.
+    fn fcall(&mut self, op: Op, name: &str, key: &str, args: &[&[u8]]) {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
+        all.extend_from_slice(&[b"FCALL", name.as_bytes(), b"1", key.as_bytes()]);
+        all.extend_from_slice(args);
+        self.cmd(op, &all);
+    }
+
+    fn frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> SharedFrame {
+        self.buf.clear();
+        encode(&mut self.buf);
+        SharedFrame::text(std::str::from_utf8(&self.buf).expect("encoders write UTF-8"))
+    }
+
+    /// Encodes a message with seq 0 and splits it around the seq: the function puts the
+    /// real one in between.
+    fn split_frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
+        self.buf.clear();
+        encode(&mut self.buf);
+        // `"seq":` cannot occur inside a JSON string (its closing quote would be
+        // escaped), so the first one is the field.
+        let at = self
+            .buf
+            .windows(7)
+            .position(|w| w == b"\"seq\":0")
+            .expect("messages carry a seq")
+            + 6;
+        (self.buf[..at].to_vec(), self.buf[at + 1..].to_vec())
+    }
+
+    fn ttl_ms(&self) -> String {
+        let ttl = self.limits.history_max_age.max(self.limits.offline_max_age);
+        ttl.as_millis().max(1).to_string()
+    }
+
+    fn error(&mut self, code: ErrorCode, text: &str, id: Option<&ClientId>, m: &mut MsgMetrics) -> SharedFrame {
+        m.client_errors += 1;
+        *m.errors_by_code.entry(code.label()).or_insert(0) += 1;
+        self.frame(|o| protocol::encode_error(o, code, text, id))
+    }
+
+    /// Handles an owner message from shard `from` of this node.
+    pub fn handle(
+        &mut self,
+        from: ShardId,
+        msg: MeshMsg,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        let _ = now;
+        match msg {
+            MeshMsg::Connect { user, conn } => {
+                let entry = self.users.entry(user.clone()).or_default();
+                let first = entry.connections() == 0;
+                match entry.shards.iter_mut().find(|s| s.0 == from) {
+                    Some(s) => s.1 += 1,
+                    None => entry.shards.push((from, 1)),
+                }
+                entry.registered += 1;
+                if first {
+                    let tracked = format!("u\n{user}");
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HSET", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
+                    );
+                }
+                let epoch = self.new_epoch().to_string();
+                let key = key_of(KeyKind::User, &user);
+                let (field, live) = (self.field.clone(), self.live_arg.clone());
+                self.fcall(
+                    Op::Connect { from, conn, user },
+                    "wsg_connect",
+                    &key,
+                    &[field.as_bytes(), epoch.as_bytes(), live.as_bytes()],
+                );
+            }
+            MeshMsg::Disconnect { user, conn: _ } => {
+                let Some(entry) = self.users.get_mut(&user) else {
+                    debug_assert!(false, "disconnect of unknown user {user}");
+                    return;
+                };
+                if let Some(i) = entry.shards.iter().position(|s| s.0 == from) {
+                    entry.shards[i].1 -= 1;
+                    if entry.shards[i].1 == 0 {
+                        entry.shards.swap_remove(i);
+                    }
+                }
+                let left = entry.connections();
+                let tell = entry.registered > left;
+                if tell {
+                    entry.registered -= 1;
+                }
+                if left == 0 {
+                    self.users.remove(&user);
+                    let tracked = format!("u\n{user}");
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HDEL", self.tracking.clone().as_bytes(), tracked.as_bytes()],
+                    );
+                }
+                if tell {
+                    let key = key_of(KeyKind::User, &user);
+                    let field = self.field.clone();
+                    self.fcall(Op::Ignore, "wsg_disconnect", &key, &[field.as_bytes(), b"1"]);
+                }
+            }
+            MeshMsg::Resume { user, conn, since, id } => {
+                let epoch = self.new_epoch().to_string();
+                let key = key_of(KeyKind::User, &user);
+                let since_seq = since.seq.to_string();
+                self.fcall(
+                    Op::Resume { from, conn, id, since },
+                    "wsg_read",
+                    &key,
+                    &[epoch.as_bytes(), since_seq.as_bytes()],
+                );
+            }
+            MeshMsg::Send {
+                to,
+                from: sender,
+                conn,
+                id,
+                body,
+            } => self.send(to, Some(sender), ReplyTo::Conn(from, conn, id), &body),
+            MeshMsg::Ack { user, seq, conn, id } => {
+                let key = key_of(KeyKind::User, &user);
+                let (seq_arg, ttl) = (seq.to_string(), self.ttl_ms());
+                self.fcall(
+                    Op::Ack {
+                        from,
+                        conn,
+                        user,
+                        seq,
+                        id,
+                    },
+                    "wsg_ack",
+                    &key,
+                    &[seq_arg.as_bytes(), ttl.as_bytes()],
+                );
+            }
+            MeshMsg::Receipt { to, by, seq, id } => {
+                self.buf.clear();
+                protocol::encode_receipt(&mut self.buf, &by, seq, id.as_ref());
+                let frame = std::mem::take(&mut self.buf);
+                let key = key_of(KeyKind::User, &to);
+                let user = format!("{}:{to}", to.len());
+                self.fcall(Op::Receipt, "wsg_deliver", &key, &[user.as_bytes(), &frame]);
+                self.buf = frame;
+            }
+            MeshMsg::QueryUser { user, conn, id } => self.query_user(user, ReplyTo::Conn(from, conn, id)),
+            MeshMsg::Join {
+                room,
+                user,
+                conn,
+                since,
+                presence,
+                id,
+                ticket,
+            } => {
+                let entry = self.rooms.entry(room.clone()).or_default();
+                let first_here = entry.users.is_empty();
+                match entry.shards.iter_mut().find(|s| s.0 == from) {
+                    Some(s) => {
+                        s.1 += 1;
+                        s.2 += u32::from(presence);
+                    }
+                    None => entry.shards.push((from, 1, u32::from(presence))),
+                }
+                let count = entry.users.entry(user.clone()).or_insert(0);
+                *count += 1;
+                let first_of_user = *count == 1;
+                let key = key_of(KeyKind::Room, &room);
+                if first_here {
+                    // Subscribed before the read below: a publish after the read is
+                    // pushed after its reply.
+                    self.batch.cmd_unanswered(&[b"SUBSCRIBE", key.as_bytes()]);
+                }
+                if first_of_user {
+                    let tracked = format!("r\n{room}\n{user}");
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
+                    );
+                    self.fcall(
+                        Op::Member {
+                            room: room.clone(),
+                            user: user.clone(),
+                            joined: true,
+                        },
+                        "wsg_member",
+                        &key,
+                        &[user.as_bytes(), b"1", b"1"],
+                    );
+                } else {
+                    let tracked = format!("r\n{room}\n{user}");
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
+                    );
+                    self.fcall(Op::Ignore, "wsg_member", &key, &[user.as_bytes(), b"0", b"1"]);
+                }
+                let epoch = self.new_epoch().to_string();
+                let since_seq = since.map_or_else(|| "-1".to_owned(), |s| s.seq.to_string());
+                self.fcall(
+                    Op::Join {
+                        from,
+                        conn,
+                        room,
+                        id,
+                        since,
+                        ticket,
+                    },
+                    "wsg_read",
+                    &key,
+                    &[epoch.as_bytes(), since_seq.as_bytes()],
+                );
+            }
+            MeshMsg::Leave { room, user, presence } => {
+                let Some(entry) = self.rooms.get_mut(&room) else {
+                    debug_assert!(false, "leave of unknown room {room}");
+                    return;
+                };
+                if let Some(i) = entry.shards.iter().position(|s| s.0 == from) {
+                    let s = &mut entry.shards[i];
+                    s.1 -= 1;
+                    s.2 -= u32::from(presence);
+                    if s.1 == 0 {
+                        entry.shards.swap_remove(i);
+                    }
+                }
+                let last_of_user = match entry.users.get_mut(&user) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        entry.users.remove(&user);
+                        true
+                    }
+                    None => false,
+                };
+                let empty = entry.users.is_empty();
+                let key = key_of(KeyKind::Room, &room);
+                let tracked = format!("r\n{room}\n{user}");
+                if last_of_user {
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HDEL", self.tracking.clone().as_bytes(), tracked.as_bytes()],
+                    );
+                    self.fcall(
+                        Op::Member {
+                            room: room.clone(),
+                            user: user.clone(),
+                            joined: false,
+                        },
+                        "wsg_member",
+                        &key,
+                        &[user.as_bytes(), b"-1", b"-1"],
+                    );
+                } else {
+                    self.cmd(
+                        Op::Ignore,
+                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"-1"],
+                    );
+                    self.fcall(Op::Ignore, "wsg_member", &key, &[user.as_bytes(), b"0", b"-1"]);
+                }
+                if empty {
+                    self.rooms.remove(&room);
+                    self.batch.cmd_unanswered(&[b"UNSUBSCRIBE", key.as_bytes()]);
+                }
+            }
+            MeshMsg::Publish {
+                room,
+                from: publisher,
+                conn,
+                id,
+                body,
+                exclude_self,
+            } => {
+                let exclude = if exclude_self {
+                    format!("{}/{from}/{}", self.node, conn.to_user_data())
+                } else {
+                    String::new()
+                };
+                self.publish(room, Some(&publisher), ReplyTo::Conn(from, conn, id), &body, &exclude);
+            }
+            MeshMsg::QueryRoom { room, conn, id } => self.query_room(room, ReplyTo::Conn(from, conn, id)),
+            MeshMsg::Api(request) => self.api(request, out, m),
+            MeshMsg::Welcome { .. }
+            | MeshMsg::Resumed { .. }
+            | MeshMsg::Joined { .. }
+            | MeshMsg::ToConn { .. }
+            | MeshMsg::ToUser { .. }
+            | MeshMsg::ToRoom { .. }
+            | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
+        }
+    }
+
+    fn send(&mut self, to: Key, sender: Option<Key>, reply: ReplyTo, body: &str) {
+        let id = match &reply {
+            ReplyTo::Conn(_, _, id) => id.clone(),
+            ReplyTo::Api(_) => None,
+        };
+        let (head, tail) = self.split_frame(|o| protocol::encode_msg(o, 0, sender.as_deref(), id.as_ref(), body));
+        let epoch = self.new_epoch().to_string();
+        let key = key_of(KeyKind::User, &to);
+        let user = format!("{}:{to}", to.len());
+        let (hist, off, ttl) = (
+            self.limits.history_max_messages.to_string(),
+            self.limits.offline_max_messages.to_string(),
+            self.ttl_ms(),
+        );
+        let sender = sender.as_deref().unwrap_or("").to_owned();
+        let id_json = id.as_ref().map_or("", ClientId::as_json).to_owned();
+        self.fcall(
+            Op::Send { to, reply },
+            "wsg_send",
+            &key,
+            &[
+                epoch.as_bytes(),
+                &head,
+                &tail,
+                sender.as_bytes(),
+                id_json.as_bytes(),
+                user.as_bytes(),
+                hist.as_bytes(),
+                off.as_bytes(),
+                ttl.as_bytes(),
+            ],
+        );
+    }
+
+    fn publish(&mut self, room: Key, publisher: Option<&str>, reply: ReplyTo, body: &str, exclude: &str) {
+        let id = match &reply {
+            ReplyTo::Conn(_, _, id) => id.clone(),
+            ReplyTo::Api(_) => None,
+        };
+        let (head, tail) = self.split_frame(|o| protocol::encode_room_msg(o, &room, 0, publisher, id.as_ref(), body));
+        let epoch = self.new_epoch().to_string();
+        let key = key_of(KeyKind::Room, &room);
+        let (hist, ttl) = (self.limits.history_max_messages.to_string(), self.ttl_ms());
+        self.fcall(
+            Op::Publish { room, reply },
+            "wsg_publish",
+            &key,
+            &[
+                epoch.as_bytes(),
+                &head,
+                &tail,
+                hist.as_bytes(),
+                ttl.as_bytes(),
+                exclude.as_bytes(),
+            ],
+        );
+    }
+
+    fn query_user(&mut self, user: Key, reply: ReplyTo) {
+        let key = format!("{}:c", key_of(KeyKind::User, &user));
+        self.cmd(Op::QueryUser { user, reply }, &[b"HGETALL", key.as_bytes()]);
+    }
+
+    fn query_room(&mut self, room: Key, reply: ReplyTo) {
+        let key = key_of(KeyKind::Room, &room);
+        let max = self.limits.presence_event_max_members.to_string();
+        self.fcall(
+            Op::QueryRoom { room, reply },
+            "wsg_room_presence",
+            &key,
+            &[max.as_bytes()],
+        );
+    }
+
+    fn api(&mut self, request: Box<ApiRequest>, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let _ = (out, m);
+        match request.op.clone() {
+            ApiOp::Publish { room, body } => self.publish(room, None, ReplyTo::Api(request), &body, ""),
+            ApiOp::Send { to, body } => self.send(to, None, ReplyTo::Api(request), &body),
+            ApiOp::PresenceUser { user } => self.query_user(user, ReplyTo::Api(request)),
+            ApiOp::PresenceRoom { room } => self.query_room(room, ReplyTo::Api(request)),
+            ApiOp::Disconnect { .. } => unreachable!("disconnects are handled by each shard's local side"),
+        }
+    }
+
+    /// The timer tick: renews the node's liveness (at most every `node_ttl / 4`, at
+    /// least every second) and reads the live nodes.
+    pub fn tick(&mut self, now: Instant) {
+        let every = (self.node_ttl / 4).min(Duration::from_secs(1));
+        if self
+            .last_alive
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            return;
+        }
+        self.last_alive = Some(now);
+        let ttl = self.node_ttl.as_millis().to_string();
+        let node = self.node.clone();
+        self.fcall(Op::Alive, "wsg_alive", NODES_KEY, &[node.as_bytes(), ttl.as_bytes()]);
+    }
+
+    /// The commands produced since the last call, as one batch with its id, or `None`.
+    /// `generation` is the connection's `RedisStats::connects`: when it moved, Redis
+    /// may have restarted (or this is the first connection), so the batch starts with
+    /// what a fresh connection needs: the functions, the subscriptions and this node's
+    /// registry entries; the first one also removes what a previous life of this node
+    /// left.
+    pub fn take_batch(&mut self, generation: u64) -> Option<(u64, Batch)> {
+        if generation != self.generation && generation > 0 {
+            self.generation = generation;
+            let mut setup = Batch::new();
+            let mut ops = Vec::new();
+            setup.cmd(&[b"FUNCTION".as_slice(), b"LOAD", b"REPLACE", FUNCTIONS.as_bytes()]);
+            ops.push(Op::Ignore);
+            if !self.cleaned_up {
+                setup.cmd(&[b"HGETALL", self.tracking.as_bytes()]);
+                ops.push(Op::Cleanup);
+            }
+            setup.cmd_unanswered(&[b"SUBSCRIBE", self.channel.as_bytes()]);
+            for room in self.rooms.keys() {
+                setup.cmd_unanswered(&[b"SUBSCRIBE", key_of(KeyKind::Room, room).as_bytes()]);
+            }
+            for (user, entry) in &mut self.users {
+                let key = key_of(KeyKind::User, user);
+                let n = entry.connections().to_string();
+                setup.cmd(&[
+                    b"FCALL",
+                    b"wsg_register".as_slice(),
+                    b"1",
+                    key.as_bytes(),
+                    self.field.as_bytes(),
+                    n.as_bytes(),
+                ]);
+                ops.push(Op::Ignore);
+                entry.registered = entry.connections();
+            }
+            // Then what this turn asked for, in order.
+            let batch = std::mem::replace(&mut self.batch, Batch::new());
+            setup.append(batch);
+            ops.append(&mut self.ops);
+            self.batch = setup;
+            self.ops = ops;
+        }
+        if self.batch.is_empty() {
+            return None;
+        }
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.inflight.insert(id, std::mem::take(&mut self.ops));
+        Some((id, std::mem::take(&mut self.batch)))
+    }
+
+    /// The replies of batch `id` (or why there are none).
+    pub fn on_replies(
+        &mut self,
+        id: u64,
+        replies: Result<Vec<Value>, Failed>,
+        now: Instant,
+        out: &mut Vec<(ShardId, MeshMsg)>,
+        m: &mut MsgMetrics,
+    ) {
+        let Some(ops) = self.inflight.remove(&id) else {
+            return;
+        };
+        match replies {
+            Ok(values) => {
+                debug_assert_eq!(values.len(), ops.len());
+                let mut values = values.into_iter();
+                for op in ops {
+                    let value = values.next().unwrap_or(Value::Null);
+                    if let Value::Error(e) = &value {
+                        self.stats.error_replies += 1;
+                        tracing::warn!(
+                            shard = self.shard,
+                            error = %String::from_utf8_lossy(e),
+                            "redis: error reply"
+                        );
+                        self.fail(op, out, m);
+                    } else {
+                        self.reply(op, value, now, out, m);
+                    }
+                }
+            }
+            Err(_) => {
+                for op in ops {
+                    self.fail(op, out, m);
+                }
+            }
+        }
+    }
+
+    /// A request whose command had no answer.
+    fn fail(&mut self, op: Op, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let unavailable = |this: &mut Self, reply: ReplyTo, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics| {
+            this.stats.unavailable += 1;
+            match reply {
+                ReplyTo::Conn(from, conn, id) => {
+                    let frame = this.error(ErrorCode::Unavailable, UNAVAILABLE, id.as_ref(), m);
+                    out.push((from, MeshMsg::ToConn { conn, frame }));
+                }
+                ReplyTo::Api(request) => request.answer(ApiReply::Unavailable),
+            }
+        };
+        match op {
+            Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } => {}
+            Op::Cleanup => {}
+            Op::Connect { from, conn, user } => {
+                if let Some(entry) = self.users.get_mut(&user) {
+                    entry.registered = entry.registered.saturating_sub(1);
+                }
+                self.stats.unavailable += 1;
+                let frame = self.error(ErrorCode::Unavailable, UNAVAILABLE, None, m);
+                out.push((
+                    from,
+                    MeshMsg::Welcome {
+                        conn,
+                        frames: vec![frame],
+                    },
+                ));
+            }
+            Op::Send { reply, .. } | Op::Publish { reply, .. } => unavailable(self, reply, out, m),
+            Op::QueryUser { reply, .. } | Op::QueryRoom { reply, .. } => unavailable(self, reply, out, m),
+            Op::Ack { from, conn, id, .. } => {
+                unavailable(self, ReplyTo::Conn(from, conn, id), out, m);
+            }
+            Op::Resume { from, conn, id, .. } => {
+                self.stats.unavailable += 1;
+                let frame = self.error(ErrorCode::Unavailable, UNAVAILABLE, id.as_ref(), m);
+                out.push((
+                    from,
+                    MeshMsg::Resumed {
+                        conn,
+                        frames: vec![frame],
+                    },
+                ));
+            }
+            Op::Join {
+                from,
+                conn,
+                room,
+                id,
+                ticket,
+                ..
+            } => {
+                // The local side counts the connection as a member (it may `leave`); the
+                // client learns the join did not reach the fleet.
+                self.stats.unavailable += 1;
+                let frame = self.error(ErrorCode::Unavailable, UNAVAILABLE, id.as_ref(), m);
+                out.push((
+                    from,
+                    MeshMsg::Joined {
+                        conn,
+                        room,
+                        ticket,
+                        frames: vec![frame],
+                    },
+                ));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn reply(&mut self, op: Op, value: Value, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let _ = now;
+        let items = value.as_items().unwrap_or(&[]);
+        match op {
+            Op::Ignore | Op::Requeue => {}
+            Op::Alive => {
+                let mut live: Vec<Box<str>> = items.iter().filter_map(text).map(Into::into).collect();
+                if !live.iter().any(|n| **n == *self.node) {
+                    live.push(self.node.as_ref().into());
+                }
+                live.sort_unstable();
+                self.live_arg = live.join("\n");
+                self.live = live;
+            }
+            Op::Cleanup => {
+                self.cleaned_up = true;
+                self.clean_previous_life(&value);
+            }
+            Op::Connect { from, conn, user } => {
+                let (Some(epoch), Some(seq), Some(now_ms)) = (int(items.first()), int(items.get(1)), int(items.get(2)))
+                else {
+                    return self.fail(Op::Connect { from, conn, user }, out, m);
+                };
+                let pos = Position {
+                    epoch: epoch as u64,
+                    seq: seq as u64,
+                };
+                let limits = self.limits.clone();
+                let mut frames = vec![self.frame(|o| protocol::encode_welcome(o, Encoding::Json, &user, pos, &limits))];
+                let oldest = (now_ms as u64).saturating_sub(limits.offline_max_age.as_millis() as u64);
+                for e in &items[3..] {
+                    match e.as_bytes().and_then(entry) {
+                        Some((at, frame)) if at >= oldest => {
+                            m.offline_delivered += 1;
+                            frames.push(SharedFrame::text(frame));
+                        }
+                        _ => m.offline_expired += 1,
+                    }
+                }
+                out.push((from, MeshMsg::Welcome { conn, frames }));
+            }
+            Op::Send { to, reply } => {
+                let (Some(epoch), Some(seq), Some(receivers)) =
+                    (int(items.first()), int(items.get(1)), int(items.get(2)))
+                else {
+                    return self.fail(Op::Send { to, reply }, out, m);
+                };
+                let pos = Position {
+                    epoch: epoch as u64,
+                    seq: seq as u64,
+                };
+                m.sends_accepted += 1;
+                if int(items.get(3)) == Some(1) {
+                    m.offline_queued += 1;
+                }
+                m.history_trimmed += int(items.get(4)).unwrap_or(0) as u64;
+                m.offline_dropped += int(items.get(5)).unwrap_or(0) as u64;
+                match reply {
+                    ReplyTo::Conn(from, conn, id) => {
+                        let frame = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
+                        out.push((from, MeshMsg::ToConn { conn, frame }));
+                    }
+                    ReplyTo::Api(request) => request.answer(ApiReply::Sent {
+                        to,
+                        epoch: pos.epoch,
+                        seq: pos.seq,
+                        online: receivers > 0,
+                    }),
+                }
+            }
+            Op::Ack {
+                from,
+                conn,
+                user,
+                seq,
+                id,
+            } => match int(items.first()) {
+                Some(0) => {
+                    m.receipts_unknown += 1;
+                    let frame = self.error(ErrorCode::UnknownSeq, "seq is not in the inbox history", id.as_ref(), m);
+                    out.push((from, MeshMsg::ToConn { conn, frame }));
+                }
+                Some(2) => {
+                    let Some(sender) = items.get(1).and_then(text) else {
+                        return;
+                    };
+                    let (to, id_json) = sender.split_once('\n').unwrap_or((sender, ""));
+                    let to: Key = to.into();
+                    let id = (!id_json.is_empty()).then(|| ClientId::from_json_text(id_json));
+                    let owner = owner_of(KeyKind::User, &to, self.shards);
+                    out.push((owner, MeshMsg::Receipt { to, by: user, seq, id }));
+                }
+                _ => {}
+            },
+            Op::Receipt => match value.as_integer() {
+                Some(n) if n > 0 => m.receipts += 1,
+                _ => m.receipts_undeliverable += 1,
+            },
+            Op::Resume { from, conn, id, since } => {
+                let Some(pos) = self.position(items) else {
+                    return self.fail(Op::Resume { from, conn, id, since }, out, m);
+                };
+                let frames = match self.replayed(items, since) {
+                    Ok(mut frames) => {
+                        m.replays += 1;
+                        let n = frames.len() as u64;
+                        frames.push(self.frame(|o| protocol::encode_resumed(o, id.as_ref(), pos, n)));
+                        frames
+                    }
+                    Err(reason) => {
+                        m.resyncs += 1;
+                        vec![self.frame(|o| protocol::encode_resync(o, None, pos, reason))]
+                    }
+                };
+                out.push((from, MeshMsg::Resumed { conn, frames }));
+            }
+            Op::Join {
+                from,
+                conn,
+                room,
+                id,
+                since,
+                ticket,
+            } => {
+                let Some(pos) = self.position(items) else {
+                    let op = Op::Join {
+                        from,
+                        conn,
+                        room,
+                        id,
+                        since,
+                        ticket,
+                    };
+                    return self.fail(op, out, m);
+                };
+                let (mut frames, replayed) = match since {
+                    None => (Vec::new(), 0),
+                    Some(since) => match self.replayed(items, since) {
+                        Ok(frames) => {
+                            m.replays += 1;
+                            let n = frames.len() as u64;
+                            (frames, n)
+                        }
+                        Err(reason) => {
+                            m.resyncs += 1;
+                            (
+                                vec![self.frame(|o| protocol::encode_resync(o, Some(&room), pos, reason))],
+                                0,
+                            )
+                        }
+                    },
+                };
+                frames.push(self.frame(|o| protocol::encode_joined(o, id.as_ref(), &room, pos, replayed)));
+                out.push((
+                    from,
+                    MeshMsg::Joined {
+                        conn,
+                        room,
+                        ticket,
+                        frames,
+                    },
+                ));
+            }
+            Op::Member { room, user, joined } => {
+                let (Some(nodes), Some(members)) = (int(items.first()), int(items.get(1))) else {
+                    return;
+                };
+                // A user's first membership anywhere, or their last one gone: an event
+                // for the watchers of a small room, on every node with members.
+                let changed = if joined { nodes == 1 } else { nodes == 0 };
+                if changed && members as usize <= self.limits.presence_event_max_members {
+                    self.buf.clear();
+                    self.buf.push(b'p');
+                    protocol::encode_presence_event(&mut self.buf, &room, joined, &user, members as u64);
+                    let payload = std::mem::take(&mut self.buf);
+                    let key = key_of(KeyKind::Room, &room);
+                    self.cmd(Op::Ignore, &[b"PUBLISH", key.as_bytes(), &payload]);
+                    self.buf = payload;
+                }
+            }
+            Op::Publish { room, reply } => {
+                let (Some(epoch), Some(seq)) = (int(items.first()), int(items.get(1))) else {
+                    return self.fail(Op::Publish { room, reply }, out, m);
+                };
+                let pos = Position {
+                    epoch: epoch as u64,
+                    seq: seq as u64,
+                };
+                m.publishes_accepted += 1;
+                m.history_trimmed += int(items.get(3)).unwrap_or(0) as u64;
+                match reply {
+                    ReplyTo::Conn(from, conn, id) => {
+                        let frame =
+                            self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Room { room: &room }, pos));
+                        out.push((from, MeshMsg::ToConn { conn, frame }));
+                    }
+                    ReplyTo::Api(request) => request.answer(ApiReply::Published {
+                        room,
+                        epoch: pos.epoch,
+                        seq: pos.seq,
+                    }),
+                }
+            }
+            Op::QueryUser { user, reply } => {
+                let mut connections = 0u64;
+                let pairs: Vec<(&Value, &Value)> = match &value {
+                    Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+                    Value::Array(flat) => flat.chunks(2).filter_map(|c| Some((c.first()?, c.get(1)?))).collect(),
+                    _ => Vec::new(),
+                };
+                for (field, count) in pairs {
+                    let Some(field) = text(field) else { continue };
+                    let node = field.rsplit_once('/').map_or(field, |(n, _)| n);
+                    if self.live.iter().any(|l| **l == *node) {
+                        connections += int(Some(count)).unwrap_or(0).max(0) as u64;
+                    }
+                }
+                match reply {
+                    ReplyTo::Conn(from, conn, id) => {
+                        let frame = self.frame(|o| protocol::encode_presence_user(o, id.as_ref(), &user, connections));
+                        out.push((from, MeshMsg::ToConn { conn, frame }));
+                    }
+                    ReplyTo::Api(request) => request.answer(ApiReply::PresenceUser { user, connections }),
+                }
+            }
+            Op::QueryRoom { room, reply } => {
+                let members = int(items.first()).unwrap_or(0).max(0) as u64;
+                let connections = int(items.get(1)).unwrap_or(0).max(0) as u64;
+                let listed = int(items.get(2)) == Some(1);
+                let mut users: Vec<Key> = items.iter().skip(3).filter_map(text).map(Into::into).collect();
+                users.sort_unstable();
+                match reply {
+                    ReplyTo::Conn(from, conn, id) => {
+                        self.buf.clear();
+                        let list = listed.then(|| users.iter().map(|u| &**u));
+                        protocol::encode_presence_room(&mut self.buf, id.as_ref(), &room, members, connections, list);
+                        let frame = SharedFrame::text(std::str::from_utf8(&self.buf).expect("UTF-8"));
+                        out.push((from, MeshMsg::ToConn { conn, frame }));
+                    }
+                    ReplyTo::Api(request) => request.answer(ApiReply::PresenceRoom {
+                        room,
+                        members,
+                        connections,
+                        users: listed.then_some(users),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The position in a `wsg_read` reply.
+    fn position(&self, items: &[Value]) -> Option<Position> {
+        Some(Position {
+            epoch: int(items.first())? as u64,
+            seq: int(items.get(1))? as u64,
+        })
+    }
+
+    /// The replay a `wsg_read` reply holds for a client at `since`, or why there is
+    /// none (the same verdicts as the single-box owner's).
+    fn replayed(&self, items: &[Value], since: Position) -> Result<Vec<SharedFrame>, ResyncReason> {
+        let pos = self.position(items).unwrap_or_default();
+        if since.epoch != pos.epoch {
+            return Err(ResyncReason::EpochChanged);
+        }
+        if since.seq > pos.seq {
+            return Err(ResyncReason::Ahead);
+        }
+        if since.seq == pos.seq {
+            return Ok(Vec::new());
+        }
+        let first = int(items.get(2)).unwrap_or(0) as u64;
+        let now_ms = int(items.get(3)).unwrap_or(0) as u64;
+        let oldest = now_ms.saturating_sub(self.limits.history_max_age.as_millis() as u64);
+        let frames: Vec<SharedFrame> = items[4.min(items.len())..]
+            .iter()
+            .filter_map(|e| e.as_bytes().and_then(entry))
+            .filter(|(at, _)| *at >= oldest)
+            .map(|(_, f)| SharedFrame::text(f))
+            .collect();
+        if first == since.seq + 1 && frames.len() as u64 == pos.seq - since.seq {
+            Ok(frames)
+        } else {
+            Err(ResyncReason::TooOld)
+        }
+    }
+
+    /// Undoes what a previous life of this node (same id and shard) wrote and did not
+    /// take back: it was killed, or Redis was away when it drained.
+    fn clean_previous_life(&mut self, value: &Value) {
+        let pairs: Vec<(&Value, &Value)> = match value {
+            Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(flat) => flat.chunks(2).filter_map(|c| Some((c.first()?, c.get(1)?))).collect(),
+            _ => Vec::new(),
+        };
+        for (what, count) in pairs {
+            let Some(what) = text(what) else { continue };
+            let count = int(Some(count)).unwrap_or(0);
+            let mut parts = what.splitn(3, '\n');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("u"), Some(user), None) => {
+                    if self.users.contains_key(user) {
+                        continue;
+                    }
+                    let key = key_of(KeyKind::User, user);
+                    let field = self.field.clone();
+                    self.cmd(Op::Ignore, &[b"HDEL", format!("{key}:c").as_bytes(), field.as_bytes()]);
+                    self.stats.cleaned += 1;
+                }
+                (Some("r"), Some(room), Some(user)) => {
+                    if self.rooms.get(room).is_some_and(|r| r.users.contains_key(user)) {
+                        continue;
+                    }
+                    let key = key_of(KeyKind::Room, room);
+                    let conns = (-count).to_string();
+                    self.fcall(
+                        Op::Ignore,
+                        "wsg_member",
+                        &key,
+                        &[user.as_bytes(), b"-1", conns.as_bytes()],
+                    );
+                    self.stats.cleaned += 1;
+                }
+                _ => {}
+            }
+        }
+        // What this life has written so far stays tracked; the rest goes.
+        let mut keep: Vec<(String, String)> = Vec::new();
+        for user in self.users.keys() {
+            keep.push((format!("u\n{user}"), "1".to_owned()));
+        }
+        for (room, entry) in &self.rooms {
+            for (user, n) in &entry.users {
+                keep.push((format!("r\n{room}\n{user}"), n.to_string()));
+            }
+        }
+        let tracking = self.tracking.clone();
+        self.cmd(Op::Ignore, &[b"DEL", tracking.as_bytes()]);
+        for (k, v) in keep {
+            self.cmd(Op::Ignore, &[b"HSET", tracking.as_bytes(), k.as_bytes(), v.as_bytes()]);
+        }
+    }
+
+    /// A pub/sub message (RESP3 push) from this shard's connection: an inbox message or
+    /// receipt for a user of this node, or a room's message or presence event.
+    pub fn on_push(&mut self, push: &Value, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
+        let Some(items) = push.as_items() else { return };
+        let (Some(kind), Some(channel), Some(payload)) = (
+            items.first().and_then(Value::as_bytes),
+            items.get(1).and_then(Value::as_bytes),
+            items.get(2).and_then(Value::as_bytes),
+        ) else {
+            return;
+        };
+        if kind != b"message" || payload.is_empty() {
+            // Subscribe confirmations and the like.
+            return;
+        }
+        self.stats.pushes += 1;
+        let (tag, rest) = (payload[0], &payload[1..]);
+        if channel == self.channel.as_bytes() {
+            let Some((user, rest)) = length_prefixed(rest) else {
+                return;
+            };
+            let frame_bytes = if tag == b'u' {
+                match entry(rest) {
+                    Some((_, frame)) => frame,
+                    None => return,
+                }
+            } else {
+                match std::str::from_utf8(rest) {
+                    Ok(frame) => frame,
+                    Err(_) => return,
+                }
+            };
+            let shards: Vec<ShardId> = self
+                .users
+                .get(user)
+                .map_or_else(Vec::new, |e| e.shards.iter().map(|s| s.0).collect());
+            if shards.is_empty() {
+                if tag == b'u' {
+                    // The user left this node after the send found them here.
+                    self.stats.requeued += 1;
+                    let key = key_of(KeyKind::User, user);
+                    let (off, ttl) = (self.limits.offline_max_messages.to_string(), self.ttl_ms());
+                    self.fcall(
+                        Op::Requeue,
+                        "wsg_requeue",
+                        &key,
+                        &[rest, off.as_bytes(), ttl.as_bytes()],
+                    );
+                }
+                return;
+            }
+            let frame = SharedFrame::text(frame_bytes);
+            let user: Key = user.into();
+            for shard in shards {
+                out.push((
+                    shard,
+                    MeshMsg::ToUser {
+                        user: user.clone(),
+                        frame: frame.clone(),
+                    },
+                ));
+            }
+            return;
+        }
+        let Some(room) = room_of_channel(channel) else { return };
+        let Some(entry) = self.rooms.get(room) else { return };
+        let (exclude, frame, watchers_only) = match tag {
+            b'r' => {
+                let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                    return;
+                };
+                let Ok(frame) = std::str::from_utf8(&rest[nl + 1..]) else {
+                    return;
+                };
+                (Self::excluded(&self.node, &rest[..nl]), frame, false)
+            }
+            b'p' => {
+                let Ok(frame) = std::str::from_utf8(rest) else { return };
+                m.presence_events += 1;
+                (None, frame, true)
+            }
+            _ => return,
+        };
+        let frame = SharedFrame::text(frame);
+        let room: Key = room.into();
+        for &(shard, _, watchers) in &entry.shards {
+            if watchers_only && watchers == 0 {
+                continue;
+            }
+            out.push((
+                shard,
+                MeshMsg::ToRoom {
+                    room: room.clone(),
+                    frame: frame.clone(),
+                    exclude: exclude.and_then(|(s, conn)| (s == shard).then_some(conn)),
+                    watchers_only,
+                },
+            ));
+        }
+    }
+
+    /// The connection a publish excludes, if it is on this node: `<node>/<shard>/<conn>`.
+    fn excluded(node: &str, token: &[u8]) -> Option<(ShardId, ConnId)> {
+        let token = std::str::from_utf8(token).ok()?;
+        let (rest, conn) = token.rsplit_once('/')?;
+        let (n, shard) = rest.rsplit_once('/')?;
+        if n != node {
+            return None;
+        }
+        Some((shard.parse().ok()?, ConnId::from_user_data(conn.parse().ok()?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert!(check_node_id("gw-1.eu:8080").is_ok());
+        for bad in ["", "a b", "a/b", "a\nb", &"x".repeat(65)] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn push_payload_parts() {
+        assert_eq!(entry(b"123 {\"a\":1}"), Some((123, "{\"a\":1}")));
+        assert_eq!(entry(b"x {}"), None);
+        assert_eq!(length_prefixed(b"5:alice1 {}"), Some(("alice", b"1 {}".as_slice())));
+        assert_eq!(length_prefixed(b"9:alice"), None);
+        assert_eq!(room_of_channel(b"wsg:{r:lobby}"), Some("lobby"));
+        assert_eq!(room_of_channel(b"wsg:n:x/0"), None);
+        let conn = ConnId::new(7, 3);
+        let token = format!("n1/2/{}", conn.to_user_data());
+        assert_eq!(ClusterOwner::excluded("n1", token.as_bytes()), Some((2, conn)));
+        assert_eq!(ClusterOwner::excluded("n2", token.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_frame_splits_around_its_seq() {
+        let cfg = ClusterConfig {
+            node: "n".into(),
+            node_ttl: Duration::from_secs(10),
+        };
+        let mut owner = ClusterOwner::new(0, 1, &MsgLimits::default(), &cfg, 1);
+        // A body and a sender that spell "seq":0 inside strings must not move the split.
+        let id = ClientId::from_json_text("\"\\\"seq\\\":0\"");
+        let (head, tail) =
+            owner.split_frame(|o| protocol::encode_msg(o, 0, Some("\"seq\":0"), Some(&id), "{\"seq\":0}"));
+        let whole = format!("{}42{}", String::from_utf8_lossy(&head), String::from_utf8_lossy(&tail));
+        let v: serde_json::Value = serde_json::from_str(&whole).expect("JSON");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["body"]["seq"], 0);
+        let (head, tail) = owner.split_frame(|o| protocol::encode_room_msg(o, "r\"seq\":0", 0, None, None, "1"));
+        let whole = format!("{}7{}", String::from_utf8_lossy(&head), String::from_utf8_lossy(&tail));
+        let v: serde_json::Value = serde_json::from_str(&whole).expect("JSON");
+        assert_eq!((v["seq"].as_u64(), v["room"].as_str()), (Some(7), Some("r\"seq\":0")));
+    }
+}
