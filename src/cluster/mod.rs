@@ -41,7 +41,7 @@ pub mod conn;
 pub mod owner;
 pub mod resp;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 pub mod url;

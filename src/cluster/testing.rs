@@ -196,3 +196,23 @@ fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
     l.local_addr().unwrap().port()
 }
+
+/// One command over a fresh blocking connection (RESP2), its decoded reply: what a test
+/// uses to look at the keys the gateway wrote.
+pub fn command(addr: SocketAddr, args: &[&str]) -> super::Value {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to redis-server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    super::resp::encode_command(&mut out, args);
+    s.write_all(&out).expect("write to redis-server");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((value, _)) = super::resp::decode(&buf, &super::Limits::default()).expect("RESP") {
+            return value;
+        }
+        let n = s.read(&mut chunk).expect("read from redis-server");
+        assert!(n > 0, "redis-server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

@@ -527,6 +527,8 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_api;
 #[cfg(test)]
+mod tests_cluster;
+#[cfg(test)]
 mod tests_crash;
 #[cfg(test)]
 mod tests_edge;

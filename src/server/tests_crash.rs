@@ -44,20 +44,20 @@ fn crash_child() {
 }
 
 /// A running child gateway, its WebSocket address and what it logged.
-struct Gateway {
+pub(super) struct Gateway {
     child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
+    pub(super) addr: SocketAddr,
+    pub(super) admin: SocketAddr,
     log: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Gateway {
-    fn start(data_dir: &Path) -> Self {
+    pub(super) fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, &[])
     }
 
     /// [`start`](Self::start) with `extra` flags after the test's own.
-    fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+    pub(super) fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let data_dir = data_dir.to_str().expect("a UTF-8 temp path");
         let mut args = vec![
             "--listen=127.0.0.1:0",
@@ -133,7 +133,7 @@ impl Gateway {
     }
 
     /// The value of the metric `name` (summed over its label sets) from `/metrics`.
-    fn metric(&self, name: &str) -> f64 {
+    pub(super) fn metric(&self, name: &str) -> f64 {
         let mut stream = std::net::TcpStream::connect(self.admin).expect("admin");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream
@@ -153,7 +153,7 @@ impl Gateway {
         log.iter().find(|e| e["message"] == message).cloned()
     }
 
-    fn signal(&self, signal: i32) {
+    pub(super) fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("a pid");
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
         let r = unsafe { libc::kill(pid, signal) };
@@ -161,7 +161,7 @@ impl Gateway {
     }
 
     /// Waits for the child to exit; returns its exit code (`None`: killed by a signal).
-    fn wait(mut self, limit: Duration) -> Option<i32> {
+    pub(super) fn wait(mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -184,12 +184,12 @@ impl Drop for Gateway {
 }
 
 /// A protocol client that returns errors instead of panicking when the gateway dies.
-struct Peer {
+pub(super) struct Peer {
     client: Client,
 }
 
 impl Peer {
-    fn connect(addr: SocketAddr, user: &str) -> Option<(Self, Value)> {
+    pub(super) fn connect(addr: SocketAddr, user: &str) -> Option<(Self, Value)> {
         let request = UPGRADE
             .replace("GET /ws ", &format!("GET /ws?user={user} "))
             .replace("Host:", "Sec-WebSocket-Protocol: wsgate.v1.json\r\nHost:");
@@ -204,7 +204,7 @@ impl Peer {
         Some((peer, welcome))
     }
 
-    fn send(&mut self, message: &Value) -> std::io::Result<()> {
+    pub(super) fn send(&mut self, message: &Value) -> std::io::Result<()> {
         let mut out = Vec::new();
         let text = message.to_string();
         self.client
@@ -215,7 +215,7 @@ impl Peer {
     }
 
     /// The next message; `None` once the connection is gone (closed, reset, timed out).
-    fn next(&mut self) -> Option<Value> {
+    pub(super) fn next(&mut self) -> Option<Value> {
         match self.client.next_event()? {
             OwnedEvent::Text(text) => Some(serde_json::from_str(&text).expect("the server sends JSON")),
             OwnedEvent::Close(_) | OwnedEvent::Binary(_) => None,
@@ -342,7 +342,7 @@ fn wait_for_acks(acked: &Acked) {
 }
 
 /// A fresh directory under the system's temp dir, removed when the test passes.
-fn temp_dir(name: &str) -> PathBuf {
+pub(super) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wsgate-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -1,0 +1,332 @@
+//! End-to-end tests of the fleet (`--redis`): several gateways (real shards and
+//! sockets) sharing a real `redis-server` started on loopback (`cluster::testing`).
+//! Users on different nodes talk with acks and receipts, rooms span nodes (each node
+//! subscribed once), presence and offline queues are the fleet's, Redis going away is
+//! answered `unavailable` and survived, and a node killed with SIGKILL (a child
+//! process) leaves presence within its TTL and cleans up after itself when it returns.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::tests::TestServer;
+use super::tests_crash::{Gateway, Peer, temp_dir};
+use crate::cluster::Value as Resp;
+use crate::cluster::testing::{RedisServer, command};
+
+/// Node TTL of the tests: a killed node leaves presence within it.
+const NODE_TTL: Duration = Duration::from_secs(2);
+
+fn node(redis: &RedisServer, id: &str) -> TestServer {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+        cfg.redis = Some(crate::auth::Secret::new(format!("redis://{}", redis.addr())));
+        cfg.node_id = Some(id.to_owned());
+        cfg.node_ttl = NODE_TTL;
+    });
+    server.wait_for("every shard's Redis connection", |m| m.cluster.up == 2);
+    server
+}
+
+/// Waits until every node sees `n` live nodes.
+fn wait_for_fleet(nodes: &[&TestServer], n: u64) {
+    for node in nodes {
+        node.wait_for("the fleet's live set", |m| m.cluster.live_nodes >= n);
+    }
+}
+
+fn connect(server: &TestServer, user: &str) -> (Peer, Value) {
+    Peer::connect(server.addr, user).unwrap_or_else(|| panic!("{user} could not connect"))
+}
+
+fn send(peer: &mut Peer, message: Value) {
+    peer.send(&message).expect("send");
+}
+
+fn expect(peer: &mut Peer, kind: &str) -> Value {
+    let message = peer
+        .next()
+        .unwrap_or_else(|| panic!("connection gone while waiting for {kind}"));
+    assert_eq!(message["type"], kind, "{message}");
+    message
+}
+
+/// The next message that is not a presence event (those interleave with room traffic).
+fn expect_skipping_presence(peer: &mut Peer, kind: &str) -> Value {
+    loop {
+        let message = peer
+            .next()
+            .unwrap_or_else(|| panic!("connection gone while waiting for {kind}"));
+        if message["type"] == "presence" && message.get("event").is_some() {
+            continue;
+        }
+        assert_eq!(message["type"], kind, "{message}");
+        return message;
+    }
+}
+
+fn int(v: &Resp) -> i64 {
+    match v {
+        Resp::Integer(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// Asks `peer` for `user`'s presence until it reads `connections` (registry changes
+/// travel through Redis, so a query may race the change it looks for).
+fn wait_for_presence(peer: &mut Peer, user: &str, connections: u64, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        send(peer, json!({"type": "presence", "user": user, "id": 1}));
+        let answer = expect(peer, "presence");
+        if answer["connections"] == connections {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{user} still reads {answer} after {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn users_on_different_nodes_talk_share_rooms_presence_and_offline_queues() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis, "n0"), node(&redis, "n1"), node(&redis, "n2")];
+    wait_for_fleet(&nodes.iter().collect::<Vec<_>>(), 3);
+
+    // User to user across nodes: ack to the sender, the message to the recipient,
+    // a receipt back when the recipient acknowledges.
+    let (mut alice, _) = connect(&nodes[0], "alice");
+    let (mut bob, bob_welcome) = connect(&nodes[1], "bob");
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "bob", "id": "m1", "body": {"text": "hi"}}),
+    );
+    let ack = expect(&mut alice, "ack");
+    assert_eq!(
+        (ack["id"].as_str(), ack["seq"].as_u64()),
+        (Some("m1"), Some(1)),
+        "{ack}"
+    );
+    assert_eq!(
+        ack["epoch"], bob_welcome["inbox"]["epoch"],
+        "one inbox epoch across the fleet"
+    );
+    let msg = expect(&mut bob, "msg");
+    assert_eq!(
+        (msg["from"].as_str(), msg["seq"].as_u64()),
+        (Some("alice"), Some(1)),
+        "{msg}"
+    );
+    assert_eq!(msg["body"]["text"], "hi");
+    send(&mut bob, json!({"type": "ack", "seq": 1}));
+    let receipt = expect(&mut alice, "receipt");
+    assert_eq!(
+        (receipt["by"].as_str(), receipt["id"].as_str()),
+        (Some("bob"), Some("m1"))
+    );
+
+    // Presence of a user on another node.
+    wait_for_presence(&mut alice, "bob", 1, Duration::from_secs(5));
+
+    // A room with members on every node, and several on one: every member gets each
+    // publish once, with one sequence, and Redis holds one subscription per node.
+    let (mut carol, _) = connect(&nodes[2], "carol");
+    let (mut bob2, _) = connect(&nodes[1], "bob2");
+    let (mut bob3, _) = connect(&nodes[1], "bob3");
+    for peer in [&mut alice, &mut bob, &mut carol, &mut bob2, &mut bob3] {
+        send(peer, json!({"type": "join", "room": "lobby", "id": "j"}));
+        expect_skipping_presence(peer, "joined");
+    }
+    let subscribed = command(redis.addr(), &["PUBSUB", "NUMSUB", "wsg:{r:lobby}"]);
+    let counts = subscribed.as_items().expect("NUMSUB answers a list");
+    assert_eq!(int(&counts[1]), 3, "one subscription per node, however many members");
+    for n in 1..=3u64 {
+        send(
+            &mut carol,
+            json!({"type": "publish", "room": "lobby", "id": n, "body": n}),
+        );
+        for peer in [&mut alice, &mut bob, &mut carol, &mut bob2, &mut bob3] {
+            let m = expect_skipping_presence(peer, "room_msg");
+            assert_eq!((m["seq"].as_u64(), m["body"].as_u64()), (Some(n), Some(n)), "{m}");
+        }
+        let ack = expect_skipping_presence(&mut carol, "ack");
+        assert_eq!(ack["seq"], n, "{ack}");
+    }
+    send(&mut alice, json!({"type": "presence", "room": "lobby", "id": 2}));
+    let room = expect_skipping_presence(&mut alice, "presence");
+    assert_eq!(
+        (room["members"].as_u64(), room["connections"].as_u64()),
+        (Some(5), Some(5)),
+        "{room}"
+    );
+
+    // Offline on one node, delivered on another.
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "dave", "id": "d1", "body": "while you were away"}),
+    );
+    let ack = expect_skipping_presence(&mut alice, "ack");
+    assert_eq!(ack["seq"], 1);
+    let (mut dave, welcome) = connect(&nodes[2], "dave");
+    assert_eq!(welcome["inbox"]["seq"], 1, "{welcome}");
+    let msg = expect(&mut dave, "msg");
+    assert_eq!(
+        (msg["id"].as_str(), msg["body"].as_str()),
+        (Some("d1"), Some("while you were away"))
+    );
+
+    // Recovery on another node: bob comes back on n2 and resumes from before the message.
+    drop(bob);
+    let (mut bob, welcome) = connect(&nodes[2], "bob");
+    assert_eq!(welcome["inbox"]["epoch"], bob_welcome["inbox"]["epoch"]);
+    assert_eq!(welcome["inbox"]["seq"], 1);
+    send(
+        &mut bob,
+        json!({"type": "resume", "since": {"epoch": bob_welcome["inbox"]["epoch"], "seq": 0}, "id": "r"}),
+    );
+    let replayed = expect(&mut bob, "msg");
+    assert_eq!(replayed["id"], "m1");
+    let resumed = expect(&mut bob, "resumed");
+    assert_eq!(resumed["replayed"], 1, "{resumed}");
+
+    // No command for idle connections: with 100 more of them, 2 s of idleness cost
+    // only the liveness renewals (every node_ttl / 4 = 500 ms here, per shard).
+    let idle: Vec<Peer> = (0..100)
+        .map(|i| connect(&nodes[i % 3], &format!("idle{i}")).0)
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before: u64 = nodes.iter().map(|n| n.metrics().cluster.commands).sum();
+    std::thread::sleep(Duration::from_secs(2));
+    let commands: u64 = nodes.iter().map(|n| n.metrics().cluster.commands).sum::<u64>() - before;
+    assert!(
+        commands <= 3 * 2 * 8,
+        "{commands} commands in 2 s with {} idle connections",
+        idle.len() + 7
+    );
+}
+
+#[test]
+fn redis_down_paused_or_restarted_is_answered_unavailable_and_survived() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    wait_for_fleet(&[&a, &b], 2);
+    let (mut alice, _) = connect(&a, "alice");
+    let (mut bob, _) = connect(&b, "bob");
+
+    // Down: refused at once, connections stay.
+    redis.kill();
+    a.wait_for("the connection to notice", |m| m.cluster.up == 0);
+    send(&mut alice, json!({"type": "send", "to": "bob", "id": "x", "body": 1}));
+    let error = expect(&mut alice, "error");
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_str()),
+        (Some("unavailable"), Some("x")),
+        "{error}"
+    );
+    send(
+        &mut alice,
+        json!({"type": "publish", "room": "r", "id": "p", "body": 1}),
+    );
+    assert_eq!(expect(&mut alice, "error")["code"], "unavailable");
+    a.wait_for("the refusals counted", |m| m.cluster.unavailable >= 2);
+
+    // Back, empty (no persistence here): the nodes reload their functions, subscribe
+    // again and re-register their users, so bob is reachable without reconnecting.
+    redis.restart();
+    a.wait_for("a reconnect", |m| m.cluster.up == 2 && m.cluster.reconnects >= 2);
+    b.wait_for("b reconnect", |m| m.cluster.up == 2 && m.cluster.reconnects >= 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send(&mut alice, json!({"type": "send", "to": "bob", "id": "y", "body": 2}));
+        let answer = alice.next().expect("alice connected");
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "no ack after the restart: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let msg = expect(&mut bob, "msg");
+    assert_eq!(msg["id"], "y");
+
+    // Paused past the command timeout (a partition): the request fails with
+    // `unavailable` after the timeout, not never; then it heals.
+    redis.pause();
+    let sent = Instant::now();
+    send(&mut alice, json!({"type": "send", "to": "bob", "id": "z", "body": 3}));
+    let error = expect(&mut alice, "error");
+    assert_eq!(error["code"], "unavailable", "{error}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "answered after {:?}",
+        sent.elapsed()
+    );
+    redis.resume();
+    a.wait_for("a reconnect after the pause", |m| m.cluster.up == 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send(&mut alice, json!({"type": "send", "to": "bob", "id": "w", "body": 4}));
+        let answer = alice.next().expect("alice connected");
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "no ack after the pause");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The paused send may or may not have run (a timeout says so); "w" arrives.
+    loop {
+        let msg = expect(&mut bob, "msg");
+        if msg["id"] == "w" {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_killed_node_leaves_presence_within_its_ttl_and_cleans_up_when_it_returns() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let url = format!("--redis=redis://{}", redis.addr());
+    let ttl = format!("--node-ttl={}ms", NODE_TTL.as_millis());
+    let dir = temp_dir("cluster-node");
+    let flags = [url.as_str(), "--node-id=killed", ttl.as_str()];
+    let child = Gateway::start_with(&dir, &flags);
+    a.wait_for("the child in the live set", |m| m.cluster.live_nodes >= 2);
+    let (mut alice, _) = connect(&a, "alice");
+    let (_bob, _) = Peer::connect(child.addr, "bob").expect("bob on the child");
+    wait_for_presence(&mut alice, "bob", 1, Duration::from_secs(5));
+
+    child.signal(libc::SIGKILL);
+    let _ = child.wait(Duration::from_secs(10));
+    let gone = wait_for_presence(&mut alice, "bob", 0, NODE_TTL + Duration::from_secs(5));
+    eprintln!("bob left presence {gone:?} after the SIGKILL (node TTL {NODE_TTL:?})");
+
+    // A message for bob now finds nobody listening on the dead node's channel: queued.
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "bob", "id": "o", "body": "queued"}),
+    );
+    expect(&mut alice, "ack");
+    let left = command(redis.addr(), &["HLEN", "wsg:{u:bob}:c"]);
+    assert_eq!(int(&left), 1, "the dead node's registry entry is still there");
+
+    // The node comes back under the same id: it removes what its previous life left.
+    let child = Gateway::start_with(&dir, &flags);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while int(&command(redis.addr(), &["HLEN", "wsg:{u:bob}:c"])) != 0 {
+        assert!(Instant::now() < deadline, "the restarted node did not clean up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while child.metric("wsgate_cluster_cleaned_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the clean-up was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And bob, reconnecting anywhere, gets what was queued.
+    let (mut bob, welcome) = Peer::connect(child.addr, "bob").expect("bob again");
+    assert_eq!(welcome["inbox"]["seq"], 1);
+    assert_eq!(expect(&mut bob, "msg")["body"], "queued");
+    let _ = std::fs::remove_dir_all(&dir);
+}
