@@ -1366,6 +1366,48 @@ wsgate_msg_owner_full_refusals_total{shard="0"} 0
 # HELP wsgate_msg_owner_entries Users and rooms the shard's owner tracks (bounded by max_owner_entries).
 # TYPE wsgate_msg_owner_entries gauge
 wsgate_msg_owner_entries{shard="0"} 0
+# HELP wsgate_redis_up 1 while the shard's Redis connection is up (with --redis).
+# TYPE wsgate_redis_up gauge
+wsgate_redis_up{shard="0"} 0
+# HELP wsgate_redis_round_trips_total Redis round trips: pipelined writes of the commands a shard's turn produced.
+# TYPE wsgate_redis_round_trips_total counter
+wsgate_redis_round_trips_total{shard="0"} 0
+# HELP wsgate_redis_commands_total Redis commands written.
+# TYPE wsgate_redis_commands_total counter
+wsgate_redis_commands_total{shard="0"} 0
+# HELP wsgate_redis_reconnects_total Redis reconnects after the first connect.
+# TYPE wsgate_redis_reconnects_total counter
+wsgate_redis_reconnects_total{shard="0"} 0
+# HELP wsgate_redis_connect_failures_total Redis connection attempts that failed.
+# TYPE wsgate_redis_connect_failures_total counter
+wsgate_redis_connect_failures_total{shard="0"} 0
+# HELP wsgate_redis_errors_total Redis connections lost (I/O errors, EOF, bad replies, timeouts).
+# TYPE wsgate_redis_errors_total counter
+wsgate_redis_errors_total{shard="0"} 0
+# HELP wsgate_redis_timeouts_total Redis round trips that timed out.
+# TYPE wsgate_redis_timeouts_total counter
+wsgate_redis_timeouts_total{shard="0"} 0
+# HELP wsgate_redis_refused_total Redis batches refused at once (down, or the outbox full).
+# TYPE wsgate_redis_refused_total counter
+wsgate_redis_refused_total{shard="0"} 0
+# HELP wsgate_redis_pushes_total Pub/sub messages received from Redis.
+# TYPE wsgate_redis_pushes_total counter
+wsgate_redis_pushes_total{shard="0"} 0
+# HELP wsgate_cluster_unavailable_total Requests answered unavailable (clients) or 503 (API) because Redis did not answer.
+# TYPE wsgate_cluster_unavailable_total counter
+wsgate_cluster_unavailable_total{shard="0"} 0
+# HELP wsgate_cluster_requeued_total Inbox messages queued offline again: the user left the node after the send found them there.
+# TYPE wsgate_cluster_requeued_total counter
+wsgate_cluster_requeued_total{shard="0"} 0
+# HELP wsgate_cluster_cleaned_total Registry and membership entries of this node's previous life removed at start.
+# TYPE wsgate_cluster_cleaned_total counter
+wsgate_cluster_cleaned_total{shard="0"} 0
+# HELP wsgate_redis_error_replies_total Error replies from Redis (each fails its request).
+# TYPE wsgate_redis_error_replies_total counter
+wsgate_redis_error_replies_total{shard="0"} 0
+# HELP wsgate_cluster_live_nodes Nodes in the fleet's live set, as this shard last read it.
+# TYPE wsgate_cluster_live_nodes gauge
+wsgate_cluster_live_nodes{shard="0"} 0
 # HELP wsgate_journal_written_bytes_total Bytes appended to the disk store's journal segments.
 # TYPE wsgate_journal_written_bytes_total counter
 wsgate_journal_written_bytes_total{shard="0"} 0

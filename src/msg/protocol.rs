@@ -1183,7 +1183,7 @@ mod tests {
             "reserved, not built"
         );
         assert_eq!(Encoding::from_subprotocol(Some("chat")), None);
-        assert_eq!(ErrorCode::ALL.len(), 12);
+        assert_eq!(ErrorCode::ALL.len(), 13);
     }
 
     /// Valid messages of every type, as mutation seeds.
