@@ -330,3 +330,26 @@ fn a_killed_node_leaves_presence_within_its_ttl_and_cleans_up_when_it_returns() 
     assert_eq!(expect(&mut bob, "msg")["body"], "queued");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_acked_message_survives_a_sigkill_of_redis_with_appendfsync_always() {
+    // The durability an ack promises with --redis is Redis's: with `appendonly yes` and
+    // `appendfsync always`, the function that sequenced and stored the message is in
+    // the AOF on disk before its reply, so before the sender's ack.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let a = node(&redis, "a");
+    let (mut alice, _) = connect(&a, "alice");
+    for n in 1..=20u64 {
+        send(&mut alice, json!({"type": "send", "to": "carol", "id": n, "body": n}));
+        assert_eq!(expect(&mut alice, "ack")["seq"], n);
+    }
+    redis.kill();
+    redis.restart();
+    a.wait_for("the reconnect", |m| m.cluster.up == 2 && m.cluster.reconnects >= 2);
+    let (mut carol, welcome) = connect(&a, "carol");
+    assert_eq!(welcome["inbox"]["seq"], 20, "{welcome}");
+    for n in 1..=20u64 {
+        let msg = expect(&mut carol, "msg");
+        assert_eq!((msg["seq"].as_u64(), msg["body"].as_u64()), (Some(n), Some(n)), "{msg}");
+    }
+}
