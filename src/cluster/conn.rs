@@ -41,9 +41,10 @@
 //! hand each other the same state (outbox, pending batches, counters), and the
 //! public types are what that state is made of.
 //!
-//! Not here: subscriber mode (`SUBSCRIBE`'s confirmations are pushes, not replies: a
-//! subscriber connection is the next session's), TLS (`rediss://` is refused by
-//! [`ConnConfig::from_url`] until it is built over `crate::tls`).
+//! Subscriptions share the connection (RESP3 allows any command while subscribed):
+//! `SUBSCRIBE` and `UNSUBSCRIBE` go in a batch with [`Batch::cmd_unanswered`], their
+//! confirmations and messages arrive as pushes. Not here: TLS (`rediss://` is refused
+//! by [`ConnConfig::from_url`] until it is built over `crate::tls`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -1,26 +1,92 @@
-//! Scale-out over Redis: the client layer (issue 12, first part).
+//! Scale-out over Redis: many gateway processes and hosts act as one gateway
+//! (`--redis URL`). Without the flag nothing here runs and the single box works as
+//! before.
 //!
-//! **Used by tests only for now.** Nothing in the gateway opens a Redis connection yet:
-//! there is no `--redis` flag, and no shard runs a [`Redis`] task. What is here is the
-//! layer the features will stand on, tested against a real `redis-server`:
+//! ```text
+//!  node A (process)                       Redis                       node B
+//!  shard 0 ──one RESP3 connection──▶  functions (wsg_*) ◀──────── shard 0
+//!  shard 1 ──one RESP3 connection──▶  keys {u:..} {r:..}  ◀─────── shard 1
+//!     ▲  pushes: wsg:n:A/1 (its users)  pub/sub            pushes ──▶ ...
+//!     └──        wsg:{r:room} (its rooms, once per node)
+//! ```
 //!
-//! - [`resp`]: the RESP2/RESP3 codec, sans-IO (commands into a caller buffer, replies
-//!   from a byte slice: "need more" or `(value, used)`), bounded against a bad server.
-//! - [`url`]: `redis://` / `rediss://` URLs (user, password, host, port, db) and
-//!   passwords read from a file; a password is a [`crate::auth::Secret`] and never shows
-//!   in `Debug` or `Display`.
-//! - [`conn`]: one pipelined connection as a task on a shard's glommio executor:
-//!   connect with a timeout, `HELLO 3` (RESP2 if refused) + `AUTH` + `SELECT`, every
-//!   queued batch in one write and its replies in order, a bounded outbox (full or down:
-//!   refused at once, counted), a command timeout, reconnects with exponential backoff
-//!   and jitter ([`backoff`]), counters.
+//! - [`owner`]: [`owner::ClusterOwner`], the owner side of a shard in a fleet. It takes
+//!   the same owner messages as the single-box `msg::owner::Owner` and answers with the
+//!   same local-side messages, but sequence numbers, epochs, histories, offline queues,
+//!   the registry and room membership live in Redis; it keeps only this node's
+//!   directory (which local shards have a user's connections or a room's members).
+//! - `functions.lua`: the Redis functions (`FUNCTION LOAD REPLACE` on every connect).
+//!   Each works on one user's or one room's keys, under one hash tag, atomically: a
+//!   send takes the inbox's next seq, stores the message in the history, publishes it
+//!   to the channel of every registry entry and, if nobody received it, queues it
+//!   offline, in one step. So a key's messages reach every node in seq order, and an
+//!   ack is sent only after the reply (after Redis has the message).
+//! - [`resp`], [`url`], [`conn`], [`backoff`]: the client layer below (a bounded RESP2/3
+//!   codec, `redis://` URLs, one pipelined connection per shard with a bounded outbox,
+//!   timeouts, reconnects with backoff and jitter).
 //!
-//! Next (the rest of issue 12): the `--redis` flag and one connection per shard started
-//! with the shard; a subscriber connection per shard (sharded pub/sub) whose pushes feed
-//! the shard's mesh; the registry and presence keys written on connect/disconnect and
-//! refreshed in one pipeline per shard per tick; cross-node delivery, room fan-out and
-//! shared sequence numbers; `/readyz` and metrics from [`RedisStats`]; `rediss://` over
-//! `crate::tls` (refused by [`ConnConfig::from_url`] until then); Redis Cluster slots.
+//! # Keys and functions
+//!
+//! | key | what |
+//! |---|---|
+//! | `wsg:{u:USER}:i` | hash: inbox epoch `e`, last seq `s` |
+//! | `wsg:{u:USER}:h` | list: the inbox history, `"<ms> <frame>"`, last entry = seq `s` |
+//! | `wsg:{u:USER}:o` | list: the offline queue |
+//! | `wsg:{u:USER}:s`, `:k` | hashes: seq → sender and client id (receipts), seq → acknowledged |
+//! | `wsg:{u:USER}:c` | hash: the registry, `"<node>/<shard>"` → connections there |
+//! | `wsg:{r:ROOM}:i`, `:h` | the room's epoch, seq, member connections; its history |
+//! | `wsg:{r:ROOM}:m` | hash: member user → nodes where they are a member |
+//! | `wsg:nodes` | sorted set: live node ids, scored by when their liveness ends |
+//! | `wsg:t:<node>/<shard>` | hash: what the shard wrote that its next life must undo |
+//!
+//! Channels: `wsg:n:<node>/<shard>` (a shard's users: inbox messages and receipts) and
+//! the room key prefix `wsg:{r:ROOM}` (subscribed by the room's owner shard on each node
+//! with members, so a node gets each room message once however many members it has).
+//!
+//! History and offline entries expire with `history_max_age` / `offline_max_age` (key
+//! TTLs, renewed on every write, and the age checked on read); counts are trimmed to
+//! `history_max_messages` / `offline_max_messages` on write. The byte caps
+//! (`*_max_bytes`) are not applied in Redis.
+//!
+//! # Why a node's liveness and not a TTL per user
+//!
+//! The registry is written on connect and disconnect only (one function call each) and
+//! never refreshed: each shard renews its node in `wsg:nodes` (every `node_ttl / 4`, at
+//! most every second) and reads the live set back in the same call. Presence counts
+//! only registry entries of live nodes, and a connect removes entries of dead ones, so
+//! a node killed without a drain leaves presence within `node_ttl`, at the cost of one
+//! command per shard per renewal, not one per idle connection (the seeds' per-user
+//! TTL refreshed by heartbeats costs a command per connection per period: at a million
+//! connections that is Redis's whole budget). A message sent to a dead node's channel
+//! finds no subscriber and is queued offline by the same function. A node that
+//! restarts under the same id removes what its previous life left (`wsg:t:...`).
+//!
+//! # Round trips
+//!
+//! Everything one shard's turn produced for Redis goes out as one batch (one write, one
+//! round trip), replies matched in order; pushes arrive on the same connection (RESP3
+//! allows commands on a subscribed connection, so a shard needs one connection, not
+//! two). A send costs one function call; its delivery to another node is a push, no
+//! command. A receipt costs two (the ack, then the delivery to the sender's entries).
+//!
+//! # Faults
+//!
+//! Redis down, restarting or slow past `command_timeout` (2 s): requests that need it
+//! (send, publish, ack, resume, join, presence; the API's too) are answered `error:
+//! unavailable` (API: 503), counted in `wsgate_cluster_unavailable_total`; connections
+//! stay open; `/readyz` answers 503 `redis unavailable`; the connection reconnects with
+//! backoff and jitter; on every (re)connect each shard loads the functions, subscribes
+//! again and sets its registry entries again (an empty Redis after a restart learns who
+//! is where without clients reconnecting). A connect while Redis is away gets an
+//! `unavailable` error instead of a `welcome` position. The outbox is bounded
+//! (65,536 commands, 16 MiB): full is refused at once and counted.
+//!
+//! Not built: `rediss://` (TLS to Redis), Redis Cluster (one connection per master and
+//! slot routing; the keys are already hash-tagged per user and room), sequencing while
+//! Redis is away (a node cut off from Redis refuses sends even to its own users rather
+//! than fork a sequence another node may be extending), member-count events for large
+//! rooms across nodes, and room member counts after Redis lost its data (the registry
+//! is restored, room membership counts are not until members rejoin).
 //!
 //! # Why our own RESP codec
 //!
