@@ -101,12 +101,18 @@ enum ReplyTo {
 enum Op {
     /// Nothing to do with the reply (an error is counted).
     Ignore,
+    /// `FUNCTION LOAD`, first on every new connection: if it does not run, the whole
+    /// set-up is redone with the next batch.
+    Setup,
     Alive,
     Cleanup,
+    /// `generation`: the connection set-up it was sent after (a later set-up registered
+    /// the connection again, whatever became of this call).
     Connect {
         from: ShardId,
         conn: ConnId,
         user: Key,
+        generation: u64,
     },
     Send {
         to: Key,
@@ -362,16 +368,10 @@ impl ClusterOwner {
         self.frame(|o| protocol::encode_error(o, code, text, id))
     }
 
-    /// Handles an owner message from shard `from` of this node.
-    pub fn handle(
-        &mut self,
-        from: ShardId,
-        msg: MeshMsg,
-        now: Instant,
-        out: &mut Vec<(ShardId, MeshMsg)>,
-        m: &mut MsgMetrics,
-    ) {
-        let _ = now;
+    /// Handles an owner message from shard `from` of this node: it becomes Redis
+    /// commands for the next [`take_batch`](Self::take_batch); the answers come with the
+    /// replies.
+    pub fn handle(&mut self, from: ShardId, msg: MeshMsg) {
         match msg {
             MeshMsg::Connect { user, conn } => {
                 let entry = self.users.entry(user.clone()).or_default();
@@ -391,8 +391,14 @@ impl ClusterOwner {
                 let epoch = self.new_epoch().to_string();
                 let key = key_of(KeyKind::User, &user);
                 let (field, live) = (self.field.clone(), self.live_arg.clone());
+                let generation = self.generation;
                 self.fcall(
-                    Op::Connect { from, conn, user },
+                    Op::Connect {
+                        from,
+                        conn,
+                        user,
+                        generation,
+                    },
                     "wsg_connect",
                     &key,
                     &[field.as_bytes(), epoch.as_bytes(), live.as_bytes()],
@@ -609,7 +615,7 @@ impl ClusterOwner {
                 self.publish(room, Some(&publisher), ReplyTo::Conn(from, conn, id), &body, &exclude);
             }
             MeshMsg::QueryRoom { room, conn, id } => self.query_room(room, ReplyTo::Conn(from, conn, id)),
-            MeshMsg::Api(request) => self.api(request, out, m),
+            MeshMsg::Api(request) => self.api(request),
             MeshMsg::Welcome { .. }
             | MeshMsg::Resumed { .. }
             | MeshMsg::Joined { .. }
@@ -694,8 +700,7 @@ impl ClusterOwner {
         );
     }
 
-    fn api(&mut self, request: Box<ApiRequest>, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
-        let _ = (out, m);
+    fn api(&mut self, request: Box<ApiRequest>) {
         match request.op.clone() {
             ApiOp::Publish { room, body } => self.publish(room, None, ReplyTo::Api(request), &body, ""),
             ApiOp::Send { to, body } => self.send(to, None, ReplyTo::Api(request), &body),
@@ -733,7 +738,7 @@ impl ClusterOwner {
             let mut setup = Batch::new();
             let mut ops = Vec::new();
             setup.cmd(&[b"FUNCTION".as_slice(), b"LOAD", b"REPLACE", FUNCTIONS.as_bytes()]);
-            ops.push(Op::Ignore);
+            ops.push(Op::Setup);
             if !self.cleaned_up {
                 setup.cmd(&[b"HGETALL", self.tracking.as_bytes()]);
                 ops.push(Op::Cleanup);
@@ -777,7 +782,6 @@ impl ClusterOwner {
         &mut self,
         id: u64,
         replies: Result<Vec<Value>, Failed>,
-        now: Instant,
         out: &mut Vec<(ShardId, MeshMsg)>,
         m: &mut MsgMetrics,
     ) {
@@ -792,6 +796,16 @@ impl ClusterOwner {
                     let value = values.next().unwrap_or(Value::Null);
                     if let Value::Error(e) = &value {
                         self.stats.error_replies += 1;
+                        if matches!(op, Op::Setup) {
+                            // Not redone: it would fail the same way every turn.
+                            tracing::error!(
+                                shard = self.shard,
+                                error = %String::from_utf8_lossy(e),
+                                "redis: loading the gateway's functions failed (Redis 7 or later is needed); \
+                                 every request will be answered unavailable"
+                            );
+                            continue;
+                        }
                         tracing::warn!(
                             shard = self.shard,
                             error = %String::from_utf8_lossy(e),
@@ -799,7 +813,7 @@ impl ClusterOwner {
                         );
                         self.fail(op, out, m);
                     } else {
-                        self.reply(op, value, now, out, m);
+                        self.reply(op, value, out, m);
                     }
                 }
             }
@@ -824,10 +838,17 @@ impl ClusterOwner {
             }
         };
         match op {
-            Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } => {}
-            Op::Cleanup => {}
-            Op::Connect { from, conn, user } => {
-                if let Some(entry) = self.users.get_mut(&user) {
+            Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } | Op::Cleanup => {}
+            Op::Setup => self.generation = 0,
+            Op::Connect {
+                from,
+                conn,
+                user,
+                generation,
+            } => {
+                if generation == self.generation
+                    && let Some(entry) = self.users.get_mut(&user)
+                {
                     entry.registered = entry.registered.saturating_sub(1);
                 }
                 self.stats.unavailable += 1;
@@ -882,11 +903,10 @@ impl ClusterOwner {
     }
 
     #[allow(clippy::too_many_lines)]
-    fn reply(&mut self, op: Op, value: Value, now: Instant, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
-        let _ = now;
+    fn reply(&mut self, op: Op, value: Value, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
         let items = value.as_items().unwrap_or(&[]);
         match op {
-            Op::Ignore | Op::Requeue => {}
+            Op::Ignore | Op::Requeue | Op::Setup => {}
             Op::Alive => {
                 let mut live: Vec<Box<str>> = items.iter().filter_map(text).map(Into::into).collect();
                 if !live.iter().any(|n| **n == *self.node) {
@@ -900,10 +920,21 @@ impl ClusterOwner {
                 self.cleaned_up = true;
                 self.clean_previous_life(&value);
             }
-            Op::Connect { from, conn, user } => {
+            Op::Connect {
+                from,
+                conn,
+                user,
+                generation,
+            } => {
                 let (Some(epoch), Some(seq), Some(now_ms)) = (int(items.first()), int(items.get(1)), int(items.get(2)))
                 else {
-                    return self.fail(Op::Connect { from, conn, user }, out, m);
+                    let op = Op::Connect {
+                        from,
+                        conn,
+                        user,
+                        generation,
+                    };
+                    return self.fail(op, out, m);
                 };
                 let pos = Position {
                     epoch: epoch as u64,

@@ -163,7 +163,7 @@ impl<S: Store> MsgShard<S> {
     pub fn handle_cluster_replies(&mut self, id: u64, replies: Result<Vec<Value>, Failed>, now: Instant) {
         let Some(cluster) = self.cluster.as_mut() else { return };
         let mut answers = std::mem::take(&mut self.answers);
-        cluster.on_replies(id, replies, now, &mut answers, &mut self.metrics);
+        cluster.on_replies(id, replies, &mut answers, &mut self.metrics);
         for (to, msg) in answers.drain(..) {
             self.dispatch_to(to, msg);
         }
@@ -599,11 +599,8 @@ impl<S: Store> MsgShard<S> {
             owner_msg => {
                 let mut answers = std::mem::take(&mut self.answers);
                 if let Some(cluster) = self.cluster.as_mut() {
-                    // What the cluster owner answers is durable in Redis already.
-                    cluster.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
-                    for (to, msg) in answers.drain(..) {
-                        self.dispatch_to(to, msg);
-                    }
+                    // Answered when Redis replies (`handle_cluster_replies`).
+                    cluster.handle(from, owner_msg);
                 } else {
                     self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
                     self.release_or_hold(&mut answers);
