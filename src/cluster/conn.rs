@@ -265,6 +265,36 @@ pub struct RedisStats {
     pub pushes: u64,
 }
 
+impl RedisStats {
+    /// Adds `other`'s counters (a shard's connections to several masters).
+    pub fn merge(&mut self, other: &Self) {
+        let Self {
+            round_trips,
+            commands,
+            connects,
+            reconnects,
+            connect_failures,
+            errors,
+            timeouts,
+            refused_unavailable,
+            refused_full,
+            failed_commands,
+            pushes,
+        } = *other;
+        self.round_trips += round_trips;
+        self.commands += commands;
+        self.connects += connects;
+        self.reconnects += reconnects;
+        self.connect_failures += connect_failures;
+        self.errors += errors;
+        self.timeouts += timeouts;
+        self.refused_unavailable += refused_unavailable;
+        self.refused_full += refused_full;
+        self.failed_commands += failed_commands;
+        self.pushes += pushes;
+    }
+}
+
 /// The handle code on the shard uses: cheap to clone, not `Send`.
 #[derive(Clone)]
 pub struct Redis {

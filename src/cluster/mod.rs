@@ -110,9 +110,11 @@ pub mod resp;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+pub mod topology;
 pub mod url;
 
 pub use backoff::Backoff;
 pub use conn::{Batch, ConnConfig, Driver, Failed, Redis, RedisStats, Refused, Reply};
 pub use resp::{DecodeError, Limits, Value};
+pub use topology::Topology;
 pub use url::{RedisUrl, UrlError, read_password_file};

@@ -29,6 +29,7 @@ use hashbrown::HashMap;
 
 use super::conn::{Batch, Failed};
 use super::resp::Value;
+use super::topology::Topology;
 use crate::msg::api::{ApiOp, ApiReply, ApiRequest};
 use crate::msg::mesh::MeshMsg;
 use crate::msg::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
@@ -69,6 +70,8 @@ pub struct ClusterConfig {
     /// How long the node stays in the live set without renewing it; a node killed
     /// without a drain leaves presence within this.
     pub node_ttl: Duration,
+    /// One Redis, or a Redis Cluster's masters and slots.
+    pub topology: Topology,
 }
 
 /// Counters of the cluster side of one shard (copied into the shard's metrics).
@@ -102,8 +105,10 @@ enum Op {
     /// Nothing to do with the reply (an error is counted).
     Ignore,
     /// `FUNCTION LOAD`, first on every new connection: if it does not run, the whole
-    /// set-up is redone with the next batch.
-    Setup,
+    /// set-up of that connection is redone with its next batch.
+    Setup {
+        conn: usize,
+    },
     Alive,
     Cleanup,
     /// `generation`: the connection set-up it was sent after (a later set-up registered
@@ -202,12 +207,14 @@ pub struct ClusterOwner {
     /// The live nodes, joined by '\n' (the `wsg_connect` argument), and as a list.
     live_arg: String,
     live: Vec<Box<str>>,
-    batch: Batch,
-    ops: Vec<Op>,
+    /// Where each key's commands go: connection `i` talks to `topology.masters[i]`.
+    topology: Topology,
+    /// Per connection: the commands of this turn and what each reply is for.
+    pending: Vec<(Batch, Vec<Op>)>,
     inflight: HashMap<u64, Vec<Op>>,
     next_batch: u64,
-    /// The connection generation (`RedisStats::connects`) the node last set up on.
-    generation: u64,
+    /// Per connection: the generation (`RedisStats::connects`) last set up on.
+    generations: Vec<u64>,
     cleaned_up: bool,
     last_alive: Option<Instant>,
     epoch_seed: u64,
@@ -276,11 +283,16 @@ impl ClusterOwner {
             rooms: HashMap::new(),
             live_arg: cluster.node.to_string(),
             live: vec![cluster.node.as_ref().into()],
-            batch: Batch::new(),
-            ops: Vec::new(),
+            pending: cluster
+                .topology
+                .masters
+                .iter()
+                .map(|_| (Batch::new(), Vec::new()))
+                .collect(),
+            generations: vec![0; cluster.topology.masters.len()],
+            topology: cluster.topology.clone(),
             inflight: HashMap::new(),
             next_batch: 1,
-            generation: 0,
             cleaned_up: false,
             last_alive: None,
             epoch_seed,
@@ -322,17 +334,31 @@ impl ClusterOwner {
         (stable_hash(&bytes) & ((1 << 53) - 1)).max(1)
     }
 
-    fn cmd(&mut self, op: Op, args: &[&[u8]]) {
-        self.batch.cmd(args);
-        self.ops.push(op);
+    fn cmd_on(&mut self, conn: usize, op: Op, args: &[&[u8]]) {
+        let (batch, ops) = &mut self.pending[conn];
+        batch.cmd(args);
+        ops.push(op);
     }
 
-    /// `FCALL name 1 key args...`.
+    /// A command whose first argument is its key (or channel), on that key's connection.
+    fn cmd(&mut self, op: Op, args: &[&[u8]]) {
+        let conn = self.topology.route(args[1]);
+        self.cmd_on(conn, op, args);
+    }
+
+    /// `FCALL name 1 key args...`, on the key's connection.
     fn fcall(&mut self, op: Op, name: &str, key: &str, args: &[&[u8]]) {
         let mut all: Vec<&[u8]> = Vec::with_capacity(4 + args.len());
         all.extend_from_slice(&[b"FCALL", name.as_bytes(), b"1", key.as_bytes()]);
         all.extend_from_slice(args);
-        self.cmd(op, &all);
+        let conn = self.topology.route(key.as_bytes());
+        self.cmd_on(conn, op, &all);
+    }
+
+    /// `SUBSCRIBE` / `UNSUBSCRIBE`: on the first connection (classic pub/sub reaches
+    /// every node of a Redis Cluster, so one subscriber connection hears every publish).
+    fn subscription(&mut self, verb: &[u8], channel: &[u8]) {
+        self.pending[0].0.cmd_unanswered(&[verb, channel]);
     }
 
     fn frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> SharedFrame {
@@ -391,7 +417,7 @@ impl ClusterOwner {
                 let epoch = self.new_epoch().to_string();
                 let key = key_of(KeyKind::User, &user);
                 let (field, live) = (self.field.clone(), self.live_arg.clone());
-                let generation = self.generation;
+                let generation = self.generations[self.topology.route(key_of(KeyKind::User, &user).as_bytes())];
                 self.fcall(
                     Op::Connect {
                         from,
@@ -503,7 +529,7 @@ impl ClusterOwner {
                 if first_here {
                     // Subscribed before the read below: a publish after the read is
                     // pushed after its reply.
-                    self.batch.cmd_unanswered(&[b"SUBSCRIBE", key.as_bytes()]);
+                    self.subscription(b"SUBSCRIBE", key.as_bytes());
                 }
                 if first_of_user {
                     let tracked = format!("r\n{room}\n{user}");
@@ -596,7 +622,7 @@ impl ClusterOwner {
                 }
                 if empty {
                     self.rooms.remove(&room);
-                    self.batch.cmd_unanswered(&[b"UNSUBSCRIBE", key.as_bytes()]);
+                    self.subscription(b"UNSUBSCRIBE", key.as_bytes());
                 }
             }
             MeshMsg::Publish {
@@ -726,55 +752,85 @@ impl ClusterOwner {
         self.fcall(Op::Alive, "wsg_alive", NODES_KEY, &[node.as_bytes(), ttl.as_bytes()]);
     }
 
-    /// The commands produced since the last call, as one batch with its id, or `None`.
-    /// `generation` is the connection's `RedisStats::connects`: when it moved, Redis
-    /// may have restarted (or this is the first connection), so the batch starts with
-    /// what a fresh connection needs: the functions, the subscriptions and this node's
-    /// registry entries; the first one also removes what a previous life of this node
-    /// left.
-    pub fn take_batch(&mut self, generation: u64) -> Option<(u64, Batch)> {
-        if generation != self.generation && generation > 0 {
-            self.generation = generation;
-            let mut setup = Batch::new();
-            let mut ops = Vec::new();
-            setup.cmd(&[b"FUNCTION".as_slice(), b"LOAD", b"REPLACE", FUNCTIONS.as_bytes()]);
-            ops.push(Op::Setup);
-            if !self.cleaned_up {
-                setup.cmd(&[b"HGETALL", self.tracking.as_bytes()]);
-                ops.push(Op::Cleanup);
+    /// The commands produced since the last call: one batch per connection that has
+    /// any, each with its id and connection index. `generations[i]` is connection `i`'s
+    /// `RedisStats::connects`: when it moved, that Redis may have restarted (or this is
+    /// its first connection), so its batch starts with what a fresh connection needs:
+    /// the functions and this node's registry entries on it, and on the first
+    /// connection the subscriptions; the very first set-up also removes what a previous
+    /// life of this node left.
+    pub fn take_batches(&mut self, generations: &[u64]) -> Vec<(u64, usize, Batch)> {
+        for (conn, &generation) in generations.iter().enumerate().take(self.pending.len()) {
+            if generation != self.generations[conn] && generation > 0 {
+                self.generations[conn] = generation;
+                self.set_up(conn);
             }
-            setup.cmd_unanswered(&[b"SUBSCRIBE", self.channel.as_bytes()]);
-            for room in self.rooms.keys() {
-                setup.cmd_unanswered(&[b"SUBSCRIBE", key_of(KeyKind::Room, room).as_bytes()]);
+        }
+        let mut out = Vec::new();
+        for conn in 0..self.pending.len() {
+            if self.pending[conn].0.is_empty() {
+                continue;
             }
-            for (user, entry) in &mut self.users {
-                let key = key_of(KeyKind::User, user);
-                let n = entry.connections().to_string();
-                setup.cmd(&[
+            let (batch, ops) = std::mem::take(&mut self.pending[conn]);
+            let id = self.next_batch;
+            self.next_batch += 1;
+            self.inflight.insert(id, ops);
+            out.push((id, conn, batch));
+        }
+        out
+    }
+
+    /// Puts the set-up of connection `conn` before what its batch holds.
+    fn set_up(&mut self, conn: usize) {
+        let turn = std::mem::take(&mut self.pending[conn]);
+        self.cmd_on(
+            conn,
+            Op::Setup { conn },
+            &[b"FUNCTION", b"LOAD", b"REPLACE", FUNCTIONS.as_bytes()],
+        );
+        if !self.cleaned_up && self.topology.route(self.tracking.as_bytes()) == conn {
+            let tracking = self.tracking.clone();
+            self.cmd_on(conn, Op::Cleanup, &[b"HGETALL", tracking.as_bytes()]);
+        }
+        if conn == 0 {
+            let channel = self.channel.clone();
+            self.subscription(b"SUBSCRIBE", channel.as_bytes());
+            let rooms: Vec<String> = self.rooms.keys().map(|r| key_of(KeyKind::Room, r)).collect();
+            for room in rooms {
+                self.subscription(b"SUBSCRIBE", room.as_bytes());
+            }
+        }
+        let users: Vec<(String, u32)> = self
+            .users
+            .iter()
+            .map(|(u, e)| (key_of(KeyKind::User, u), e.connections()))
+            .filter(|(key, _)| self.topology.route(key.as_bytes()) == conn)
+            .collect();
+        for (key, n) in users {
+            let (field, n) = (self.field.clone(), n.to_string());
+            self.cmd_on(
+                conn,
+                Op::Ignore,
+                &[
                     b"FCALL",
-                    b"wsg_register".as_slice(),
+                    b"wsg_register",
                     b"1",
                     key.as_bytes(),
-                    self.field.as_bytes(),
+                    field.as_bytes(),
                     n.as_bytes(),
-                ]);
-                ops.push(Op::Ignore);
+                ],
+            );
+        }
+        let topology = &self.topology;
+        for (user, entry) in &mut self.users {
+            if topology.route(key_of(KeyKind::User, user).as_bytes()) == conn {
                 entry.registered = entry.connections();
             }
-            // Then what this turn asked for, in order.
-            let batch = std::mem::replace(&mut self.batch, Batch::new());
-            setup.append(batch);
-            ops.append(&mut self.ops);
-            self.batch = setup;
-            self.ops = ops;
         }
-        if self.batch.is_empty() {
-            return None;
-        }
-        let id = self.next_batch;
-        self.next_batch += 1;
-        self.inflight.insert(id, std::mem::take(&mut self.ops));
-        Some((id, std::mem::take(&mut self.batch)))
+        // Then what this turn asked for, in order.
+        let (batch, mut ops) = turn;
+        self.pending[conn].0.append(batch);
+        self.pending[conn].1.append(&mut ops);
     }
 
     /// The replies of batch `id` (or why there are none).
@@ -796,7 +852,7 @@ impl ClusterOwner {
                     let value = values.next().unwrap_or(Value::Null);
                     if let Value::Error(e) = &value {
                         self.stats.error_replies += 1;
-                        if matches!(op, Op::Setup) {
+                        if matches!(op, Op::Setup { .. }) {
                             // Not redone: it would fail the same way every turn.
                             tracing::error!(
                                 shard = self.shard,
@@ -839,14 +895,15 @@ impl ClusterOwner {
         };
         match op {
             Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } | Op::Cleanup => {}
-            Op::Setup => self.generation = 0,
+            Op::Setup { conn } => self.generations[conn] = 0,
             Op::Connect {
                 from,
                 conn,
                 user,
                 generation,
             } => {
-                if generation == self.generation
+                let route = self.topology.route(key_of(KeyKind::User, &user).as_bytes());
+                if generation == self.generations[route]
                     && let Some(entry) = self.users.get_mut(&user)
                 {
                     entry.registered = entry.registered.saturating_sub(1);
@@ -906,7 +963,7 @@ impl ClusterOwner {
     fn reply(&mut self, op: Op, value: Value, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
         let items = value.as_items().unwrap_or(&[]);
         match op {
-            Op::Ignore | Op::Requeue | Op::Setup => {}
+            Op::Ignore | Op::Requeue | Op::Setup { .. } => {}
             Op::Alive => {
                 let mut live: Vec<Box<str>> = items.iter().filter_map(text).map(Into::into).collect();
                 if !live.iter().any(|n| **n == *self.node) {
@@ -1400,6 +1457,7 @@ mod tests {
         let cfg = ClusterConfig {
             node: "n".into(),
             node_ttl: Duration::from_secs(10),
+            topology: Topology::single("127.0.0.1:6379".parse().unwrap()),
         };
         let mut owner = ClusterOwner::new(0, 1, &MsgLimits::default(), &cfg, 1);
         // A body and a sender that spell "seq":0 inside strings must not move the split.

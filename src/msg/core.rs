@@ -153,10 +153,14 @@ impl<S: Store> MsgShard<S> {
         self.cluster.as_deref()
     }
 
-    /// The Redis commands this shard's turn produced, as one batch (see
-    /// [`ClusterOwner::take_batch`]); `generation` is the connection's handshake count.
-    pub fn take_cluster_batch(&mut self, generation: u64) -> Option<(u64, Batch)> {
-        self.cluster.as_mut()?.take_batch(generation)
+    /// The Redis commands this shard's turn produced, one batch per connection (see
+    /// [`ClusterOwner::take_batches`]); `generations` are the connections' handshake
+    /// counts.
+    pub fn take_cluster_batches(&mut self, generations: &[u64]) -> Vec<(u64, usize, Batch)> {
+        self.cluster
+            .as_mut()
+            .map(|c| c.take_batches(generations))
+            .unwrap_or_default()
     }
 
     /// The replies of cluster batch `id` (or why there are none).

@@ -186,11 +186,20 @@ fn cluster_setup(
         }
     };
     crate::cluster::owner::check_node_id(&node).map_err(io::Error::other)?;
+    let topology = crate::cluster::topology::discover(&conn)
+        .map_err(|e| io::Error::other(format!("redis at {}: {e}", conn.addrs[0])))?;
+    tracing::info!(
+        masters = topology.masters.len(),
+        cluster = topology.slots.is_some(),
+        node = %node,
+        "redis layout"
+    );
     Ok((
         conn,
         crate::cluster::owner::ClusterConfig {
             node,
             node_ttl: cfg.node_ttl,
+            topology,
         },
     ))
 }
@@ -344,7 +353,7 @@ impl Server {
                         if let Some(writer) = &writer {
                             shard.attach_journal(writer.signal(), writer.stats());
                         }
-                        let cluster = cluster.map(|(conn, node)| shard.attach_cluster(conn, &node));
+                        let cluster = cluster.map(|(conn, node)| shard.attach_cluster(&conn, &node));
                         let _ = tx.send(Ok((shard.handle(), report)));
                         match mesh_rx.recv() {
                             Ok(endpoint) => shard.attach_mesh(endpoint),
@@ -450,7 +459,7 @@ async fn run_shard(
     bell: OwnedFd,
     cfg: Arc<Config>,
     writer: Option<journal::Writer>,
-    cluster: Option<(crate::cluster::Driver, Rc<shard::ClusterEvents>)>,
+    cluster: Option<(Vec<crate::cluster::Driver>, Rc<shard::ClusterEvents>)>,
 ) {
     let handle = shard.handle();
     // SAFETY: gettid has no preconditions.
@@ -458,10 +467,10 @@ async fn run_shard(
     let shard = Rc::new(RefCell::new(shard));
     // With `--redis`: the connection's task, and the pump that hands its replies and
     // pushes to the shard.
-    let cluster = cluster.map(|(driver, events)| {
-        let connection = glommio::spawn_local(driver.run());
+    let cluster = cluster.map(|(drivers, events)| {
+        let connections: Vec<_> = drivers.into_iter().map(|d| glommio::spawn_local(d.run())).collect();
         let pump = glommio::spawn_local(shard::cluster_pump(shard.clone(), events));
-        (connection, pump)
+        (connections, pump)
     });
     let journal = writer.map(|writer| {
         let signal = writer.signal();
@@ -508,10 +517,12 @@ async fn run_shard(
     // The shard is finished when either task sees it finish; the other is dropped
     // (cancelled) with it.
     match cluster {
-        Some((connection, pump)) => {
+        Some((connections, pump)) => {
             futures_lite::future::or(futures_lite::future::or(ticker, waker), pump).await;
             shard.borrow().close_cluster();
-            connection.await;
+            for connection in connections {
+                connection.await;
+            }
         }
         None => futures_lite::future::or(ticker, waker).await,
     }

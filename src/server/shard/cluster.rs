@@ -54,15 +54,15 @@ impl Events {
     }
 }
 
-/// The shard's side of its Redis connection.
+/// The shard's side of its Redis connections (one, or one per Redis Cluster master).
 pub(crate) struct ClusterIo {
-    redis: Redis,
+    redis: Vec<Redis>,
     events: Rc<Events>,
 }
 
 impl ClusterIo {
-    /// The connection handle (metrics, closing).
-    pub(crate) fn redis(&self) -> &Redis {
+    /// The connection handles (metrics, closing), by master.
+    pub(crate) fn redis(&self) -> &[Redis] {
         &self.redis
     }
 }
@@ -71,11 +71,20 @@ impl Shard {
     /// Makes this shard a node of the fleet: a cluster owner for its messaging and a
     /// Redis connection for it. Returns the connection's task (run it on this shard's
     /// executor) and the events the pump task reads.
-    pub(crate) fn attach_cluster(&mut self, conn: ConnConfig, cluster: &ClusterConfig) -> (Driver, Rc<Events>) {
-        let (redis, driver) = Redis::new(conn);
+    pub(crate) fn attach_cluster(&mut self, conn: &ConnConfig, cluster: &ClusterConfig) -> (Vec<Driver>, Rc<Events>) {
         let events = Rc::new(Events::default());
-        let pushes = events.clone();
-        redis.set_push_handler(Box::new(move |v| pushes.push(Event::Push(v))));
+        let mut redis = Vec::new();
+        let mut drivers = Vec::new();
+        for master in &cluster.topology.masters {
+            let (handle, driver) = Redis::new(ConnConfig {
+                addrs: vec![*master],
+                ..conn.clone()
+            });
+            let pushes = events.clone();
+            handle.set_push_handler(Box::new(move |v| pushes.push(Event::Push(v))));
+            redis.push(handle);
+            drivers.push(driver);
+        }
         if let Some(msg) = self.msg.as_mut() {
             let seed = self.epoch.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
             let seed = seed
@@ -94,7 +103,7 @@ impl Shard {
             redis,
             events: events.clone(),
         });
-        (driver, events)
+        (drivers, events)
     }
 
     /// Hands this turn's Redis commands to the connection (end of every turn). A
@@ -104,9 +113,9 @@ impl Shard {
         let (Some(io), Some(msg)) = (self.cluster.as_ref(), self.msg.as_mut()) else {
             return;
         };
-        let generation = io.redis.stats().connects;
-        if let Some((id, batch)) = msg.take_cluster_batch(generation) {
-            match io.redis.send(batch) {
+        let generations: Vec<u64> = io.redis.iter().map(|r| r.stats().connects).collect();
+        for (id, conn, batch) in msg.take_cluster_batches(&generations) {
+            match io.redis[conn].send(batch) {
                 Ok(reply) => {
                     let events = io.events.clone();
                     glommio::spawn_local(async move {
@@ -141,7 +150,9 @@ impl Shard {
     /// Stops the Redis connection's task (the shard is finishing).
     pub(crate) fn close_cluster(&self) {
         if let Some(io) = &self.cluster {
-            io.redis.close();
+            for redis in &io.redis {
+                redis.close();
+            }
         }
     }
 }

@@ -369,7 +369,10 @@ impl Shard {
             self.metrics.mesh_pending = mesh.pending() as u64;
         }
         if let Some(io) = &self.cluster {
-            let r = io.redis().stats();
+            let mut r = crate::cluster::RedisStats::default();
+            for redis in io.redis() {
+                r.merge(&redis.stats());
+            }
             let c = self
                 .msg
                 .as_ref()
@@ -377,7 +380,7 @@ impl Shard {
                 .map(|c| c.stats())
                 .unwrap_or_default();
             self.metrics.cluster = crate::metrics::ClusterMetrics {
-                up: u64::from(io.redis().is_up()),
+                up: u64::from(io.redis().iter().all(crate::cluster::Redis::is_up)),
                 round_trips: r.round_trips,
                 commands: r.commands,
                 reconnects: r.reconnects,
