@@ -72,20 +72,25 @@ local function offline_push(k, entry, max, ttl)
   return 0
 end
 
--- Publishes `payload` on the channel of every registry entry; returns the receivers.
+-- Publishes `payload` on the channel of every registry entry; returns the receivers
+-- and the entries.
 local function to_registry(k, payload)
   local fields = redis.call('HKEYS', k .. ':c')
   local receivers = 0
   for _, field in ipairs(fields) do
     receivers = receivers + redis.call('PUBLISH', 'wsg:n:' .. field, payload)
   end
-  return receivers
+  return receivers, fields
 end
 
 -- send: KEYS[1] inbox; ARGV: epoch candidate, frame head, frame tail (the frame is
 -- head .. seq .. tail), sender ('' for the API), client id JSON, user, history max,
--- offline max, ttl ms (history and offline age).
--- Returns {epoch, seq, receivers, queued 0|1, history trimmed, offline dropped}.
+-- offline max, ttl ms (history and offline age), cluster ('1' on a Redis Cluster,
+-- where PUBLISH counts only the receivers on the master it ran on).
+-- Queued offline if nobody received it (one Redis) or nobody is registered (a
+-- cluster: the gateway queues it with wsg_offline_seq if every entry is of a dead
+-- node). Returns {epoch, seq, receivers, queued 0|1, history trimmed, offline
+-- dropped, registry entries...}.
 redis.register_function('wsg_send', function(keys, args)
   local k = keys[1]
   local epoch, seq = position(k, args[1])
@@ -100,13 +105,39 @@ redis.register_function('wsg_send', function(keys, args)
   end
   local ttl = tonumber(args[9])
   expire(k, ttl, {':i', ':h', ':s', ':k'})
-  local receivers = to_registry(k, 'u' .. args[6] .. entry)
+  local receivers, fields = to_registry(k, 'u' .. args[6] .. entry)
   local queued, dropped = 0, 0
-  if receivers == 0 then
+  local nobody = receivers == 0
+  if args[10] == '1' then
+    nobody = #fields == 0
+  end
+  if nobody then
     queued = 1
     dropped = offline_push(k, entry, tonumber(args[8]), ttl)
   end
-  return {epoch, seq, receivers, queued, trimmed, dropped}
+  local out = {epoch, seq, receivers, queued, trimmed, dropped}
+  for _, f in ipairs(fields) do
+    out[#out + 1] = f
+  end
+  return out
+end)
+
+-- offline_seq: on a Redis Cluster, a message whose registry entries are all of dead
+-- nodes. KEYS[1] inbox; ARGV: seq, offline max, ttl ms, the dead entries. They are
+-- removed and the message (from the history) queued. Returns 1 if queued.
+redis.register_function('wsg_offline_seq', function(keys, args)
+  local k = keys[1]
+  local seq = tonumber(args[1])
+  for i = 4, #args do
+    redis.call('HDEL', k .. ':c', args[i])
+  end
+  local last = tonumber(redis.call('HGET', k .. ':i', 's') or 0)
+  local e = redis.call('LINDEX', k .. ':h', seq - last - 1)
+  if not e then
+    return 0
+  end
+  offline_push(k, e, tonumber(args[2]), tonumber(args[3]))
+  return 1
 end)
 
 -- requeue: a node got an inbox message for a user who had no connection there any
@@ -220,7 +251,8 @@ end)
 -- deliver: a receipt (never queued). KEYS[1] inbox of the original sender; ARGV:
 -- "<len>:<user>", frame. Returns the receivers.
 redis.register_function('wsg_deliver', function(keys, args)
-  return to_registry(keys[1], 'U' .. args[1] .. args[2])
+  local receivers = to_registry(keys[1], 'U' .. args[1] .. args[2])
+  return receivers
 end)
 
 -- publish: KEYS[1] room; ARGV: epoch candidate, frame head, frame tail, history max,

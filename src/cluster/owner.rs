@@ -169,6 +169,13 @@ enum Op {
 struct LocalUser {
     /// Shards of this node with connections of the user, and how many.
     shards: Vec<(ShardId, u32)>,
+    /// On a Redis Cluster: connects waiting for their reply, and the inbox messages
+    /// pushed meanwhile (seq, frame). The reply comes on the user's master's
+    /// connection, pushes on the subscriber connection, so a message sequenced after
+    /// the connect can arrive before its `welcome`; it is handed to the new connection
+    /// after the welcome instead of being dropped as covered by it.
+    connecting: u32,
+    early: Vec<(u64, SharedFrame)>,
     /// Connections Redis was told about (a connect refused while Redis was away is
     /// not; the registry is set again when it comes back).
     registered: u32,
@@ -253,6 +260,18 @@ fn entry(bytes: &[u8]) -> Option<(u64, &str)> {
     let space = bytes.iter().position(|&b| b == b' ')?;
     let ms = std::str::from_utf8(&bytes[..space]).ok()?.parse().ok()?;
     Some((ms, std::str::from_utf8(&bytes[space + 1..]).ok()?))
+}
+
+/// The `seq` of an inbox message's JSON (0 if it has none).
+fn seq_of(frame: &str) -> u64 {
+    frame
+        .find("\"seq\":")
+        .and_then(|at| {
+            let digits = &frame[at + 6..];
+            let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+            digits[..end].parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Splits `"<len>:<name><rest>"` (the user of a `u` or `U` push).
@@ -407,6 +426,7 @@ impl ClusterOwner {
                     None => entry.shards.push((from, 1)),
                 }
                 entry.registered += 1;
+                entry.connecting += 1;
                 if first {
                     let tracked = format!("u\n{user}");
                     self.cmd(
@@ -668,6 +688,7 @@ impl ClusterOwner {
         );
         let sender = sender.as_deref().unwrap_or("").to_owned();
         let id_json = id.as_ref().map_or("", ClientId::as_json).to_owned();
+        let cluster: &[u8] = if self.topology.slots.is_some() { b"1" } else { b"0" };
         self.fcall(
             Op::Send { to, reply },
             "wsg_send",
@@ -682,6 +703,7 @@ impl ClusterOwner {
                 hist.as_bytes(),
                 off.as_bytes(),
                 ttl.as_bytes(),
+                cluster,
             ],
         );
     }
@@ -862,11 +884,20 @@ impl ClusterOwner {
                             );
                             continue;
                         }
-                        tracing::warn!(
-                            shard = self.shard,
-                            error = %String::from_utf8_lossy(e),
-                            "redis: error reply"
-                        );
+                        if e.starts_with(b"MOVED") || e.starts_with(b"ASK") {
+                            tracing::warn!(
+                                shard = self.shard,
+                                error = %String::from_utf8_lossy(e),
+                                "redis: the cluster layout changed since start; restart the gateway to \
+                                 learn it (live re-discovery is not built)"
+                            );
+                        } else {
+                            tracing::warn!(
+                                shard = self.shard,
+                                error = %String::from_utf8_lossy(e),
+                                "redis: error reply"
+                            );
+                        }
                         self.fail(op, out, m);
                     } else {
                         self.reply(op, value, out, m);
@@ -917,6 +948,7 @@ impl ClusterOwner {
                         frames: vec![frame],
                     },
                 ));
+                self.connected(&user, from, conn, u64::MAX, out);
             }
             Op::Send { reply, .. } | Op::Publish { reply, .. } => unavailable(self, reply, out, m),
             Op::QueryUser { reply, .. } | Op::QueryRoom { reply, .. } => unavailable(self, reply, out, m),
@@ -1010,6 +1042,7 @@ impl ClusterOwner {
                     }
                 }
                 out.push((from, MeshMsg::Welcome { conn, frames }));
+                self.connected(&user, from, conn, pos.seq, out);
             }
             Op::Send { to, reply } => {
                 let (Some(epoch), Some(seq), Some(receivers)) =
@@ -1022,7 +1055,34 @@ impl ClusterOwner {
                     seq: seq as u64,
                 };
                 m.sends_accepted += 1;
-                if int(items.get(3)) == Some(1) {
+                let queued = int(items.get(3)) == Some(1);
+                if queued {
+                    m.offline_queued += 1;
+                }
+                // On a Redis Cluster, receivers count one master's subscribers only:
+                // who is online is the registry's live entries.
+                let entries: Vec<&str> = items.iter().skip(6).filter_map(text).collect();
+                let alive = |e: &&str| {
+                    let node = e.rsplit_once('/').map_or(*e, |(n, _)| n);
+                    self.live.iter().any(|l| **l == *node)
+                };
+                let online = if self.topology.slots.is_some() {
+                    entries.iter().any(alive)
+                } else {
+                    receivers > 0
+                };
+                if !queued && !online {
+                    // Only dead nodes' entries: nobody got it; queue it from the history.
+                    let dead: Vec<Vec<u8>> = entries.iter().map(|e| e.as_bytes().to_vec()).collect();
+                    let key = key_of(KeyKind::User, &to);
+                    let (seq_arg, off, ttl) = (
+                        pos.seq.to_string(),
+                        self.limits.offline_max_messages.to_string(),
+                        self.ttl_ms(),
+                    );
+                    let mut args: Vec<&[u8]> = vec![seq_arg.as_bytes(), off.as_bytes(), ttl.as_bytes()];
+                    args.extend(dead.iter().map(Vec::as_slice));
+                    self.fcall(Op::Requeue, "wsg_offline_seq", &key, &args);
                     m.offline_queued += 1;
                 }
                 m.history_trimmed += int(items.get(4)).unwrap_or(0) as u64;
@@ -1036,7 +1096,7 @@ impl ClusterOwner {
                         to,
                         epoch: pos.epoch,
                         seq: pos.seq,
-                        online: receivers > 0,
+                        online,
                     }),
                 }
             }
@@ -1313,6 +1373,28 @@ impl ClusterOwner {
         }
     }
 
+    /// A connect of `user` was answered (welcome at `seq`, or refused: `u64::MAX`):
+    /// messages pushed while it waited and sequenced after the welcome go to the new
+    /// connection, after its welcome.
+    fn connected(&mut self, user: &str, from: ShardId, conn: ConnId, seq: u64, out: &mut Vec<(ShardId, MeshMsg)>) {
+        let Some(entry) = self.users.get_mut(user) else { return };
+        entry.connecting = entry.connecting.saturating_sub(1);
+        for (s, frame) in &entry.early {
+            if *s > seq {
+                out.push((
+                    from,
+                    MeshMsg::ToConn {
+                        conn,
+                        frame: frame.clone(),
+                    },
+                ));
+            }
+        }
+        if entry.connecting == 0 {
+            entry.early = Vec::new();
+        }
+    }
+
     /// A pub/sub message (RESP3 push) from this shard's connection: an inbox message or
     /// receipt for a user of this node, or a room's message or presence event.
     pub fn on_push(&mut self, push: &Value, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
@@ -1365,6 +1447,13 @@ impl ClusterOwner {
                 return;
             }
             let frame = SharedFrame::text(frame_bytes);
+            if tag == b'u'
+                && self.topology.slots.is_some()
+                && let Some(entry) = self.users.get_mut(user)
+                && entry.connecting > 0
+            {
+                entry.early.push((seq_of(frame_bytes), frame.clone()));
+            }
             let user: Key = user.into();
             for shard in shards {
                 out.push((
@@ -1442,6 +1531,8 @@ mod tests {
     fn push_payload_parts() {
         assert_eq!(entry(b"123 {\"a\":1}"), Some((123, "{\"a\":1}")));
         assert_eq!(entry(b"x {}"), None);
+        assert_eq!(seq_of(r#"{"type":"msg","seq":42,"body":{"seq":1}}"#), 42);
+        assert_eq!(seq_of("{}"), 0);
         assert_eq!(length_prefixed(b"5:alice1 {}"), Some(("alice", b"1 {}".as_slice())));
         assert_eq!(length_prefixed(b"9:alice"), None);
         assert_eq!(room_of_channel(b"wsg:{r:lobby}"), Some("lobby"));

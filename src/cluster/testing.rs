@@ -216,3 +216,54 @@ pub fn command(addr: SocketAddr, args: &[&str]) -> super::Value {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A Redis Cluster of `masters` servers on loopback (no replicas), every slot
+/// assigned, killed with its servers.
+pub struct RedisCluster {
+    /// The masters.
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the servers with cluster mode on, joins them with `redis-cli --cluster
+    /// create` and waits until every one reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        let servers: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (Debian's redis-tools, installed with redis-server)");
+        assert!(status.success(), "redis-cli --cluster create failed: {status}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        for server in &servers {
+            loop {
+                let info = command(server.addr(), &["CLUSTER", "INFO"]);
+                let text = info.as_bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                if text.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not come up: {text}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { servers }
+    }
+}

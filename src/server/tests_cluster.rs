@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::tests::TestServer;
 use super::tests_crash::{Gateway, Peer, temp_dir};
 use crate::cluster::Value as Resp;
-use crate::cluster::testing::{RedisServer, command};
+use crate::cluster::testing::{RedisCluster, RedisServer, command};
 
 /// Node TTL of the tests: a killed node leaves presence within it.
 const NODE_TTL: Duration = Duration::from_secs(2);
@@ -351,5 +351,108 @@ fn an_acked_message_survives_a_sigkill_of_redis_with_appendfsync_always() {
     for n in 1..=20u64 {
         let msg = expect(&mut carol, "msg");
         assert_eq!((msg["seq"].as_u64(), msg["body"].as_u64()), (Some(n), Some(n)), "{msg}");
+    }
+}
+
+/// `args` on whichever master of `cluster` holds its key (the others answer MOVED).
+fn on_owner(cluster: &RedisCluster, args: &[&str]) -> Resp {
+    for server in &cluster.servers {
+        let reply = command(server.addr(), args);
+        if !reply.as_error().is_some_and(|e| e.starts_with(b"MOVED")) {
+            return reply;
+        }
+    }
+    panic!("no master holds {args:?}");
+}
+
+#[test]
+fn a_fleet_on_a_three_master_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let seed = &cluster.servers[0];
+    let nodes = [node(seed, "c0"), node(seed, "c1"), node(seed, "c2")];
+    wait_for_fleet(&nodes.iter().collect::<Vec<_>>(), 3);
+
+    // Users whose keys land on every master talk across nodes, with receipts.
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    let mut peers: Vec<Peer> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| connect(&nodes[i % 3], u).0)
+        .collect();
+    for i in 0..users.len() {
+        let to = &users[(i + 1) % users.len()];
+        send(&mut peers[i], json!({"type": "send", "to": to, "id": i, "body": i}));
+        assert_eq!(expect(&mut peers[i], "ack")["seq"], 1);
+        let j = (i + 1) % users.len();
+        let msg = expect(&mut peers[j], "msg");
+        assert_eq!(msg["body"], i, "{msg}");
+        send(&mut peers[j], json!({"type": "ack", "seq": 1}));
+        let receipt = expect(&mut peers[i], "receipt");
+        assert_eq!(receipt["by"], to.as_str());
+    }
+    for server in &cluster.servers {
+        let keys = int(&command(server.addr(), &["DBSIZE"]));
+        assert!(keys > 0, "every master holds some of the keys");
+    }
+
+    // A room with members on every node.
+    for peer in &mut peers[..6] {
+        send(peer, json!({"type": "join", "room": "hall", "id": "j"}));
+        expect_skipping_presence(peer, "joined");
+    }
+    send(
+        &mut peers[0],
+        json!({"type": "publish", "room": "hall", "id": "p", "body": "all"}),
+    );
+    // On a cluster the ack (from the room's master) and the message (a publish that
+    // travels the cluster bus to the subscribing connection) race.
+    let mut first = peers[0].next().expect("publisher connected");
+    while first["type"] == "presence" {
+        first = peers[0].next().expect("publisher connected");
+    }
+    if first["type"] == "ack" {
+        let m = expect_skipping_presence(&mut peers[0], "room_msg");
+        assert_eq!(m["seq"], 1);
+    } else {
+        assert_eq!(first["type"], "room_msg", "{first}");
+        expect_skipping_presence(&mut peers[0], "ack");
+    }
+    for peer in &mut peers[1..6] {
+        let m = expect_skipping_presence(peer, "room_msg");
+        assert_eq!((m["seq"].as_u64(), m["body"].as_str()), (Some(1), Some("all")), "{m}");
+    }
+
+    // Presence across nodes, and offline on one node delivered on another.
+    wait_for_presence(&mut peers[0], "u1", 1, Duration::from_secs(5));
+    send(
+        &mut peers[0],
+        json!({"type": "send", "to": "nobody", "id": "o", "body": "later"}),
+    );
+    expect_skipping_presence(&mut peers[0], "ack");
+    let (mut late, welcome) = connect(&nodes[2], "nobody");
+    assert_eq!(welcome["inbox"]["seq"], 1);
+    assert_eq!(expect(&mut late, "msg")["body"], "later");
+
+    // A registry entry of a dead node (a node killed without a drain): the send finds no
+    // live entry, so the message is queued from the history.
+    assert_eq!(
+        int(&on_owner(&cluster, &["HSET", "wsg:{u:ghosted}:c", "dead/0", "1"])),
+        1
+    );
+    send(
+        &mut peers[1],
+        json!({"type": "send", "to": "ghosted", "id": "g", "body": "kept"}),
+    );
+    expect_skipping_presence(&mut peers[1], "ack");
+    let (mut ghosted, welcome) = connect(&nodes[0], "ghosted");
+    assert_eq!(welcome["inbox"]["seq"], 1);
+    assert_eq!(expect(&mut ghosted, "msg")["body"], "kept");
+
+    for node in &nodes {
+        assert_eq!(
+            node.metrics().cluster.error_replies,
+            0,
+            "no MOVED or other error replies"
+        );
     }
 }
