@@ -97,7 +97,7 @@ fn ask(addr: SocketAddr, config: &ConnConfig) -> io::Result<Topology> {
     let mut conn = Blocking {
         stream,
         buf: Vec::new(),
-        limits: config.limits.clone(),
+        limits: config.limits,
     };
     if let Some(password) = &config.password {
         let reply = match &config.user {
