@@ -573,6 +573,11 @@ options! {
     redis_password_file: Option<PathBuf> = None,
         FilePath, "FILE", "Cluster",
         "File holding the Redis password (overrides one in the URL)";
+    /// PEM roots that verify the Redis server's certificate with `rediss://`. Unset:
+    /// the system bundle (`/etc/ssl/certs/ca-certificates.crt`).
+    redis_ca: Option<PathBuf> = None,
+        FilePath, "FILE", "Cluster",
+        "PEM roots for the Redis server's certificate (rediss://). Default: the system bundle";
     /// This node's id in the fleet: the same across its restarts (a restart removes what
     /// the previous life left under it), different from every other node's. Default:
     /// `<hostname>-<port>`.

@@ -65,6 +65,9 @@ use super::backoff::Backoff;
 use super::resp::{self, DecodeError, Limits, Value};
 use super::url::RedisUrl;
 use crate::auth::Secret;
+use rustls_pki_types::ServerName;
+use std::path::Path;
+use std::sync::Arc;
 
 /// The read buffer a connection starts with (and shrinks back to after a large reply).
 const READ_BUFFER: usize = 16 * 1024;
@@ -94,6 +97,55 @@ pub struct ConnConfig {
     pub outbox_max_bytes: usize,
     /// What a reply may be.
     pub limits: Limits,
+    /// `rediss://`: TLS over the TCP connection, the server's certificate verified.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis: the client configuration (roots) and the name the certificate must
+/// carry.
+#[derive(Clone)]
+pub struct RedisTls {
+    /// rustls' client configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The URL's host.
+    pub name: ServerName<'static>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisTls({:?})", self.name)
+    }
+}
+
+/// Where the roots come from when no CA file is given: Debian's (and Ubuntu's) system
+/// bundle.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl RedisTls {
+    /// TLS 1.3 and 1.2 to `host`, trusting the PEM roots in `ca` (or [`SYSTEM_ROOTS`]).
+    pub fn new(host: &str, ca: Option<&Path>) -> io::Result<Self> {
+        let path = ca.unwrap_or(Path::new(SYSTEM_ROOTS));
+        let certs = crate::tls::load_certificates(path).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| io::Error::other(format!("{}: not a usable root: {e}", path.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::other(format!("{host}: not a TLS server name: {e}")))?;
+        Ok(Self {
+            config: Arc::new(config),
+            name,
+        })
+    }
 }
 
 impl ConnConfig {
@@ -112,18 +164,19 @@ impl ConnConfig {
             outbox_max_commands: 65_536,
             outbox_max_bytes: 16 << 20,
             limits: Limits::default(),
+            tls: None,
         }
     }
 
     /// The defaults for `url`, its host resolved (blocking: call it off the shards).
-    /// `rediss://` is refused: TLS to Redis is not built yet.
-    pub fn from_url(url: &RedisUrl) -> io::Result<Self> {
-        if url.tls {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "rediss:// (TLS to Redis) is not built yet",
-            ));
-        }
+    /// `rediss://` verifies the server against the PEM roots in `ca` (default: the
+    /// system bundle, [`SYSTEM_ROOTS`]).
+    pub fn from_url(url: &RedisUrl, ca: Option<&Path>) -> io::Result<Self> {
+        let tls = if url.tls {
+            Some(RedisTls::new(&url.host, ca)?)
+        } else {
+            None
+        };
         let addrs = url.socket_addrs()?;
         if addrs.is_empty() {
             return Err(io::Error::new(
@@ -135,6 +188,7 @@ impl ConnConfig {
             user: url.user.clone(),
             password: url.password.clone(),
             db: url.db,
+            tls,
             ..Self::new(addrs)
         })
     }
@@ -489,8 +543,46 @@ impl From<io::Error> for ConnError {
 }
 
 /// A socket and its read buffer: `buf[start..end]` is read and not yet decoded.
+/// The socket: plain, or TLS over it (`rediss://`).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures_lite::io::AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -707,6 +799,17 @@ impl Driver {
         stream
             .set_nodelay(true)
             .map_err(|e| ConnError::from(io::Error::from(e)))?;
+        let stream = match &self.config.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let connector = futures_rustls::TlsConnector::from(tls.config.clone());
+                let name = tls.name.clone();
+                let tls_stream = self
+                    .timed(async { connector.connect(name, stream).await.map_err(ConnError::from) })
+                    .await?;
+                Stream::Tls(Box::new(tls_stream))
+            }
+        };
         let mut conn = Conn {
             stream,
             buf: vec![0; READ_BUFFER],

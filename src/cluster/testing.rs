@@ -192,7 +192,8 @@ pub fn ping(addr: SocketAddr) -> bool {
     line == b"+PONG\r\n" || line.starts_with(b"-NOAUTH")
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now (for a second listener of a test server).
+pub fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a loopback port");
     l.local_addr().unwrap().port()
 }

@@ -171,7 +171,7 @@ fn auth_and_select_come_from_the_url() {
     on_shard(move || async move {
         let url = |pw: &str, db: u32| RedisUrl::parse(&format!("redis://:{pw}@127.0.0.1:{port}/{db}")).unwrap();
         let with = |u: RedisUrl| {
-            let c = ConnConfig::from_url(&u).unwrap();
+            let c = ConnConfig::from_url(&u, None).unwrap();
             client(ConnConfig {
                 backoff_min: Duration::from_millis(10),
                 backoff_max: Duration::from_millis(50),
@@ -196,12 +196,58 @@ fn auth_and_select_come_from_the_url() {
         for r in [db3, db0, wrong] {
             r.close();
         }
-        // rediss:// is refused until TLS to Redis is built.
-        let tls = RedisUrl::parse(&format!("rediss://127.0.0.1:{port}")).unwrap();
-        assert_eq!(
-            ConnConfig::from_url(&tls).unwrap_err().kind(),
-            std::io::ErrorKind::Unsupported
-        );
+    });
+    drop(server);
+}
+
+/// `rediss://`: TLS to a redis-server with a certificate made here; a server whose
+/// certificate the roots do not vouch for never comes up.
+#[test]
+fn rediss_verifies_the_server_and_carries_commands() {
+    use crate::tls::testing::{CertDir, TestCert};
+    let cert = TestCert::new();
+    let dir = CertDir::new(&cert);
+    let other = CertDir::new(&TestCert::new());
+    let tls_port = super::testing::free_port();
+    let (cert_file, key_file) = (dir.cert_path(), dir.key_path());
+    let (cert_file, key_file) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let port_arg = tls_port.to_string();
+    let server = RedisServer::start_with(&[
+        "--tls-port",
+        &port_arg,
+        "--tls-cert-file",
+        cert_file,
+        "--tls-key-file",
+        key_file,
+        "--tls-ca-cert-file",
+        cert_file,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let (trusted, untrusted) = (dir.cert_path(), other.cert_path());
+    on_shard(move || async move {
+        let url = RedisUrl::parse(&format!("rediss://localhost:{tls_port}")).unwrap();
+        let with = |ca: &std::path::Path| {
+            let c = ConnConfig::from_url(&url, Some(ca)).unwrap();
+            assert!(c.tls.is_some());
+            client(ConnConfig {
+                backoff_min: Duration::from_millis(10),
+                backoff_max: Duration::from_millis(50),
+                ..c
+            })
+        };
+        let good = with(&trusted);
+        let bad = with(&untrusted);
+        wait_until("TLS connected", Duration::from_secs(5), || good.is_up()).await;
+        assert_eq!(run1(&good, &["SET", "k", "over tls"]).await, ok());
+        assert_eq!(run1(&good, &["GET", "k"]).await, bulk("over tls"));
+        wait_until("untrusted certificate retried", Duration::from_secs(5), || {
+            bad.stats().connect_failures >= 2
+        })
+        .await;
+        assert!(!bad.is_up());
+        good.close();
+        bad.close();
     });
     drop(server);
 }

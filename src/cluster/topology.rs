@@ -91,9 +91,17 @@ pub fn discover(config: &ConnConfig) -> io::Result<Topology> {
 
 fn ask(addr: SocketAddr, config: &ConnConfig) -> io::Result<Topology> {
     let timeout = config.connect_timeout.max(Duration::from_millis(100));
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(config.command_timeout))?;
-    stream.set_write_timeout(Some(config.command_timeout))?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(config.command_timeout))?;
+    tcp.set_write_timeout(Some(config.command_timeout))?;
+    let stream: Box<dyn ReadWrite> = match &config.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let client = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                .map_err(|e| io::Error::other(format!("redis TLS: {e}")))?;
+            Box::new(rustls::StreamOwned::new(client, tcp))
+        }
+    };
     let mut conn = Blocking {
         stream,
         buf: Vec::new(),
@@ -177,9 +185,14 @@ fn parse_slots(reply: &Value, asked: SocketAddr) -> io::Result<Topology> {
     })
 }
 
+/// A blocking socket, plain or TLS.
+trait ReadWrite: io::Read + io::Write {}
+
+impl<T: io::Read + io::Write> ReadWrite for T {}
+
 /// A blocking RESP2 exchange for discovery.
 struct Blocking {
-    stream: TcpStream,
+    stream: Box<dyn ReadWrite>,
     buf: Vec<u8>,
     limits: resp::Limits,
 }

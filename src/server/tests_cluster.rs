@@ -456,3 +456,48 @@ fn a_fleet_on_a_three_master_redis_cluster() {
         );
     }
 }
+
+#[test]
+fn a_fleet_over_rediss() {
+    use crate::tls::testing::{CertDir, TestCert};
+    let cert = TestCert::new();
+    let dir = CertDir::new(&cert);
+    let tls_port = crate::cluster::testing::free_port();
+    let (cert_file, key_file) = (dir.cert_path(), dir.key_path());
+    let port_arg = tls_port.to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &port_arg,
+        "--tls-cert-file",
+        cert_file.to_str().unwrap(),
+        "--tls-key-file",
+        key_file.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        cert_file.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let start = |id: &str| {
+        let server = TestServer::start(|cfg| {
+            cfg.echo = false;
+            cfg.shards = 2;
+            cfg.redis = Some(crate::auth::Secret::new(format!("rediss://localhost:{tls_port}")));
+            cfg.redis_ca = Some(cert_file.clone());
+            cfg.node_id = Some(id.to_owned());
+            cfg.node_ttl = NODE_TTL;
+        });
+        server.wait_for("every shard's Redis connection over TLS", |m| m.cluster.up == 2);
+        server
+    };
+    let (a, b) = (start("ta"), start("tb"));
+    wait_for_fleet(&[&a, &b], 2);
+    let (mut alice, _) = connect(&a, "alice");
+    let (mut bob, _) = connect(&b, "bob");
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "bob", "id": 1, "body": "sealed"}),
+    );
+    expect(&mut alice, "ack");
+    assert_eq!(expect(&mut bob, "msg")["body"], "sealed");
+    drop(redis);
+}
