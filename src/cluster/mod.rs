@@ -21,9 +21,10 @@
 //!   to the channel of every registry entry and, if nobody received it, queues it
 //!   offline, in one step. So a key's messages reach every node in seq order, and an
 //!   ack is sent only after the reply (after Redis has the message).
-//! - [`resp`], [`url`], [`conn`], [`backoff`]: the client layer below (a bounded RESP2/3
-//!   codec, `redis://` URLs, one pipelined connection per shard with a bounded outbox,
-//!   timeouts, reconnects with backoff and jitter).
+//! - [`resp`], [`url`], [`conn`], [`backoff`], [`topology`]: the client layer below (a
+//!   bounded RESP2/3 codec, `redis://` and `rediss://` URLs, one pipelined connection
+//!   per shard and master with a bounded outbox, timeouts, reconnects with backoff and
+//!   jitter, the cluster's slot map).
 //!
 //! # Keys and functions
 //!
@@ -77,16 +78,33 @@
 //! stay open; `/readyz` answers 503 `redis unavailable`; the connection reconnects with
 //! backoff and jitter; on every (re)connect each shard loads the functions, subscribes
 //! again and sets its registry entries again (an empty Redis after a restart learns who
-//! is where without clients reconnecting). A connect while Redis is away gets an
-//! `unavailable` error instead of a `welcome` position. The outbox is bounded
-//! (65,536 commands, 16 MiB): full is refused at once and counted.
+//! is where without clients reconnecting). A connection opened while Redis is away is
+//! closed with 1013 (try again later): there is no inbox position for its `welcome`.
+//! The outbox is bounded (65,536 commands, 16 MiB): full is refused at once and
+//! counted. Redis down when the gateway starts: it starts anyway, takes the URL for
+//! one server and connects in the background.
 //!
-//! Not built: `rediss://` (TLS to Redis), Redis Cluster (one connection per master and
-//! slot routing; the keys are already hash-tagged per user and room), sequencing while
-//! Redis is away (a node cut off from Redis refuses sends even to its own users rather
-//! than fork a sequence another node may be extending), member-count events for large
-//! rooms across nodes, and room member counts after Redis lost its data (the registry
-//! is restored, room membership counts are not until members rejoin).
+//! # Redis Cluster and TLS
+//!
+//! [`topology`] asks `CLUSTER SLOTS` at start; each shard then has one connection per
+//! master and sends every command to its key's master (CRC16 of the hash tag), each
+//! master's share of a turn as one pipeline. Subscriptions live on the first
+//! connection: classic pub/sub reaches every node of a cluster. Two things change
+//! there: `PUBLISH` counts only the subscribers on the master it ran on, so whether the
+//! recipient is online comes from the registry's live entries (a message whose entries
+//! are all of dead nodes is queued from the history by a second call); and a connect's
+//! reply and the pushes travel on different connections, so a message pushed before
+//! its `welcome` is handed to the new connection after it. The layout is learnt once:
+//! a resharding or failover shows as `MOVED`/`ASK` replies, answered `unavailable` and
+//! logged, until the next start. `rediss://` runs TLS (rustls, via `futures-rustls`
+//! over the shard's glommio socket) with roots from `--redis-ca` or the system bundle.
+//!
+//! Not built: live re-discovery of a cluster's layout, sequencing while Redis is away
+//! (a node cut off from Redis refuses sends even between its own users rather than
+//! fork a sequence another node may be extending), member-count events for large rooms
+//! across nodes, room member counts after Redis lost its data (the registry is
+//! restored, room membership counts are not until members rejoin), and sharded pub/sub
+//! (`SSUBSCRIBE`: it would spread the cluster's pub/sub load over the masters).
 //!
 //! # Why our own RESP codec
 //!

@@ -666,6 +666,7 @@ impl ClusterOwner {
             | MeshMsg::Resumed { .. }
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
+            | MeshMsg::Refused { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
@@ -939,13 +940,15 @@ impl ClusterOwner {
                 {
                     entry.registered = entry.registered.saturating_sub(1);
                 }
+                // No welcome without a position: the client is told to come back
+                // (1013), which a load balancer may send to a node that reaches Redis.
                 self.stats.unavailable += 1;
-                let frame = self.error(ErrorCode::Unavailable, UNAVAILABLE, None, m);
+                let _ = m;
                 out.push((
                     from,
-                    MeshMsg::Welcome {
+                    MeshMsg::Refused {
                         conn,
-                        frames: vec![frame],
+                        reason: "redis unavailable",
                     },
                 ));
                 self.connected(&user, from, conn, u64::MAX, out);

@@ -82,7 +82,8 @@ pub enum Output {
     Close {
         /// The connection.
         conn: ConnId,
-        /// 1003 or 1008 (see `protocol`), or 4000 (the backend API's disconnect).
+        /// 1003 or 1008 (see `protocol`), 4000 (the backend API's disconnect), or 1013
+        /// (with `--redis`: the connection could not be registered; try again later).
         code: CloseCode,
         /// A short reason.
         reason: &'static str,
@@ -559,6 +560,15 @@ impl<S: Store> MsgShard<S> {
                     for frame in frames {
                         self.out.push_back(Output::Send { conn, frame });
                     }
+                }
+            }
+            MeshMsg::Refused { conn, reason } => {
+                if self.hub.conn(conn).is_some() {
+                    self.out.push_back(Output::Close {
+                        conn,
+                        code: CloseCode::TRY_AGAIN_LATER,
+                        reason,
+                    });
                 }
             }
             MeshMsg::ToConn { conn, frame } => {

@@ -219,6 +219,14 @@ pub enum MeshMsg {
         /// The frame.
         frame: SharedFrame,
     },
+    /// Close `conn` with 1013 (try again later): its user's owner could not register
+    /// it (with `--redis`: Redis did not answer), so it would get no `welcome`.
+    Refused {
+        /// The connection.
+        conn: ConnId,
+        /// The close reason.
+        reason: &'static str,
+    },
     /// One frame for every local connection of `user` (an inbox message, a receipt).
     ToUser {
         /// The user.
@@ -265,6 +273,7 @@ impl Class for MeshMsg {
                 | Self::Join { .. }
                 | Self::Leave { .. }
                 | Self::Welcome { .. }
+                | Self::Refused { .. }
                 | Self::Resumed { .. }
                 | Self::Joined { .. }
         )

@@ -448,6 +448,7 @@ impl<S: Store> Owner<S> {
             | MeshMsg::Resumed { .. }
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
+            | MeshMsg::Refused { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),

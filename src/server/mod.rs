@@ -186,8 +186,20 @@ fn cluster_setup(
         }
     };
     crate::cluster::owner::check_node_id(&node).map_err(io::Error::other)?;
-    let topology = crate::cluster::topology::discover(&conn)
-        .map_err(|e| io::Error::other(format!("redis at {}: {e}", conn.addrs[0])))?;
+    // Redis down at start must not keep the node down: without an answer, it is taken
+    // for one server (a Redis Cluster's layout is learnt at the next start; until then
+    // its MOVED replies are answered `unavailable`).
+    let topology = match crate::cluster::topology::discover(&conn) {
+        Ok(topology) => topology,
+        Err(e) => {
+            tracing::warn!(
+                addr = %conn.addrs[0],
+                error = %e,
+                "redis: no answer at start; taken for a single server, connecting in the background"
+            );
+            crate::cluster::Topology::single(conn.addrs[0])
+        }
+    };
     tracing::info!(
         masters = topology.masters.len(),
         cluster = topology.slots.is_some(),

@@ -501,3 +501,45 @@ fn a_fleet_over_rediss() {
     assert_eq!(expect(&mut bob, "msg")["body"], "sealed");
     drop(redis);
 }
+
+#[test]
+fn a_node_started_while_redis_is_down_serves_and_joins_when_it_comes_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.shards = 2;
+        cfg.redis = Some(crate::auth::Secret::new(format!("redis://{}", redis.addr())));
+        cfg.node_id = Some("early".to_owned());
+    });
+    // No welcome without Redis (no inbox position to give): closed with 1013, try again
+    // later.
+    let refused = super::tests::Client::handshake(
+        server.addr,
+        super::tests::UPGRADE
+            .replace("GET /ws ", "GET /ws?user=alice ")
+            .replace("Host:", "Sec-WebSocket-Protocol: wsgate.v1.json\r\nHost:")
+            .as_bytes(),
+    );
+    let (mut client, head) = refused;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    match client.next_event() {
+        Some(super::tests::OwnedEvent::Close(code)) => assert_eq!(code, Some(1013)),
+        other => panic!("expected close 1013, got {other:?}"),
+    }
+    server.wait_for("the refusal counted", |m| m.cluster.unavailable >= 1);
+    redis.restart();
+    server.wait_for("the connection", |m| m.cluster.up == 2);
+    let (mut alice, _) = connect(&server, "alice");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send(&mut alice, json!({"type": "send", "to": "bob", "id": 2, "body": 2}));
+        let answer = alice.next().expect("alice connected");
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "no ack once Redis is up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
