@@ -104,7 +104,11 @@ redis.register_function('wsg_send', function(keys, args)
     redis.call('HSET', k .. ':s', seq, args[4] .. '\n' .. args[5])
   end
   local ttl = tonumber(args[9])
-  expire(k, ttl, {':i', ':h', ':s', ':k'})
+  expire(k, ttl, {':h', ':s', ':k'})
+  if redis.call('HLEN', k .. ':c') == 0 then
+    -- The position lives while the user is connected somewhere, and `ttl` after.
+    redis.call('PEXPIRE', k .. ':i', ttl)
+  end
   local receivers, fields = to_registry(k, 'u' .. args[6] .. entry)
   local queued, dropped = 0, 0
   local nobody = receivers == 0
@@ -154,7 +158,8 @@ end)
 
 -- connect: KEYS[1] inbox; ARGV: registry field, epoch candidate, live nodes joined by
 -- '\n'. Entries of nodes not alive are removed; the first live connection takes the
--- offline queue. Returns {epoch, seq, now ms, offline entries...}.
+-- offline queue; the position does not expire while the user is connected. Returns
+-- {epoch, seq, now ms, offline entries...}.
 redis.register_function('wsg_connect', function(keys, args)
   local k = keys[1]
   local field = args[1]
@@ -175,6 +180,7 @@ redis.register_function('wsg_connect', function(keys, args)
     end
   end
   local epoch, seq = position(k, args[2])
+  redis.call('PERSIST', k .. ':i')
   local out = {epoch, seq, now_ms()}
   if others == 0 then
     local queued = redis.call('LRANGE', k .. ':o', 0, -1)
@@ -186,12 +192,16 @@ redis.register_function('wsg_connect', function(keys, args)
   return out
 end)
 
--- disconnect: KEYS[1] inbox; ARGV: registry field, connections that closed there.
+-- disconnect: KEYS[1] inbox; ARGV: registry field, connections that closed there,
+-- ttl ms. The user's last connection anywhere starts the position's time to live.
 redis.register_function('wsg_disconnect', function(keys, args)
   local k = keys[1]
   local left = redis.call('HINCRBY', k .. ':c', args[1], -tonumber(args[2]))
   if left <= 0 then
     redis.call('HDEL', k .. ':c', args[1])
+  end
+  if redis.call('HLEN', k .. ':c') == 0 then
+    redis.call('PEXPIRE', k .. ':i', tonumber(args[3]))
   end
   return left
 end)
@@ -203,11 +213,15 @@ redis.register_function('wsg_register', function(keys, args)
   return 1
 end)
 
--- read: KEYS[1] inbox or room; ARGV: epoch candidate, since seq (-1: no replay).
+-- read: KEYS[1] inbox or room; ARGV: epoch candidate, since seq (-1: no replay), ttl ms.
 -- Returns {epoch, seq, first seq returned, now ms, entries after since...}.
 redis.register_function('wsg_read', function(keys, args)
   local k = keys[1]
   local epoch, seq = position(k, args[1])
+  if redis.call('PTTL', k .. ':i') == -1 and redis.call('EXISTS', k .. ':c') == 0 then
+    -- A room (or an offline inbox) read before any write: it lives `ttl` from now.
+    redis.call('PEXPIRE', k .. ':i', tonumber(args[3]))
+  end
   local since = tonumber(args[2])
   local out = {epoch, seq, 0, now_ms()}
   if since < 0 or since >= seq then

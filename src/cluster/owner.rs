@@ -476,19 +476,24 @@ impl ClusterOwner {
                 }
                 if tell {
                     let key = key_of(KeyKind::User, &user);
-                    let field = self.field.clone();
-                    self.fcall(Op::Ignore, "wsg_disconnect", &key, &[field.as_bytes(), b"1"]);
+                    let (field, ttl) = (self.field.clone(), self.ttl_ms());
+                    self.fcall(
+                        Op::Ignore,
+                        "wsg_disconnect",
+                        &key,
+                        &[field.as_bytes(), b"1", ttl.as_bytes()],
+                    );
                 }
             }
             MeshMsg::Resume { user, conn, since, id } => {
                 let epoch = self.new_epoch().to_string();
                 let key = key_of(KeyKind::User, &user);
-                let since_seq = since.seq.to_string();
+                let (since_seq, ttl) = (since.seq.to_string(), self.ttl_ms());
                 self.fcall(
                     Op::Resume { from, conn, id, since },
                     "wsg_read",
                     &key,
-                    &[epoch.as_bytes(), since_seq.as_bytes()],
+                    &[epoch.as_bytes(), since_seq.as_bytes(), ttl.as_bytes()],
                 );
             }
             MeshMsg::Send {
@@ -577,6 +582,7 @@ impl ClusterOwner {
                 }
                 let epoch = self.new_epoch().to_string();
                 let since_seq = since.map_or_else(|| "-1".to_owned(), |s| s.seq.to_string());
+                let ttl = self.ttl_ms();
                 self.fcall(
                     Op::Join {
                         from,
@@ -588,7 +594,7 @@ impl ClusterOwner {
                     },
                     "wsg_read",
                     &key,
-                    &[epoch.as_bytes(), since_seq.as_bytes()],
+                    &[epoch.as_bytes(), since_seq.as_bytes(), ttl.as_bytes()],
                 );
             }
             MeshMsg::Leave { room, user, presence } => {

@@ -190,6 +190,16 @@ fn users_on_different_nodes_talk_share_rooms_presence_and_offline_queues() {
     let resumed = expect(&mut bob, "resumed");
     assert_eq!(resumed["replayed"], 1, "{resumed}");
 
+    // A connected user's position never expires; the last disconnect starts its TTL
+    // (so Redis forgets users who left, as the single box forgets idle entries).
+    assert_eq!(int(&command(redis.addr(), &["PTTL", "wsg:{u:carol}:i"])), -1);
+    drop(carol);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while int(&command(redis.addr(), &["PTTL", "wsg:{u:carol}:i"])) <= 0 {
+        assert!(Instant::now() < deadline, "carol's position never got a TTL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // No command for idle connections: with 100 more of them, 2 s of idleness cost
     // only the liveness renewals (every node_ttl / 4 = 500 ms here, per shard).
     let idle: Vec<Peer> = (0..100)
