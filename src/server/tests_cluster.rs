@@ -306,8 +306,14 @@ fn a_killed_node_leaves_presence_within_its_ttl_and_cleans_up_when_it_returns() 
     let child = Gateway::start_with(&dir, &flags);
     a.wait_for("the child in the live set", |m| m.cluster.live_nodes >= 2);
     let (mut alice, _) = connect(&a, "alice");
-    let (_bob, _) = Peer::connect(child.addr, "bob").expect("bob on the child");
+    let (mut bob, _) = Peer::connect(child.addr, "bob").expect("bob on the child");
     wait_for_presence(&mut alice, "bob", 1, Duration::from_secs(5));
+    // Across two processes: ack, message, receipt.
+    send(&mut alice, json!({"type": "send", "to": "bob", "id": "x", "body": "across"}));
+    assert_eq!(expect(&mut alice, "ack")["seq"], 1);
+    assert_eq!(expect(&mut bob, "msg")["body"], "across");
+    send(&mut bob, json!({"type": "ack", "seq": 1}));
+    assert_eq!(expect(&mut alice, "receipt")["by"], "bob");
 
     child.signal(libc::SIGKILL);
     let _ = child.wait(Duration::from_secs(10));
@@ -336,7 +342,7 @@ fn a_killed_node_leaves_presence_within_its_ttl_and_cleans_up_when_it_returns() 
     }
     // And bob, reconnecting anywhere, gets what was queued.
     let (mut bob, welcome) = Peer::connect(child.addr, "bob").expect("bob again");
-    assert_eq!(welcome["inbox"]["seq"], 1);
+    assert_eq!(welcome["inbox"]["seq"], 2);
     assert_eq!(expect(&mut bob, "msg")["body"], "queued");
     let _ = std::fs::remove_dir_all(&dir);
 }
