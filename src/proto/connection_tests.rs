@@ -245,14 +245,26 @@ fn control_frame_payload_over_125_fails_with_1002() {
 }
 
 #[test]
-fn close_right_after_a_ping_is_answered_with_the_close_alone() {
+fn close_right_after_a_ping_is_answered_with_the_pong_then_the_close() {
+    // Output keeps input order: the ping came first, so its pong leaves first.
     let stream = concat(&[frame(true, OpCode::Ping, b"x"), close_frame(1000, b"")]);
     assert_eq!(
         run(&stream),
         vec![
             OwnedEvent::Close(Some(1000), String::new()),
+            OwnedEvent::Sent(10, b"x".to_vec()),
             OwnedEvent::Sent(8, vec![3, 0xe8])
         ]
+    );
+}
+
+#[test]
+fn a_ping_after_the_close_is_not_answered() {
+    let stream = concat(&[close_frame(1000, b""), frame(true, OpCode::Ping, b"late")]);
+    let events = run(&stream);
+    assert!(
+        !events.iter().any(|e| matches!(e, OwnedEvent::Sent(10, _))),
+        "{events:?}"
     );
 }
 
@@ -264,12 +276,44 @@ fn ping_is_answered_with_pong_carrying_the_same_payload() {
 }
 
 #[test]
-fn only_the_latest_of_several_pings_needs_a_pong() {
-    let stream = concat(&[frame(true, OpCode::Ping, b"one"), frame(true, OpCode::Ping, b"two")]);
-    assert_eq!(
-        run(&stream),
-        vec![OwnedEvent::Sent(OpCode::Pong as u8, b"two".to_vec())]
-    );
+fn every_ping_gets_its_own_pong_in_order() {
+    // Ten pings arriving together get ten pongs, each with its payload, in order (the
+    // strict reading of RFC 6455 5.5.3 that conformance suites check), empty ones too.
+    let payloads: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| {
+            if i % 3 == 0 {
+                Vec::new()
+            } else {
+                vec![b'a' + i; usize::from(i)]
+            }
+        })
+        .collect();
+    let frames: Vec<Vec<u8>> = payloads.iter().map(|p| frame(true, OpCode::Ping, p)).collect();
+    let pongs: Vec<OwnedEvent> = payloads
+        .iter()
+        .map(|p| OwnedEvent::Sent(OpCode::Pong as u8, p.clone()))
+        .collect();
+    assert_eq!(run(&concat(&frames)), pongs);
+}
+
+#[test]
+fn pongs_owed_past_the_bound_answer_the_newest() {
+    // A caller that never polls while pings pile up: the queue stays bounded and the
+    // newest pings are the ones answered.
+    let now = Instant::now();
+    let mut conn = Connection::new(Role::Server, now);
+    let mut input = Vec::new();
+    for i in 0..(MAX_QUEUED_PONGS + 5) {
+        input.extend(frame(true, OpCode::Ping, &[i as u8]));
+    }
+    let (used, event) = conn.handle_input(now, &limits(), &mut input);
+    assert_eq!((used, event.is_none()), (input.len(), true));
+    let mut got = Vec::new();
+    while let Some(f) = conn.poll_transmit() {
+        got.push(f.as_bytes()[2]);
+    }
+    let expected: Vec<u8> = (5..MAX_QUEUED_PONGS + 5).map(|i| i as u8).collect();
+    assert_eq!(got, expected);
 }
 
 #[test]

@@ -326,6 +326,68 @@ fn echo_round_trip_over_real_sockets() {
     server.wait_for("the upgrade to be counted", |m| m.upgrades == 1 && m.connections == 1);
 }
 
+/// Reads server frames (unmasked, payloads under 126 bytes) off `client`'s socket
+/// until `n` have arrived: (opcode, payload) in wire order, pongs included.
+fn raw_frames(client: &mut Client, n: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut buf = std::mem::take(&mut client.buf);
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while out.len() < n {
+        while buf.len() >= 2 && buf.len() >= 2 + usize::from(buf[1] & 0x7f) && out.len() < n {
+            let len = usize::from(buf[1] & 0x7f);
+            assert!(len < 126, "short frames only");
+            out.push((buf[0] & 0x0f, buf[2..2 + len].to_vec()));
+            buf.drain(..2 + len);
+        }
+        if out.len() == n {
+            break;
+        }
+        let got = client.stream.read(&mut chunk).expect("frames from the server");
+        assert!(got > 0, "the server closed after {} frames: {out:?}", out.len());
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    out
+}
+
+/// A masked client frame.
+fn client_frame(fin: bool, opcode: crate::proto::frame::OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::proto::frame::encode_frame(&mut out, fin, opcode, payload, Some([1, 2, 3, 4]));
+    out
+}
+
+#[test]
+fn every_ping_is_answered_in_order_and_before_what_later_input_caused() {
+    use crate::proto::frame::OpCode;
+    let server = TestServer::start(|_| {});
+    let mut client = Client::connect(server.addr);
+    // Ten pings in one write: ten pongs, in order, with their payloads.
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        burst.extend(client_frame(true, OpCode::Ping, &[b'0' + i]));
+    }
+    client.stream.write_all(&burst).unwrap();
+    let pongs = raw_frames(&mut client, 10);
+    let expected: Vec<(u8, Vec<u8>)> = (0..10u8).map(|i| (OpCode::Pong as u8, vec![b'0' + i])).collect();
+    assert_eq!(pongs, expected);
+    // A ping between the fragments of a message: its pong leaves before the echo of
+    // the message, which was finished by input that came after the ping.
+    let mut mixed = client_frame(false, OpCode::Text, b"hel");
+    mixed.extend(client_frame(true, OpCode::Ping, b"mid"));
+    mixed.extend(client_frame(true, OpCode::Continuation, b"lo"));
+    mixed.extend(client_frame(true, OpCode::Ping, b"end"));
+    client.stream.write_all(&mixed).unwrap();
+    let frames = raw_frames(&mut client, 3);
+    assert_eq!(
+        frames,
+        vec![
+            (OpCode::Pong as u8, b"mid".to_vec()),
+            (OpCode::Text as u8, b"hello".to_vec()),
+            (OpCode::Pong as u8, b"end".to_vec()),
+        ]
+    );
+}
+
 #[test]
 fn malformed_handshakes_get_their_http_status() {
     let server = TestServer::start(|_| {});

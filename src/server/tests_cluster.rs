@@ -309,7 +309,10 @@ fn a_killed_node_leaves_presence_within_its_ttl_and_cleans_up_when_it_returns() 
     let (mut bob, _) = Peer::connect(child.addr, "bob").expect("bob on the child");
     wait_for_presence(&mut alice, "bob", 1, Duration::from_secs(5));
     // Across two processes: ack, message, receipt.
-    send(&mut alice, json!({"type": "send", "to": "bob", "id": "x", "body": "across"}));
+    send(
+        &mut alice,
+        json!({"type": "send", "to": "bob", "id": "x", "body": "across"}),
+    );
     assert_eq!(expect(&mut alice, "ack")["seq"], 1);
     assert_eq!(expect(&mut bob, "msg")["body"], "across");
     send(&mut bob, json!({"type": "ack", "seq": 1}));

@@ -179,3 +179,27 @@ fn message_rate_closes_a_flooding_connection_with_1008_and_spares_the_others() {
     }
     server.wait_for("the flood counted", |m| m.limit_hits.get("message_rate") == Some(&1));
 }
+
+#[test]
+fn a_ping_flood_counts_toward_the_message_rate_and_is_closed_with_1008() {
+    // Every ping is answered with its own pong, so pings are charged like messages.
+    let server = TestServer::start(|cfg| {
+        cfg.edge.message_rate = 20;
+        cfg.edge.message_burst = 5;
+    });
+    let mut flood = Client::connect(server.addr);
+    let mut burst = Vec::new();
+    for i in 0..50u8 {
+        crate::proto::frame::encode_frame(
+            &mut burst,
+            true,
+            crate::proto::frame::OpCode::Ping,
+            &[i],
+            Some([9, 8, 7, 6]),
+        );
+    }
+    flood.send_raw(&burst);
+    // The client side answers nothing and reports only the close (pongs are not events).
+    assert_eq!(flood.next_event(), Some(OwnedEvent::Close(Some(1008))));
+    server.wait_for("the flood counted", |m| m.limit_hits.get("message_rate") == Some(&1));
+}

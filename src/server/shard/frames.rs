@@ -73,7 +73,10 @@ impl Shard {
             let (used, event) = slot
                 .ws
                 .handle_input(self.now, &self.cfg.limits, &mut self.buf[off..end]);
-            let Some(event) = event else { break };
+            let Some(event) = event else {
+                self.charge_pings(key);
+                break;
+            };
             off += used;
             let reply = match event {
                 Event::Message(_) if !sending => {
@@ -123,6 +126,10 @@ impl Shard {
                 }
             };
             self.metrics.frames_in += u64::from(self.slots[key].ws.take_frames_in());
+            self.charge_pings(key);
+            // Pongs (and a close) owed for what came before this message leave before
+            // its echo: output keeps input order.
+            self.take_controls(key);
             if let Some(frame) = reply
                 && self.slots[key].ws.can_send()
             {
@@ -136,6 +143,41 @@ impl Shard {
     /// Collects the control frames the state machine wants sent, reschedules its
     /// deadline, and moves a finished connection towards its end.
     pub(super) fn after_protocol(&mut self, key: Key) {
+        self.take_controls(key);
+        if self.slots[key].ws.is_closed() {
+            self.leave_open(key);
+            let slot = &mut self.slots[key];
+            let io = slot.io.get_or_insert_with(Box::default);
+            io.close_after_flush = true;
+            io.deadline = Some(self.now + self.cfg.limits.close_timeout);
+            self.mark_dirty(key);
+        }
+        self.schedule(key);
+    }
+
+    /// Pings count toward the message rate like messages: each is answered with a
+    /// pong, so a ping flood is closed (1008) like a message flood.
+    fn charge_pings(&mut self, key: Key) {
+        let slot = &mut self.slots[key];
+        let pings = slot.ws.take_pings_in();
+        let Some(limit) = self.message_rate else { return };
+        for _ in 0..pings {
+            if !limit.allow(&mut slot.tat, edge::micros_since(self.epoch, self.now)) {
+                ShardMetrics::bump(&mut self.metrics.limit_hits, "message_rate");
+                slot.ws.close(
+                    self.now,
+                    &self.cfg.limits,
+                    CloseCode::POLICY_VIOLATION,
+                    "message rate exceeded",
+                );
+                return;
+            }
+        }
+    }
+
+    /// Queues the control frames the state machine owes (pongs in the order of their
+    /// pings, the heartbeat ping, the close).
+    fn take_controls(&mut self, key: Key) {
         while let Some(control) = self.slots[key].ws.poll_transmit() {
             if control.opcode() == OpCode::Close {
                 let bytes = control.as_bytes();
@@ -159,15 +201,6 @@ impl Shard {
             };
             self.enqueue(key, Out::Frame(frame), true);
         }
-        if self.slots[key].ws.is_closed() {
-            self.leave_open(key);
-            let slot = &mut self.slots[key];
-            let io = slot.io.get_or_insert_with(Box::default);
-            io.close_after_flush = true;
-            io.deadline = Some(self.now + self.cfg.limits.close_timeout);
-            self.mark_dirty(key);
-        }
-        self.schedule(key);
     }
 
     /// Writes the shared ping straight to an idle connection's socket. False (nothing
