@@ -443,13 +443,15 @@ options! {
         "Time from accept to a complete upgrade request. Beyond: connection closed, counted as \
         handshake_timeout";
 
-    /// Bytes queued for sending on one connection. A connection whose queue would grow
-    /// past it is a slow consumer: closed and counted, so one reader cannot hold
-    /// the memory meant for many.
+    /// Bytes queued for sending on one connection behind the frame being written. A
+    /// connection whose backlog would grow past it is a slow consumer: closed and
+    /// counted, so one reader cannot hold the memory meant for many. The frame being
+    /// written does not count, so a reader that keeps up always receives a message of
+    /// the largest size (`max_message_bytes`) even with a smaller cap.
     send_queue_bytes: usize = DEFAULT_SEND_QUEUE_BYTES,
         Size(SEND_QUEUE_BYTES_RANGE), "SIZE", "Memory",
-        "Bytes queued for sending on one connection. Beyond: the connection is closed as a slow consumer \
-        and counted";
+        "Bytes queued on one connection behind the frame being written. Beyond: the connection is closed \
+        as a slow consumer and counted";
     /// Bytes queued for sending on all connections of one shard together. When it is
     /// reached, the connection whose queue is growing is closed as slow, so a broadcast to
     /// many slow readers cannot exhaust memory. At least `send_queue_bytes`.
@@ -800,6 +802,16 @@ impl Config {
                 "drain_timeout ({}) must be at least drain_window ({}): the deadline would cut the window short",
                 format_duration(self.drain_timeout),
                 format_duration(self.drain_window)
+            )));
+        }
+        // One message of the largest size must fit in the shard's budget (the
+        // connection's cap bounds only what queues behind it).
+        let largest_frame = l.max_message_bytes.saturating_add(crate::proto::frame::MAX_HEADER_LEN as u64);
+        if (self.shard_send_budget_bytes as u64) < largest_frame {
+            return Err(relation(format!(
+                "shard_send_budget_bytes ({}) must hold one message of max_message_bytes ({}) and its header",
+                format_bytes(self.shard_send_budget_bytes as u64),
+                format_bytes(l.max_message_bytes)
             )));
         }
         if self.shard_send_budget_bytes < self.send_queue_bytes {

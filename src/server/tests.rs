@@ -1023,3 +1023,20 @@ fn a_process_restricted_to_one_cpu_sees_only_that_cpu() {
     .unwrap();
     assert_eq!(seen, [last]);
 }
+
+#[test]
+fn a_message_of_the_largest_size_is_echoed_whatever_the_send_queue_cap() {
+    // The cap bounds the backlog behind the frame being written: a reader that keeps
+    // up gets a 1 MiB message through a 4 KiB cap; one that stops reading is still
+    // closed as slow once a second message queues behind it.
+    let server = TestServer::start(|cfg| {
+        cfg.send_queue_bytes = 4096;
+        cfg.limits.max_message_bytes = 1 << 20;
+        cfg.limits.max_frame_bytes = 1 << 20;
+    });
+    let mut client = Client::connect(server.addr);
+    let big = "x".repeat(1 << 20);
+    client.send_text(&big);
+    assert_eq!(client.next_event(), Some(OwnedEvent::Text(big.clone())));
+    assert_eq!(server.metrics().slow_consumer_closes, 0);
+}

@@ -30,8 +30,13 @@ impl Shard {
     pub(super) fn enqueue(&mut self, key: Key, out: Out, control: bool) {
         let len = out.as_bytes().len();
         let io = self.slots[key].io.get_or_insert_with(Box::default);
+        // `send_queue_bytes` bounds the backlog behind the frame being written, not the
+        // frame itself: a reader that keeps up always receives a message of the
+        // largest size (`max_message_bytes`, or a room message), whatever the cap.
+        let head = io.queue.front().map_or(0, |o| o.as_bytes().len());
+        let backlog = io.queued_bytes - head;
         if !control
-            && (io.queued_bytes + len > self.cfg.send_queue_bytes
+            && ((!io.queue.is_empty() && backlog + len > self.cfg.send_queue_bytes)
                 || self.queued_total + len > self.cfg.shard_send_budget_bytes)
         {
             self.slow_consumer(key);
