@@ -14,7 +14,9 @@ published), and prints over every member of every process:
 
 - publish to last delivery: p50, p99 and max over the window's publishes (the latest
   delivery of each publish, over all processes), and how many reached every member;
-- deliveries per second: the window publishes' deliveries over the publishers' window;
+- deliveries per second: the window publishes' deliveries over the publishers' window,
+  and over the span from the first window publish to the last delivery (the rate the
+  fleet sustained when deliveries lag behind the publishes);
 - delivered against expected (window publishes x members) and the sum of gaps,
   reorderings, errors and dropped connections.
 
@@ -86,6 +88,10 @@ def merge(reports):
     else:
         span_ns = 0
     span = span_ns / 1e9
+    if merged:
+        drained_ns = max(t + v[0] for (_, t), v in merged.items()) - min(t for _, t in merged)
+    else:
+        drained_ns = 0
     total = lambda key: sum(r[key] for r in reports)
     counts = lambda key: sum(sum(r[key].values()) for r in reports)
     return {
@@ -98,6 +104,8 @@ def merge(reports):
         "deliveries": delivered,
         "expected_deliveries": published * members if windows else None,
         "deliveries_per_sec": delivered / span if span > 0 else 0.0,
+        "first_publish_to_last_delivery_secs": drained_ns / 1e9,
+        "deliveries_per_sec_to_last_delivery": delivered / (drained_ns / 1e9) if drained_ns > 0 else 0.0,
         "last_delivery_p50_ns": percentile(last, 0.50),
         "last_delivery_p99_ns": percentile(last, 0.99),
         "last_delivery_max_ns": last[-1] if last else None,
@@ -135,7 +143,9 @@ def main(argv):
         print(f"publishes delivered          {m['publishes_delivered']} ({m['publishes_reaching_every_member']} reached every member)")
         expected = m["expected_deliveries"]
         print(f"deliveries                   {m['deliveries']}" + ("" if expected is None else f" of {expected} expected ({expected - m['deliveries']} missing)"))
-        print(f"deliveries/s                 {m['deliveries_per_sec']:,.0f}")
+        print(f"deliveries/s                 {m['deliveries_per_sec']:,.0f} over the publishers' window;"
+              f" {m['deliveries_per_sec_to_last_delivery']:,.0f} over the {m['first_publish_to_last_delivery_secs']:.2f}s"
+              " from the first publish to the last delivery")
         print(f"publish to last delivery     p50 {ms(m['last_delivery_p50_ns'])}  p99 {ms(m['last_delivery_p99_ns'])}  max {ms(m['last_delivery_max_ns'])}")
         print(f"publish to delivery p99      {ms(m['per_report_delivery_p99_ns_max'])} (the largest of the reports' p99s)")
         print(f"gaps, out of order           {m['gaps']}, {m['out_of_order']}")
