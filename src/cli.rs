@@ -259,7 +259,7 @@ mod tests {
             &["wsgate", "bench", "density", "--url", "http://x/ws"],
             &["wsgate", "bench", "echo", "--in-flight", "0"],
             &["wsgate", "bench", "echo", "--size", "0"],
-            &["wsgate", "bench", "fanout", "--publishers", "0"],
+            &["wsgate", "bench", "fanout", "--publishers", "1001"],
             &["wsgate", "bench", "fanout", "--user-prefix", "a b"],
             &["wsgate", "bench", "fanout", "--size", "2MiB"],
             &["wsgate", "bench"],

@@ -307,13 +307,11 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
     let held = hold_start.elapsed();
     let open = fleet.totals().open;
     let after = HostSample::take(args.server_pid, args.admin.as_deref());
-    let (started, epoch, rss_ready) = (fleet.started, fleet.control.epoch, fleet.rss_ready);
+    let (started_ns, rss_ready) = (fleet.control.ns(fleet.started), fleet.rss_ready);
     let (r, missing) = fleet.finish();
     // From the start of the ramp to the last upgrade.
     let ramp_secs = r.last_established_ns.map_or(0.0, |ns| {
-        (epoch + Duration::from_nanos(ns))
-            .saturating_duration_since(started)
-            .as_secs_f64()
+        Duration::from_nanos(ns.saturating_sub(started_ns)).as_secs_f64()
     });
     let failed = r.failures.values().sum();
     Ok(DensityReport {
@@ -344,7 +342,7 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
         closed_clean: r.closed_clean,
         close_failures: r.close_failures,
         protocol_errors: r.protocol_errors,
-        memory: MemoryReport::compare(&before, rss_ready, &after, open, setup.target.ip().is_loopback()),
+        memory: MemoryReport::compare(&before, rss_ready, &after, open, setup.all_loopback()),
         limits: setup.preflight,
         interrupted,
         hard_deadline_hit: r.hard_deadline_hit || missing > 0,

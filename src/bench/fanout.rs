@@ -18,9 +18,21 @@
 //! it against `body.t` (one clock for every worker), and check the room's `seq` per
 //! connection (gaps and repeats counted). The worker side is in `worker/fan.rs`.
 //!
-//! One process holds at most RLIMIT_NOFILE sockets (20,000 on the development box), and
-//! rooms do not span gateway processes yet (that needs the cross-box bus), so one run is
-//! one bench process against one gateway process.
+//! # A fleet
+//!
+//! `--url` may list several gateways of one fleet (`wsgate serve --redis`): subscribers
+//! and publishers each spread round-robin over them, so one room spans the processes.
+//! One bench process holds at most RLIMIT_NOFILE sockets (20,000 on the development
+//! box), so a room bigger than that takes several bench processes: each runs
+//! `--publishers 0` (subscribers only: join, read, time; the run lasts `--warmup` +
+//! `--duration` of listening, and as the publishes are another process's, no delivery is
+//! "expected" and none is counted missing), and one more runs the publishers
+//! (`--subscribers 0` if it holds no members). Send times are `CLOCK_MONOTONIC` ns (the
+//! clock of every process on the host), so any process's subscribers time any process's
+//! publishes. The `--json` report carries, per publish number, its publish time, latest
+//! delivery latency and delivery count (`last_delivery_by_publish`), and
+//! `scripts/fleet-fanout.py` merges the reports of one run into publish-to-last-delivery
+//! percentiles over every member.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -31,6 +43,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
+use super::url::Assign;
 use super::worker::FanoutPlan;
 use super::{BenchError, CommonArgs, Fleet, Latency, RampEnd, Setup, Table, fmt_counts};
 use crate::msg::protocol::SUBPROTOCOL_JSON;
@@ -47,11 +60,14 @@ pub const MAX_PUBLISHERS: u64 = 1000;
 /// `wsgate bench fanout ...`.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct FanoutArgs {
-    /// Subscriber connections, all members of the room.
+    /// Subscriber connections, all members of the room (0: publishers only, for a room
+    /// whose members other bench processes hold).
     #[arg(long, value_name = "S", default_value_t = 1000)]
     pub subscribers: u64,
-    /// Publisher connections (not members); the publish rate is split among them.
-    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_PUBLISHERS))]
+    /// Publisher connections (not members); the publish rate is split among them. 0:
+    /// subscribers only, listening for --warmup + --duration to another bench process's
+    /// publishes (merge the --json reports with scripts/fleet-fanout.py).
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=MAX_PUBLISHERS))]
     pub publishers: u64,
     /// The room.
     #[arg(long, value_name = "NAME", default_value = "bench")]
@@ -84,6 +100,8 @@ pub struct FanoutArgs {
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct DirectArgs {
     /// Pairs of users (two connections each): connection 2i sends to user 2i+1 and back.
+    /// With several --url gateways pair i's two users are on URLs i % n and (i + 1) % n:
+    /// every message crosses from one gateway to another.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub pairs: u64,
     /// Messages per second, all senders together: N, N/s or N/m.
@@ -142,7 +160,7 @@ fn parse_user_prefix(text: &str) -> Result<String, String> {
 pub struct FanoutReport {
     /// `"fanout"` or `"direct"`.
     pub mode: &'static str,
-    /// The URL connected to.
+    /// The URL connected to (or the URLs, comma-separated).
     pub url: String,
     /// Worker threads used.
     pub workers: usize,
@@ -190,8 +208,9 @@ pub struct FanoutReport {
     pub deliveries: u64,
     /// `deliveries / measured_secs`.
     pub deliveries_per_sec: f64,
-    /// `published × joined`: what the window's publishes should deliver.
-    pub expected_deliveries: u64,
+    /// `published × joined`: what the window's publishes should deliver (`None` with
+    /// `--publishers 0`: the publishes are another process's).
+    pub expected_deliveries: Option<u64>,
     /// Deliveries of the window's publishes, whenever received (drain included).
     pub delivered_of_window: u64,
     /// Publish to delivery, every delivery of a window publish.
@@ -226,16 +245,32 @@ pub struct FanoutReport {
     pub join_timed_out: bool,
     /// Workers had to stop at the hard deadline (or never reported).
     pub hard_deadline_hit: bool,
+    /// Start of the measurement window, ns on `CLOCK_MONOTONIC` (the host's clock, so
+    /// windows of several bench processes compare).
+    pub window_from_ns: u64,
+    /// End of the measurement window, ns on `CLOCK_MONOTONIC`.
+    pub window_until_ns: u64,
+    /// Fan-out: `[n, t, last_ns, count]` for every publish number `n` delivered to this
+    /// process's subscribers (published in its window): the publish time (ns on
+    /// `CLOCK_MONOTONIC`), the latest delivery's latency (ns), and the deliveries seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivery_by_publish: Option<Vec<[u64; 4]>>,
 }
 
 impl FanoutReport {
     /// Whether the run did what was asked: everyone connected and joined, messages
     /// delivered in order to every member, nothing refused.
+    /// Subscribers only (`--publishers 0`): something delivered, none in excess of what
+    /// was counted; publishers only (`--subscribers 0`): something published.
     pub fn success(&self) -> bool {
+        let listening = self.subscribers_requested > 0 || self.mode == "direct";
         self.established == self.subscribers_requested + self.publishers_requested
             && self.joined == self.subscribers_requested
-            && self.deliveries > 0
-            && self.delivered_of_window == self.expected_deliveries
+            && (!listening || self.deliveries > 0)
+            && (self.publishers_requested == 0 || self.published > 0)
+            && self
+                .expected_deliveries
+                .is_none_or(|e| !listening || self.delivered_of_window == e)
             && self.gaps == 0
             && self.out_of_order == 0
             && self.errors.is_empty()
@@ -293,13 +328,22 @@ impl FanoutReport {
             "deliveries/s",
             format!("{:.0}  ({} in the window)", self.deliveries_per_sec, self.deliveries),
         );
-        t.row(
-            "delivered",
-            format!(
-                "{} of {} expected (window publishes × members) before the bench closed, {} messages reached every member",
-                self.delivered_of_window, self.expected_deliveries, self.messages_complete
+        match self.expected_deliveries {
+            Some(expected) => t.row(
+                "delivered",
+                format!(
+                    "{} of {expected} expected (window publishes × members) before the bench closed, {} messages reached every member",
+                    self.delivered_of_window, self.messages_complete
+                ),
             ),
-        );
+            None => t.row(
+                "delivered",
+                format!(
+                    "{} of publishes in the window (another process's: none expected), {} messages reached every member here",
+                    self.delivered_of_window, self.messages_complete
+                ),
+            ),
+        }
         t.row(
             "publish to delivery",
             self.delivery_latency.map_or_else(none, |l| l.human()),
@@ -346,8 +390,10 @@ impl FanoutReport {
 
 /// Runs the fan-out benchmark (without printing).
 pub fn run(args: &FanoutArgs, interrupt: &AtomicBool) -> Result<FanoutReport, BenchError> {
-    if args.subscribers == 0 {
-        return Err(BenchError::Usage("--subscribers must be at least 1".to_owned()));
+    if args.subscribers == 0 && args.publishers == 0 {
+        return Err(BenchError::Usage(
+            "--subscribers and --publishers cannot both be 0".to_owned(),
+        ));
     }
     run_spec(
         &Spec {
@@ -403,11 +449,28 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
     let connections = args.subscribers + args.publishers;
     let mut setup = Setup::new(common, connections)?;
     setup.offer_subprotocol(common, SUBPROTOCOL_JSON);
+    setup.assign = if args.direct {
+        Assign::DirectPairs
+    } else {
+        Assign::Fanout {
+            publishers: args.publishers,
+        }
+    };
     let rate = args.rate;
-    let expected_publishes = rate * (args.warmup + args.duration).as_secs_f64() * 1.1 + 1000.0;
+    // Subscribers only: the publishes' rate is another process's, so the table may grow
+    // to its limit (it grows with the highest number seen, not ahead of it).
+    let expected_publishes = if args.publishers == 0 {
+        super::worker::MAX_TRACKED_MESSAGES as f64
+    } else {
+        rate * (args.warmup + args.duration).as_secs_f64() * 1.1 + 1000.0
+    };
     let plan = FanoutPlan {
         publishers: args.publishers,
-        rate_per_publisher: rate / args.publishers as f64,
+        rate_per_publisher: if args.publishers == 0 {
+            0.0
+        } else {
+            rate / args.publishers as f64
+        },
         room_json: serde_json::to_string(args.room)
             .map_err(|e| BenchError::Usage(format!("--room: {e}")))?
             .into(),
@@ -526,7 +589,7 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
         unacked: f.unacked,
         deliveries: f.deliveries_in_window,
         deliveries_per_sec: per_sec(f.deliveries_in_window as f64),
-        expected_deliveries: f.published_in_window * members,
+        expected_deliveries: (args.publishers > 0).then_some(f.published_in_window * members),
         delivered_of_window: f.deliveries_of_window,
         delivery_latency: Latency::of(&f.delivery_ns),
         last_delivery_latency: Latency::of(&last_h),
@@ -544,5 +607,8 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
         interrupted,
         join_timed_out,
         hard_deadline_hit: r.hard_deadline_hit || missing > 0,
+        window_from_ns: measure_from,
+        window_until_ns: measure_until,
+        last_delivery_by_publish: (!args.direct).then(|| f.per_publish()),
     })
 }

@@ -72,7 +72,7 @@ use serde::Serialize;
 use crate::units::{human_bytes, human_micros};
 
 use self::sources::SourceIps;
-use self::url::WsUrl;
+use self::url::{Assign, WsUrl, WsUrls};
 use self::worker::{Control, EchoPlan, FanoutPlan, PHASE_CLOSE, Plan, Progress, WorkerReport};
 
 /// Extra time the ramp may take beyond N / rate + the connect timeout before the run
@@ -120,9 +120,13 @@ pub enum BenchCommand {
 /// Options every subcommand takes.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct CommonArgs {
-    /// The gateway's WebSocket URL, ws:// or wss:// (the host is resolved once).
-    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws", value_parser = WsUrl::parse)]
-    pub url: WsUrl,
+    /// The gateway's WebSocket URL, ws:// or wss:// (the host is resolved once), or
+    /// several gateways of one fleet, comma-separated (one scheme for all): connection i
+    /// goes to URL i % n; fanout spreads subscribers and publishers each round-robin;
+    /// direct puts pair i on URLs i % n and (i + 1) % n, so with two or more URLs every
+    /// pair spans two gateways.
+    #[arg(long, value_name = "URL[,URL...]", default_value = "ws://127.0.0.1:8080/ws", value_parser = WsUrls::parse)]
+    pub url: WsUrls,
     /// Sent as `Authorization: Bearer TOKEN` with every upgrade request.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
@@ -263,43 +267,61 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// One gateway of the run: where to connect and what to send it.
+#[derive(Debug)]
+pub struct Target {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// The upgrade request up to the key (the worker appends the key and `\r\n\r\n`).
+    pub request_prefix: Arc<str>,
+    /// wss://: the name to verify the certificate against.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
 /// What the workers share with the coordinator, resolved from [`CommonArgs`].
 #[derive(Debug)]
 pub(crate) struct Setup {
-    pub target: SocketAddr,
+    /// The `--url`s, resolved, in the order given.
+    pub targets: Arc<[Target]>,
+    /// Which target each connection number goes to.
+    pub assign: Assign,
     pub workers: usize,
-    pub request_prefix: Arc<str>,
     pub sources: Option<Arc<SourceIps>>,
     pub preflight: host::Preflight,
-    /// The TLS client configuration and server name, for wss://.
-    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    /// The TLS client configuration, for wss://.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Setup {
     /// Offers `subprotocol` in every upgrade request.
     pub fn offer_subprotocol(&mut self, common: &CommonArgs, subprotocol: &str) {
-        self.request_prefix = request_prefix(&common.url, common.token.as_deref(), Some(subprotocol)).into();
+        let targets = common
+            .url
+            .list()
+            .iter()
+            .zip(self.targets.iter())
+            .map(|(url, t)| Target {
+                addr: t.addr,
+                request_prefix: request_prefix(url, common.token.as_deref(), Some(subprotocol)).into(),
+                server_name: t.server_name.clone(),
+            })
+            .collect();
+        self.targets = targets;
     }
 
-    /// Resolves the URL, checks the source addresses against it and the limits.
+    /// Whether every target is a loopback address.
+    pub fn all_loopback(&self) -> bool {
+        self.targets.iter().all(|t| t.addr.ip().is_loopback())
+    }
+
+    /// Resolves the URLs, checks the source addresses against each and the limits.
     pub fn new(common: &CommonArgs, connections: u64) -> Result<Self, BenchError> {
         if connections == 0 || connections > MAX_CONNECTIONS {
             return Err(BenchError::Usage(format!(
                 "--connections must be from 1 to {MAX_CONNECTIONS} (run several processes for more)"
             )));
         }
-        let target = common.url.resolve().map_err(BenchError::Usage)?;
-        if let Some(sources) = &common.source_ips
-            && sources.is_ipv4() != target.is_ipv4()
-        {
-            return Err(BenchError::Usage(format!(
-                "--source-ips are {} but {} is {}",
-                if sources.is_ipv4() { "IPv4" } else { "IPv6" },
-                common.url,
-                if target.is_ipv4() { "IPv4" } else { "IPv6" }
-            )));
-        }
-        let tls = if common.url.tls {
+        let tls = if common.url.tls() {
             let trust = match (&common.ca, common.tls_insecure) {
                 (Some(path), _) => tls::Trust::Roots(path.clone()),
                 (None, true) => tls::Trust::Insecure,
@@ -309,14 +331,34 @@ impl Setup {
                     ));
                 }
             };
-            let config = tls::client_config(&trust, common.tls_resume).map_err(BenchError::Usage)?;
-            Some((
-                config,
-                tls::server_name(common.url.bare_host()).map_err(BenchError::Usage)?,
-            ))
+            Some(tls::client_config(&trust, common.tls_resume).map_err(BenchError::Usage)?)
         } else {
             None
         };
+        let mut targets = Vec::with_capacity(common.url.list().len());
+        for url in common.url.list() {
+            let addr = url.resolve().map_err(BenchError::Usage)?;
+            if let Some(sources) = &common.source_ips
+                && sources.is_ipv4() != addr.is_ipv4()
+            {
+                return Err(BenchError::Usage(format!(
+                    "--source-ips are {} but {} is {}",
+                    if sources.is_ipv4() { "IPv4" } else { "IPv6" },
+                    url,
+                    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                )));
+            }
+            let server_name = if url.tls {
+                Some(tls::server_name(url.bare_host()).map_err(BenchError::Usage)?)
+            } else {
+                None
+            };
+            targets.push(Target {
+                addr,
+                request_prefix: request_prefix(url, common.token.as_deref(), None).into(),
+                server_name,
+            });
+        }
         let cpus = crate::config::available_cpus();
         let workers = (common.workers.map_or(cpus, |w| w as usize))
             .min(connections as usize)
@@ -324,9 +366,9 @@ impl Setup {
         let source_count = common.source_ips.as_ref().map_or(1, |s| s.len() as u64);
         let preflight = host::preflight(connections, workers, source_count).map_err(BenchError::Limits)?;
         Ok(Self {
-            target,
+            targets: targets.into(),
+            assign: Assign::RoundRobin,
             workers,
-            request_prefix: request_prefix(&common.url, common.token.as_deref(), None).into(),
             sources: common.source_ips.clone().map(Arc::new),
             preflight,
             tls,
@@ -430,9 +472,9 @@ impl Fleet {
                 workers,
                 connections: share,
                 rate: rate * share as f64 / connections as f64,
-                target: setup.target,
+                targets: setup.targets.clone(),
+                assign: setup.assign,
                 sources: setup.sources.clone(),
-                request_prefix: setup.request_prefix.clone(),
                 tls: setup.tls.clone(),
                 connect_timeout: common.connect_timeout,
                 close_timeout: common.close_timeout,
@@ -578,7 +620,7 @@ impl Fleet {
     ) -> Window {
         let control = &self.control;
         let start = Instant::now();
-        let send_from = control.ns(start);
+        let send_from = control.now_ns();
         let measure_from = send_from + warmup.as_nanos() as u64;
         let mut measure_until = measure_from + duration.as_nanos() as u64;
         let mut interrupted = interrupted;
@@ -593,7 +635,7 @@ impl Fleet {
         let mut shown_rate = 0.0;
         while !interrupted {
             let now = Instant::now();
-            let now_ns = control.ns(now);
+            let now_ns = control.now_ns();
             if now_ns >= measure_until {
                 break;
             }

@@ -10,13 +10,13 @@ use super::echo::{self, EchoArgs};
 use super::fanout::{self, DirectArgs, FanoutArgs};
 use super::host::{Preflight, check_fit};
 use super::sources::SourceIps;
-use super::url::WsUrl;
+use super::url::{WsUrl, WsUrls};
 use super::{BenchError, CommonArgs, Latency, Rate};
 use crate::server::tests::TestServer;
 
 fn common(addr: SocketAddr, sources: Option<&str>) -> CommonArgs {
     CommonArgs {
-        url: WsUrl::parse(&format!("ws://{addr}/ws")).unwrap(),
+        url: WsUrls::one(WsUrl::parse(&format!("ws://{addr}/ws")).unwrap()),
         token: None,
         source_ips: sources.map(|s| SourceIps::parse(s).unwrap()),
         workers: Some(2),
@@ -48,7 +48,7 @@ fn tls_server() -> (TestServer, crate::tls::testing::CertDir, SocketAddr) {
 fn density_and_echo_over_wss() {
     let (server, dir, addr) = tls_server();
     let mut args = density_args(addr, 100, None);
-    args.common.url = WsUrl::parse(&format!("wss://localhost:{}/ws", addr.port())).unwrap();
+    args.common.url = WsUrls::parse(&format!("wss://localhost:{}/ws", addr.port())).unwrap();
     args.common.ca = Some(dir.cert_path());
     let report = density::run(&args, &AtomicBool::new(false)).unwrap();
     assert_eq!(report.established, 100, "{report:#?}");
@@ -58,7 +58,7 @@ fn density_and_echo_over_wss() {
     args.common.ca = None;
     args.common.tls_insecure = true;
     args.common.tls_resume = true;
-    args.common.url = WsUrl::parse(&format!("wss://127.0.0.1:{}/ws", addr.port())).unwrap();
+    args.common.url = WsUrls::parse(&format!("wss://127.0.0.1:{}/ws", addr.port())).unwrap();
     let report = density::run(&args, &AtomicBool::new(false)).unwrap();
     assert_eq!(report.established, 100, "{report:#?}");
     server.wait_for("resumed handshakes", |m| {
@@ -268,8 +268,15 @@ fn fanout_delivers_every_publish_to_every_member_in_order() {
     assert_eq!((report.welcomed, report.joined), (62, 60));
     // 200/s for 1 s: about 200 publishes in the window, each to 60 members.
     assert!((150..=250).contains(&report.published), "{report:#?}");
-    assert_eq!(report.expected_deliveries, report.published * 60);
-    assert_eq!(report.delivered_of_window, report.expected_deliveries);
+    assert_eq!(report.expected_deliveries, Some(report.published * 60));
+    assert_eq!(Some(report.delivered_of_window), report.expected_deliveries);
+    // Per publish: every one delivered to the 60 members, the latest latency at least
+    // the median delivery's.
+    let per = report.last_delivery_by_publish.as_ref().unwrap();
+    assert_eq!(per.len() as u64, report.published, "{report:#?}");
+    assert!(per.iter().all(|&[_, t, ns, count]| count == 60
+        && ns > 0
+        && (report.window_from_ns..report.window_until_ns).contains(&t)));
     assert_eq!(report.messages_complete, report.published);
     assert_eq!(report.acked, report.published_total, "{report:#?}");
     assert_eq!(
@@ -307,8 +314,9 @@ fn direct_delivers_every_send_to_the_partner_in_order() {
     assert_eq!(report.mode, "direct");
     assert_eq!((report.established, report.welcomed), (20, 20));
     assert!((300..=500).contains(&report.published), "{report:#?}");
-    assert_eq!(report.expected_deliveries, report.published);
+    assert_eq!(report.expected_deliveries, Some(report.published));
     assert_eq!(report.delivered_of_window, report.published);
+    assert!(report.last_delivery_by_publish.is_none());
     assert_eq!(report.acked, report.published_total, "{report:#?}");
     assert_eq!((report.gaps, report.out_of_order), (0, 0));
     sane(report.delivery_latency, report.published);
@@ -337,6 +345,131 @@ fn fanout_reports_a_server_that_does_not_speak_the_protocol() {
     assert!(!report.success());
     assert!(report.join_timed_out, "{report:#?}");
     assert_eq!((report.established, report.welcomed, report.joined), (5, 0, 0));
+}
+
+/// Two gateways sharing a real `redis-server` (`wsgate serve --redis`).
+fn fleet_of_two() -> (crate::cluster::testing::RedisServer, [TestServer; 2]) {
+    let redis = crate::cluster::testing::RedisServer::start();
+    let node = |id: &str| {
+        let server = TestServer::start(|cfg| {
+            cfg.echo = false;
+            cfg.shards = 1;
+            cfg.redis = Some(crate::auth::Secret::new(format!("redis://{}", redis.addr())));
+            cfg.node_id = Some(id.to_owned());
+        });
+        server.wait_for("the shard's Redis connection", |m| m.cluster.up == 1);
+        server
+    };
+    let nodes = [node("b1"), node("b2")];
+    for n in &nodes {
+        n.wait_for("the fleet's live set", |m| m.cluster.live_nodes >= 2);
+    }
+    (redis, nodes)
+}
+
+fn urls(nodes: &[TestServer]) -> WsUrls {
+    let list: Vec<String> = nodes.iter().map(|n| format!("ws://{}/ws", n.addr)).collect();
+    WsUrls::parse(&list.join(",")).unwrap()
+}
+
+#[test]
+fn fleet_runs_spread_connections_over_the_urls_and_cross_gateways() {
+    let (_redis, nodes) = fleet_of_two();
+    // Fan-out over both gateways: 3 publishers and 40 members split 2/1 and 20/20.
+    let mut args = fanout_args(nodes[0].addr, 40, 3);
+    args.common.url = urls(&nodes);
+    args.publish_rate = Rate::parse("100/s").unwrap();
+    let report = fanout::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.url, args.common.url.to_string());
+    assert!(report.url.contains(','));
+    assert_eq!(report.messages_complete, report.published, "{report:#?}");
+    for (node, want) in nodes.iter().zip([22, 21]) {
+        node.wait_for("its share of the upgrades", |m| m.upgrades == want);
+    }
+    // Direct: every pair has one user on each gateway, all delivered, in order.
+    let direct = DirectArgs {
+        pairs: 6,
+        send_rate: Rate::parse("200/s").unwrap(),
+        duration: Duration::from_millis(800),
+        warmup: Duration::from_millis(200),
+        join_timeout: Duration::from_secs(10),
+        user_prefix: "fd-".to_owned(),
+        common: CommonArgs {
+            url: urls(&nodes),
+            ..common(nodes[0].addr, None)
+        },
+    };
+    let report = fanout::run_direct(&direct, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.delivered_of_window, report.published);
+    for (node, want) in nodes.iter().zip([22 + 6, 21 + 6]) {
+        node.wait_for("one user of every pair", |m| m.upgrades == want);
+    }
+}
+
+#[test]
+fn subscribers_only_and_publishers_only_runs_share_one_clock() {
+    let (_redis, nodes) = fleet_of_two();
+    // One "process" (thread) holds the members, on both gateways, and only listens...
+    let mut listen = fanout_args(nodes[0].addr, 30, 0);
+    listen.common.url = urls(&nodes);
+    listen.room = "split".to_owned();
+    listen.warmup = Duration::ZERO;
+    listen.duration = Duration::from_secs(4);
+    let listener = std::thread::spawn(move || fanout::run(&listen, &AtomicBool::new(false)).unwrap());
+    for node in &nodes {
+        node.wait_for("15 members connected", |m| m.upgrades == 15 && m.connections == 15);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // ... another publishes, holding no member.
+    let mut publish = fanout_args(nodes[1].addr, 0, 2);
+    publish.room = "split".to_owned();
+    publish.publish_rate = Rate::parse("50/s").unwrap();
+    publish.duration = Duration::from_millis(1000);
+    publish.warmup = Duration::from_millis(100);
+    let sent = fanout::run(&publish, &AtomicBool::new(false)).unwrap();
+    assert!(sent.success(), "{sent:#?}");
+    assert_eq!(sent.joined, 0);
+    assert_eq!(sent.expected_deliveries, Some(0));
+    assert!(sent.published > 0 && sent.acked == sent.published_total, "{sent:#?}");
+    let heard = listener.join().unwrap();
+    assert!(heard.success(), "{heard:#?}");
+    assert_eq!(heard.joined, 30);
+    assert_eq!(heard.expected_deliveries, None);
+    assert_eq!(heard.published_total, 0);
+    // Every publish of the publisher's window reached all 30 members, timed on the
+    // shared clock: a latency well under a second, not the two runs' offset.
+    let per = heard.last_delivery_by_publish.clone().unwrap();
+    let window: Vec<_> = per
+        .iter()
+        .filter(|p| (sent.window_from_ns..sent.window_until_ns).contains(&p[1]))
+        .collect();
+    assert_eq!(window.len() as u64, sent.published, "{per:?}");
+    assert!(
+        window.iter().all(|p| p[3] == 30 && p[2] > 0 && p[2] < 1_000_000_000),
+        "{per:?}"
+    );
+    assert_eq!(heard.delivered_of_window, per.iter().map(|p| p[3]).sum::<u64>());
+    assert_eq!((heard.gaps, heard.out_of_order), (0, 0));
+    // Both 0 is a usage error.
+    let mut neither = fanout_args(nodes[0].addr, 0, 0);
+    neither.duration = Duration::from_millis(100);
+    assert!(matches!(
+        fanout::run(&neither, &AtomicBool::new(false)),
+        Err(BenchError::Usage(_))
+    ));
+}
+
+#[test]
+fn source_ips_are_checked_against_every_url() {
+    let mut args = density_args("127.0.0.1:9".parse().unwrap(), 2, Some("127.0.0.2"));
+    args.common.url = WsUrls::parse("ws://127.0.0.1:9/ws,ws://[::1]:9/ws").unwrap();
+    let err = density::run(&args, &AtomicBool::new(false)).unwrap_err();
+    assert!(
+        matches!(&err, BenchError::Usage(m) if m.contains("[::1]:9") && m.contains("IPv6")),
+        "{err}"
+    );
 }
 
 #[test]

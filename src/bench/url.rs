@@ -4,6 +4,9 @@
 //! to (the host is resolved once, here, so no worker ever waits on DNS), the `Host`
 //! header and the request target (path and query) of the upgrade request, and whether
 //! the connection is TLS (`wss://`, measured against the gateway's own TLS listener).
+//!
+//! `--url` may list several gateways of one fleet, comma-separated ([`WsUrls`]): each is
+//! resolved once, and [`Assign`] says which one connection number `id` goes to.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -11,6 +14,96 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 /// Longest URL accepted: the request target must fit the server's request line limit
 /// (4 KiB by default) anyway.
 pub const MAX_URL_BYTES: usize = 4096;
+
+/// Most URLs one `--url` may list.
+pub const MAX_URLS: usize = 1024;
+
+/// `--url`: one or more gateways, comma-separated, all `ws://` or all `wss://`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsUrls(Vec<WsUrl>);
+
+impl WsUrls {
+    /// Parses `URL[,URL...]`: each as [`WsUrl::parse`], at least one, at most
+    /// [`MAX_URLS`], one scheme for all (one TLS setting serves the whole run).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.contains(',') {
+            return WsUrl::parse(text).map(Self::one);
+        }
+        let mut urls = Vec::new();
+        for (i, part) in text.split(',').enumerate() {
+            if part.trim().is_empty() {
+                return Err(format!("URL {} of the list is empty: ws://a:1/ws,ws://b:2/ws", i + 1));
+            }
+            if i >= MAX_URLS {
+                return Err(format!("at most {MAX_URLS} URLs"));
+            }
+            let url = WsUrl::parse(part).map_err(|e| if i == 0 { e } else { format!("URL {}: {e}", i + 1) })?;
+            urls.push(url);
+        }
+        if urls.iter().any(|u| u.tls != urls[0].tls) {
+            return Err("all URLs must have the same scheme (all ws:// or all wss://)".to_owned());
+        }
+        Ok(Self(urls))
+    }
+
+    /// One URL.
+    pub fn one(url: WsUrl) -> Self {
+        Self(vec![url])
+    }
+
+    /// The URLs, in the order given.
+    pub fn list(&self) -> &[WsUrl] {
+        &self.0
+    }
+
+    /// `wss://` (all of them, or none).
+    pub fn tls(&self) -> bool {
+        self.0[0].tls
+    }
+}
+
+impl std::fmt::Display for WsUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, url) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{url}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which of `n` URLs connection number `id` goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assign {
+    /// Connection `id` to URL `id % n` (density, echo).
+    RoundRobin,
+    /// Fan-out: publishers (ids below `publishers`) round-robin over the URLs from the
+    /// first, subscribers (the other ids) too, each role on its own count.
+    Fanout {
+        /// Connection numbers below this are publishers.
+        publishers: u64,
+    },
+    /// Direct: pair `i` is connections `2i` and `2i + 1`; the first goes to URL `i % n`,
+    /// the second to `(i + 1) % n`, so with two URLs or more every pair spans two
+    /// gateways.
+    DirectPairs,
+}
+
+impl Assign {
+    /// The index of connection `id`'s URL among `n` (`n` at least 1).
+    pub fn target(self, id: u64, n: usize) -> usize {
+        let n = n.max(1) as u64;
+        let index = match self {
+            Self::RoundRobin => id % n,
+            Self::Fanout { publishers } if id < publishers => id % n,
+            Self::Fanout { publishers } => (id - publishers) % n,
+            Self::DirectPairs => (id / 2 + id % 2) % n,
+        };
+        index as usize
+    }
+}
 
 /// A parsed `ws://` or `wss://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +286,68 @@ mod tests {
             assert!(err.contains(says), "{bad}: {err}");
         }
         assert!(WsUrl::parse(&format!("ws://h/{}", "a".repeat(MAX_URL_BYTES))).is_err());
+    }
+
+    #[test]
+    fn url_lists_parse_one_scheme_for_all() {
+        let one = WsUrls::parse("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(one, WsUrls::one(url("127.0.0.1", 8080, "/ws")));
+        assert_eq!(one.to_string(), "ws://127.0.0.1:8080/ws");
+        let two = WsUrls::parse("ws://127.0.0.1:1/ws, ws://[::1]:2/x?q").unwrap();
+        assert_eq!(two.list(), &[url("127.0.0.1", 1, "/ws"), url("[::1]", 2, "/x?q")][..]);
+        assert_eq!(two.to_string(), "ws://127.0.0.1:1/ws,ws://[::1]:2/x?q");
+        assert!(!two.tls());
+        assert!(WsUrls::parse("wss://a/ws,wss://b/ws").unwrap().tls());
+        for (bad, says) in [
+            ("ws://a/ws,wss://b/ws", "same scheme"),
+            ("ws://a/ws,", "empty"),
+            (",ws://a/ws", "empty"),
+            ("ws://a/ws,,ws://b/ws", "URL 2"),
+            ("ws://a/ws,http://b/ws", "URL 2: scheme"),
+            ("", "ws://"),
+        ] {
+            let err = WsUrls::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let many = vec!["ws://a/ws"; MAX_URLS + 1].join(",");
+        assert!(WsUrls::parse(&many).unwrap_err().contains("at most"));
+        assert_eq!(WsUrls::parse(&many[..many.len() - 10]).unwrap().list().len(), MAX_URLS);
+    }
+
+    #[test]
+    fn connections_spread_over_the_urls() {
+        let spread = |assign: Assign, n: usize, ids: u64| (0..ids).map(|id| assign.target(id, n)).collect::<Vec<_>>();
+        // One URL: everything goes to it, whatever the mode.
+        for assign in [
+            Assign::RoundRobin,
+            Assign::Fanout { publishers: 3 },
+            Assign::DirectPairs,
+        ] {
+            assert!(spread(assign, 1, 50).iter().all(|&t| t == 0));
+        }
+        assert_eq!(spread(Assign::RoundRobin, 3, 7), [0, 1, 2, 0, 1, 2, 0]);
+        // Fan-out: publishers 0..2 and subscribers 2.. each start at the first URL.
+        assert_eq!(spread(Assign::Fanout { publishers: 2 }, 3, 7), [0, 1, 0, 1, 2, 0, 1]);
+        assert_eq!(spread(Assign::Fanout { publishers: 0 }, 2, 4), [0, 1, 0, 1]);
+        // Direct: pair i on URLs i % n and (i + 1) % n.
+        assert_eq!(spread(Assign::DirectPairs, 2, 8), [0, 1, 1, 0, 0, 1, 1, 0]);
+        assert_eq!(spread(Assign::DirectPairs, 3, 6), [0, 1, 1, 2, 2, 0]);
+        for n in 2..8 {
+            for pair in 0..100u64 {
+                let (a, b) = (
+                    Assign::DirectPairs.target(2 * pair, n),
+                    Assign::DirectPairs.target(2 * pair + 1, n),
+                );
+                assert_ne!(a, b, "pair {pair} of {n} URLs stays on one gateway");
+                assert!(a < n && b < n);
+            }
+        }
+        // Every URL gets its share.
+        let mut counts = [0u32; 4];
+        for t in spread(Assign::DirectPairs, 4, 400) {
+            counts[t] += 1;
+        }
+        assert_eq!(counts, [100; 4]);
     }
 
     #[test]

@@ -67,7 +67,9 @@ use base64::Engine as _;
 use hdrhistogram::Histogram;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::Target;
 use super::sources::SourceIps;
+use super::url::Assign;
 use crate::limits::Limits;
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
@@ -123,11 +125,29 @@ pub const PHASE_RUN: u8 = 1;
 /// Close every connection cleanly (1000), then finish.
 pub const PHASE_CLOSE: u8 = 2;
 
-/// What the coordinator tells the workers. Times are nanoseconds since `epoch`.
+/// Now on `CLOCK_MONOTONIC`, in nanoseconds: the clock [`Instant`] reads on Linux, and
+/// one every process on the host shares, so a publish stamped by one bench process is
+/// timed by another's subscribers (`bench fanout --publishers 0`).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a live local; CLOCK_MONOTONIC
+    // always exists on Linux, so it cannot fail.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// What the coordinator tells the workers. Times are nanoseconds on `CLOCK_MONOTONIC`
+/// ([`mono_ns`]).
 #[derive(Debug)]
 pub struct Control {
-    /// Common clock origin.
+    /// An instant paired with [`Control::epoch_ns`], to turn an [`Instant`] into ns.
     pub epoch: Instant,
+    /// [`mono_ns`] read at `epoch`.
+    pub epoch_ns: u64,
     /// [`PHASE_RAMP`], [`PHASE_RUN`] or [`PHASE_CLOSE`].
     pub phase: AtomicU8,
     /// Echo: first sends happen at or after this (warm-up start).
@@ -141,8 +161,12 @@ pub struct Control {
 impl Control {
     /// A control block in the ramp phase, with its clock starting now.
     pub fn new() -> Self {
+        let before = mono_ns();
+        let epoch = Instant::now();
+        let after = mono_ns();
         Self {
-            epoch: Instant::now(),
+            epoch,
+            epoch_ns: before + (after - before) / 2,
             phase: AtomicU8::new(PHASE_RAMP),
             send_from_ns: AtomicU64::new(u64::MAX),
             measure_from_ns: AtomicU64::new(u64::MAX),
@@ -150,9 +174,15 @@ impl Control {
         }
     }
 
-    /// Nanoseconds since the epoch.
+    /// `at` on the [`mono_ns`] clock (through the epoch pair; `at` before the epoch
+    /// counts as the epoch).
     pub fn ns(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64
+        self.epoch_ns + at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Now, on the [`mono_ns`] clock.
+    pub fn now_ns(&self) -> u64 {
+        mono_ns()
     }
 }
 
@@ -215,14 +245,15 @@ pub struct Plan {
     pub connections: u64,
     /// Connects per second this worker starts.
     pub rate: f64,
-    /// The server.
-    pub target: SocketAddr,
+    /// The gateways (one or more): address, upgrade request up to the key (the key and
+    /// `\r\n\r\n` follow) and TLS server name.
+    pub targets: Arc<[Target]>,
+    /// Which target connection number `id` goes to.
+    pub assign: Assign,
     /// Local addresses to bind, round-robin by connection number.
     pub sources: Option<Arc<SourceIps>>,
-    /// The upgrade request up to the key; the key and `\r\n\r\n` follow.
-    pub request_prefix: Arc<str>,
-    /// wss://: the client configuration and the server name to verify.
-    pub tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    /// wss://: the client configuration (each target has its server name).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// From `connect()` to the verified 101; beyond, the attempt fails as a timeout.
     pub connect_timeout: Duration,
     /// From our close frame to the server's EOF.
@@ -279,7 +310,7 @@ pub struct WorkerReport {
     pub unexpected_messages: u64,
     /// `connect()` to verified 101, nanoseconds.
     pub handshake_ns: Histogram<u64>,
-    /// When the last upgrade completed (ns since the epoch).
+    /// When the last upgrade completed (ns, CLOCK_MONOTONIC).
     pub last_established_ns: Option<u64>,
     /// Echo figures (empty in density mode).
     pub echo: EchoStats,
@@ -380,7 +411,7 @@ enum State {
 /// Per-connection echo state: what is in flight, in order (the echo preserves it).
 #[derive(Debug)]
 struct EchoConn {
-    /// Send times (ns since the epoch) of the messages in flight, oldest first; at most
+    /// Send times (ns, CLOCK_MONOTONIC) of the messages in flight, oldest first; at most
     /// `in_flight` entries.
     sent_ns: VecDeque<u64>,
     /// Sequence number of the next message to send.
@@ -419,7 +450,7 @@ struct Slot {
     tls: Option<Box<rustls::ClientConnection>>,
     /// The socket (dropping the slot closes it).
     sock: Option<Socket>,
-    /// When `connect()` was called (ns since the epoch), for the handshake latency.
+    /// When `connect()` was called (ns, CLOCK_MONOTONIC), for the handshake latency.
     started_ns: u64,
     /// Connection number (source address, handshake key and payload pattern derive
     /// from it).
@@ -498,7 +529,7 @@ struct Worker {
     ramp_start: Instant,
     now: Instant,
     now_ns: u64,
-    /// Measurement window (ns since the epoch), read from `Control` each turn.
+    /// Measurement window (ns, CLOCK_MONOTONIC), read from `Control` each turn.
     measure_from_ns: u64,
     measure_until_ns: u64,
 }
@@ -623,7 +654,7 @@ impl Worker {
 
     fn set_now(&mut self, now: Instant) {
         self.now = now;
-        self.now_ns = self.control.ns(now);
+        self.now_ns = mono_ns();
     }
 
     /// How long to sleep: until the next connect is due while ramping, else a tick.
@@ -723,9 +754,14 @@ impl Worker {
         }
     }
 
+    /// Connection `id`'s gateway.
+    fn target(&self, id: u64) -> &Target {
+        &self.plan.targets[self.plan.assign.target(id, self.plan.targets.len())]
+    }
+
     fn start_connect(&mut self, id: u64) {
         let source = self.plan.sources.as_ref().map(|s| s.for_connection(id));
-        let sock = match open_socket(self.plan.target, source) {
+        let sock = match open_socket(self.target(id).addr, source) {
             Ok(sock) => sock,
             Err(failure) => {
                 bump(&mut self.report.failures, failure);
@@ -765,7 +801,10 @@ impl Worker {
         let fd = sock.as_raw_fd();
         self.slots[entry].state = State::Handshake;
         self.ring.poll_read_multi(fd, user_data(KIND_READ, entry));
-        if let Some((config, name)) = &self.plan.tls {
+        let id = self.slots[entry].id;
+        let targets = self.plan.targets.clone();
+        let target = &targets[self.plan.assign.target(id, targets.len())];
+        if let (Some(config), Some(name)) = (&self.plan.tls, &target.server_name) {
             match rustls::ClientConnection::new(config.clone(), name.clone()) {
                 // The upgrade request below waits in rustls until the handshake is done.
                 Ok(mut conn) => {
@@ -785,7 +824,7 @@ impl Worker {
         match self.plan.fanout.as_ref().and_then(|f| f.user_prefix.as_deref()) {
             Some(prefix) => fan::request_with_user(
                 &mut request,
-                &self.plan.request_prefix,
+                &target.request_prefix,
                 prefix,
                 match &self.plan.fanout {
                     Some(f) if f.direct => "u-",
@@ -794,7 +833,7 @@ impl Worker {
                 },
                 self.slots[entry].id,
             ),
-            None => request.extend_from_slice(self.plan.request_prefix.as_bytes()),
+            None => request.extend_from_slice(target.request_prefix.as_bytes()),
         }
         request.extend_from_slice(&handshake_key(self.plan.seed, self.slots[entry].id));
         request.extend_from_slice(b"\r\n\r\n");
@@ -1155,7 +1194,7 @@ impl Worker {
         }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let send_ns = self.control.ns(Instant::now());
+        let send_ns = mono_ns();
         let Slot { ws, busy, id, .. } = &mut self.slots[entry];
         let Some(echo) = busy.as_deref_mut().and_then(|b| b.echo.as_mut()) else {
             self.scratch = out;

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
@@ -115,9 +115,20 @@ pub struct FanoutStats {
     pub errors: BTreeMap<String, u64>,
     /// Other server messages by type (and `bad_message` for non-JSON).
     pub unexpected: BTreeMap<String, u64>,
-    /// Per message number `n` (published in the window): the latest delivery's latency
-    /// (ns) and the number of deliveries.
-    pub last: Vec<(u64, u32)>,
+    /// Per message number `n` (published in the window): the latest delivery's latency,
+    /// the publish time and the number of deliveries.
+    pub last: Vec<LastDelivery>,
+}
+
+/// One message's deliveries, as [`FanoutStats::last`] tracks them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastDelivery {
+    /// The latest delivery's latency, ns.
+    pub ns: u64,
+    /// The publish time (`body.t`, ns on `CLOCK_MONOTONIC`).
+    pub t: u64,
+    /// Deliveries seen.
+    pub count: u32,
 }
 
 impl FanoutStats {
@@ -173,27 +184,31 @@ impl FanoutStats {
             *self.unexpected.entry(k.clone()).or_default() += v;
         }
         if self.last.len() < o.last.len() {
-            self.last.resize(o.last.len(), (0, 0));
+            self.last.resize(o.last.len(), LastDelivery::default());
         }
         for (mine, theirs) in self.last.iter_mut().zip(&o.last) {
-            mine.0 = mine.0.max(theirs.0);
-            mine.1 += theirs.1;
+            mine.ns = mine.ns.max(theirs.ns);
+            mine.t = mine.t.max(theirs.t);
+            mine.count += theirs.count;
         }
     }
 
-    /// Records a delivery of message `n`, `latency_ns` after its publish.
-    pub fn record_delivery(&mut self, n: Option<u64>, latency_ns: u64, tracked: u64) {
+    /// Records a delivery of message `n`, published at `t`, `latency_ns` after it.
+    pub fn record_delivery(&mut self, n: Option<u64>, t: u64, latency_ns: u64, tracked: u64) {
         self.deliveries_of_window += 1;
         self.delivery_ns.saturating_record(latency_ns.max(1));
         if let Some(n) = n.filter(|&n| n < tracked) {
             let n = n as usize;
             if self.last.len() <= n {
-                self.last
-                    .resize((n + 1).next_power_of_two().min(tracked as usize), (0, 0));
+                self.last.resize(
+                    (n + 1).next_power_of_two().min(tracked as usize),
+                    LastDelivery::default(),
+                );
             }
             let entry = &mut self.last[n];
-            entry.0 = entry.0.max(latency_ns);
-            entry.1 += 1;
+            entry.ns = entry.ns.max(latency_ns);
+            entry.t = t;
+            entry.count += 1;
         }
     }
 
@@ -202,13 +217,23 @@ impl FanoutStats {
     pub fn last_delivery(&self, members: u64) -> (Histogram<u64>, u64) {
         let mut h = histogram();
         let mut complete = 0;
-        for &(latency, count) in &self.last {
-            if count > 0 {
-                h.saturating_record(latency.max(1));
-                complete += u64::from(u64::from(count) >= members);
+        for last in &self.last {
+            if last.count > 0 {
+                h.saturating_record(last.ns.max(1));
+                complete += u64::from(u64::from(last.count) >= members);
             }
         }
         (h, complete)
+    }
+
+    /// `[n, t, latest latency ns, deliveries]` of every message delivered at least
+    /// once, by `n`: what runs of several bench processes merge (`scripts/fleet-fanout.py`).
+    pub fn per_publish(&self) -> Vec<[u64; 4]> {
+        (0u64..)
+            .zip(&self.last)
+            .filter(|(_, l)| l.count > 0)
+            .map(|(n, l)| [n, l.t, l.ns, u64::from(l.count)])
+            .collect()
     }
 }
 
@@ -306,7 +331,7 @@ impl Worker {
                     }
                     match t {
                         Some(t) if t >= from && t < until => {
-                            stats.record_delivery(n, now_ns.saturating_sub(t), plan.tracked_messages);
+                            stats.record_delivery(n, t, now_ns.saturating_sub(t), plan.tracked_messages);
                         }
                         Some(_) => {}
                         None => stats.untimed += 1,
@@ -404,7 +429,7 @@ impl Worker {
                 budget -= 1;
                 let n = *id + conn.next_k * plan.publishers;
                 conn.next_k += 1;
-                let t = self.control.ns(Instant::now());
+                let t = super::mono_ns();
                 text.clear();
                 if plan.direct {
                     let partner = *id ^ 1;
@@ -479,19 +504,21 @@ mod tests {
     fn last_delivery_is_the_latest_per_message_over_workers() {
         let mut a = FanoutStats::new();
         let mut b = FanoutStats::new();
-        a.record_delivery(Some(0), 1_000, 100);
-        a.record_delivery(Some(0), 5_000, 100);
-        b.record_delivery(Some(0), 3_000, 100);
-        b.record_delivery(Some(2), 7_000, 100);
+        a.record_delivery(Some(0), 40, 1_000, 100);
+        a.record_delivery(Some(0), 40, 5_000, 100);
+        b.record_delivery(Some(0), 40, 3_000, 100);
+        b.record_delivery(Some(2), 60, 7_000, 100);
         // Beyond the table: timed, not tracked.
-        b.record_delivery(Some(100), 9_000, 100);
-        b.record_delivery(None, 9_000, 100);
+        b.record_delivery(Some(100), 70, 9_000, 100);
+        b.record_delivery(None, 80, 9_000, 100);
         a.merge(&b);
         assert_eq!(a.deliveries_of_window, 6);
         assert_eq!(a.delivery_ns.len(), 6);
-        assert_eq!(a.last[0], (5_000, 3));
-        assert_eq!(a.last[1], (0, 0));
-        assert_eq!(a.last[2], (7_000, 1));
+        let last = |ns, t, count| LastDelivery { ns, t, count };
+        assert_eq!(a.last[0], last(5_000, 40, 3));
+        assert_eq!(a.last[1], LastDelivery::default());
+        assert_eq!(a.last[2], last(7_000, 60, 1));
+        assert_eq!(a.per_publish(), [[0, 40, 5_000, 3], [2, 60, 7_000, 1]]);
         let (h, complete) = a.last_delivery(3);
         assert_eq!(h.len(), 2);
         assert_eq!(complete, 1);
