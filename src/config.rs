@@ -806,7 +806,9 @@ impl Config {
         }
         // One message of the largest size must fit in the shard's budget (the
         // connection's cap bounds only what queues behind it).
-        let largest_frame = l.max_message_bytes.saturating_add(crate::proto::frame::MAX_HEADER_LEN as u64);
+        let largest_frame = l
+            .max_message_bytes
+            .saturating_add(crate::proto::frame::MAX_HEADER_LEN as u64);
         if (self.shard_send_budget_bytes as u64) < largest_frame {
             return Err(relation(format!(
                 "shard_send_budget_bytes ({}) must hold one message of max_message_bytes ({}) and its header",

@@ -12,14 +12,15 @@
 //! # Driving it
 //!
 //! - [`handle`](ClusterOwner::handle): an owner message (from `MsgShard`).
-//! - [`take_batch`](ClusterOwner::take_batch): the commands this turn produced, as one
-//!   [`Batch`] with an id; hand it to the shard's [`super::Redis`] and, when its
-//!   replies come (or it was refused), call [`on_replies`](ClusterOwner::on_replies).
-//! - [`on_push`](ClusterOwner::on_push): a pub/sub message from the connection.
+//! - [`take_batches`](ClusterOwner::take_batches): the commands this turn produced, one
+//!   [`Batch`] per Redis connection (one server, or each master of a Redis Cluster),
+//!   each with an id; hand each to its [`super::Redis`] and, when its replies come (or
+//!   it was refused), call [`on_replies`](ClusterOwner::on_replies).
+//! - [`on_push`](ClusterOwner::on_push): a pub/sub message from the first connection.
 //! - [`tick`](ClusterOwner::tick): renews the node's liveness and learns the live nodes.
 //!
-//! Answers for local shards go into the `out` vector each call takes, like the local
-//! owner's.
+//! Answers for local shards go into the `out` vector of `on_replies` and `on_push`, like
+//! the local owner's.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -414,7 +415,7 @@ impl ClusterOwner {
     }
 
     /// Handles an owner message from shard `from` of this node: it becomes Redis
-    /// commands for the next [`take_batch`](Self::take_batch); the answers come with the
+    /// commands for the next [`take_batches`](Self::take_batches); the answers come with the
     /// replies.
     pub fn handle(&mut self, from: ShardId, msg: MeshMsg) {
         match msg {

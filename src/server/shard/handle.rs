@@ -30,7 +30,7 @@ pub enum Command {
         conn: Key,
     },
     /// A backend API request from the admin thread (`crate::admin`, through
-    /// [`ApiShards`](super::ApiShards)): handed to messaging, whose owner answers on the
+    /// [`ApiShards`](crate::server::ApiShards)): handed to messaging, whose owner answers on the
     /// request's channel. In echo mode it is dropped, which the admin side reports as
     /// 503.
     Api(Box<crate::msg::api::ApiRequest>),
