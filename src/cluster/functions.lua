@@ -15,8 +15,8 @@
 --   :m  hash   room only: member user -> nodes where the user is a member
 -- A node's channel is `wsg:n:<node>/<shard>`; a room's channel is its key prefix.
 -- Pushed payloads start with one letter: u (inbox message: requeue if nobody took
--- it), U (receipt: dropped if nobody takes it), each followed by "<len>:<user>" and
--- the entry or frame; r (room message: the exclude token, '\n', the frame) and p
+-- it), U (receipt: dropped if nobody takes it), D (the backend's disconnect), each
+-- followed by "<len>:<user>" and the entry, frame or origin node; r (room message: the exclude token, '\n', the frame) and p
 -- (presence event: the frame).
 
 local function now_ms()
@@ -266,6 +266,13 @@ end)
 -- "<len>:<user>", frame. Returns the receivers.
 redis.register_function('wsg_deliver', function(keys, args)
   local receivers = to_registry(keys[1], 'U' .. args[1] .. args[2])
+  return receivers
+end)
+
+-- notify: KEYS[1] inbox; ARGV: payload. Published on every registry entry's channel
+-- as is (the backend's disconnect: "D<len>:<user><origin node>"). Returns receivers.
+redis.register_function('wsg_notify', function(keys, args)
+  local receivers = to_registry(keys[1], args[1])
   return receivers
 end)
 

@@ -674,6 +674,7 @@ impl ClusterOwner {
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
             | MeshMsg::Refused { .. }
+            | MeshMsg::DisconnectUser { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
@@ -738,6 +739,15 @@ impl ClusterOwner {
                 exclude.as_bytes(),
             ],
         );
+    }
+
+    /// The backend's disconnect of `user`, for the other nodes: a `D` push on every
+    /// registry entry's channel (this node skips its own: its shards closed theirs).
+    pub fn disconnect_elsewhere(&mut self, user: &str) {
+        let key = key_of(KeyKind::User, user);
+        let mut payload = format!("D{}:{user}", user.len()).into_bytes();
+        payload.extend_from_slice(self.node.as_bytes());
+        self.fcall(Op::Ignore, "wsg_notify", &key, &[&payload]);
     }
 
     fn query_user(&mut self, user: Key, reply: ReplyTo) {
@@ -1426,6 +1436,18 @@ impl ClusterOwner {
             let Some((user, rest)) = length_prefixed(rest) else {
                 return;
             };
+            if tag == b'D' {
+                // The backend disconnected the user on another node: close ours.
+                if rest != self.node.as_bytes()
+                    && let Some(entry) = self.users.get(user)
+                {
+                    let user: Key = user.into();
+                    for &(shard, _) in &entry.shards {
+                        out.push((shard, MeshMsg::DisconnectUser { user: user.clone() }));
+                    }
+                }
+                return;
+            }
             let frame_bytes = if tag == b'u' {
                 match entry(rest) {
                     Some((_, frame)) => frame,

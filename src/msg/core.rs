@@ -481,21 +481,35 @@ impl<S: Store> MsgShard<S> {
                 self.route(KeyKind::User, user, MeshMsg::Api(Box::new(request)));
             }
             ApiOp::Disconnect { user } => {
-                let mut closed = 0;
-                let out = &mut self.out;
-                self.hub.for_each_conn_of(user, |conn| {
-                    closed += 1;
-                    out.push_back(Output::Close {
-                        conn,
-                        code: API_DISCONNECT_CLOSE,
-                        reason: API_DISCONNECT_REASON,
-                    });
-                });
-                self.metrics.api_disconnects += closed;
+                let closed = self.disconnect_user(user);
+                // In a fleet, the user's owner shard on this node also tells the other
+                // nodes with connections of the user (they close theirs when it arrives).
+                if let Some(cluster) = self.cluster.as_mut()
+                    && owner_of(KeyKind::User, user, self.shards) == self.id
+                {
+                    cluster.disconnect_elsewhere(user);
+                }
                 request.answer(ApiReply::Disconnected { shard: self.id, closed });
             }
         }
         self.run_local(now);
+    }
+
+    /// Closes this shard's connections of `user` with 4000 (the backend's disconnect);
+    /// returns how many.
+    fn disconnect_user(&mut self, user: &str) -> u64 {
+        let mut closed = 0;
+        let out = &mut self.out;
+        self.hub.for_each_conn_of(user, |conn| {
+            closed += 1;
+            out.push_back(Output::Close {
+                conn,
+                code: API_DISCONNECT_CLOSE,
+                reason: API_DISCONNECT_REASON,
+            });
+        });
+        self.metrics.api_disconnects += closed;
+        closed
     }
 
     /// The timer tick: the owner's counts for large rooms, history and offline ageing.
@@ -561,6 +575,9 @@ impl<S: Store> MsgShard<S> {
                         self.out.push_back(Output::Send { conn, frame });
                     }
                 }
+            }
+            MeshMsg::DisconnectUser { user } => {
+                self.disconnect_user(&user);
             }
             MeshMsg::Refused { conn, reason } => {
                 if self.hub.conn(conn).is_some() {

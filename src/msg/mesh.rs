@@ -219,6 +219,12 @@ pub enum MeshMsg {
         /// The frame.
         frame: SharedFrame,
     },
+    /// Close every local connection of `user` with 4000: the backend API's disconnect,
+    /// asked on another node of the fleet.
+    DisconnectUser {
+        /// The user.
+        user: Key,
+    },
     /// Close `conn` with 1013 (try again later): its user's owner could not register
     /// it (with `--redis`: Redis did not answer), so it would get no `welcome`.
     Refused {
@@ -274,6 +280,7 @@ impl Class for MeshMsg {
                 | Self::Leave { .. }
                 | Self::Welcome { .. }
                 | Self::Refused { .. }
+                | Self::DisconnectUser { .. }
                 | Self::Resumed { .. }
                 | Self::Joined { .. }
         )

@@ -449,6 +449,7 @@ impl<S: Store> Owner<S> {
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
             | MeshMsg::Refused { .. }
+            | MeshMsg::DisconnectUser { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),

@@ -16,7 +16,7 @@ use crate::msg::MsgLimits;
 const KEY: &str = "e2e-api-key-0123456789";
 
 /// Serves the admin endpoints, with the API reaching `server`'s shards.
-fn admin_for(server: &TestServer) -> SocketAddr {
+pub(super) fn admin_for(server: &TestServer) -> SocketAddr {
     let shards = server.server.as_ref().unwrap().api_shards();
     let api = ApiState::new(Secret::from(KEY), Arc::new(shards), &MsgLimits::default());
     let state = AdminState::new(server.registry.clone(), 1024).with_api(api);
@@ -27,7 +27,7 @@ fn admin_for(server: &TestServer) -> SocketAddr {
 }
 
 /// One API call: (status, JSON body).
-fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(super) fn api(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -562,3 +562,38 @@ fn a_node_started_while_redis_is_down_serves_and_joins_when_it_comes_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_backend_api_of_one_node_reaches_users_on_another() {
+    use super::tests_api::{admin_for, api};
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "api-a"), node(&redis, "api-b"));
+    wait_for_fleet(&[&a, &b], 2);
+    let admin_a = admin_for(&a);
+    let (mut bob1, _) = connect(&b, "bob");
+    let (mut bob2, _) = connect(&b, "bob");
+    // Send and presence through node a's API, for a user on node b.
+    let (status, sent) = api(
+        admin_a,
+        "POST",
+        "/api/send",
+        Some(json!({"to": "bob", "body": "from the backend"})),
+    );
+    assert_eq!((status, sent["online"].as_bool()), (200, Some(true)), "{sent}");
+    for bob in [&mut bob1, &mut bob2] {
+        let msg = expect(bob, "msg");
+        assert_eq!(
+            (msg["from"].clone(), msg["body"].as_str()),
+            (Value::Null, Some("from the backend"))
+        );
+    }
+    let (status, presence) = api(admin_a, "GET", "/api/presence/user/bob", None);
+    assert_eq!((status, presence["connections"].as_u64()), (200, Some(2)), "{presence}");
+    // Disconnect through node a: bob's connections on node b are closed with 4000.
+    let (status, answer) = api(admin_a, "POST", "/api/disconnect", Some(json!({"user": "bob"})));
+    assert_eq!(status, 200, "{answer}");
+    for bob in [&mut bob1, &mut bob2] {
+        assert!(bob.next().is_none(), "closed");
+    }
+    b.wait_for("the remote disconnect", |m| m.msg.api_disconnects == 2);
+}
