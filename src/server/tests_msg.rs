@@ -279,3 +279,30 @@ fn a_slow_member_of_a_hot_room_does_not_slow_the_others() {
     );
     server.wait_for("the slow member closed", |m| m.slow_consumer_closes == 1);
 }
+
+#[test]
+fn a_full_offline_queue_reaches_its_user_with_the_default_limits() {
+    // With the defaults, the whole offline queue (up to offline_max_bytes) goes out at
+    // connect behind the welcome: it must fit what a connection may queue.
+    let server = messaging_server(|_| {});
+    let (mut alice, _) = Peer::connect(&server, "alice");
+    let body = "y".repeat(1000);
+    for i in 0..300 {
+        alice.send(json!({"type": "send", "to": "offline-bob", "id": i, "body": body}));
+        alice.expect("ack");
+    }
+    let (mut bob, welcome) = Peer::connect(&server, "offline-bob");
+    let queued = welcome["inbox"]["seq"].as_u64().unwrap();
+    assert_eq!(queued, 300);
+    let mut got = 0;
+    loop {
+        let m = bob.next();
+        assert_eq!(m["type"], "msg", "{m}");
+        got += 1;
+        if m["seq"] == 300 {
+            break;
+        }
+    }
+    assert!(got >= 200, "only {got} of the offline queue arrived");
+    assert_eq!(server.metrics().slow_consumer_closes, 0);
+}
