@@ -101,8 +101,7 @@
 //!
 //! Not built: live re-discovery of a cluster's layout, sequencing while Redis is away
 //! (a node cut off from Redis refuses sends even between its own users rather than
-//! fork a sequence another node may be extending), member-count events for large rooms
-//! across nodes, room member counts after Redis lost its data (the registry is
+//! fork a sequence another node may be extending), room member counts after Redis lost its data (the registry is
 //! restored, room membership counts are not until members rejoin), and sharded pub/sub
 //! (`SSUBSCRIBE`: it would spread the cluster's pub/sub load over the masters).
 //!

@@ -225,6 +225,8 @@ pub struct ClusterOwner {
     generations: Vec<u64>,
     cleaned_up: bool,
     last_alive: Option<Instant>,
+    /// Large rooms whose member count changed here, and the count, for the next tick.
+    counts_due: Vec<(Key, u64)>,
     epoch_seed: u64,
     epochs_made: u64,
     stats: ClusterStats,
@@ -315,6 +317,7 @@ impl ClusterOwner {
             next_batch: 1,
             cleaned_up: false,
             last_alive: None,
+            counts_due: Vec::new(),
             epoch_seed,
             epochs_made: 0,
             stats: ClusterStats::default(),
@@ -779,6 +782,17 @@ impl ClusterOwner {
     /// The timer tick: renews the node's liveness (at most every `node_ttl / 4`, at
     /// least every second) and reads the live nodes.
     pub fn tick(&mut self, now: Instant) {
+        // Member counts of large rooms whose membership changed here since the last
+        // tick: one event per room per tick from this node, to every node's watchers.
+        for (room, members) in std::mem::take(&mut self.counts_due) {
+            self.buf.clear();
+            self.buf.push(b'p');
+            protocol::encode_presence_count(&mut self.buf, &room, members);
+            let payload = std::mem::take(&mut self.buf);
+            let key = key_of(KeyKind::Room, &room);
+            self.cmd(Op::Ignore, &[b"PUBLISH", key.as_bytes(), &payload]);
+            self.buf = payload;
+        }
         let every = (self.node_ttl / 4).min(Duration::from_secs(1));
         if self
             .last_alive
@@ -1220,6 +1234,13 @@ impl ClusterOwner {
                 // A user's first membership anywhere, or their last one gone: an event
                 // for the watchers of a small room, on every node with members.
                 let changed = if joined { nodes == 1 } else { nodes == 0 };
+                if changed && members as usize > self.limits.presence_event_max_members {
+                    // A large room: a member count at the next tick instead.
+                    match self.counts_due.iter_mut().find(|(r, _)| *r == room) {
+                        Some(due) => due.1 = members as u64,
+                        None => self.counts_due.push((room.clone(), members as u64)),
+                    }
+                }
                 if changed && members as usize <= self.limits.presence_event_max_members {
                     self.buf.clear();
                     self.buf.push(b'p');

@@ -602,3 +602,44 @@ fn the_backend_api_of_one_node_reaches_users_on_another() {
     }
     b.wait_for("the remote disconnect", |m| m.msg.api_disconnects == 2);
 }
+
+#[test]
+fn a_large_room_gets_member_counts_across_nodes() {
+    let redis = RedisServer::start();
+    let start = |id: &str| {
+        let server = TestServer::start(|cfg| {
+            cfg.echo = false;
+            cfg.shards = 2;
+            cfg.redis = Some(crate::auth::Secret::new(format!("redis://{}", redis.addr())));
+            cfg.node_id = Some(id.to_owned());
+            cfg.msg.presence_event_max_members = 2;
+        });
+        server.wait_for("Redis", |m| m.cluster.up == 2);
+        server
+    };
+    let (a, b) = (start("big-a"), start("big-b"));
+    wait_for_fleet(&[&a, &b], 2);
+    let (mut watcher, _) = connect(&a, "w");
+    send(
+        &mut watcher,
+        json!({"type": "join", "room": "big", "presence": true, "id": "j"}),
+    );
+    expect_skipping_presence(&mut watcher, "joined");
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let (mut p, _) = connect(&b, &format!("m{i}"));
+        send(&mut p, json!({"type": "join", "room": "big", "id": "j"}));
+        expect_skipping_presence(&mut p, "joined");
+        others.push(p);
+    }
+    // Past 2 members the watcher hears counts (from the node where they joined), not
+    // per-member events; the last count is the fleet's 4.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = expect(&mut watcher, "presence");
+        if event["event"] == "count" && event["members"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no count of 4: {event}");
+    }
+}
