@@ -94,7 +94,9 @@
 //! recipient is online comes from the registry's live entries (a message whose entries
 //! are all of dead nodes is queued from the history by a second call); and a connect's
 //! reply and the pushes travel on different connections, so a message pushed before
-//! its `welcome` is handed to the new connection after it. The layout is learnt once:
+//! its `welcome` is handed to the new connection after it, and a room's first join on
+//! a node reads the room only once its subscription is confirmed (a `PING` after the
+//! `SUBSCRIBE` on the subscriber connection), so no publish falls between the two. The layout is learnt once:
 //! a resharding or failover shows as `MOVED`/`ASK` replies, answered `unavailable` and
 //! logged, until the next start. `rediss://` runs TLS (rustls, via `futures-rustls`
 //! over the shard's glommio socket) with roots from `--redis-ca` or the system bundle.

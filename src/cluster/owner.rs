@@ -93,6 +93,14 @@ pub struct ClusterStats {
     pub live_nodes: u64,
 }
 
+/// A join's read, waiting for its room's subscription (Redis Cluster).
+#[derive(Debug)]
+struct DeferredJoin {
+    op: Op,
+    key: String,
+    args: [String; 3],
+}
+
 /// Where an answer goes.
 #[derive(Debug)]
 enum ReplyTo {
@@ -151,6 +159,11 @@ enum Op {
         room: Key,
         user: Key,
         joined: bool,
+    },
+    /// The PING after a room's `SUBSCRIBE` on a Redis Cluster: the joins waiting for
+    /// the subscription read the room once it is answered.
+    Subscribed {
+        room: Key,
     },
     Publish {
         room: Key,
@@ -227,6 +240,9 @@ pub struct ClusterOwner {
     last_alive: Option<Instant>,
     /// Large rooms whose member count changed here, and the count, for the next tick.
     counts_due: Vec<(Key, u64)>,
+    /// Rooms whose subscription is not confirmed yet (Redis Cluster), and the joins
+    /// waiting for it.
+    deferred_joins: HashMap<Key, Vec<DeferredJoin>>,
     epoch_seed: u64,
     epochs_made: u64,
     stats: ClusterStats,
@@ -318,6 +334,7 @@ impl ClusterOwner {
             cleaned_up: false,
             last_alive: None,
             counts_due: Vec::new(),
+            deferred_joins: HashMap::new(),
             epoch_seed,
             epochs_made: 0,
             stats: ClusterStats::default(),
@@ -555,10 +572,17 @@ impl ClusterOwner {
                 *count += 1;
                 let first_of_user = *count == 1;
                 let key = key_of(KeyKind::Room, &room);
+                let cluster = self.topology.slots.is_some();
                 if first_here {
                     // Subscribed before the read below: a publish after the read is
-                    // pushed after its reply.
+                    // pushed after its reply. On a Redis Cluster the read runs on the
+                    // room's master, another connection: it waits until the
+                    // subscription is confirmed (the PING after it is answered).
                     self.subscription(b"SUBSCRIBE", key.as_bytes());
+                    if cluster {
+                        self.cmd_on(0, Op::Subscribed { room: room.clone() }, &[b"PING"]);
+                        self.deferred_joins.entry(room.clone()).or_default();
+                    }
                 }
                 if first_of_user {
                     let tracked = format!("r\n{room}\n{user}");
@@ -587,19 +611,22 @@ impl ClusterOwner {
                 let epoch = self.new_epoch().to_string();
                 let since_seq = since.map_or_else(|| "-1".to_owned(), |s| s.seq.to_string());
                 let ttl = self.ttl_ms();
-                self.fcall(
-                    Op::Join {
+                let read = DeferredJoin {
+                    op: Op::Join {
                         from,
                         conn,
-                        room,
+                        room: room.clone(),
                         id,
                         since,
                         ticket,
                     },
-                    "wsg_read",
-                    &key,
-                    &[epoch.as_bytes(), since_seq.as_bytes(), ttl.as_bytes()],
-                );
+                    key,
+                    args: [epoch, since_seq, ttl],
+                };
+                match self.deferred_joins.get_mut(&room) {
+                    Some(waiting) => waiting.push(read),
+                    None => self.read_join(read),
+                }
             }
             MeshMsg::Leave { room, user, presence } => {
                 let Some(entry) = self.rooms.get_mut(&room) else {
@@ -682,6 +709,18 @@ impl ClusterOwner {
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
         }
+    }
+
+    /// The `wsg_read` of a join.
+    fn read_join(&mut self, read: DeferredJoin) {
+        let DeferredJoin { op, key, args } = read;
+        let [epoch, since, ttl] = args;
+        self.fcall(
+            op,
+            "wsg_read",
+            &key,
+            &[epoch.as_bytes(), since.as_bytes(), ttl.as_bytes()],
+        );
     }
 
     fn send(&mut self, to: Key, sender: Option<Key>, reply: ReplyTo, body: &str) {
@@ -959,6 +998,11 @@ impl ClusterOwner {
         match op {
             Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } | Op::Cleanup => {}
             Op::Setup { conn } => self.generations[conn] = 0,
+            Op::Subscribed { room } => {
+                for read in self.deferred_joins.remove(&room).unwrap_or_default() {
+                    self.fail(read.op, out, m);
+                }
+            }
             Op::Connect {
                 from,
                 conn,
@@ -1030,6 +1074,11 @@ impl ClusterOwner {
         let items = value.as_items().unwrap_or(&[]);
         match op {
             Op::Ignore | Op::Requeue | Op::Setup { .. } => {}
+            Op::Subscribed { room } => {
+                for read in self.deferred_joins.remove(&room).unwrap_or_default() {
+                    self.read_join(read);
+                }
+            }
             Op::Alive => {
                 let mut live: Vec<Box<str>> = items.iter().filter_map(text).map(Into::into).collect();
                 if !live.iter().any(|n| **n == *self.node) {
