@@ -43,8 +43,9 @@
 //!
 //! Subscriptions share the connection (RESP3 allows any command while subscribed):
 //! `SUBSCRIBE` and `UNSUBSCRIBE` go in a batch with [`Batch::cmd_unanswered`], their
-//! confirmations and messages arrive as pushes. Not here: TLS (`rediss://` is refused
-//! by [`ConnConfig::from_url`] until it is built over `crate::tls`).
+//! confirmations and messages arrive as pushes. `rediss://` runs TLS over the socket
+//! (rustls through `futures-rustls`, which drives any futures-io stream, so it works on
+//! glommio's; [`RedisTls`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -52,22 +53,22 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWriteExt as _};
 use glommio::net::TcpStream;
+use rustls_pki_types::ServerName;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::resp::{self, DecodeError, Limits, Value};
 use super::url::RedisUrl;
 use crate::auth::Secret;
-use rustls_pki_types::ServerName;
-use std::path::Path;
-use std::sync::Arc;
 
 /// The read buffer a connection starts with (and shrinks back to after a large reply).
 const READ_BUFFER: usize = 16 * 1024;
