@@ -783,6 +783,13 @@ impl ClusterOwner {
         );
     }
 
+    /// The node is leaving (a drain ended): it leaves the live set at once, so its
+    /// users drop out of presence without waiting for `node_ttl`.
+    pub fn leave(&mut self) {
+        let node = self.node.clone();
+        self.cmd(Op::Ignore, &[b"ZREM", NODES_KEY.as_bytes(), node.as_bytes()]);
+    }
+
     /// The backend's disconnect of `user`, for the other nodes: a `D` push on every
     /// registry entry's channel (this node skips its own: its shards closed theirs).
     pub fn disconnect_elsewhere(&mut self, user: &str) {

@@ -164,6 +164,14 @@ impl<S: Store> MsgShard<S> {
             .unwrap_or_default()
     }
 
+    /// The shard is finishing: the cluster owner says the node is leaving (see
+    /// [`ClusterOwner::leave`]).
+    pub fn leave_cluster(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.leave();
+        }
+    }
+
     /// The replies of cluster batch `id` (or why there are none).
     pub fn handle_cluster_replies(&mut self, id: u64, replies: Result<Vec<Value>, Failed>, now: Instant) {
         let Some(cluster) = self.cluster.as_mut() else { return };

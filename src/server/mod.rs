@@ -531,7 +531,7 @@ async fn run_shard(
     match cluster {
         Some((connections, pump)) => {
             futures_lite::future::or(futures_lite::future::or(ticker, waker), pump).await;
-            shard.borrow().close_cluster();
+            Shard::close_cluster(&shard).await;
             for connection in connections {
                 connection.await;
             }

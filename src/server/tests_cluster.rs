@@ -643,3 +643,28 @@ fn a_large_room_gets_member_counts_across_nodes() {
         assert!(Instant::now() < deadline, "no count of 4: {event}");
     }
 }
+
+#[test]
+fn a_drained_node_takes_its_users_out_of_the_registry_and_leaves_at_once() {
+    let redis = RedisServer::start();
+    let url = format!("--redis=redis://{}", redis.addr());
+    let dir = temp_dir("cluster-drain");
+    let child = Gateway::start_with(&dir, &[url.as_str(), "--node-id=drained", "--node-ttl=60s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.metric("wsgate_redis_up") < 2.0 {
+        assert!(Instant::now() < deadline, "the child never reached Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_bob, _) = Peer::connect(child.addr, "bob").expect("bob on the child");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while int(&command(redis.addr(), &["HLEN", "wsg:{u:bob}:c"])) != 1 {
+        assert!(Instant::now() < deadline, "bob never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.signal(libc::SIGTERM);
+    assert_eq!(child.wait(Duration::from_secs(20)), Some(0));
+    // Right after the exit, not a node TTL (60 s) later.
+    assert_eq!(int(&command(redis.addr(), &["HLEN", "wsg:{u:bob}:c"])), 0);
+    assert_eq!(command(redis.addr(), &["ZSCORE", "wsg:nodes", "drained"]), Resp::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -147,9 +147,36 @@ impl Shard {
         self.end_turn()
     }
 
-    /// Stops the Redis connection's task (the shard is finishing).
-    pub(crate) fn close_cluster(&self) {
-        if let Some(io) = &self.cluster {
+    /// The shard is finishing (drained): what messaging still owes Redis (the
+    /// disconnects of the last connections) and the node's leave of the live set go
+    /// out now; [`close_cluster`](Self::close_cluster) waits for them to be written.
+    pub(super) fn leave_cluster(&mut self) {
+        if let Some(msg) = self.msg.as_mut() {
+            msg.leave_cluster();
+        }
+        self.flush_cluster();
+    }
+
+    /// Stops the Redis connections' tasks once what was queued is written (at most
+    /// `CLOSE_WAIT`): the commands then run in Redis even though nobody reads their
+    /// replies.
+    pub(crate) async fn close_cluster(shard: &RefCell<Shard>) {
+        const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let deadline = Instant::now() + CLOSE_WAIT;
+        loop {
+            let queued = shard.borrow().cluster.as_ref().map_or(0, |io| {
+                io.redis
+                    .iter()
+                    .filter(|r| r.is_up())
+                    .map(Redis::queued_commands)
+                    .sum::<usize>()
+            });
+            if queued == 0 || Instant::now() >= deadline {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if let Some(io) = &shard.borrow().cluster {
             for redis in &io.redis {
                 redis.close();
             }

@@ -175,6 +175,9 @@ impl Shard {
         match &self.drain {
             Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
                 self.abort_all();
+                // With `--redis`: the registry entries of what was just closed, and the
+                // node leaving the live set, go out with the last batch.
+                self.leave_cluster();
                 self.publish_metrics();
                 ShardState::Finished
             }
