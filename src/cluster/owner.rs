@@ -240,6 +240,8 @@ pub struct ClusterOwner {
     last_alive: Option<Instant>,
     /// Large rooms whose member count changed here, and the count, for the next tick.
     counts_due: Vec<(Key, u64)>,
+    /// [`leave`](Self::leave) was called.
+    left: bool,
     /// Rooms whose subscription is not confirmed yet (Redis Cluster), and the joins
     /// waiting for it.
     deferred_joins: HashMap<Key, Vec<DeferredJoin>>,
@@ -334,6 +336,7 @@ impl ClusterOwner {
             cleaned_up: false,
             last_alive: None,
             counts_due: Vec::new(),
+            left: false,
             deferred_joins: HashMap::new(),
             epoch_seed,
             epochs_made: 0,
@@ -438,6 +441,10 @@ impl ClusterOwner {
     /// commands for the next [`take_batches`](Self::take_batches); the answers come with the
     /// replies.
     pub fn handle(&mut self, from: ShardId, msg: MeshMsg) {
+        if self.left {
+            // The shard has taken its entries back and is stopping.
+            return;
+        }
         match msg {
             MeshMsg::Connect { user, conn } => {
                 let entry = self.users.entry(user.clone()).or_default();
@@ -783,10 +790,43 @@ impl ClusterOwner {
         );
     }
 
-    /// The node is leaving (a drain ended): it leaves the live set at once, so its
-    /// users drop out of presence without waiting for `node_ttl`.
+    /// The node is leaving (this shard's drain ended): everything this shard registered
+    /// is taken back (its users' registry entries, its room memberships, its tracking
+    /// hash) and the node leaves the live set, so its users drop out of presence at once
+    /// rather than after `node_ttl`, and messages for them are queued offline instead of
+    /// pushed to a node that is going away. Connections of other shards of this node
+    /// that close later tell this shard nothing any more: it is done.
     pub fn leave(&mut self) {
-        let node = self.node.clone();
+        self.left = true;
+        let ttl = self.ttl_ms();
+        let field = self.field.clone();
+        for (user, entry) in std::mem::take(&mut self.users) {
+            if entry.registered == 0 {
+                continue;
+            }
+            let key = key_of(KeyKind::User, &user);
+            let n = entry.registered.to_string();
+            self.fcall(
+                Op::Ignore,
+                "wsg_disconnect",
+                &key,
+                &[field.as_bytes(), n.as_bytes(), ttl.as_bytes()],
+            );
+        }
+        for (room, entry) in std::mem::take(&mut self.rooms) {
+            let key = key_of(KeyKind::Room, &room);
+            for (user, conns) in entry.users {
+                let conns = (-i64::from(conns)).to_string();
+                self.fcall(
+                    Op::Ignore,
+                    "wsg_member",
+                    &key,
+                    &[user.as_bytes(), b"-1", conns.as_bytes()],
+                );
+            }
+        }
+        let (tracking, node) = (self.tracking.clone(), self.node.clone());
+        self.cmd(Op::Ignore, &[b"DEL", tracking.as_bytes()]);
         self.cmd(Op::Ignore, &[b"ZREM", NODES_KEY.as_bytes(), node.as_bytes()]);
     }
 
