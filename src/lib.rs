@@ -97,11 +97,12 @@
 //!   in the client role), so the client side costs as little per connection as the
 //!   server side.
 //!
-//! - [`cluster`]: scale-out over Redis, so far only its client layer, used by tests:
-//!   the RESP codec (sans-IO, bounded), `redis://` URLs, and a pipelined connection
-//!   that runs as a task on a shard's executor (tested against a real `redis-server`).
-//!   Nothing starts it yet: no `--redis` flag, no registry, presence or cross-node
-//!   delivery (the module doc says what comes next).
+//! - [`cluster`]: the fleet over Redis (`--redis`): each shard's cluster owner
+//!   (sans-IO, in place of `msg::owner` when a fleet is configured; sequences, logs,
+//!   offline queues, the registry and room membership in Redis functions), the RESP
+//!   codec (sans-IO, bounded), `redis://` and `rediss://` URLs, a Redis Cluster's slot
+//!   map, and one pipelined connection per shard (and master) that runs as a task on
+//!   the shard's executor; `server::shard::cluster` is the hand-off.
 //!
 //! # Limits
 //!
