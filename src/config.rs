@@ -130,6 +130,14 @@ pub const DATA_MAX_BYTES_RANGE: RangeInclusive<u64> = 16 * MIB..=(1 << 50);
 /// Accepted [`Config::segment_bytes`]: a record (a message of at most 16 MiB plus its
 /// fields) must fit in one segment.
 pub const SEGMENT_BYTES_RANGE: RangeInclusive<u64> = 32 * MIB..=4 * GIB;
+/// Default for [`Config::redis_outbox_bytes`].
+pub const DEFAULT_REDIS_OUTBOX_BYTES: usize = 16 * MIB as usize;
+/// Accepted [`Config::redis_outbox_bytes`].
+pub const REDIS_OUTBOX_BYTES_RANGE: RangeInclusive<u64> = 64 * KIB..=GIB;
+/// Default for [`Config::redis_command_timeout`].
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Accepted [`Config::redis_command_timeout`].
+pub const REDIS_COMMAND_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(60);
 /// Default for [`Config::node_ttl`]: a killed node leaves presence within 10 s.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(10);
 /// Accepted [`Config::node_ttl`].
@@ -586,6 +594,17 @@ options! {
     node_id: Option<String> = None,
         Text, "ID", "Cluster",
         "This node's id in the fleet, stable across restarts. Default: <hostname>-<port>";
+    /// Bytes of commands one shard may queue for Redis and not yet have written (the
+    /// outbox; what is in flight is at most as much again). Full: requests are answered
+    /// `unavailable` and counted (`wsgate_redis_refused_total`).
+    redis_outbox_bytes: usize = DEFAULT_REDIS_OUTBOX_BYTES,
+        Size(REDIS_OUTBOX_BYTES_RANGE), "SIZE", "Cluster",
+        "Redis commands one shard may queue unwritten. Beyond: requests answered unavailable, counted";
+    /// How long a written batch may wait for Redis's replies (a handshake step too);
+    /// then the connection is dropped and its requests answered `unavailable`.
+    redis_command_timeout: Duration = DEFAULT_REDIS_COMMAND_TIMEOUT,
+        Dur(REDIS_COMMAND_TIMEOUT_RANGE), "DURATION", "Cluster",
+        "How long Redis may take to answer a batch; then the connection is dropped and reconnected";
     /// How long a node counts as alive without renewing (it renews every quarter of
     /// this, at most every second): a node killed without a drain leaves presence
     /// within it.

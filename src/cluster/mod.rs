@@ -72,7 +72,7 @@
 //!
 //! # Faults
 //!
-//! Redis down, restarting or slow past `command_timeout` (2 s): requests that need it
+//! Redis down, restarting or slow past `--redis-command-timeout` (2 s): requests that need it
 //! (send, publish, ack, resume, join, presence; the API's too) are answered `error:
 //! unavailable` (API: 503), counted in `wsgate_cluster_unavailable_total`; connections
 //! stay open; `/readyz` answers 503 `redis unavailable`; the connection reconnects with
@@ -80,8 +80,8 @@
 //! again and sets its registry entries again (an empty Redis after a restart learns who
 //! is where without clients reconnecting). A connection opened while Redis is away is
 //! closed with 1013 (try again later): there is no inbox position for its `welcome`.
-//! The outbox is bounded (65,536 commands, 16 MiB): full is refused at once and
-//! counted. Redis down when the gateway starts: it starts anyway, takes the URL for
+//! The outbox is bounded (`--redis-outbox-bytes`, 16 MiB, and 65,536 commands): full is
+//! refused at once and counted. Redis down when the gateway starts: it starts anyway, takes the URL for
 //! one server and connects in the background.
 //!
 //! # Redis Cluster and TLS

@@ -161,6 +161,8 @@ fn cluster_setup(
     let text = std::str::from_utf8(url.expose()).map_err(|_| io::Error::other("redis: the URL is not UTF-8"))?;
     let url = crate::cluster::RedisUrl::parse(text).map_err(|e| io::Error::other(format!("redis: {e}")))?;
     let mut conn = crate::cluster::ConnConfig::from_url(&url, cfg.redis_ca.as_deref())?;
+    conn.outbox_max_bytes = cfg.redis_outbox_bytes;
+    conn.command_timeout = cfg.redis_command_timeout;
     if let Some(file) = &cfg.redis_password_file {
         conn.password = Some(
             crate::cluster::read_password_file(file)
