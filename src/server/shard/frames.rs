@@ -12,7 +12,10 @@ use crate::metrics::ShardMetrics;
 use crate::msg::core::{MsgShard, Output};
 use crate::msg::protocol::FrameKind;
 use crate::proto::close::CloseCode;
-use crate::proto::connection::{Event, Message};
+use std::time::Instant;
+
+use crate::limits::Limits;
+use crate::proto::connection::{Connection, Event, Message};
 use crate::proto::frame::{OpCode, SharedFrame};
 use crate::slab::Key;
 
@@ -89,13 +92,7 @@ impl Shard {
                     if let Some(limit) = self.message_rate
                         && !limit.allow(&mut slot.tat, edge::micros_since(self.epoch, self.now))
                     {
-                        ShardMetrics::bump(&mut self.metrics.limit_hits, "message_rate");
-                        slot.ws.close(
-                            self.now,
-                            &self.cfg.limits,
-                            CloseCode::POLICY_VIOLATION,
-                            "message rate exceeded",
-                        );
+                        over_rate(&mut slot.ws, self.now, &self.cfg.limits, &mut self.metrics);
                         continue;
                     }
                     if let Some(msg) = self.msg.as_mut() {
@@ -163,13 +160,7 @@ impl Shard {
         let Some(limit) = self.message_rate else { return };
         for _ in 0..pings {
             if !limit.allow(&mut slot.tat, edge::micros_since(self.epoch, self.now)) {
-                ShardMetrics::bump(&mut self.metrics.limit_hits, "message_rate");
-                slot.ws.close(
-                    self.now,
-                    &self.cfg.limits,
-                    CloseCode::POLICY_VIOLATION,
-                    "message rate exceeded",
-                );
+                over_rate(&mut slot.ws, self.now, &self.cfg.limits, &mut self.metrics);
                 return;
             }
         }
@@ -231,4 +222,11 @@ impl Shard {
             }
         }
     }
+}
+
+/// A connection went over `--message-rate` (messages and pings alike): counted, and
+/// closed with 1008.
+fn over_rate(ws: &mut Connection, now: Instant, limits: &Limits, metrics: &mut ShardMetrics) {
+    ShardMetrics::bump(&mut metrics.limit_hits, "message_rate");
+    ws.close(now, limits, CloseCode::POLICY_VIOLATION, "message rate exceeded");
 }
