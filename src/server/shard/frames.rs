@@ -7,14 +7,14 @@
 //! control frames (pong, ping, close) and messaging's frames queued on the connection
 //! (see `send`), and a finished WebSocket moved towards its end (see `close`).
 
+use std::time::Instant;
+
 use crate::edge;
+use crate::limits::Limits;
 use crate::metrics::ShardMetrics;
 use crate::msg::core::{MsgShard, Output};
 use crate::msg::protocol::FrameKind;
 use crate::proto::close::CloseCode;
-use std::time::Instant;
-
-use crate::limits::Limits;
 use crate::proto::connection::{Connection, Event, Message};
 use crate::proto::frame::{OpCode, SharedFrame};
 use crate::slab::Key;
