@@ -34,7 +34,7 @@ use super::topology::Topology;
 use crate::msg::api::{ApiOp, ApiReply, ApiRequest};
 use crate::msg::mesh::MeshMsg;
 use crate::msg::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
-use crate::msg::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of, stable_hash};
+use crate::msg::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
 use crate::proto::frame::SharedFrame;
 
 /// The function library, loaded on every connect (`FUNCTION LOAD REPLACE`).
@@ -370,11 +370,7 @@ impl ClusterOwner {
 
     fn new_epoch(&mut self) -> u64 {
         self.epochs_made += 1;
-        let mut bytes = [0u8; 24];
-        bytes[..8].copy_from_slice(&self.epoch_seed.to_le_bytes());
-        bytes[8..16].copy_from_slice(&self.epochs_made.to_le_bytes());
-        bytes[16..18].copy_from_slice(&self.shard.to_le_bytes());
-        (stable_hash(&bytes) & ((1 << 53) - 1)).max(1)
+        crate::msg::new_epoch(self.epoch_seed, self.epochs_made, self.shard)
     }
 
     fn cmd_on(&mut self, conn: usize, op: Op, args: &[&[u8]]) {
@@ -1429,13 +1425,7 @@ impl ClusterOwner {
     /// none (the same verdicts as the single-box owner's).
     fn replayed(&self, items: &[Value], since: Position) -> Result<Vec<SharedFrame>, ResyncReason> {
         let pos = self.position(items).unwrap_or_default();
-        if since.epoch != pos.epoch {
-            return Err(ResyncReason::EpochChanged);
-        }
-        if since.seq > pos.seq {
-            return Err(ResyncReason::Ahead);
-        }
-        if since.seq == pos.seq {
+        if !since.replay_from(pos)? {
             return Ok(Vec::new());
         }
         let first = int(items.get(2)).unwrap_or(0) as u64;

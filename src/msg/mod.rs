@@ -86,6 +86,36 @@ pub struct Position {
     pub seq: u64,
 }
 
+impl Position {
+    /// What a client that saw `self` may get from a log now at `current`: a resync
+    /// (the epoch changed, or the client is ahead), nothing to replay (`false`: it is up
+    /// to date), or a replay of what follows `self.seq` (`true`; complete or `too_old`
+    /// is for the caller to tell from what the log still holds).
+    pub fn replay_from(self, current: Position) -> Result<bool, protocol::ResyncReason> {
+        if self.epoch != current.epoch {
+            Err(protocol::ResyncReason::EpochChanged)
+        } else if self.seq > current.seq {
+            Err(protocol::ResyncReason::Ahead)
+        } else {
+            Ok(self.seq < current.seq)
+        }
+    }
+}
+
+/// Epochs fit in 53 bits: exact in JSON numbers (JavaScript clients) and in Lua's
+/// doubles (the cluster's Redis functions).
+const EPOCH_MASK: u64 = (1 << 53) - 1;
+
+/// The epoch of a new log: a stable hash of a per-run `seed`, a counter `n` and the
+/// shard, in 53 bits, never 0.
+pub fn new_epoch(seed: u64, n: u64, shard: ShardId) -> u64 {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&n.to_le_bytes());
+    bytes[16..18].copy_from_slice(&shard.to_le_bytes());
+    (stable_hash(&bytes) & EPOCH_MASK).max(1)
+}
+
 /// A stable 64-bit hash of `bytes` (FNV-1a with a final avalanche), the same in every
 /// process and on every run: the owner of a key must not depend on std's randomly
 /// seeded SipHash, or two processes (or a restart) would disagree about owners.

@@ -46,15 +46,12 @@ use super::api::{ApiOp, ApiReply, ApiRequest};
 use super::mesh::MeshMsg;
 use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use super::store::{Acked, LogKey, Record, Sender, Store};
-use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of, stable_hash};
+use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
 use crate::proto::frame::SharedFrame;
 
 /// How often idle entries are looked for and aged history swept (a full pass over the
 /// owner's users and rooms).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Epochs stay below 2^53 so JSON readers that use doubles keep them exact.
-const EPOCH_MASK: u64 = (1 << 53) - 1;
 
 /// Connections of one key on one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,11 +235,7 @@ impl<S: Store> Owner<S> {
 
     fn new_epoch(&mut self) -> u64 {
         self.epochs_made += 1;
-        let mut bytes = [0u8; 24];
-        bytes[..8].copy_from_slice(&self.epoch_seed.to_le_bytes());
-        bytes[8..16].copy_from_slice(&self.epochs_made.to_le_bytes());
-        bytes[16..18].copy_from_slice(&self.shard.to_le_bytes());
-        (stable_hash(&bytes) & EPOCH_MASK).max(1)
+        super::new_epoch(self.epoch_seed, self.epochs_made, self.shard)
     }
 
     fn frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> SharedFrame {
@@ -513,24 +506,22 @@ impl<S: Store> Owner<S> {
         frames: &mut Vec<SharedFrame>,
         m: &mut MsgMetrics,
     ) -> Result<u64, ResyncReason> {
-        let verdict = if since.epoch != pos.epoch {
-            Err(ResyncReason::EpochChanged)
-        } else if since.seq > pos.seq {
-            Err(ResyncReason::Ahead)
-        } else if since.seq == pos.seq {
-            Ok(0)
-        } else {
-            self.records.clear();
-            self.store.read_since(&log, since.seq, now, &mut self.records);
-            let complete = self.records.first().is_some_and(|r| r.seq == since.seq + 1)
-                && self.records.last().is_some_and(|r| r.seq == pos.seq);
-            if complete {
-                let n = self.records.len() as u64;
-                frames.extend(self.records.drain(..).map(|r| r.frame));
-                Ok(n)
-            } else {
+        let verdict = match since.replay_from(pos) {
+            Err(reason) => Err(reason),
+            Ok(false) => Ok(0),
+            Ok(true) => {
                 self.records.clear();
-                Err(ResyncReason::TooOld)
+                self.store.read_since(&log, since.seq, now, &mut self.records);
+                let complete = self.records.first().is_some_and(|r| r.seq == since.seq + 1)
+                    && self.records.last().is_some_and(|r| r.seq == pos.seq);
+                if complete {
+                    let n = self.records.len() as u64;
+                    frames.extend(self.records.drain(..).map(|r| r.frame));
+                    Ok(n)
+                } else {
+                    self.records.clear();
+                    Err(ResyncReason::TooOld)
+                }
             }
         };
         match verdict {
