@@ -452,11 +452,7 @@ impl ClusterOwner {
                 entry.registered += 1;
                 entry.connecting += 1;
                 if first {
-                    let tracked = format!("u\n{user}");
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HSET", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
-                    );
+                    self.track(b"HSET", &format!("u\n{user}"), Some(b"1"));
                 }
                 let epoch = self.new_epoch().to_string();
                 let key = key_of(KeyKind::User, &user);
@@ -492,11 +488,7 @@ impl ClusterOwner {
                 }
                 if left == 0 {
                     self.users.remove(&user);
-                    let tracked = format!("u\n{user}");
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HDEL", self.tracking.clone().as_bytes(), tracked.as_bytes()],
-                    );
+                    self.track(b"HDEL", &format!("u\n{user}"), None);
                 }
                 if tell {
                     let key = key_of(KeyKind::User, &user);
@@ -587,30 +579,7 @@ impl ClusterOwner {
                         self.deferred_joins.entry(room.clone()).or_default();
                     }
                 }
-                if first_of_user {
-                    let tracked = format!("r\n{room}\n{user}");
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
-                    );
-                    self.fcall(
-                        Op::Member {
-                            room: room.clone(),
-                            user: user.clone(),
-                            joined: true,
-                        },
-                        "wsg_member",
-                        &key,
-                        &[user.as_bytes(), b"1", b"1"],
-                    );
-                } else {
-                    let tracked = format!("r\n{room}\n{user}");
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"1"],
-                    );
-                    self.fcall(Op::Ignore, "wsg_member", &key, &[user.as_bytes(), b"0", b"1"]);
-                }
+                self.membership(&room, &user, true, first_of_user);
                 let epoch = self.new_epoch().to_string();
                 let since_seq = since.map_or_else(|| "-1".to_owned(), |s| s.seq.to_string());
                 let ttl = self.ttl_ms();
@@ -657,29 +626,7 @@ impl ClusterOwner {
                 };
                 let empty = entry.users.is_empty();
                 let key = key_of(KeyKind::Room, &room);
-                let tracked = format!("r\n{room}\n{user}");
-                if last_of_user {
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HDEL", self.tracking.clone().as_bytes(), tracked.as_bytes()],
-                    );
-                    self.fcall(
-                        Op::Member {
-                            room: room.clone(),
-                            user: user.clone(),
-                            joined: false,
-                        },
-                        "wsg_member",
-                        &key,
-                        &[user.as_bytes(), b"-1", b"-1"],
-                    );
-                } else {
-                    self.cmd(
-                        Op::Ignore,
-                        &[b"HINCRBY", self.tracking.clone().as_bytes(), tracked.as_bytes(), b"-1"],
-                    );
-                    self.fcall(Op::Ignore, "wsg_member", &key, &[user.as_bytes(), b"0", b"-1"]);
-                }
+                self.membership(&room, &user, false, last_of_user);
                 if empty {
                     self.rooms.remove(&room);
                     self.subscription(b"UNSUBSCRIBE", key.as_bytes());
@@ -712,6 +659,41 @@ impl ClusterOwner {
             | MeshMsg::ToRoom { .. }
             | MeshMsg::ApiAnswer(_) => unreachable!("local-side message routed to the owner"),
         }
+    }
+
+    /// A command on this shard's tracking hash (what a restart of the node must undo):
+    /// `verb` (`HSET`, `HDEL`, `HINCRBY`) on `entry`, with `value` if the verb takes one.
+    fn track(&mut self, verb: &[u8], entry: &str, value: Option<&[u8]>) {
+        let tracking = self.tracking.clone();
+        let mut args: Vec<&[u8]> = vec![verb, tracking.as_bytes(), entry.as_bytes()];
+        args.extend(value);
+        self.cmd(Op::Ignore, &args);
+    }
+
+    /// A member connection of `user` joined (or left) `room` on this node: tracked, and
+    /// counted in the room's membership in Redis. `edge`: it is the user's first (or
+    /// last) member connection here, which changes the user's membership, and maybe
+    /// calls for a presence event (`Op::Member`'s reply).
+    fn membership(&mut self, room: &Key, user: &Key, joined: bool, edge: bool) {
+        let tracked = format!("r\n{room}\n{user}");
+        let step: &[u8] = if joined { b"1" } else { b"-1" };
+        if !joined && edge {
+            self.track(b"HDEL", &tracked, None);
+        } else {
+            self.track(b"HINCRBY", &tracked, Some(step));
+        }
+        let (users, op): (&[u8], Op) = if edge {
+            let op = Op::Member {
+                room: room.clone(),
+                user: user.clone(),
+                joined,
+            };
+            (step, op)
+        } else {
+            (b"0", Op::Ignore)
+        };
+        let key = key_of(KeyKind::Room, room);
+        self.fcall(op, "wsg_member", &key, &[user.as_bytes(), users, step]);
     }
 
     /// The `wsg_read` of a join.
