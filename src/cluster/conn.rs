@@ -482,6 +482,13 @@ impl Redis {
         self.shared.up.get()
     }
 
+    /// Successful handshakes so far: it moves when a new connection (maybe to a
+    /// restarted Redis) came up, which is what a caller that sets state up per
+    /// connection watches.
+    pub fn generation(&self) -> u64 {
+        self.shared.stats.borrow().connects
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> RedisStats {
         *self.shared.stats.borrow()

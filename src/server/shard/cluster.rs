@@ -58,6 +58,8 @@ impl Events {
 pub(crate) struct ClusterIo {
     redis: Vec<Redis>,
     events: Rc<Events>,
+    /// Scratch: each connection's generation, read at the end of every turn.
+    generations: Vec<u64>,
 }
 
 impl ClusterIo {
@@ -100,6 +102,7 @@ impl Shard {
             ));
         }
         self.cluster = Some(ClusterIo {
+            generations: Vec::with_capacity(redis.len()),
             redis,
             events: events.clone(),
         });
@@ -110,11 +113,14 @@ impl Shard {
     /// refused batch (Redis down, outbox full) fails at once through the pump, so its
     /// requests are answered `unavailable` in the next pump turn.
     pub(super) fn flush_cluster(&mut self) {
-        let (Some(io), Some(msg)) = (self.cluster.as_ref(), self.msg.as_mut()) else {
+        let (Some(io), Some(msg)) = (self.cluster.as_mut(), self.msg.as_mut()) else {
             return;
         };
-        let generations: Vec<u64> = io.redis.iter().map(|r| r.stats().connects).collect();
-        for (id, conn, batch) in msg.take_cluster_batches(&generations) {
+        // Every turn ends here: the connections' generations go into a kept buffer
+        // rather than a new one per turn.
+        io.generations.clear();
+        io.generations.extend(io.redis.iter().map(Redis::generation));
+        for (id, conn, batch) in msg.take_cluster_batches(&io.generations) {
             match io.redis[conn].send(batch) {
                 Ok(reply) => {
                     let events = io.events.clone();
