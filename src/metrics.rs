@@ -161,6 +161,8 @@ pub struct ClusterMetrics {
     pub cleaned: u64,
     /// Error replies from Redis.
     pub error_replies: u64,
+    /// Messages pushed before a connect's welcome that did not fit the hand-over bound.
+    pub early_dropped: u64,
     /// Gauge: live nodes this shard sees (itself included).
     pub live_nodes: u64,
 }
@@ -182,6 +184,7 @@ impl ClusterMetrics {
             requeued,
             cleaned,
             error_replies,
+            early_dropped,
             live_nodes,
         } = other;
         self.up += up;
@@ -197,6 +200,7 @@ impl ClusterMetrics {
         self.requeued += requeued;
         self.cleaned += cleaned;
         self.error_replies += error_replies;
+        self.early_dropped += early_dropped;
         self.live_nodes = self.live_nodes.max(live_nodes);
     }
 }
@@ -902,6 +906,12 @@ const FAMILIES: &[Family] = &[
         series: Series::Plain(|m| m.cluster.error_replies),
     },
     Family {
+        name: "wsgate_cluster_early_dropped_total",
+        kind: Kind::Counter,
+        help: "Inbox messages pushed before a connection's welcome beyond the hand-over bound (offline_max_messages), dropped; the client resumes.",
+        series: Series::Plain(|m| m.cluster.early_dropped),
+    },
+    Family {
         name: "wsgate_cluster_live_nodes",
         kind: Kind::Gauge,
         help: "Nodes in the fleet's live set, as this shard last read it.",
@@ -1405,6 +1415,9 @@ wsgate_cluster_cleaned_total{shard="0"} 0
 # HELP wsgate_redis_error_replies_total Error replies from Redis (each fails its request).
 # TYPE wsgate_redis_error_replies_total counter
 wsgate_redis_error_replies_total{shard="0"} 0
+# HELP wsgate_cluster_early_dropped_total Inbox messages pushed before a connection's welcome beyond the hand-over bound (offline_max_messages), dropped; the client resumes.
+# TYPE wsgate_cluster_early_dropped_total counter
+wsgate_cluster_early_dropped_total{shard="0"} 0
 # HELP wsgate_cluster_live_nodes Nodes in the fleet's live set, as this shard last read it.
 # TYPE wsgate_cluster_live_nodes gauge
 wsgate_cluster_live_nodes{shard="0"} 0

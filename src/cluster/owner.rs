@@ -89,6 +89,9 @@ pub struct ClusterStats {
     pub cleaned: u64,
     /// Error replies from Redis (each also fails its request).
     pub error_replies: u64,
+    /// Inbox messages pushed while a connect waited for its reply that did not fit the
+    /// hand-over bound (`offline_max_messages`); the client recovers them with `resume`.
+    pub early_dropped: u64,
     /// Gauge: nodes in the live set, this one included.
     pub live_nodes: u64,
 }
@@ -1573,6 +1576,12 @@ impl ClusterOwner {
                 && let Some(entry) = self.users.get_mut(user)
                 && entry.connecting > 0
             {
+                // Bounded like an offline queue: past it the oldest goes (counted); the
+                // client sees the gap in `seq` and resumes.
+                if entry.early.len() >= self.limits.offline_max_messages {
+                    entry.early.remove(0);
+                    self.stats.early_dropped += 1;
+                }
                 entry.early.push((seq_of(frame_bytes), frame.clone()));
             }
             let user: Key = user.into();

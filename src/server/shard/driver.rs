@@ -396,6 +396,7 @@ impl Shard {
                 requeued: c.requeued,
                 cleaned: c.cleaned,
                 error_replies: c.error_replies,
+                early_dropped: c.early_dropped,
                 live_nodes: c.live_nodes,
             };
             if let Some(cluster) = self.msg.as_ref().and_then(|m| m.cluster()) {
