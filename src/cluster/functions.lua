@@ -34,6 +34,15 @@ local function position(k, candidate)
   return p[1], tonumber(p[2])
 end
 
+-- Takes the log's next sequence number; returns the epoch, the seq and the frame with
+-- it (head .. seq .. tail).
+local function sequence(k, candidate, head, tail)
+  local epoch, seq = position(k, candidate)
+  seq = seq + 1
+  redis.call('HSET', k .. ':i', 's', seq)
+  return epoch, seq, head .. seq .. tail
+end
+
 -- Appends to the history and trims it to `max` entries; returns how many went.
 local function append(k, seq, entry, max, receipts)
   local len = redis.call('RPUSH', k .. ':h', entry)
@@ -93,10 +102,7 @@ end
 -- dropped, registry entries...}.
 redis.register_function('wsg_send', function(keys, args)
   local k = keys[1]
-  local epoch, seq = position(k, args[1])
-  seq = seq + 1
-  redis.call('HSET', k .. ':i', 's', seq)
-  local frame = args[2] .. seq .. args[3]
+  local epoch, seq, frame = sequence(k, args[1], args[2], args[3])
   local now = now_ms()
   local entry = now .. ' ' .. frame
   local trimmed = append(k, seq, entry, tonumber(args[7]), true)
@@ -282,10 +288,7 @@ end)
 -- Returns {epoch, seq, receivers (nodes), history trimmed}.
 redis.register_function('wsg_publish', function(keys, args)
   local k = keys[1]
-  local epoch, seq = position(k, args[1])
-  seq = seq + 1
-  redis.call('HSET', k .. ':i', 's', seq)
-  local frame = args[2] .. seq .. args[3]
+  local epoch, seq, frame = sequence(k, args[1], args[2], args[3])
   local trimmed = append(k, seq, now_ms() .. ' ' .. frame, tonumber(args[4]), false)
   expire(k, tonumber(args[5]), {':i', ':h'})
   local receivers = redis.call('PUBLISH', k, 'r' .. args[6] .. '\n' .. frame)

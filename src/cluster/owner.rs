@@ -366,11 +366,6 @@ impl ClusterOwner {
         self.rooms.len()
     }
 
-    /// Batches sent and not yet answered.
-    pub fn inflight(&self) -> usize {
-        self.inflight.len()
-    }
-
     fn new_epoch(&mut self) -> u64 {
         self.epochs_made += 1;
         crate::msg::new_epoch(self.epoch_seed, self.epochs_made, self.shard)
