@@ -19,6 +19,14 @@
 -- followed by "<len>:<user>" and the entry, frame or origin node; r (room message: the exclude token, '\n', the frame) and p
 -- (presence event: the frame).
 
+-- Appends `list` to the reply `out`.
+local function extend(out, list)
+  for _, v in ipairs(list) do
+    out[#out + 1] = v
+  end
+  return out
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -125,11 +133,7 @@ redis.register_function('wsg_send', function(keys, args)
     queued = 1
     dropped = offline_push(k, entry, tonumber(args[8]), ttl)
   end
-  local out = {epoch, seq, receivers, queued, trimmed, dropped}
-  for _, f in ipairs(fields) do
-    out[#out + 1] = f
-  end
-  return out
+  return extend({epoch, seq, receivers, queued, trimmed, dropped}, fields)
 end)
 
 -- offline_seq: on a Redis Cluster, a message whose registry entries are all of dead
@@ -189,11 +193,8 @@ redis.register_function('wsg_connect', function(keys, args)
   redis.call('PERSIST', k .. ':i')
   local out = {epoch, seq, now_ms()}
   if others == 0 then
-    local queued = redis.call('LRANGE', k .. ':o', 0, -1)
+    extend(out, redis.call('LRANGE', k .. ':o', 0, -1))
     redis.call('DEL', k .. ':o')
-    for _, e in ipairs(queued) do
-      out[#out + 1] = e
-    end
   end
   return out
 end)
@@ -240,10 +241,7 @@ redis.register_function('wsg_read', function(keys, args)
     from = 0
   end
   out[3] = first + from
-  for _, e in ipairs(redis.call('LRANGE', k .. ':h', from, -1)) do
-    out[#out + 1] = e
-  end
-  return out
+  return extend(out, redis.call('LRANGE', k .. ':h', from, -1))
 end)
 
 -- ack: KEYS[1] inbox; ARGV: seq, ttl ms. Returns {0} (not in history), {1} (acknowledged
@@ -322,11 +320,7 @@ redis.register_function('wsg_room_presence', function(keys, args)
   if members > tonumber(args[1]) then
     return {members, conns, 0}
   end
-  local out = {members, conns, 1}
-  for _, u in ipairs(redis.call('HKEYS', k .. ':m')) do
-    out[#out + 1] = u
-  end
-  return out
+  return extend({members, conns, 1}, redis.call('HKEYS', k .. ':m'))
 end)
 
 -- alive: KEYS[1] the node set; ARGV: node, ttl ms. The node's liveness is renewed,
