@@ -436,7 +436,11 @@ impl ClusterOwner {
     /// replies.
     pub fn handle(&mut self, from: ShardId, msg: MeshMsg) {
         if self.left {
-            // The shard has taken its entries back and is stopping.
+            // The shard has taken its entries back and is stopping; a backend waiting
+            // on an answer hears so rather than timing out.
+            if let MeshMsg::Api(request) = msg {
+                request.answer(ApiReply::Unavailable);
+            }
             return;
         }
         match msg {
