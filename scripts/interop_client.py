@@ -3,6 +3,9 @@
 
 Usage: interop_client.py ws://HOST:PORT/PATH             (the server must run with --echo)
        interop_client.py wss://HOST:PORT/PATH --ca FILE  (TLS, trusting the PEM in FILE)
+       interop_client.py ws://HOST:PORT/PATH --compression  (the server runs with
+                         --compression on: permessage-deflate must be agreed, and every
+                         check then runs over compressed frames)
 
 Uses the `websockets` package (sync client) to exercise what a real client does:
 text and binary echo, a message split into fragments, a large message, ping/pong,
@@ -26,12 +29,16 @@ def check(name, ok):
 
 def main():
     url = sys.argv[1]
-    options = {"max_size": None, "compression": None}
+    compress = "--compression" in sys.argv
+    options = {"max_size": None, "compression": "deflate" if compress else None}
     if "--ca" in sys.argv:
         context = ssl.create_default_context(cafile=sys.argv[sys.argv.index("--ca") + 1])
         context.set_alpn_protocols(["http/1.1"])
         options["ssl"] = context
     with connect(url, **options) as ws:
+        if compress:
+            names = [e.name for e in ws.protocol.extensions]
+            check("permessage-deflate negotiated", names == ["permessage-deflate"])
         if "ssl" in options:
             tls = ws.socket
             check(

@@ -244,6 +244,12 @@ pub struct ShardMetrics {
     pub protocol_errors: HashMap<&'static str, u64>,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumer_closes: u64,
+    /// permessage-deflate, by event: `negotiated` (upgrades that agreed it),
+    /// `messages_out` / `bytes_out_plain` / `bytes_out_compressed` (messages we sent
+    /// compressed, their sizes before and after), `not_smaller` (messages over
+    /// `--compression-min-bytes` sent plain because deflate did not shrink them),
+    /// `messages_in` / `bytes_in_compressed` / `bytes_in_plain` (messages inflated).
+    pub compression: HashMap<&'static str, u64>,
     /// Edge limits hit, by limit (`upgrade_rate`, `connections_per_ip`,
     /// `connections_per_user`, `user_replaced`, `message_rate`, `ip_table_full`; see
     /// `crate::edge`).
@@ -322,6 +328,7 @@ impl ShardMetrics {
             close_codes_received,
             protocol_errors,
             slow_consumer_closes,
+            compression,
             limit_hits,
             queued_bytes,
             heartbeat_timeouts,
@@ -376,6 +383,9 @@ impl ShardMetrics {
             *self.protocol_errors.entry(k).or_default() += v;
         }
         self.slow_consumer_closes += slow_consumer_closes;
+        for (k, v) in compression {
+            *self.compression.entry(k).or_default() += v;
+        }
         for (k, v) in limit_hits {
             *self.limit_hits.entry(k).or_default() += v;
         }
@@ -610,6 +620,12 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         help: "Connections closed because their send queue or the shard's send budget was full.",
         series: Series::Plain(|m| m.slow_consumer_closes),
+    },
+    Family {
+        name: "wsgate_compression_total",
+        kind: Kind::Counter,
+        help: "permessage-deflate: upgrades that negotiated it, messages and bytes compressed and inflated.",
+        series: Series::Labelled("event", |m| sorted(&m.compression)),
     },
     Family {
         name: "wsgate_edge_limit_hits_total",

@@ -1101,6 +1101,9 @@ impl Worker {
                     }
                     _ => self.report.unexpected_messages += 1,
                 },
+                // The load generator never offers permessage-deflate, so its
+                // connections reject RSV1 and this cannot arrive.
+                Event::Compressed { .. } => self.report.unexpected_messages += 1,
                 Event::Close { code, .. } => {
                     if *state == State::Open {
                         // The server closed first (drain, heartbeat, policy).

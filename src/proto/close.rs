@@ -58,7 +58,8 @@ impl std::fmt::Display for CloseCode {
 /// of [`ProtocolError::close_code`]; [`ProtocolError::label`] names it in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProtocolError {
-    /// RSV1-3 set without a negotiated extension (section 5.2).
+    /// RSV1-3 set without a negotiated extension (section 5.2), or RSV1 on a control or
+    /// continuation frame with permessage-deflate (RFC 7692 section 6.1).
     ReservedBits,
     /// Opcode 3-7 or 0xB-0xF (section 5.2).
     ReservedOpcode,
@@ -88,11 +89,13 @@ pub enum ProtocolError {
     InvalidCloseCode,
     /// A close frame whose reason is not UTF-8 (section 5.5.1).
     InvalidCloseReason,
+    /// A compressed message (permessage-deflate, RFC 7692) that is not valid DEFLATE.
+    BadDeflate,
 }
 
 impl ProtocolError {
     /// Every variant, to register metric labels and to test them all.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::ReservedBits,
         Self::ReservedOpcode,
         Self::UnmaskedFrame,
@@ -108,13 +111,14 @@ impl ProtocolError {
         Self::InvalidClosePayload,
         Self::InvalidCloseCode,
         Self::InvalidCloseReason,
+        Self::BadDeflate,
     ];
 
     /// The close code we send when failing the connection for this error.
     pub fn close_code(self) -> CloseCode {
         match self {
             Self::FrameTooBig | Self::MessageTooBig => CloseCode::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCloseReason | Self::BadDeflate => CloseCode::INVALID_PAYLOAD,
             Self::ReservedBits
             | Self::ReservedOpcode
             | Self::UnmaskedFrame
@@ -147,6 +151,7 @@ impl ProtocolError {
             Self::InvalidClosePayload => "close payload of one byte",
             Self::InvalidCloseCode => "invalid close code",
             Self::InvalidCloseReason => "close reason not UTF-8",
+            Self::BadDeflate => "compressed message is not DEFLATE",
         }
     }
 
@@ -168,6 +173,7 @@ impl ProtocolError {
             Self::InvalidClosePayload => "invalid_close_payload",
             Self::InvalidCloseCode => "invalid_close_code",
             Self::InvalidCloseReason => "invalid_close_reason",
+            Self::BadDeflate => "bad_deflate",
         }
     }
 }

@@ -29,7 +29,9 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::close::{CloseCode, ProtocolError, parse_close_payload, truncate_reason};
-use super::frame::{FrameHeader, MAX_HEADER_LEN, OpCode, Role, decode_header, encode_frame, encode_header, header_len};
+use super::frame::{
+    FrameHeader, MAX_HEADER_LEN, OpCode, Role, decode_header_ext, encode_frame, encode_header, header_len,
+};
 use super::mask::apply_mask;
 use super::utf8::{self, Utf8Validator};
 use crate::limits::{Limits, MAX_CONTROL_PAYLOAD};
@@ -71,6 +73,17 @@ pub enum Event<'a> {
         code: Option<CloseCode>,
         /// The peer's reason (UTF-8, at most 123 bytes).
         reason: &'a str,
+    },
+    /// A compressed data message (permessage-deflate, negotiated with
+    /// [`Connection::set_deflate`]): `payload` is its DEFLATE data, frames joined and
+    /// unmasked. The caller inflates it (`super::deflate::Inflater`, which bounds the
+    /// output and validates text) and, if that fails, reports the error with
+    /// [`Connection::fail_message`].
+    Compressed {
+        /// A text message (the inflated bytes must be UTF-8) rather than binary.
+        text: bool,
+        /// The compressed bytes.
+        payload: Cow<'a, [u8]>,
     },
     /// The peer broke the protocol. A close frame with `error.close_code()` is queued;
     /// the connection is closed once it has been polled, and later input is discarded.
@@ -233,15 +246,30 @@ pub struct Connection {
     /// Pings received since the caller last took the count (they count toward the
     /// caller's message rate: each is answered, so a flood must be bounded).
     pings_in: u8,
+    /// permessage-deflate: 0 when not negotiated, else the LZ77 window (9 to 15 bits)
+    /// our compressed messages may use. All the state compression needs per connection.
+    deflate_bits: u8,
+    /// The message being assembled is compressed (RSV1 on its first frame).
+    compressed: bool,
 }
 
 /// What one step of the input loop found; turned into an [`Event`] by
 /// [`Connection::handle_input`], which alone ties lifetimes to the input.
 enum Found {
-    /// A whole message at `input[start..end]`, already unmasked (and validated if text).
-    Borrowed { text: bool, start: usize, end: usize },
+    /// A whole message at `input[start..end]`, already unmasked (and validated if text
+    /// and not compressed).
+    Borrowed {
+        text: bool,
+        compressed: bool,
+        start: usize,
+        end: usize,
+    },
     /// A message assembled in `Extra::message`, handed out by value.
-    Owned { text: bool, payload: Vec<u8> },
+    Owned {
+        text: bool,
+        compressed: bool,
+        payload: Vec<u8>,
+    },
     /// A close frame whose payload lies at `input[start..end]`.
     CloseInInput {
         code: Option<CloseCode>,
@@ -278,7 +306,29 @@ impl Connection {
             pong_queued: false,
             frames_in: 0,
             pings_in: 0,
+            deflate_bits: 0,
+            compressed: false,
         }
+    }
+
+    /// permessage-deflate was negotiated in the upgrade: the peer may send compressed
+    /// messages (RSV1), and ours may be compressed with a window of `window_bits` (9 to
+    /// 15). Call before any input.
+    pub fn set_deflate(&mut self, window_bits: u8) {
+        debug_assert!((9..=15).contains(&window_bits));
+        self.deflate_bits = window_bits;
+    }
+
+    /// The window our compressed messages may use, or `None` without permessage-deflate.
+    pub fn deflate_bits(&self) -> Option<u8> {
+        (self.deflate_bits != 0).then_some(self.deflate_bits)
+    }
+
+    /// The caller could not take a message this connection delivered (a compressed
+    /// message that did not inflate, see [`Event::Compressed`]): fails the connection as
+    /// for a protocol error, queueing a close with `error`'s code.
+    pub fn fail_message(&mut self, now: Instant, limits: &Limits, error: ProtocolError) {
+        self.fail(now, limits, error);
     }
 
     /// The number of frames received since the last call, for metrics. Call it after
@@ -340,7 +390,24 @@ impl Connection {
         debug_assert!(consumed <= input.len());
         debug_assert!(found.is_some() || consumed == input.len());
         let event = found.map(|found| match found {
-            Found::Borrowed { text, start, end } => {
+            Found::Borrowed {
+                text,
+                compressed: true,
+                start,
+                end,
+            } => Event::Compressed {
+                text,
+                payload: Cow::Borrowed(&input[start..end]),
+            },
+            Found::Owned {
+                text,
+                compressed: true,
+                payload,
+            } => Event::Compressed {
+                text,
+                payload: Cow::Owned(payload),
+            },
+            Found::Borrowed { text, start, end, .. } => {
                 let bytes = &input[start..end];
                 Event::Message(if text {
                     debug_assert!(utf8::validate(bytes).is_ok());
@@ -351,7 +418,7 @@ impl Connection {
                     Message::Binary(Cow::Borrowed(bytes))
                 })
             }
-            Found::Owned { text, payload } => Event::Message(if text {
+            Found::Owned { text, payload, .. } => Event::Message(if text {
                 debug_assert!(utf8::validate(&payload).is_ok());
                 // SAFETY: every byte of `payload` went through `self.utf8.feed` and the
                 // message ended with `finish` succeeding, so it is valid UTF-8.
@@ -407,10 +474,19 @@ impl Connection {
                     self.frame_remaining = 0;
                     self.assembling = Assembling::None;
                     let text = header.opcode == OpCode::Text;
-                    if text && utf8::validate(&input[start..end]).is_err() {
+                    let compressed = header.compressed;
+                    if text && !compressed && utf8::validate(&input[start..end]).is_err() {
                         return (input.len(), self.fail(now, limits, ProtocolError::InvalidUtf8));
                     }
-                    return (end, Some(Found::Borrowed { text, start, end }));
+                    return (
+                        end,
+                        Some(Found::Borrowed {
+                            text,
+                            compressed,
+                            start,
+                            end,
+                        }),
+                    );
                 }
             }
             let take = self.frame_remaining.min((input.len() - pos) as u64) as usize;
@@ -443,7 +519,9 @@ impl Connection {
     /// Returns the bytes of `input` it used and the header.
     fn read_header(&mut self, input: &[u8], limits: &Limits) -> Result<Option<(usize, FrameHeader)>, ProtocolError> {
         if self.header_len == 0 {
-            if let Some((header, used)) = decode_header(input, self.role, limits.max_frame_bytes)? {
+            if let Some((header, used)) =
+                decode_header_ext(input, self.role, limits.max_frame_bytes, self.deflate_bits != 0)?
+            {
                 return Ok(Some((used, header)));
             }
             let keep = input.len();
@@ -469,7 +547,12 @@ impl Connection {
         used += more;
         let have = have + more;
         self.header_len = have as u8;
-        match decode_header(&self.header[..have], self.role, limits.max_frame_bytes)? {
+        match decode_header_ext(
+            &self.header[..have],
+            self.role,
+            limits.max_frame_bytes,
+            self.deflate_bits != 0,
+        )? {
             Some((header, len)) => {
                 debug_assert_eq!(len, have);
                 self.header_len = 0;
@@ -507,6 +590,7 @@ impl Connection {
                     Assembling::Binary
                 };
                 self.utf8 = Utf8Validator::default();
+                self.compressed = header.compressed;
                 0
             }
         };
@@ -534,7 +618,8 @@ impl Connection {
             return None;
         }
         self.unmask(chunk);
-        if self.assembling == Assembling::Text && self.utf8.feed(chunk).is_err() {
+        // A compressed message's text is validated after inflation, by the caller.
+        if self.assembling == Assembling::Text && !self.compressed && self.utf8.feed(chunk).is_err() {
             return self.fail(now, limits, ProtocolError::InvalidUtf8);
         }
         let extra = self.extra.get_or_insert_with(Box::default);
@@ -543,13 +628,18 @@ impl Connection {
             return None;
         }
         let text = self.assembling == Assembling::Text;
-        if text && self.utf8.finish().is_err() {
+        let compressed = self.compressed;
+        if text && !compressed && self.utf8.finish().is_err() {
             return self.fail(now, limits, ProtocolError::InvalidUtf8);
         }
         self.assembling = Assembling::None;
         let payload = std::mem::take(&mut extra.message);
         self.release_extra();
-        Some(Found::Owned { text, payload })
+        Some(Found::Owned {
+            text,
+            compressed,
+            payload,
+        })
     }
 
     /// Takes the next piece of a control frame's payload and acts on a whole one.
@@ -887,7 +977,9 @@ pub fn fuzz_connection(data: &[u8]) {
         max_message_bytes: 600,
         ..Limits::default()
     };
-    check_stream(&limits, &stream, u32::from_le_bytes(*seed));
+    // Odd seeds negotiate permessage-deflate, so RSV1 frames reach the inflater.
+    let seed = u32::from_le_bytes(*seed);
+    check_stream_with(&limits, &stream, seed, seed & 1 == 1);
 }
 
 /// Builds masked client frames from fuzz input: per frame, a first header byte (any
@@ -928,6 +1020,8 @@ pub enum OwnedEvent {
     Error(ProtocolError),
     /// A control frame we sent: opcode and payload.
     Sent(u8, Vec<u8>),
+    /// A compressed message, before inflation (`run_stream` inflates it).
+    Compressed(bool, Vec<u8>),
 }
 
 impl OwnedEvent {
@@ -937,6 +1031,7 @@ impl OwnedEvent {
             Event::Message(Message::Binary(b)) => Self::Binary(b.to_vec()),
             Event::Close { code, reason } => Self::Close(code.map(|c| c.0), reason.to_string()),
             Event::Error(e) => Self::Error(*e),
+            Event::Compressed { text, payload } => Self::Compressed(*text, payload.to_vec()),
         }
     }
 }
@@ -951,8 +1046,21 @@ impl OwnedEvent {
 /// - an error's close code is one that may go on the wire.
 #[doc(hidden)]
 pub fn run_stream(limits: &Limits, stream: &[u8], seed: u32) -> Vec<OwnedEvent> {
+    run_stream_with(limits, stream, seed, false)
+}
+
+/// [`run_stream`] on a connection that negotiated permessage-deflate when `deflate`:
+/// compressed messages are inflated as the shard does (bounded, text validated), and
+/// reported as the message or as the error that failed the connection.
+#[doc(hidden)]
+pub fn run_stream_with(limits: &Limits, stream: &[u8], seed: u32, deflate: bool) -> Vec<OwnedEvent> {
     let now = Instant::now();
     let mut conn = Connection::new(Role::Server, now);
+    if deflate {
+        conn.set_deflate(15);
+    }
+    let mut inflater = super::deflate::Inflater::default();
+    let mut inflated = Vec::new();
     let mut buf = stream.to_vec();
     let mut events = Vec::new();
     let mut rng = seed | 1;
@@ -978,7 +1086,17 @@ pub fn run_stream(limits: &Limits, stream: &[u8], seed: u32) -> Vec<OwnedEvent> 
                 break;
             };
             off += used;
-            let owned = OwnedEvent::from_event(&event);
+            let mut owned = OwnedEvent::from_event(&event);
+            if let OwnedEvent::Compressed(text, payload) = &owned {
+                owned = match inflater.inflate(payload, *text, limits.max_message_bytes, &mut inflated) {
+                    Ok(()) if *text => OwnedEvent::Text(String::from_utf8(inflated.clone()).expect("validated")),
+                    Ok(()) => OwnedEvent::Binary(inflated.clone()),
+                    Err(error) => {
+                        conn.fail_message(now, limits, error);
+                        OwnedEvent::Error(error)
+                    }
+                };
+            }
             match &owned {
                 OwnedEvent::Text(t) => {
                     assert!(!ended, "data after close");
@@ -992,7 +1110,7 @@ pub fn run_stream(limits: &Limits, stream: &[u8], seed: u32) -> Vec<OwnedEvent> 
                     assert!(!ended, "second close or error");
                     ended = true;
                 }
-                OwnedEvent::Sent(..) => unreachable!(),
+                OwnedEvent::Sent(..) | OwnedEvent::Compressed(..) => unreachable!(),
             }
             if let OwnedEvent::Error(e) = &owned {
                 assert!(e.close_code().is_valid_on_wire());
@@ -1023,8 +1141,14 @@ pub fn run_stream(limits: &Limits, stream: &[u8], seed: u32) -> Vec<OwnedEvent> 
 /// where pongs fall between the other events depends on when the caller polls).
 #[doc(hidden)]
 pub fn check_stream(limits: &Limits, stream: &[u8], seed: u32) {
-    let whole = run_stream(limits, stream, u32::MAX);
-    let chunked = run_stream(limits, stream, seed);
+    check_stream_with(limits, stream, seed, false);
+}
+
+/// [`check_stream`] with permessage-deflate negotiated when `deflate`.
+#[doc(hidden)]
+pub fn check_stream_with(limits: &Limits, stream: &[u8], seed: u32, deflate: bool) {
+    let whole = run_stream_with(limits, stream, u32::MAX, deflate);
+    let chunked = run_stream_with(limits, stream, seed, deflate);
     let is_pong = |e: &OwnedEvent| matches!(e, OwnedEvent::Sent(op, _) if *op == OpCode::Pong as u8);
     let split =
         |events: Vec<OwnedEvent>| -> (Vec<OwnedEvent>, Vec<OwnedEvent>) { events.into_iter().partition(is_pong) };

@@ -76,6 +76,9 @@ pub struct FrameHeader {
     pub mask: Option<[u8; 4]>,
     /// Payload length in bytes, already checked against the frame limit.
     pub payload_len: u64,
+    /// RSV1 on the first frame of a message: the message is compressed
+    /// (permessage-deflate; only when [`decode_header_ext`] was told it was negotiated).
+    pub compressed: bool,
 }
 
 /// The longest header: 2 bytes, a 64-bit length and a masking key.
@@ -105,6 +108,19 @@ pub fn decode_header(
     role: Role,
     max_frame_bytes: u64,
 ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+    decode_header_ext(buf, role, max_frame_bytes, false)
+}
+
+/// [`decode_header`] on a connection that negotiated permessage-deflate (`deflate`):
+/// RSV1 is then allowed on a text or binary frame (it marks a compressed message) and
+/// still an error on a control or continuation frame (RFC 7692 section 6.1); RSV2 and
+/// RSV3 are always errors.
+pub fn decode_header_ext(
+    buf: &[u8],
+    role: Role,
+    max_frame_bytes: u64,
+    deflate: bool,
+) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
     let Some(len) = header_len(buf) else {
         return Ok(None);
     };
@@ -112,11 +128,14 @@ pub fn decode_header(
     let second = buf[1];
     // The first two bytes decide most errors; report them without waiting for the rest
     // of the header, so a peer cannot stall the verdict by withholding bytes.
-    if first & 0x70 != 0 {
+    let opcode = OpCode::from_u8(first & 0x0f);
+    let compressed = first & 0x40 != 0;
+    let rsv1_ok = deflate && matches!(opcode, Some(OpCode::Text | OpCode::Binary));
+    if first & 0x30 != 0 || (compressed && !rsv1_ok) {
         return Err(ProtocolError::ReservedBits);
     }
     let fin = first & 0x80 != 0;
-    let opcode = OpCode::from_u8(first & 0x0f).ok_or(ProtocolError::ReservedOpcode)?;
+    let opcode = opcode.ok_or(ProtocolError::ReservedOpcode)?;
     let masked = second & 0x80 != 0;
     match (role, masked) {
         (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
@@ -162,6 +181,7 @@ pub fn decode_header(
             opcode,
             mask,
             payload_len,
+            compressed,
         },
         len,
     )))
@@ -248,6 +268,38 @@ impl SharedFrame {
     pub fn from_wire(frame: &[u8]) -> Self {
         debug_assert_eq!(header_len(frame).map(|n| n <= frame.len()), Some(true));
         Self { bytes: frame.into() }
+    }
+
+    /// A compressed data message (permessage-deflate): `payload` is the DEFLATE output
+    /// and the frame carries RSV1.
+    pub fn compressed(opcode: OpCode, payload: &[u8]) -> Self {
+        debug_assert!(matches!(opcode, OpCode::Text | OpCode::Binary));
+        let mut frame = Self::new(opcode, payload);
+        Arc::get_mut(&mut frame.bytes).expect("not shared yet")[0] |= 0x40;
+        frame
+    }
+
+    /// The opcode of a data frame (text or binary, not compressed), or `None` for a
+    /// control frame, a compressed one or raw bytes: what may be compressed for a
+    /// connection that negotiated it.
+    pub fn plain_data_opcode(&self) -> Option<OpCode> {
+        match self.bytes[0] {
+            0x81 => Some(OpCode::Text),
+            0x82 => Some(OpCode::Binary),
+            _ => None,
+        }
+    }
+
+    /// The payload (the bytes after the header).
+    pub fn payload(&self) -> &[u8] {
+        let head = header_len(&self.bytes).expect("a whole frame");
+        &self.bytes[head..]
+    }
+
+    /// Whether two handles share one frame (so a frame fanned out to many connections is
+    /// compressed once).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.bytes, &other.bytes)
     }
 
     /// A text message.
@@ -342,7 +394,8 @@ mod tests {
                 fin: true,
                 opcode: OpCode::Text,
                 mask: Some([1, 2, 3, 4]),
-                payload_len: 5
+                payload_len: 5,
+                compressed: false,
             }
         );
     }

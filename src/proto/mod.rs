@@ -7,10 +7,13 @@
 //! - [`mask`]: fast payload unmasking.
 //! - [`utf8`]: one-shot and incremental UTF-8 validation.
 //! - [`close`]: close codes and close frame payloads.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, and the per-shard
+//!   compressor and bounded inflater.
 //! - [`connection`]: the per-connection state machine built from the pieces above.
 
 pub mod close;
 pub mod connection;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

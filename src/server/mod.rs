@@ -556,6 +556,8 @@ mod tests_cluster;
 #[cfg(test)]
 mod tests_crash;
 #[cfg(test)]
+mod tests_deflate;
+#[cfg(test)]
 mod tests_edge;
 #[cfg(test)]
 mod tests_msg;

@@ -226,6 +226,8 @@ pub(crate) struct Client {
     pub ws: Connection,
     limits: Limits,
     buf: Vec<u8>,
+    /// Messages that arrived compressed (permessage-deflate), inflated by `next_event`.
+    pub compressed_in: usize,
 }
 
 impl Client {
@@ -254,6 +256,7 @@ impl Client {
             ws: Connection::new_client(Instant::now(), 0x1234),
             limits: Limits::default(),
             buf: Vec::new(),
+            compressed_in: 0,
         };
         (client, String::from_utf8_lossy(&head).into_owned())
     }
@@ -287,12 +290,26 @@ impl Client {
             if !self.buf.is_empty() {
                 let now = Instant::now();
                 let (used, event) = self.ws.handle_input(now, &self.limits, &mut self.buf);
+                let mut compressed = false;
                 let owned = event.map(|e| match e {
                     Event::Message(Message::Text(t)) => OwnedEvent::Text(t.into_owned()),
                     Event::Message(Message::Binary(b)) => OwnedEvent::Binary(b.into_owned()),
                     Event::Close { code, .. } => OwnedEvent::Close(code.map(|c| c.0)),
+                    Event::Compressed { text, payload } => {
+                        compressed = true;
+                        let mut out = Vec::new();
+                        crate::proto::deflate::Inflater::default()
+                            .inflate(&payload, text, u64::MAX, &mut out)
+                            .expect("the server's compressed message inflates");
+                        if text {
+                            OwnedEvent::Text(String::from_utf8(out).expect("validated"))
+                        } else {
+                            OwnedEvent::Binary(out)
+                        }
+                    }
                     Event::Error(e) => panic!("server broke the protocol: {e}"),
                 });
+                self.compressed_in += usize::from(compressed);
                 self.buf.drain(..used);
                 while let Some(frame) = self.ws.poll_transmit() {
                     let _ = self.stream.write_all(frame.as_bytes());

@@ -86,6 +86,7 @@ impl TlsClient {
                     Event::Message(Message::Binary(b)) => OwnedEvent::Binary(b.into_owned()),
                     Event::Close { code, .. } => OwnedEvent::Close(code.map(|c| c.0)),
                     Event::Error(e) => panic!("server broke the protocol: {e}"),
+                    Event::Compressed { .. } => panic!("compression was not negotiated"),
                 });
                 self.buf.drain(..used);
                 while let Some(frame) = self.ws.poll_transmit() {

@@ -7,6 +7,7 @@
 //! control frames (pong, ping, close) and messaging's frames queued on the connection
 //! (see `send`), and a finished WebSocket moved towards its end (see `close`).
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use crate::edge;
@@ -44,6 +45,7 @@ impl Shard {
                     if self.slots.contains(key) && self.slots[key].phase == Phase::Open && self.slots[key].ws.can_send()
                     {
                         self.metrics.messages_out += 1;
+                        let frame = self.outgoing(key, frame, true);
                         self.enqueue(key, Out::Frame(frame), false);
                     }
                 }
@@ -58,6 +60,9 @@ impl Shard {
                     }
                 }
             }
+        }
+        if let Some(compress) = self.compress.as_deref_mut() {
+            compress.end_turn();
         }
         if self.mesh.as_ref().is_some_and(|mesh| mesh.pending() > 0) {
             // Messages wait for room on a ring: come back soon rather than at the tick.
@@ -81,8 +86,28 @@ impl Shard {
                 break;
             };
             off += used;
+            // A compressed message is inflated here (bounded, text validated) and goes
+            // on like any other; if it does not inflate, the connection fails with the
+            // error's code once the event is out of the way.
+            let mut inflate_error = None;
+            let event = match event {
+                Event::Compressed { text, payload } if sending => {
+                    let compress = self
+                        .compress
+                        .as_deref_mut()
+                        .expect("negotiated only with compression on");
+                    match compress.inflate(&payload, text, self.cfg.limits.max_message_bytes, &mut self.metrics) {
+                        Ok(()) => Event::Message(inflated(&compress.inflated, text)),
+                        Err(error) => {
+                            inflate_error = Some(error);
+                            Event::Error(error)
+                        }
+                    }
+                }
+                event => event,
+            };
             let reply = match event {
-                Event::Message(_) if !sending => {
+                Event::Message(_) | Event::Compressed { .. } if !sending => {
                     // We are closing (e.g. over the message rate): what still arrives
                     // is read for the close handshake but not acted on.
                     None
@@ -121,7 +146,11 @@ impl Shard {
                     ShardMetrics::bump(&mut self.metrics.protocol_errors, error.label());
                     None
                 }
+                Event::Compressed { .. } => unreachable!("inflated above"),
             };
+            if let Some(error) = inflate_error {
+                self.slots[key].ws.fail_message(self.now, &self.cfg.limits, error);
+            }
             self.metrics.frames_in += u64::from(self.slots[key].ws.take_frames_in());
             self.charge_pings(key);
             // Pongs (and a close) owed for what came before this message leave before
@@ -131,10 +160,20 @@ impl Shard {
                 && self.slots[key].ws.can_send()
             {
                 self.metrics.messages_out += 1;
+                let frame = self.outgoing(key, frame, false);
                 self.enqueue(key, Out::Frame(frame), false);
             }
         }
         self.after_protocol(key);
+    }
+
+    /// The frame to queue for `key`: compressed when the connection agreed to
+    /// permessage-deflate (once per turn for a `shared` frame), else `frame` itself.
+    fn outgoing(&mut self, key: Key, frame: SharedFrame, shared: bool) -> SharedFrame {
+        match (self.slots[key].ws.deflate_bits(), self.compress.as_deref_mut()) {
+            (Some(bits), Some(compress)) => compress.frame_for(frame, bits, shared, &mut self.metrics),
+            _ => frame,
+        }
     }
 
     /// Collects the control frames the state machine wants sent, reschedules its
@@ -221,6 +260,18 @@ impl Shard {
                 true
             }
         }
+    }
+}
+
+/// An inflated message as the frame code hands it on (text already validated by the
+/// inflater).
+fn inflated(bytes: &[u8], text: bool) -> Message<'_> {
+    if text {
+        Message::Text(Cow::Borrowed(
+            std::str::from_utf8(bytes).expect("the inflater validated the text"),
+        ))
+    } else {
+        Message::Binary(Cow::Borrowed(bytes))
     }
 }
 

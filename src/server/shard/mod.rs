@@ -47,6 +47,7 @@
 mod accept;
 mod close;
 mod cluster;
+mod compress;
 mod driver;
 mod frames;
 mod handle;
@@ -162,6 +163,8 @@ pub struct Shard {
     plain: Vec<u8>,
     /// Queued plaintext gathered for one `seal`.
     seal_buf: Vec<u8>,
+    /// permessage-deflate (`--compression on`): the shard's compressor and inflater.
+    compress: Option<Box<compress::ShardCompression>>,
     /// When accepting may resume after running out of descriptors.
     accept_paused_until: Option<Instant>,
     /// Which listeners' accepts ended for lack of descriptors (plain, TLS): only those
@@ -291,6 +294,8 @@ impl Shard {
                 Vec::new()
             },
             seal_buf: Vec::new(),
+            compress: (cfg.compression == crate::config::CompressionMode::On)
+                .then(|| Box::new(compress::ShardCompression::new(cfg.compression_min_bytes))),
             tls_listener,
             tls,
             accept_paused_until: None,

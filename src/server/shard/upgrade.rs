@@ -16,6 +16,7 @@ use crate::edge::ConnRef;
 use crate::metrics::ShardMetrics;
 use crate::msg::protocol::Encoding;
 use crate::proto::connection::Connection;
+use crate::proto::deflate::{self, Agreement};
 use crate::proto::frame::Role;
 use crate::proto::handshake;
 use crate::server::admission::{Admitted, Gate, Refused, ShardView, Verdict};
@@ -86,10 +87,21 @@ impl Shard {
                     ShardMetrics::bump(&mut self.metrics.limit_hits, "user_replaced");
                 }
                 ShardMetrics::bump(&mut self.metrics.auth_accepted, admitted.identity.carrier.label());
-                request.write_response(&mut self.scratch);
+                let deflate = self
+                    .compress
+                    .is_some()
+                    .then(|| deflate::negotiate(request.extensions()))
+                    .flatten();
+                match deflate {
+                    Some(agreed) => request.write_response_with_headers(
+                        &mut self.scratch,
+                        &[("Sec-WebSocket-Extensions", &agreed.response())],
+                    ),
+                    None => request.write_response(&mut self.scratch),
+                }
                 let encoding = Encoding::from_subprotocol(request.selected_protocol()).unwrap_or(Encoding::Json);
                 let leftover = data[request.header_len()..].to_vec();
-                self.upgrade(key, admitted, encoding, leftover);
+                self.upgrade(key, admitted, encoding, deflate, leftover);
             }
         }
     }
@@ -108,10 +120,21 @@ impl Shard {
 
     /// Sends the 101 in `scratch`, opens the WebSocket, tells messaging, and feeds any
     /// frames that came right behind the request.
-    fn upgrade(&mut self, key: Key, admitted: Admitted, encoding: Encoding, leftover: Vec<u8>) {
+    fn upgrade(
+        &mut self,
+        key: Key,
+        admitted: Admitted,
+        encoding: Encoding,
+        deflate: Option<Agreement>,
+        leftover: Vec<u8>,
+    ) {
         let response = self.scratch.as_slice().into();
         let slot = &mut self.slots[key];
         slot.ws = Connection::new(Role::Server, self.now);
+        if let Some(agreed) = deflate {
+            slot.ws.set_deflate(agreed.server_window_bits);
+            ShardMetrics::bump(&mut self.metrics.compression, "negotiated");
+        }
         slot.phase = Phase::Open;
         slot.user = admitted.user;
         slot.ip = admitted.ip;
