@@ -6,7 +6,7 @@
 # tests. This script builds a throwaway cargo-fuzz crate under target/ that calls them,
 # so the repository keeps its fixed top-level layout.
 #
-# Usage: scripts/fuzz.sh [handshake|frame|connection|msgproto|all] [seconds-per-target]
+# Usage: scripts/fuzz.sh [handshake|frame|connection|inflate|msgproto|all] [seconds-per-target]
 #   default: all, 60 seconds each. Corpora persist in target/fuzz-harness/corpus/.
 # Needs: cargo-fuzz (installed on first run). Works on a stable toolchain: the
 # instrumentation flags it needs are stable, RUSTC_BOOTSTRAP covers -Z flags it passes,
@@ -24,7 +24,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-mkdir -p "$dir/fuzz_targets" "$dir/corpus"/{handshake,frame,connection,msgproto}
+mkdir -p "$dir/fuzz_targets" "$dir/corpus"/{handshake,frame,connection,inflate,msgproto}
 cat > "$dir/Cargo.toml" <<TOML
 [package]
 name = "wsgate-fuzz"
@@ -47,11 +47,12 @@ debug-assertions = true
 overflow-checks = true
 TOML
 
-for t in handshake frame connection msgproto; do
+for t in handshake frame connection inflate msgproto; do
   case $t in
     handshake) call='wsgate::proto::handshake::fuzz_parse(data)' ;;
     frame) call='wsgate::proto::frame::fuzz_decode_header(data)' ;;
     connection) call='wsgate::proto::connection::fuzz_connection(data)' ;;
+    inflate) call='wsgate::proto::deflate::fuzz_inflate(data)' ;;
     msgproto) call='wsgate::msg::protocol::fuzz_parse(data)' ;;
   esac
   cat > "$dir/fuzz_targets/$t.rs" <<RS
@@ -77,13 +78,18 @@ printf '\x82\xfe\x01\x00\x01\x02\x03\x04' > "$dir/corpus/frame/len16"
 printf '\x82\xff\x00\x00\x00\x00\x00\x01\x00\x00\x01\x02\x03\x04' > "$dir/corpus/frame/len64"
 printf '\x01\x07\x00\x00\x00\x01\x05hello\x80\x03abc\x89\x02hi\x88\x02\x03\xe8' > "$dir/corpus/connection/frames"
 printf '\x00\x07\x00\x00\x00\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58' > "$dir/corpus/connection/raw"
+# permessage-deflate payloads of RFC 7692 section 7.2.3 (compressed, stored, BFINAL, two blocks).
+printf '\xf2\x48\xcd\xc9\xc9\x07\x00' > "$dir/corpus/inflate/hello"
+printf '\x00\x05\x00\xfa\xff\x48\x65\x6c\x6c\x6f\x00' > "$dir/corpus/inflate/stored"
+printf '\xf3\x48\xcd\xc9\xc9\x07\x00\x00' > "$dir/corpus/inflate/bfinal"
+printf '\xf2\x48\x05\x00\x00\x00\xff\xff\xca\xc9\xc9\x07\x00' > "$dir/corpus/inflate/two-blocks"
 # Client protocol messages: a selector byte (even: text frame) then the JSON.
 printf '\x00{"type":"send","to":"bob","id":"m1","body":{"text":"hi"}}' > "$dir/corpus/msgproto/send"
 printf '\x00{"type":"join","room":"r","since":{"epoch":7,"seq":3},"presence":true,"id":5}' > "$dir/corpus/msgproto/join"
 printf '\x00{"type":"publish","room":"r","body":[1,"x"],"exclude_self":true}' > "$dir/corpus/msgproto/publish"
 printf '\x00{"type":"presence","user":"b\\u006fb","id":"q"}' > "$dir/corpus/msgproto/presence"
 
-targets=(handshake frame connection msgproto)
+targets=(handshake frame connection inflate msgproto)
 [ "$which_targets" = all ] || targets=("$which_targets")
 cd "$dir"
 for t in "${targets[@]}"; do

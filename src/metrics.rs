@@ -1284,6 +1284,8 @@ wsgate_protocol_errors_total{shard="0",error="frame_too_big"} 1
 # HELP wsgate_slow_consumer_closes_total Connections closed because their send queue or the shard's send budget was full.
 # TYPE wsgate_slow_consumer_closes_total counter
 wsgate_slow_consumer_closes_total{shard="0"} 1
+# HELP wsgate_compression_total permessage-deflate: upgrades that negotiated it, messages and bytes compressed and inflated.
+# TYPE wsgate_compression_total counter
 # HELP wsgate_edge_limit_hits_total Edge limits hit (429 at the upgrade, 1008 after it, or an address let in uncounted), by limit.
 # TYPE wsgate_edge_limit_hits_total counter
 wsgate_edge_limit_hits_total{shard="0",limit="message_rate"} 1

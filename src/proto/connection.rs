@@ -126,6 +126,21 @@ enum Assembling {
     Text,
     /// A binary message whose frames are arriving.
     Binary,
+    /// A compressed text message (RSV1 on its first frame): validated once inflated.
+    CompressedText,
+    /// A compressed binary message.
+    CompressedBinary,
+}
+
+/// Where the input is relative to frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FramePos {
+    /// Between frames: the next byte starts a header.
+    Between,
+    /// In the payload of a frame without FIN.
+    Inner,
+    /// In the payload of a frame with FIN.
+    Last,
 }
 
 /// Most pongs owed at once (see `Extra::pongs`).
@@ -222,12 +237,10 @@ pub struct Connection {
     header_len: u8,
     /// Payload offset of the current frame, modulo 4 (the masking phase).
     phase: u8,
-    /// Opcode of the current frame; meaningful while `in_frame`.
+    /// Opcode of the current frame; meaningful while in a frame.
     frame_opcode: OpCode,
-    /// FIN of the current frame.
-    frame_fin: bool,
-    /// Whether a header has been read and its payload is still arriving.
-    in_frame: bool,
+    /// Whether a header has been read and its payload is still arriving, and its FIN.
+    frame: FramePos,
     /// The data message being assembled.
     assembling: Assembling,
     /// Where the connection is in its lifetime.
@@ -249,8 +262,6 @@ pub struct Connection {
     /// permessage-deflate: 0 when not negotiated, else the LZ77 window (9 to 15 bits)
     /// our compressed messages may use. All the state compression needs per connection.
     deflate_bits: u8,
-    /// The message being assembled is compressed (RSV1 on its first frame).
-    compressed: bool,
 }
 
 /// What one step of the input loop found; turned into an [`Event`] by
@@ -296,8 +307,7 @@ impl Connection {
             header_len: 0,
             phase: 0,
             frame_opcode: OpCode::Continuation,
-            frame_fin: false,
-            in_frame: false,
+            frame: FramePos::Between,
             assembling: Assembling::None,
             state: State::Open,
             role,
@@ -307,7 +317,6 @@ impl Connection {
             frames_in: 0,
             pings_in: 0,
             deflate_bits: 0,
-            compressed: false,
         }
     }
 
@@ -449,7 +458,7 @@ impl Connection {
             if self.state == State::Closed || self.state == State::Closing {
                 return (input.len(), None);
             }
-            if !self.in_frame {
+            if self.frame == FramePos::Between {
                 let (used, header) = match self.read_header(&input[pos..], limits) {
                     Ok(Some(parsed)) => parsed,
                     Ok(None) => return (input.len(), None),
@@ -470,7 +479,7 @@ impl Connection {
                 {
                     let (start, end) = (pos, pos + len);
                     self.unmask(&mut input[start..end]);
-                    self.in_frame = false;
+                    self.frame = FramePos::Between;
                     self.frame_remaining = 0;
                     self.assembling = Assembling::None;
                     let text = header.opcode == OpCode::Text;
@@ -568,29 +577,28 @@ impl Connection {
     /// Applies the message-level rules to a new frame header and enters its payload.
     fn begin_frame(&mut self, header: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
         self.frame_opcode = header.opcode;
-        self.frame_fin = header.fin;
+        self.frame = if header.fin { FramePos::Last } else { FramePos::Inner };
         self.frame_remaining = header.payload_len;
         self.key = header.mask.unwrap_or([0; 4]);
         self.phase = 0;
-        self.in_frame = true;
         if self.state != State::Open || header.opcode.is_control() {
             // After our close, data is only skipped: message rules no longer matter.
             return Ok(());
         }
         let so_far = match (header.opcode, self.assembling) {
             (OpCode::Continuation, Assembling::None) => return Err(ProtocolError::UnexpectedContinuation),
-            (OpCode::Text | OpCode::Binary, Assembling::Text | Assembling::Binary) => {
+            (OpCode::Text | OpCode::Binary, assembling) if assembling != Assembling::None => {
                 return Err(ProtocolError::ExpectedContinuation);
             }
             (OpCode::Continuation, _) => self.extra.as_deref().map_or(0, |extra| extra.message.len() as u64),
             _ => {
-                self.assembling = if header.opcode == OpCode::Text {
-                    Assembling::Text
-                } else {
-                    Assembling::Binary
+                self.assembling = match (header.opcode == OpCode::Text, header.compressed) {
+                    (true, false) => Assembling::Text,
+                    (false, false) => Assembling::Binary,
+                    (true, true) => Assembling::CompressedText,
+                    (false, true) => Assembling::CompressedBinary,
                 };
                 self.utf8 = Utf8Validator::default();
-                self.compressed = header.compressed;
                 0
             }
         };
@@ -611,24 +619,28 @@ impl Connection {
     fn data_payload(&mut self, now: Instant, limits: &Limits, chunk: &mut [u8]) -> Option<Found> {
         self.frame_remaining -= chunk.len() as u64;
         let frame_done = self.frame_remaining == 0;
+        let fin = self.frame == FramePos::Last;
         if frame_done {
-            self.in_frame = false;
+            self.frame = FramePos::Between;
         }
         if self.state != State::Open || (chunk.is_empty() && !frame_done) {
             return None;
         }
         self.unmask(chunk);
         // A compressed message's text is validated after inflation, by the caller.
-        if self.assembling == Assembling::Text && !self.compressed && self.utf8.feed(chunk).is_err() {
+        if self.assembling == Assembling::Text && self.utf8.feed(chunk).is_err() {
             return self.fail(now, limits, ProtocolError::InvalidUtf8);
         }
         let extra = self.extra.get_or_insert_with(Box::default);
         extra.message.extend_from_slice(chunk);
-        if !(frame_done && self.frame_fin) {
+        if !(frame_done && fin) {
             return None;
         }
-        let text = self.assembling == Assembling::Text;
-        let compressed = self.compressed;
+        let text = matches!(self.assembling, Assembling::Text | Assembling::CompressedText);
+        let compressed = matches!(
+            self.assembling,
+            Assembling::CompressedText | Assembling::CompressedBinary
+        );
         if text && !compressed && self.utf8.finish().is_err() {
             return self.fail(now, limits, ProtocolError::InvalidUtf8);
         }
@@ -648,7 +660,7 @@ impl Connection {
         self.frame_remaining -= chunk.len() as u64;
         let done = self.frame_remaining == 0;
         if done {
-            self.in_frame = false;
+            self.frame = FramePos::Between;
         }
         let split = self.extra.as_deref().is_some_and(|extra| !extra.control.is_empty());
         if !done || split {
