@@ -36,9 +36,9 @@ pub(super) struct ShardCompression {
 }
 
 impl ShardCompression {
-    pub(super) fn new(min_bytes: u64) -> Self {
+    pub(super) fn new(level: u32, min_bytes: u64) -> Self {
         Self {
-            deflater: Deflater::default(),
+            deflater: Deflater::new(flate2::Compression::new(level)),
             inflater: Inflater::default(),
             inflated: Vec::new(),
             scratch: Vec::new(),
