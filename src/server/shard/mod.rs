@@ -294,8 +294,12 @@ impl Shard {
                 Vec::new()
             },
             seal_buf: Vec::new(),
-            compress: (cfg.compression == crate::config::CompressionMode::On)
-                .then(|| Box::new(compress::ShardCompression::new(cfg.compression_level, cfg.compression_min_bytes))),
+            compress: (cfg.compression == crate::config::CompressionMode::On).then(|| {
+                Box::new(compress::ShardCompression::new(
+                    cfg.compression_level,
+                    cfg.compression_min_bytes,
+                ))
+            }),
             tls_listener,
             tls,
             accept_paused_until: None,
