@@ -87,6 +87,12 @@ pub struct DensityReport {
     pub close_failures: BTreeMap<String, u64>,
     /// Protocol errors by the server.
     pub protocol_errors: BTreeMap<String, u64>,
+    /// `--compression`: permessage-deflate was offered.
+    pub compression_offered: bool,
+    /// Upgrades whose 101 agreed to permessage-deflate.
+    pub compression_agreed: u64,
+    /// Compressed messages received (and inflated).
+    pub compressed_messages: u64,
     /// Memory before and with the connections open, per connection.
     pub memory: MemoryReport,
     /// Limits in force.
@@ -127,6 +133,12 @@ impl DensityReport {
             ),
         );
         t.row("failures", fmt_counts(&self.failures));
+        t.compression(
+            self.compression_offered,
+            self.compression_agreed,
+            self.established,
+            self.compressed_messages,
+        );
         t.row(
             "handshakes/s",
             format!(
@@ -342,6 +354,9 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
         closed_clean: r.closed_clean,
         close_failures: r.close_failures,
         protocol_errors: r.protocol_errors,
+        compression_offered: common.compression,
+        compression_agreed: r.compression_agreed,
+        compressed_messages: r.compressed_messages,
         memory: MemoryReport::compare(&before, rss_ready, &after, open, setup.all_loopback()),
         limits: setup.preflight,
         interrupted,

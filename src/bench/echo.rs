@@ -115,6 +115,12 @@ pub struct EchoReport {
     pub close_failures: BTreeMap<String, u64>,
     /// Protocol errors by the server.
     pub protocol_errors: BTreeMap<String, u64>,
+    /// `--compression`: permessage-deflate was offered.
+    pub compression_offered: bool,
+    /// Upgrades whose 101 agreed to permessage-deflate.
+    pub compression_agreed: u64,
+    /// Compressed messages received (and inflated).
+    pub compressed_messages: u64,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
     /// Workers had to stop at the hard deadline (or never reported).
@@ -146,6 +152,12 @@ impl EchoReport {
             format!("{} of {} established", self.established, self.connections_requested),
         );
         t.row("failures", fmt_counts(&self.failures));
+        t.compression(
+            self.compression_offered,
+            self.compression_agreed,
+            self.established,
+            self.compressed_messages,
+        );
         t.row(
             "traffic",
             format!(
@@ -263,6 +275,9 @@ pub fn run(args: &EchoArgs, interrupt: &AtomicBool) -> Result<EchoReport, BenchE
         closed_clean: r.closed_clean,
         close_failures: r.close_failures,
         protocol_errors: r.protocol_errors,
+        compression_offered: common.compression,
+        compression_agreed: r.compression_agreed,
+        compressed_messages: r.compressed_messages,
         interrupted,
         hard_deadline_hit: r.hard_deadline_hit || missing > 0,
     })

@@ -239,6 +239,12 @@ pub struct FanoutReport {
     pub close_failures: BTreeMap<String, u64>,
     /// WebSocket protocol errors by the server.
     pub protocol_errors: BTreeMap<String, u64>,
+    /// `--compression`: permessage-deflate was offered.
+    pub compression_offered: bool,
+    /// Upgrades whose 101 agreed to permessage-deflate.
+    pub compression_agreed: u64,
+    /// Compressed messages received (and inflated).
+    pub compressed_messages: u64,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
     /// Not every member joined within --join-timeout.
@@ -300,6 +306,12 @@ impl FanoutReport {
             ),
         );
         t.row("failures", fmt_counts(&self.failures));
+        t.compression(
+            self.compression_offered,
+            self.compression_agreed,
+            self.established,
+            self.compressed_messages,
+        );
         if !direct {
             t.row(
                 "room",
@@ -604,6 +616,9 @@ fn run_spec(args: &Spec<'_>, interrupt: &AtomicBool) -> Result<FanoutReport, Ben
         closed_clean: r.closed_clean,
         close_failures: r.close_failures.clone(),
         protocol_errors: r.protocol_errors.clone(),
+        compression_offered: common.compression,
+        compression_agreed: r.compression_agreed,
+        compressed_messages: r.compressed_messages,
         interrupted,
         join_timed_out,
         hard_deadline_hit: r.hard_deadline_hit || missing > 0,

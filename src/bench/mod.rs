@@ -14,6 +14,13 @@
 //!   users `send` to each other; send-to-`msg` and send-to-`ack` latency (`fanout.rs`,
 //!   the worker side in `worker/fan.rs`, the message reading in `wire.rs`).
 //!
+//! - `--compression` (every mode): each upgrade request offers `permessage-deflate;
+//!   client_max_window_bits` (RFC 7692); where the 101 agrees, the connection accepts
+//!   compressed messages and the worker inflates them (one inflater per worker, no
+//!   buffer per connection). The bench's own messages stay uncompressed, which RFC 7692
+//!   allows per message. The report counts the agreed connections
+//!   (`compression_agreed`).
+//!
 //! This file is the coordinator of all four modes (arguments, threads, the report and
 //! its JSON), 825 lines: the modes share one argument set and one report type, so they
 //! are read together; each mode's worker side has a file of its own.
@@ -160,6 +167,11 @@ pub struct CommonArgs {
     /// handshake each.
     #[arg(long)]
     pub tls_resume: bool,
+    /// Offer permessage-deflate (RFC 7692) in every upgrade request and inflate the
+    /// compressed messages of connections where the server agreed. The bench's own
+    /// messages are still sent uncompressed (RFC 7692 lets each message choose).
+    #[arg(long)]
+    pub compression: bool,
 }
 
 /// A connect rate: `count` per `per`.
@@ -302,7 +314,8 @@ impl Setup {
             .zip(self.targets.iter())
             .map(|(url, t)| Target {
                 addr: t.addr,
-                request_prefix: request_prefix(url, common.token.as_deref(), Some(subprotocol)).into(),
+                request_prefix: request_prefix(url, common.token.as_deref(), Some(subprotocol), common.compression)
+                    .into(),
                 server_name: t.server_name.clone(),
             })
             .collect();
@@ -355,7 +368,7 @@ impl Setup {
             };
             targets.push(Target {
                 addr,
-                request_prefix: request_prefix(url, common.token.as_deref(), None).into(),
+                request_prefix: request_prefix(url, common.token.as_deref(), None, common.compression).into(),
                 server_name,
             });
         }
@@ -376,8 +389,12 @@ impl Setup {
     }
 }
 
-/// The upgrade request up to the key (the worker appends the key and `\r\n\r\n`).
-fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>) -> String {
+/// The extension offer `--compression` adds to every upgrade request.
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// The upgrade request up to the key (the worker appends the key and `\r\n\r\n`);
+/// `compression` offers [`DEFLATE_OFFER`].
+fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>, compression: bool) -> String {
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsgate-bench/{}\r\n",
         url.target,
@@ -389,6 +406,9 @@ fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>) -
     }
     if let Some(subprotocol) = subprotocol {
         request.push_str(&format!("Sec-WebSocket-Protocol: {subprotocol}\r\n"));
+    }
+    if compression {
+        request.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"));
     }
     request.push_str("Sec-WebSocket-Key: ");
     request
@@ -482,6 +502,7 @@ impl Fleet {
                 seed,
                 echo,
                 fanout: fanout.clone(),
+                compression: common.compression,
             };
             let p = Arc::new(Progress::default());
             progress.push(p.clone());
@@ -834,6 +855,16 @@ impl Table {
         if !protocol_errors.is_empty() {
             self.row("protocol errors", fmt_counts(protocol_errors));
         }
+    }
+
+    /// The `--compression` row: off, or on how many connections the server agreed.
+    pub fn compression(&mut self, offered: bool, agreed: u64, established: u64, messages: u64) {
+        let value = if offered {
+            format!("offered; agreed on {agreed} of {established} connections, {messages} compressed messages received")
+        } else {
+            "not offered".to_owned()
+        };
+        self.row("compression", value);
     }
 
     pub fn row(&mut self, label: &str, value: impl Into<String>) {

@@ -27,6 +27,7 @@ fn common(addr: SocketAddr, sources: Option<&str>) -> CommonArgs {
         ca: None,
         tls_insecure: false,
         tls_resume: false,
+        compression: false,
     }
 }
 
@@ -219,6 +220,65 @@ fn echo_measures_round_trips_and_verifies_payloads() {
     sane(report.rtt, report.messages);
     assert_eq!(report.closed_clean, 4, "{:?}", report.close_failures);
     assert!(report.success(), "{report:#?}");
+}
+
+#[test]
+fn compression_is_offered_agreed_and_inflated() {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = true;
+        cfg.compression = crate::config::CompressionMode::On;
+        cfg.compression_min_bytes = 64;
+    });
+    // Idle: every connection agrees, nothing arrives.
+    let mut args = density_args(server.addr, 20, None);
+    args.common.compression = true;
+    let report = density::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!((report.compression_agreed, report.compressed_messages), (20, 0));
+    // Echo above the minimum: the echoes come back compressed and still match.
+    let mut common = common(server.addr, None);
+    common.compression = true;
+    let echo = EchoArgs {
+        connections: 2,
+        size: 2000,
+        in_flight: 2,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(100),
+        binary: false,
+        common,
+    };
+    let report = echo::run(&echo, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.compression_agreed, 2);
+    assert_eq!(report.compressed_messages, report.received, "{report:#?}");
+    assert!(report.protocol_errors.is_empty(), "{report:#?}");
+    // Without the flag: no offer, no agreement, plain echoes.
+    let mut plain = echo.clone();
+    plain.common.compression = false;
+    let report = echo::run(&plain, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!((report.compression_agreed, report.compressed_messages), (0, 0));
+}
+
+#[test]
+fn fanout_inflates_compressed_room_messages() {
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.compression = crate::config::CompressionMode::On;
+        cfg.compression_min_bytes = 64;
+    });
+    let mut args = fanout_args(server.addr, 20, 1);
+    args.size = 1024;
+    args.common.compression = true;
+    let report = fanout::run(&args, &AtomicBool::new(false)).unwrap();
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.compression_agreed, 21);
+    assert!(report.compressed_messages >= report.delivered_of_window, "{report:#?}");
+    assert_eq!(Some(report.delivered_of_window), report.expected_deliveries);
+    assert!(
+        report.unexpected.is_empty() && report.protocol_errors.is_empty(),
+        "{report:#?}"
+    );
 }
 
 #[test]

@@ -73,6 +73,7 @@ use super::url::Assign;
 use crate::limits::Limits;
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
+use crate::proto::deflate::Inflater;
 use crate::proto::handshake::accept_key;
 use crate::server::ring::{BELL_DATA, Completion, ConnRing};
 use crate::slab::{Generational, Key, Slab};
@@ -266,6 +267,9 @@ pub struct Plan {
     pub echo: Option<EchoPlan>,
     /// Fan-out traffic (room members and publishers), or `None`.
     pub fanout: Option<FanoutPlan>,
+    /// The upgrade requests offer permessage-deflate (`--compression`): a 101 that
+    /// agrees turns it on for its connection. Without the offer, an agreement is refused.
+    pub compression: bool,
 }
 
 /// Echo figures of one worker.
@@ -308,6 +312,10 @@ pub struct WorkerReport {
     pub protocol_errors: BTreeMap<String, u64>,
     /// Data messages received in density mode (the gateway sends none unprompted).
     pub unexpected_messages: u64,
+    /// Upgrades whose 101 agreed to permessage-deflate (`--compression`).
+    pub compression_agreed: u64,
+    /// Compressed messages received and inflated.
+    pub compressed_messages: u64,
     /// `connect()` to verified 101, nanoseconds.
     pub handshake_ns: Histogram<u64>,
     /// When the last upgrade completed (ns, CLOCK_MONOTONIC).
@@ -336,6 +344,8 @@ impl WorkerReport {
             close_failures: BTreeMap::new(),
             protocol_errors: BTreeMap::new(),
             unexpected_messages: 0,
+            compression_agreed: 0,
+            compressed_messages: 0,
             handshake_ns: histogram(),
             last_established_ns: None,
             echo: EchoStats {
@@ -367,6 +377,8 @@ impl WorkerReport {
         add(&mut self.close_failures, &other.close_failures);
         add(&mut self.protocol_errors, &other.protocol_errors);
         self.unexpected_messages += other.unexpected_messages;
+        self.compression_agreed += other.compression_agreed;
+        self.compressed_messages += other.compressed_messages;
         self.handshake_ns
             .add(&other.handshake_ns)
             .expect("histograms with the same bounds merge");
@@ -498,6 +510,11 @@ struct Worker {
     buf: Vec<u8>,
     /// Output being built for one connection.
     scratch: Vec<u8>,
+    /// `--compression`: inflates every connection's compressed messages (the server
+    /// agrees to `server_no_context_takeover`, so each stands alone), made at the first.
+    inflater: Option<Inflater>,
+    /// The message being inflated (one per worker, reused).
+    inflated: Vec<u8>,
     /// wss://: ciphertext on its way to `send_raw`, and the plaintext of one read.
     tls_out: Vec<u8>,
     plain: Vec<u8>,
@@ -578,6 +595,8 @@ pub fn run(
         close_deadlines: VecDeque::new(),
         buf: vec![0; READ_BUFFER_BYTES],
         scratch: Vec::with_capacity(1024),
+        inflater: None,
+        inflated: Vec::new(),
         tls_out: Vec::new(),
         plain: Vec::new(),
         completions: Vec::with_capacity(COMPLETION_BATCH),
@@ -997,7 +1016,7 @@ impl Worker {
             &self.buf[..n]
         };
         let key = handshake_key(self.plan.seed, self.slots[entry].id);
-        let verdict = check_response(data, &key);
+        let verdict = check_response(data, &key, self.plan.compression);
         match verdict {
             Response::Partial if data.len() > MAX_RESPONSE_HEAD_BYTES => self.fail(entry, "bad_response"),
             Response::Partial => {
@@ -1007,9 +1026,9 @@ impl Worker {
                 }
             }
             Response::Refused(reason) => self.fail(entry, reason),
-            Response::Upgraded { head_len } => {
+            Response::Upgraded { head_len, deflate } => {
                 let leftover = data[head_len..].to_vec();
-                self.on_upgraded(entry);
+                self.on_upgraded(entry, deflate);
                 if !leftover.is_empty() && self.slots.contains(entry) {
                     // Frames right behind the 101: feed them as if just read.
                     self.buf[..leftover.len()].copy_from_slice(&leftover);
@@ -1019,11 +1038,16 @@ impl Worker {
         }
     }
 
-    fn on_upgraded(&mut self, entry: Key) {
+    fn on_upgraded(&mut self, entry: Key, deflate: bool) {
         let (now, now_ns, seed) = (self.now, self.now_ns, self.plan.seed);
         let slot = &mut self.slots[entry];
         slot.state = State::Open;
         slot.ws = Connection::new_client(now, (seed ^ slot.id.wrapping_mul(0x9e37_79b9)) as u32);
+        if deflate {
+            // The server's messages may now carry RSV1; ours stay uncompressed.
+            slot.ws.set_deflate(15);
+            self.report.compression_agreed += 1;
+        }
         if let Some(busy) = slot.busy.as_deref_mut() {
             busy.head = Vec::new();
         }
@@ -1071,6 +1095,25 @@ impl Worker {
             let (used, event) = ws.handle_input(now, &self.limits, &mut self.buf[off..n]);
             let Some(event) = event else { break };
             off += used;
+            // A compressed message (only where the 101 agreed) is inflated into the
+            // worker's buffer and goes on like any other; one that does not inflate
+            // fails the connection with the error's code.
+            let event = match event {
+                Event::Compressed { text, payload } => {
+                    let inflater = self.inflater.get_or_insert_with(Inflater::default);
+                    match inflater.inflate(&payload, text, self.limits.max_message_bytes, &mut self.inflated) {
+                        Ok(()) => {
+                            self.report.compressed_messages += 1;
+                            Event::Message(crate::proto::deflate::inflated_message(&self.inflated, text))
+                        }
+                        Err(error) => {
+                            ws.fail_message(now, &self.limits, error);
+                            Event::Error(error)
+                        }
+                    }
+                }
+                event => event,
+            };
             match event {
                 Event::Message(message) if self.plan.fanout.is_some() => {
                     let direct = self.plan.fanout.as_ref().is_some_and(|f| f.direct);
@@ -1101,9 +1144,7 @@ impl Worker {
                     }
                     _ => self.report.unexpected_messages += 1,
                 },
-                // The load generator never offers permessage-deflate, so its
-                // connections reject RSV1 and this cannot arrive.
-                Event::Compressed { .. } => self.report.unexpected_messages += 1,
+                Event::Compressed { .. } => unreachable!("inflated above"),
                 Event::Close { code, .. } => {
                     if *state == State::Open {
                         // The server closed first (drain, heartbeat, policy).
@@ -1604,12 +1645,18 @@ pub enum Response {
     Upgraded {
         /// Bytes of the response head; frames may follow.
         head_len: usize,
+        /// The server agreed to permessage-deflate (only when we offered it).
+        deflate: bool,
     },
 }
 
 /// Checks a response head against the key we sent (RFC 6455 section 4.1: status 101,
-/// `Upgrade: websocket`, `Connection: upgrade`, the accept key).
-pub fn check_response(data: &[u8], key: &[u8]) -> Response {
+/// `Upgrade: websocket`, `Connection: upgrade`, the accept key) and, when we `offered`
+/// permessage-deflate, whether `Sec-WebSocket-Extensions` agrees to it. An agreement we
+/// did not ask for is refused (`unrequested_extension`, RFC 6455 section 9.1), and so is
+/// one without `server_no_context_takeover` (`deflate_context_takeover`): the worker's one
+/// inflater keeps no window per connection.
+pub fn check_response(data: &[u8], key: &[u8], offered: bool) -> Response {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(data) {
@@ -1639,7 +1686,31 @@ pub fn check_response(data: &[u8], key: &[u8]) -> Response {
     if header("sec-websocket-accept") != Some(&accept_key(key)[..]) {
         return Response::Refused("bad_accept_key".to_owned());
     }
-    Response::Upgraded { head_len }
+    // Each extension in the answer: its name, then `; param[=value]`s.
+    let mut deflate = None;
+    let extensions = response
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .flat_map(|h| h.value.split(|&b| b == b','));
+    for extension in extensions {
+        let mut parts = extension.split(|&b| b == b';').map(<[u8]>::trim_ascii);
+        let name = parts.next().unwrap_or_default();
+        if name.is_empty() {
+            continue;
+        }
+        if !offered || !name.eq_ignore_ascii_case(b"permessage-deflate") || deflate.is_some() {
+            return Response::Refused("unrequested_extension".to_owned());
+        }
+        deflate = Some(parts.any(|p| p.eq_ignore_ascii_case(b"server_no_context_takeover")));
+    }
+    if deflate == Some(false) {
+        return Response::Refused("deflate_context_takeover".to_owned());
+    }
+    Response::Upgraded {
+        head_len,
+        deflate: deflate.is_some(),
+    }
 }
 
 #[cfg(test)]
@@ -1675,16 +1746,41 @@ mod tests {
         let head_len = good.len();
         let mut with_frame = good.clone().into_bytes();
         with_frame.extend_from_slice(b"\x81\x02hi");
-        assert_eq!(check_response(&with_frame, &key), Response::Upgraded { head_len });
+        assert_eq!(
+            check_response(&with_frame, &key, false),
+            Response::Upgraded {
+                head_len,
+                deflate: false
+            }
+        );
+        // Offered but not agreed: plain.
+        assert_eq!(
+            check_response(&with_frame, &key, true),
+            Response::Upgraded {
+                head_len,
+                deflate: false
+            }
+        );
+        let agreed = good.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n",
+        );
+        assert_eq!(
+            check_response(agreed.as_bytes(), &key, true),
+            Response::Upgraded {
+                head_len: agreed.len(),
+                deflate: true
+            }
+        );
         // Every strict prefix is partial.
         for cut in 0..good.len() {
             assert_eq!(
-                check_response(&good.as_bytes()[..cut], &key),
+                check_response(&good.as_bytes()[..cut], &key, false),
                 Response::Partial,
                 "cut {cut}"
             );
         }
-        let refused = |text: &str| match check_response(text.as_bytes(), &key) {
+        let refused = |text: &str| match check_response(text.as_bytes(), &key, true) {
             Response::Refused(label) => label,
             other => panic!("{other:?}"),
         };
@@ -1702,6 +1798,22 @@ mod tests {
             "bad_upgrade_headers"
         );
         assert_eq!(refused("SSH-2.0-OpenSSH\r\n\r\n"), "bad_response");
+        // Agreements we did not ask for, or cannot inflate.
+        match check_response(agreed.as_bytes(), &key, false) {
+            Response::Refused(label) => assert_eq!(label, "unrequested_extension"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            refused(&good.replace(
+                "\r\n\r\n",
+                "\r\nSec-WebSocket-Extensions: x-webkit-deflate-frame\r\n\r\n"
+            )),
+            "unrequested_extension"
+        );
+        assert_eq!(
+            refused(&good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")),
+            "deflate_context_takeover"
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use std::borrow::Cow;
+
 use super::close::ProtocolError;
+use super::connection::Message;
 use super::handshake::Extension;
 use super::utf8::Utf8Validator;
 
@@ -279,6 +282,18 @@ impl Inflater {
             }
         }
         finish(&utf8)
+    }
+}
+
+/// An inflated message (`Inflater::inflate`'s output) as a [`Message`] borrowing it, to
+/// go on like a message that arrived plain.
+pub fn inflated_message(bytes: &[u8], text: bool) -> Message<'_> {
+    if text {
+        Message::Text(Cow::Borrowed(
+            std::str::from_utf8(bytes).expect("the inflater validated the text"),
+        ))
+    } else {
+        Message::Binary(Cow::Borrowed(bytes))
     }
 }
 

@@ -7,7 +7,6 @@
 //! control frames (pong, ping, close) and messaging's frames queued on the connection
 //! (see `send`), and a finished WebSocket moved towards its end (see `close`).
 
-use std::borrow::Cow;
 use std::time::Instant;
 
 use crate::edge;
@@ -97,7 +96,7 @@ impl Shard {
                         .as_deref_mut()
                         .expect("negotiated only with compression on");
                     match compress.inflate(&payload, text, self.cfg.limits.max_message_bytes, &mut self.metrics) {
-                        Ok(()) => Event::Message(inflated(&compress.inflated, text)),
+                        Ok(()) => Event::Message(crate::proto::deflate::inflated_message(&compress.inflated, text)),
                         Err(error) => {
                             inflate_error = Some(error);
                             Event::Error(error)
@@ -260,18 +259,6 @@ impl Shard {
                 true
             }
         }
-    }
-}
-
-/// An inflated message as the frame code hands it on (text already validated by the
-/// inflater).
-fn inflated(bytes: &[u8], text: bool) -> Message<'_> {
-    if text {
-        Message::Text(Cow::Borrowed(
-            std::str::from_utf8(bytes).expect("the inflater validated the text"),
-        ))
-    } else {
-        Message::Binary(Cow::Borrowed(bytes))
     }
 }
 
