@@ -2,7 +2,8 @@
 # The whole test suite: what a new user runs, and exactly what CI runs (.ci/run).
 #
 # Installs what the tests need when it is missing (Python's websockets package, for
-# the interoperability test; redis-server, for the Redis client tests), then runs every unit, property and end-to-end test, and
+# the interoperability test; redis-server, for the Redis client tests; chromium, for
+# the browser test), then runs every unit, property and end-to-end test, and
 # each criterion bench once in test mode so the benches keep compiling and running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,24 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq >/dev/null 2>&1 || true
     apt-get install -y -qq redis-server >/dev/null || {
       echo "apt-get install -y redis-server failed: the src/cluster tests need it" >&2
+      exit 1
+    }
+  fi
+fi
+
+# The browser test (src/server/tests_deflate.rs) drives a real headless Chromium and
+# fails, saying so, without one (WSGATE_SKIP_BROWSER=1 skips it): Debian's package is
+# installed here when missing.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "chromium is missing and cannot be installed here (needs root and apt-get):" >&2
+    echo "install it with: apt-get install -y chromium (or set WSGATE_SKIP_BROWSER=1)" >&2
+    exit 1
+  fi
+  if ! apt-get install -y -qq chromium >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    apt-get install -y -qq chromium >/dev/null || {
+      echo "apt-get install -y chromium failed: the browser test needs it" >&2
       exit 1
     }
   fi

@@ -218,3 +218,124 @@ fn interoperates_with_python_websockets_compressed() {
         m.compression
     );
 }
+
+/// The headless Chromium to drive, or `None` when the caller opted out with
+/// `WSGATE_SKIP_BROWSER=1`. Missing, the test fails with the way to install it
+/// (`scripts/test.sh` installs Debian's `chromium`), so a plain `cargo test` never passes
+/// it silently.
+fn chromium(test: &str) -> Option<&'static str> {
+    if std::env::var_os("WSGATE_SKIP_BROWSER").is_some_and(|v| v == "1") {
+        eprintln!("{test}: skipped (WSGATE_SKIP_BROWSER=1)");
+        return None;
+    }
+    let found = ["chromium", "chromium-browser"].into_iter().find(|name| {
+        std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    });
+    Some(found.unwrap_or_else(|| {
+        panic!(
+            "{test} needs a headless Chromium: install it with `apt-get install -y chromium` or run \
+             scripts/test.sh, which does; set WSGATE_SKIP_BROWSER=1 to skip this test"
+        )
+    }))
+}
+
+/// A real browser offers permessage-deflate by default: Chromium agrees with the
+/// gateway, compresses what it sends, and reads our compressed echo byte for byte.
+#[test]
+fn chromium_negotiates_compression_and_round_trips_messages() {
+    let Some(browser) = chromium("chromium_negotiates_compression_and_round_trips_messages") else {
+        return;
+    };
+    let server = TestServer::start(|cfg| {
+        cfg.compression = CompressionMode::On;
+        cfg.compression_min_bytes = 0;
+    });
+    // The page reports to a listener of the test's own (a GET with the result in its
+    // path): a browser left running is waited for on real time, whatever its timers do.
+    let report = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    report.set_nonblocking(true).unwrap();
+    let page = std::env::temp_dir().join(format!(
+        "wsgate-deflate-{}-{}.html",
+        std::process::id(),
+        server.addr.port()
+    ));
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><html><head><meta charset="utf-8"></head><body><script>
+const report = (text) => fetch("http://{report}/" + encodeURIComponent(text), {{ mode: "no-cors" }});
+const ws = new WebSocket("ws://{addr}/ws");
+const big = "compressible chat text, héllo ☃ ".repeat(700);
+const got = [];
+ws.onopen = () => {{ ws.send(big); ws.send("hi"); }};
+ws.onmessage = (e) => {{
+  got.push(e.data);
+  if (got.length === 2) {{
+    const ok = got[0] === big && got[1] === "hi";
+    report((ok ? "RESULT ok " : "RESULT fail ") + ws.extensions);
+    ws.close();
+  }}
+}};
+ws.onerror = () => report("RESULT fail socket error");
+</script></body></html>"#,
+            addr = server.addr,
+            report = report.local_addr().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(browser)
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .arg(format!("file://{}", page.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    // Bounded: the browser is killed (through its handle, so by its PID) when the
+    // result is in or after 60 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let result = loop {
+        match report.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut head = [0u8; 2048];
+                let n = std::io::Read::read(&mut stream, &mut head).unwrap_or(0);
+                let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                let line = String::from_utf8_lossy(&head[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let Some(path) = line.strip_prefix("GET /").and_then(|l| l.split(' ').next()) else {
+                    continue; // a favicon or preflight: not the report
+                };
+                break crate::proto::handshake::percent_decode(path)
+                    .map(|p| p.into_owned())
+                    .unwrap_or_default();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("report listener: {e}"),
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break "no result from the page within 60 s".to_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&page);
+    assert_eq!(
+        result,
+        "RESULT ok permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
+    server.wait_for("Chromium's compressed messages counted", |m| {
+        m.compression.get("negotiated") == Some(&1)
+            && m.compression.get("messages_in").is_some_and(|&n| n >= 1)
+            && m.compression.get("messages_out").is_some_and(|&n| n >= 1)
+    });
+}
