@@ -65,7 +65,8 @@ impl Agreement {
 /// The first `permessage-deflate` offer we can honour, in the client's order of
 /// preference (RFC 7692 section 5). An offer is declined, and the next one considered,
 /// when it has an unknown parameter, a parameter twice, a value where none belongs, or
-/// a window size that is not 8 to 15 (or is 8 for our side, see [`MIN_WINDOW_BITS`]).
+/// a window size that is not 8 to 15 (or is 8 for our side: zlib's raw deflate has no
+/// 256-byte window).
 /// Everything else is acceptable, since we never keep context: we honour
 /// `server_no_context_takeover` by construction and always add
 /// `client_no_context_takeover`, and our inflater takes any window up to 15 bits, so
