@@ -222,13 +222,19 @@ fn echo_measures_round_trips_and_verifies_payloads() {
     assert!(report.success(), "{report:#?}");
 }
 
-#[test]
-fn compression_is_offered_agreed_and_inflated() {
-    let server = TestServer::start(|cfg| {
-        cfg.echo = true;
+/// A server with permessage-deflate on for messages of 64 bytes or more, echoing or
+/// messaging.
+fn compressing_server(echo: bool) -> TestServer {
+    TestServer::start(|cfg| {
+        cfg.echo = echo;
         cfg.compression = crate::config::CompressionMode::On;
         cfg.compression_min_bytes = 64;
-    });
+    })
+}
+
+#[test]
+fn compression_is_offered_agreed_and_inflated() {
+    let server = compressing_server(true);
     // Idle: every connection agrees, nothing arrives.
     let mut args = density_args(server.addr, 20, None);
     args.common.compression = true;
@@ -262,11 +268,7 @@ fn compression_is_offered_agreed_and_inflated() {
 
 #[test]
 fn fanout_inflates_compressed_room_messages() {
-    let server = TestServer::start(|cfg| {
-        cfg.echo = false;
-        cfg.compression = crate::config::CompressionMode::On;
-        cfg.compression_min_bytes = 64;
-    });
+    let server = compressing_server(false);
     let mut args = fanout_args(server.addr, 20, 1);
     args.size = 1024;
     args.common.compression = true;

@@ -73,8 +73,8 @@ use super::url::Assign;
 use crate::limits::Limits;
 use crate::proto::close::CloseCode;
 use crate::proto::connection::{Connection, Event, Message};
-use crate::proto::deflate::Inflater;
-use crate::proto::handshake::accept_key;
+use crate::proto::deflate::{EXTENSION, Inflater};
+use crate::proto::handshake::{ExtensionList, accept_key};
 use crate::server::ring::{BELL_DATA, Completion, ConnRing};
 use crate::slab::{Generational, Key, Slab};
 
@@ -1686,23 +1686,28 @@ pub fn check_response(data: &[u8], key: &[u8], offered: bool) -> Response {
     if header("sec-websocket-accept") != Some(&accept_key(key)[..]) {
         return Response::Refused("bad_accept_key".to_owned());
     }
-    // Each extension in the answer: its name, then `; param[=value]`s.
+    // Each extension in the answer, read with the server's own list grammar.
     let mut deflate = None;
-    let extensions = response
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-        .flat_map(|h| h.value.split(|&b| b == b','));
-    for extension in extensions {
-        let mut parts = extension.split(|&b| b == b';').map(<[u8]>::trim_ascii);
-        let name = parts.next().unwrap_or_default();
-        if name.is_empty() {
+    for h in response.headers.iter() {
+        if !h.name.eq_ignore_ascii_case("sec-websocket-extensions") {
             continue;
         }
-        if !offered || !name.eq_ignore_ascii_case(b"permessage-deflate") || deflate.is_some() {
-            return Response::Refused("unrequested_extension".to_owned());
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            return Response::Refused("bad_response".to_owned());
+        };
+        for extension in ExtensionList::new(value.trim()) {
+            let Ok(extension) = extension else {
+                return Response::Refused("bad_response".to_owned());
+            };
+            if !offered || !extension.name.eq_ignore_ascii_case(EXTENSION) || deflate.is_some() {
+                return Response::Refused("unrequested_extension".to_owned());
+            }
+            deflate = Some(
+                extension
+                    .params()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("server_no_context_takeover")),
+            );
         }
-        deflate = Some(parts.any(|p| p.eq_ignore_ascii_case(b"server_no_context_takeover")));
     }
     if deflate == Some(false) {
         return Response::Refused("deflate_context_takeover".to_owned());

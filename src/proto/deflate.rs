@@ -228,8 +228,8 @@ const INFLATE_STEP: usize = 16 * 1024;
 impl Inflater {
     /// Inflates the payload of one compressed message (its frames' payloads joined)
     /// into `out` (cleared first). Fails with [`ProtocolError::MessageTooBig`] (1009) as
-    /// soon as the output would pass `max_bytes`, having produced at most that much plus
-    /// one step; with [`ProtocolError::InvalidUtf8`] (1007) at the first step whose
+    /// soon as the output would pass `max_bytes`, having produced at most one byte more;
+    /// with [`ProtocolError::InvalidUtf8`] (1007) at the first step whose
     /// inflated text is not UTF-8 when `text`; with [`ProtocolError::BadDeflate`] (1007)
     /// when the data is not DEFLATE. A message that ends with a final block
     /// (`BFINAL` set) ends there.

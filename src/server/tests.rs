@@ -117,6 +117,25 @@ pub(crate) fn python_interop(test: &str, imports: &str) -> bool {
     }
 }
 
+/// Runs scripts/interop_client.py with `args` (the URL first, then its options),
+/// checks that every one of its checks passed (it exits non-zero on the first failure)
+/// and returns what it printed.
+pub(crate) fn run_interop_client<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop_client.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A server on an ephemeral port for one test: 2 shards, echo on, no auth, edge
 /// limits off and a 20 ms tick unless the test's `tweak` says otherwise; its shards
 /// start at a rotating CPU ([`first_cpu_for_next_server`]). Dropping it drains the
@@ -748,18 +767,7 @@ fn interoperates_with_python_websockets() {
         return;
     }
     let server = TestServer::start(|_| {});
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop_client.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("ws://{}/ws", server.addr))
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_interop_client([format!("ws://{}/ws", server.addr)]);
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{stdout}");
 }
 

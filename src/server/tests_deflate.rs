@@ -7,7 +7,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use super::tests::{Client, OwnedEvent, TestServer, UPGRADE, python_interop};
+use super::tests::{Client, OwnedEvent, TestServer, UPGRADE, python_interop, run_interop_client};
 use crate::config::CompressionMode;
 use crate::proto::deflate::Deflater;
 use crate::proto::frame::{OpCode, encode_header};
@@ -188,19 +188,7 @@ fn interoperates_with_python_websockets_compressed() {
         cfg.compression = CompressionMode::On;
         cfg.compression_min_bytes = 0;
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop_client.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("ws://{}/ws", server.addr))
-        .arg("--compression")
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_interop_client([format!("ws://{}/ws", server.addr), "--compression".to_owned()]);
     assert!(stdout.contains("ok   permessage-deflate negotiated"), "{stdout}");
     server.wait_for("the compression counters", |m| {
         m.compression.contains_key("messages_out")

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use super::tests::{Client, OwnedEvent, TestServer, python_interop};
+use super::tests::{Client, OwnedEvent, TestServer, python_interop, run_interop_client};
 use crate::limits::Limits;
 use crate::proto::connection::{Connection, Event, Message};
 use crate::tls::testing::{BOTH, CertDir, TestCert, client_config};
@@ -263,20 +263,9 @@ fn interoperates_with_python_ssl_and_websockets() {
     let cert = TestCert::new();
     let dir = CertDir::new(&cert);
     let server = tls_server(&dir, |_| {});
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/interop_client.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("wss://localhost:{}/ws", tls_addr(&server).port()))
-        .arg("--ca")
-        .arg(dir.cert_path())
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let url = format!("wss://localhost:{}/ws", tls_addr(&server).port());
+    let ca = dir.cert_path();
+    let stdout = run_interop_client([url.as_ref(), std::ffi::OsStr::new("--ca"), ca.as_os_str()]);
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 8, "{stdout}");
     server.wait_for("Python's handshakes", |m| m.tls_handshakes.values().sum::<u64>() >= 2);
 }

@@ -133,17 +133,19 @@ impl ExtensionScan {
 
 /// The extension list did not follow RFC 6455 section 9.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Malformed;
+pub struct Malformed;
 
-/// The extensions of one `Sec-WebSocket-Extensions` line. Yields `Err` once, at the
-/// first malformed element, then stops.
-pub(super) struct ExtensionList<'b> {
+/// The extensions of one `Sec-WebSocket-Extensions` line (a request's offers, or a
+/// response's agreement). Yields `Err` once, at the first malformed element, then
+/// stops.
+pub struct ExtensionList<'b> {
     cursor: Cursor<'b>,
     done: bool,
 }
 
 impl<'b> ExtensionList<'b> {
-    pub(super) fn new(value: &'b str) -> Self {
+    /// The extensions of the header value `value`.
+    pub fn new(value: &'b str) -> Self {
         Self {
             cursor: Cursor::new(value),
             done: false,

@@ -131,7 +131,7 @@ mod testutil;
 mod validate;
 
 pub use error::HandshakeError;
-pub use lists::{Extension, ExtensionParams};
+pub use lists::{Extension, ExtensionList, ExtensionParams, Malformed};
 pub use query::percent_decode;
 pub use request::{Request, parse_request};
 #[doc(hidden)]
