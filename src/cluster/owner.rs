@@ -143,7 +143,12 @@ enum Op {
         id: Option<ClientId>,
     },
     Receipt,
-    Requeue,
+    /// An offline-queue entry written from the history; `ack`: the send whose answer
+    /// waits for it (a dead node's registry entry made it), so that whoever connects
+    /// after the sender saw the ack finds the message in the welcome.
+    Requeue {
+        ack: Option<Box<(Key, Position, ReplyTo)>>,
+    },
     Resume {
         from: ShardId,
         conn: ConnId,
@@ -1010,6 +1015,22 @@ impl ClusterOwner {
         }
     }
 
+    /// The answer to a sequenced send: an `ack` to a connection, or the API's reply.
+    fn answer_send(&mut self, to: Key, pos: Position, online: bool, reply: ReplyTo, out: &mut Vec<(ShardId, MeshMsg)>) {
+        match reply {
+            ReplyTo::Conn(from, conn, id) => {
+                let frame = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
+                out.push((from, MeshMsg::ToConn { conn, frame }));
+            }
+            ReplyTo::Api(request) => request.answer(ApiReply::Sent {
+                to,
+                epoch: pos.epoch,
+                seq: pos.seq,
+                online,
+            }),
+        }
+    }
+
     /// A request whose command had no answer.
     fn fail(&mut self, op: Op, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
         let unavailable = |this: &mut Self, reply: ReplyTo, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics| {
@@ -1023,7 +1044,13 @@ impl ClusterOwner {
             }
         };
         match op {
-            Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue | Op::Member { .. } | Op::Cleanup => {}
+            Op::Ignore | Op::Alive | Op::Receipt | Op::Requeue { ack: None } | Op::Member { .. } | Op::Cleanup => {}
+            // The message is sequenced and in the history (what an ack promises); only
+            // the welcome's copy is missing, and the client sees the gap and resumes.
+            Op::Requeue { ack: Some(ack) } => {
+                let (to, pos, reply) = *ack;
+                self.answer_send(to, pos, false, reply, out);
+            }
             Op::Setup { conn } => self.generations[conn] = 0,
             Op::Subscribed { room } => {
                 for read in self.deferred_joins.remove(&room).unwrap_or_default() {
@@ -1100,7 +1127,11 @@ impl ClusterOwner {
     fn reply(&mut self, op: Op, value: Value, out: &mut Vec<(ShardId, MeshMsg)>, m: &mut MsgMetrics) {
         let items = value.as_items().unwrap_or(&[]);
         match op {
-            Op::Ignore | Op::Requeue | Op::Setup { .. } => {}
+            Op::Ignore | Op::Requeue { ack: None } | Op::Setup { .. } => {}
+            Op::Requeue { ack: Some(ack) } => {
+                let (to, pos, reply) = *ack;
+                self.answer_send(to, pos, false, reply, out);
+            }
             Op::Subscribed { room } => {
                 for read in self.deferred_joins.remove(&room).unwrap_or_default() {
                     self.read_join(read);
@@ -1192,23 +1223,18 @@ impl ClusterOwner {
                     );
                     let mut args: Vec<&[u8]> = vec![seq_arg.as_bytes(), off.as_bytes(), ttl.as_bytes()];
                     args.extend(dead.iter().map(Vec::as_slice));
-                    self.fcall(Op::Requeue, "wsg_offline_seq", &key, &args);
                     m.offline_queued += 1;
+                    m.history_trimmed += int(items.get(4)).unwrap_or(0) as u64;
+                    m.offline_dropped += int(items.get(5)).unwrap_or(0) as u64;
+                    // The ack waits for the queue entry (one more round trip, only
+                    // after a node died with this user connected).
+                    let ack = Some(Box::new((to, pos, reply)));
+                    self.fcall(Op::Requeue { ack }, "wsg_offline_seq", &key, &args);
+                    return;
                 }
                 m.history_trimmed += int(items.get(4)).unwrap_or(0) as u64;
                 m.offline_dropped += int(items.get(5)).unwrap_or(0) as u64;
-                match reply {
-                    ReplyTo::Conn(from, conn, id) => {
-                        let frame = self.frame(|o| protocol::encode_ack(o, id.as_ref(), AckOf::Inbox { to: &to }, pos));
-                        out.push((from, MeshMsg::ToConn { conn, frame }));
-                    }
-                    ReplyTo::Api(request) => request.answer(ApiReply::Sent {
-                        to,
-                        epoch: pos.epoch,
-                        seq: pos.seq,
-                        online,
-                    }),
-                }
+                self.answer_send(to, pos, online, reply, out);
             }
             Op::Ack {
                 from,
@@ -1561,7 +1587,7 @@ impl ClusterOwner {
                     let key = key_of(KeyKind::User, user);
                     let (off, ttl) = (self.limits.offline_max_messages.to_string(), self.ttl_ms());
                     self.fcall(
-                        Op::Requeue,
+                        Op::Requeue { ack: None },
                         "wsg_requeue",
                         &key,
                         &[rest, off.as_bytes(), ttl.as_bytes()],
