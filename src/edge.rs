@@ -310,6 +310,70 @@ struct IpState {
     at_ms: u64,
 }
 
+/// A user's open connections, oldest first: inline while there is one (nearly always),
+/// so the table costs its bucket and no heap block per user.
+#[derive(Clone, Debug, Default)]
+enum UserConns {
+    #[default]
+    None,
+    One(ConnRef),
+    Many(Vec<ConnRef>),
+}
+
+impl UserConns {
+    fn len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::One(_) => 1,
+            Self::Many(list) => list.len(),
+        }
+    }
+
+    fn push(&mut self, conn: ConnRef) {
+        match std::mem::take(self) {
+            Self::None => *self = Self::One(conn),
+            Self::One(first) => *self = Self::Many(vec![first, conn]),
+            Self::Many(mut list) => {
+                list.push(conn);
+                *self = Self::Many(list);
+            }
+        }
+    }
+
+    /// Takes the oldest connection out.
+    fn pop_oldest(&mut self) -> Option<ConnRef> {
+        match std::mem::take(self) {
+            Self::None => None,
+            Self::One(first) => Some(first),
+            Self::Many(mut list) => {
+                let first = list.remove(0);
+                self.settle(list);
+                Some(first)
+            }
+        }
+    }
+
+    fn remove(&mut self, conn: ConnRef) {
+        match std::mem::take(self) {
+            Self::None => {}
+            Self::One(c) if c == conn => {}
+            one @ Self::One(_) => *self = one,
+            Self::Many(mut list) => {
+                list.retain(|c| *c != conn);
+                self.settle(list);
+            }
+        }
+    }
+
+    fn settle(&mut self, list: Vec<ConnRef>) {
+        *self = match list[..] {
+            [] => Self::None,
+            [one] => Self::One(one),
+            _ => Self::Many(list),
+        };
+    }
+}
+
 /// One stripe of a table keyed by a 64-bit keyed hash.
 type Stripe<V> = Mutex<HashMap<u64, V>>;
 
@@ -320,7 +384,7 @@ pub struct Edge {
     hasher: std::hash::RandomState,
     epoch: Instant,
     ips: Box<[Stripe<IpState>]>,
-    users: Box<[Stripe<Vec<ConnRef>>]>,
+    users: Box<[Stripe<UserConns>]>,
 }
 
 impl Edge {
@@ -476,7 +540,7 @@ impl Edge {
         if conns.len() >= max {
             match self.cfg.user_limit_policy {
                 UserLimitPolicy::Oldest => return Err(Refusal::ConnectionsPerUser),
-                UserLimitPolicy::Newest => evicted = Some(conns.remove(0)),
+                UserLimitPolicy::Newest => evicted = conns.pop_oldest(),
             }
         }
         conns.push(conn);
@@ -494,8 +558,8 @@ impl Edge {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(conns) = table.get_mut(&key) {
-            conns.retain(|c| *c != conn);
-            if conns.is_empty() {
+            conns.remove(conn);
+            if conns.len() == 0 {
                 table.remove(&key);
             }
         }
@@ -566,6 +630,27 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn user_conns_stay_inline_for_one_and_keep_age_order() {
+        assert_eq!(std::mem::size_of::<UserConns>(), 24, "one bucket, no heap block");
+        let c = |n: u32| ConnRef {
+            shard: 0,
+            conn: Key::new(n, 0),
+        };
+        let mut conns = UserConns::default();
+        conns.push(c(1));
+        assert!(matches!(conns, UserConns::One(_)));
+        conns.push(c(2));
+        conns.push(c(3));
+        conns.remove(c(2));
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns.pop_oldest(), Some(c(1)));
+        assert!(matches!(conns, UserConns::One(r) if r == c(3)));
+        conns.remove(c(9));
+        conns.remove(c(3));
+        assert_eq!((conns.len(), conns.pop_oldest()), (0, None));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -217,6 +217,28 @@ pub fn mint(options: &MintOptions) -> Result<String, MintError> {
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| MintError::Sign(e.to_string()))
 }
 
+/// `key` with a secret file read once, for minting many tokens (`bench density` mints
+/// one per connection): an HMAC secret file becomes the secret it holds; other keys are
+/// returned as they are.
+pub fn load_key(key: &MintKey) -> Result<MintKey, MintError> {
+    match key {
+        MintKey::HmacSecretFile(path) => {
+            let bytes = keys::read_bounded(path, MAX_KEY_FILE_BYTES).map_err(|problem| MintError::Key {
+                source: path.display().to_string(),
+                problem,
+            })?;
+            let secret = keys::secret_from_file(bytes);
+            Ok(MintKey::HmacSecret(Secret::from(
+                std::str::from_utf8(&secret).map_err(|_| MintError::Key {
+                    source: path.display().to_string(),
+                    problem: "not UTF-8 (a text secret is needed to mint many tokens)".to_owned(),
+                })?,
+            )))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
 /// Reads and types the signing key.
 fn signing_key(key: &MintKey) -> Result<SigningKey, MintError> {
     let secret_key = |bytes: &[u8], source: String| {

@@ -124,7 +124,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use mint::{DEFAULT_LIFETIME, LIFETIME_RANGE, MintError, MintKey, MintOptions, TokenArgs, mint, run_token};
+pub use mint::{
+    DEFAULT_LIFETIME, LIFETIME_RANGE, MintError, MintKey, MintOptions, TokenArgs, load_key, mint, run_token,
+};
 
 use crate::proto::handshake::{Request, Status};
 use keys::{KeyKind, VerifyingKey};

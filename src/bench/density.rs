@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,9 @@ use serde::Serialize;
 
 use super::host::{HostSample, MemoryReport, Preflight, parse_admin};
 use super::worker::PHASE_RUN;
-use super::{BenchError, CommonArgs, Fleet, Latency, PROGRESS_INTERVAL, RampEnd, Setup, Table, fmt_bytes, fmt_counts};
+use super::{
+    BenchError, CommonArgs, Fleet, Identities, Latency, PROGRESS_INTERVAL, RampEnd, Setup, Table, fmt_bytes, fmt_counts,
+};
 
 /// `wsgate bench density ...`.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
@@ -33,9 +36,67 @@ pub struct DensityArgs {
     /// wsgate_process_resident_memory_bytes are read from /metrics before and after.
     #[arg(long, value_name = "URL", value_parser = parse_admin)]
     pub admin: Option<String>,
+    /// Make every connection a user of its own, `PREFIX<n>` (n: the connection's number
+    /// in this process): named with `?user=` (a gateway with `--auth-mode none`), or,
+    /// with `--token-secret-file`, by a token minted for that user. Processes of one
+    /// run need different prefixes.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "token")]
+    pub user_prefix: Option<String>,
+    /// The gateway's HMAC secret file (`--auth-hmac-secret-file`): each connection sends
+    /// `Authorization: Bearer` with an HS256 token minted for its `--user-prefix` user.
+    #[arg(long, value_name = "FILE", requires = "user_prefix")]
+    pub token_secret_file: Option<std::path::PathBuf>,
+    /// A file of bearer tokens, one per line: connection n sends line n, so it needs at
+    /// least as many lines as connections.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "user_prefix"])]
+    pub token_file: Option<std::path::PathBuf>,
     /// Options shared with `echo`.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Who each connection is, from `--user-prefix`, `--token-secret-file` and
+/// `--token-file`; `None` when every connection is the same (or an anonymous) user.
+pub fn identities(args: &DensityArgs) -> Result<Option<Identities>, BenchError> {
+    let usage = BenchError::Usage;
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| usage(format!("--token-file {}: {e}", path.display())))?;
+        let tokens: Vec<Box<str>> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(Into::into)
+            .collect();
+        if (tokens.len() as u64) < args.connections {
+            return Err(usage(format!(
+                "--token-file {} holds {} tokens; --connections {} needs one per connection",
+                path.display(),
+                tokens.len(),
+                args.connections
+            )));
+        }
+        return Ok(Some(Identities::Tokens(tokens.into())));
+    }
+    let Some(prefix) = &args.user_prefix else {
+        return Ok(None);
+    };
+    let Some(path) = &args.token_secret_file else {
+        return Ok(Some(Identities::Query(prefix.clone())));
+    };
+    let key = crate::auth::load_key(&crate::auth::MintKey::HmacSecretFile(path.clone()))
+        .map_err(|e| usage(format!("--token-secret-file: {e}")))?;
+    // Valid for the whole run, however long it holds.
+    let lifetime = crate::auth::LIFETIME_RANGE.end().to_owned();
+    let now = std::time::SystemTime::now();
+    let tokens = (0..args.connections)
+        .map(|n| {
+            let mut options = crate::auth::MintOptions::new(format!("{prefix}{n}"), key.clone(), now);
+            options.lifetime = lifetime;
+            crate::auth::mint(&options).map(Into::into)
+        })
+        .collect::<Result<Vec<Box<str>>, _>>()
+        .map_err(|e| usage(format!("--user-prefix/--token-secret-file: {e}")))?;
+    Ok(Some(Identities::Tokens(tokens.into())))
 }
 
 /// The density report (`--json` prints it as is).
@@ -279,7 +340,8 @@ pub(crate) fn memory_rows(t: &mut Table, m: &MemoryReport) {
 /// Runs the density benchmark (without printing).
 pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, BenchError> {
     let common = &args.common;
-    let setup = Setup::new(common, args.connections)?;
+    let mut setup = Setup::new(common, args.connections)?;
+    setup.identities = identities(args)?.map(Arc::new);
     let rate = common.rate.per_second();
     if let Some(pid) = args.server_pid
         && super::host::process_rss_bytes(pid).is_none()

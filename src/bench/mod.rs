@@ -302,7 +302,40 @@ pub(crate) struct Setup {
     pub preflight: host::Preflight,
     /// The TLS client configuration, for wss://.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Who each connection is (`bench density --user-prefix`, `--token-file`).
+    pub identities: Option<Arc<Identities>>,
 }
+
+/// Each connection a user of its own (`bench density`).
+#[derive(Debug)]
+pub enum Identities {
+    /// `?user=PREFIX<n>` (a gateway with `--auth-mode none`).
+    Query(String),
+    /// `Authorization: Bearer` with token n.
+    Tokens(Arc<[Box<str>]>),
+}
+
+impl Identities {
+    /// Appends connection `id`'s upgrade request up to the key to `out`: the target's
+    /// `prefix` (which ends with `Sec-WebSocket-Key: `) with its user or token added.
+    pub fn request(&self, out: &mut Vec<u8>, prefix: &str, id: u64) {
+        match self {
+            Self::Query(user_prefix) => worker::request_with_user(out, prefix, user_prefix, "", id),
+            Self::Tokens(tokens) => {
+                let key_header = prefix.len() - KEY_HEADER.len();
+                debug_assert!(prefix.ends_with(KEY_HEADER));
+                out.extend_from_slice(&prefix.as_bytes()[..key_header]);
+                out.extend_from_slice(b"Authorization: Bearer ");
+                out.extend_from_slice(tokens[id as usize % tokens.len()].as_bytes());
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(KEY_HEADER.as_bytes());
+            }
+        }
+    }
+}
+
+/// The last header of [`request_prefix`], whose value the worker appends.
+const KEY_HEADER: &str = "Sec-WebSocket-Key: ";
 
 impl Setup {
     /// Offers `subprotocol` in every upgrade request.
@@ -385,6 +418,7 @@ impl Setup {
             sources: common.source_ips.clone().map(Arc::new),
             preflight,
             tls,
+            identities: None,
         })
     }
 }
@@ -410,7 +444,7 @@ fn request_prefix(url: &WsUrl, token: Option<&str>, subprotocol: Option<&str>, c
     if compression {
         request.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"));
     }
-    request.push_str("Sec-WebSocket-Key: ");
+    request.push_str(KEY_HEADER);
     request
 }
 
@@ -496,6 +530,7 @@ impl Fleet {
                 assign: setup.assign,
                 sources: setup.sources.clone(),
                 tls: setup.tls.clone(),
+                identities: setup.identities.clone(),
                 connect_timeout: common.connect_timeout,
                 close_timeout: common.close_timeout,
                 hard_deadline,

@@ -94,6 +94,9 @@ fn density_args(addr: SocketAddr, connections: u64, sources: Option<&str>) -> De
         hold: Duration::from_millis(300),
         server_pid: None,
         admin: None,
+        user_prefix: None,
+        token_secret_file: None,
+        token_file: None,
         common: common(addr, sources),
     }
 }
@@ -580,4 +583,51 @@ fn limits_that_cannot_fit_name_the_knob() {
         density::run(&args, &AtomicBool::new(false)),
         Err(BenchError::Usage(_))
     ));
+}
+
+/// `bench density --user-prefix` with `--token-secret-file`: every connection
+/// authenticates as a user of its own (the server sees as many users as connections);
+/// `--token-file` needs a token per connection.
+#[test]
+fn density_makes_every_connection_a_user_of_its_own() {
+    use crate::auth::{AuthMode, Secret};
+    use crate::server::tests::SECRET;
+    let server = TestServer::start(|cfg| {
+        cfg.echo = false;
+        cfg.auth.mode = AuthMode::Jwt;
+        cfg.auth.hmac_secret = Some(Secret::new(SECRET));
+    });
+    let dir = std::env::temp_dir().join(format!("wsgate-bench-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut args = density_args(server.addr, 40, None);
+    args.hold = Duration::from_millis(1500);
+    args.user_prefix = Some("d-".to_owned());
+    args.token_secret_file = Some(secret_file);
+    let most_users = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut most = 0;
+            for _ in 0..150 {
+                most = most.max(server.metrics().msg_owned_users_online);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        });
+        let report = density::run(&args, &AtomicBool::new(false)).unwrap();
+        assert_eq!(report.established, 40, "{:?}", report.failures);
+        watcher.join().unwrap()
+    });
+    assert_eq!(most_users, 40, "one user per connection");
+
+    // A token file with fewer tokens than connections is refused before connecting.
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "a\nb\n\n").unwrap();
+    let mut args = density_args(server.addr, 3, None);
+    args.token_file = Some(tokens);
+    match density::run(&args, &AtomicBool::new(false)) {
+        Err(BenchError::Usage(text)) => assert!(text.contains("holds 2 tokens"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

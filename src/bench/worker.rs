@@ -79,6 +79,7 @@ use crate::server::ring::{BELL_DATA, Completion, ConnRing};
 use crate::slab::{Generational, Key, Slab};
 
 mod fan;
+pub(crate) use fan::request_with_user;
 pub use fan::{FanoutPlan, FanoutStats, MAX_TRACKED_MESSAGES};
 
 /// `user_data` layout, as in the server: kind in the top 2 bits, then the slab key
@@ -255,6 +256,8 @@ pub struct Plan {
     pub sources: Option<Arc<SourceIps>>,
     /// wss://: the client configuration (each target has its server name).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Each connection a user of its own (`bench density`), or `None`.
+    pub identities: Option<Arc<super::Identities>>,
     /// From `connect()` to the verified 101; beyond, the attempt fails as a timeout.
     pub connect_timeout: Duration,
     /// From our close frame to the server's EOF.
@@ -852,7 +855,10 @@ impl Worker {
                 },
                 self.slots[entry].id,
             ),
-            None => request.extend_from_slice(target.request_prefix.as_bytes()),
+            None => match &self.plan.identities {
+                Some(identities) => identities.request(&mut request, &target.request_prefix, self.slots[entry].id),
+                None => request.extend_from_slice(target.request_prefix.as_bytes()),
+            },
         }
         request.extend_from_slice(&handshake_key(self.plan.seed, self.slots[entry].id));
         request.extend_from_slice(b"\r\n\r\n");

@@ -368,7 +368,7 @@ impl<S: Store> MsgShard<S> {
                 body,
                 exclude_self,
             } => {
-                let allowed = self.hub.conn(conn).is_some_and(|c| c.may_publish(&room));
+                let allowed = self.hub.may_publish(conn, &room);
                 if !allowed {
                     return self.error(
                         conn,

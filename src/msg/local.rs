@@ -17,13 +17,25 @@
 //!   (the replay has it) nor delivered twice.
 #![forbid(unsafe_code)]
 
+//!
+//! **Memory.** This is what every idle connection of the messaging mode costs, so it is
+//! laid out for it: a connection's record (32 bytes, asserted) lives in a vector indexed
+//! by its slot number, like the shard's own slots; the user table is a hash table of
+//! 4-byte indexes (the user's oldest local connection), whose records chain the user's
+//! other connections; rooms and token claims, which most connections never have, live
+//! in a side table. Before, four maps held about 220 bytes per connection.
+
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::protocol::{Encoding, ErrorCode};
 use super::{ConnId, Key};
 use crate::auth::Identity;
+
+/// No connection (the end of a user's chain).
+const NONE: u32 = u32::MAX;
 
 /// A connection's membership in one room.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,34 +52,43 @@ struct RoomSlot {
 /// What the hub knows about one local connection.
 #[derive(Debug)]
 pub struct ConnInfo {
-    /// The authenticated user.
+    /// The authenticated user (the one copy of the id this shard holds, shared).
     pub user: Key,
-    /// The negotiated encoding.
-    pub encoding: Encoding,
-    /// The token's join/publish claims, when it restricts them (`None`: no
-    /// restriction).
-    claims: Option<Arc<Identity>>,
-    welcome_pending: bool,
-    replays_pending: u32,
-    rooms: Vec<RoomSlot>,
+    /// The connection's generation: a stale [`ConnId`] of the same slot does not match.
+    generation: u32,
+    /// The slot of the user's next local connection (oldest first), or `NONE`.
+    next: u32,
     /// The ticket of the next join.
     next_ticket: u32,
+    replays_pending: u16,
+    /// The negotiated encoding.
+    pub encoding: Encoding,
+    welcome_pending: bool,
 }
 
 impl ConnInfo {
-    /// Whether the token allows joining `room`.
-    pub fn may_join(&self, room: &str) -> bool {
-        self.claims.as_ref().is_none_or(|i| i.may_join(room))
-    }
-
-    /// Whether the token allows publishing to `room`.
-    pub fn may_publish(&self, room: &str) -> bool {
-        self.claims.as_ref().is_none_or(|i| i.may_publish(room))
-    }
-
     /// Whether inbox deliveries reach this connection now.
     fn takes_inbox(&self) -> bool {
         !self.welcome_pending && self.replays_pending == 0
+    }
+}
+
+/// What few connections have: rooms, and a token that restricts joins or publishes.
+#[derive(Debug, Default)]
+struct Extra {
+    /// The token's join/publish claims, when it restricts them (`None`: no
+    /// restriction).
+    claims: Option<Arc<Identity>>,
+    rooms: Vec<RoomSlot>,
+}
+
+impl Extra {
+    fn may_join(&self, room: &str) -> bool {
+        self.claims.as_ref().is_none_or(|i| i.may_join(room))
+    }
+
+    fn may_publish(&self, room: &str) -> bool {
+        self.claims.as_ref().is_none_or(|i| i.may_publish(room))
     }
 }
 
@@ -83,11 +104,24 @@ pub struct Removed {
 /// The local side of a shard. See the module docs.
 #[derive(Debug, Default)]
 pub struct LocalHub {
-    conns: HashMap<ConnId, ConnInfo>,
-    /// Local connections of each user.
-    users: HashMap<Key, Vec<ConnId>>,
+    /// By slot number ([`ConnId::index`]).
+    conns: Vec<Option<ConnInfo>>,
+    /// Connections known.
+    live: usize,
+    /// Each user with a local connection: the slot of the oldest one.
+    users: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Connections with rooms or restricting claims.
+    extras: HashMap<ConnId, Extra>,
     /// Local member connections of each room (joined, not joining) → watches presence.
     rooms: HashMap<Key, HashMap<ConnId, bool>>,
+}
+
+/// The record of slot `i` (which is known to hold one).
+fn at(conns: &[Option<ConnInfo>], i: u32) -> &ConnInfo {
+    conns[i as usize]
+        .as_ref()
+        .expect("a user's chain holds live connections")
 }
 
 impl LocalHub {
@@ -98,7 +132,7 @@ impl LocalHub {
 
     /// Connections known (gauge).
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.live
     }
 
     /// Users with a local connection (gauge).
@@ -113,43 +147,112 @@ impl LocalHub {
 
     /// The connection's state, if it is known.
     pub fn conn(&self, conn: ConnId) -> Option<&ConnInfo> {
-        self.conns.get(&conn)
+        self.conns
+            .get(conn.index() as usize)?
+            .as_ref()
+            .filter(|c| c.generation == conn.generation())
+    }
+
+    fn conn_mut(&mut self, conn: ConnId) -> Option<&mut ConnInfo> {
+        self.conns
+            .get_mut(conn.index() as usize)?
+            .as_mut()
+            .filter(|c| c.generation == conn.generation())
+    }
+
+    /// The slot of `user`'s oldest local connection.
+    fn head(&self, user: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(user);
+        self.users.find(hash, |&i| *at(&self.conns, i).user == *user).copied()
     }
 
     /// Registers a new connection of `identity`'s user, waiting for its welcome.
     /// Returns the user key (shared with the hub's maps).
     pub fn add(&mut self, conn: ConnId, identity: &Identity, encoding: Encoding) -> Key {
-        let user: Key = match self.users.get_key_value(identity.user_id.as_str()) {
-            Some((key, _)) => key.clone(),
+        assert!(self.conn(conn).is_none(), "connection {conn:?} added twice");
+        let index = conn.index();
+        let head = self.head(&identity.user_id);
+        let user: Key = match head {
+            Some(h) => at(&self.conns, h).user.clone(),
             None => identity.user_id.as_str().into(),
         };
-        let restricted = identity.can_join.is_some() || identity.can_publish.is_some();
-        let info = ConnInfo {
+        if self.conns.len() <= index as usize {
+            self.conns.resize_with(index as usize + 1, || None);
+        }
+        self.conns[index as usize] = Some(ConnInfo {
             user: user.clone(),
-            encoding,
-            claims: restricted.then(|| Arc::new(identity.clone())),
-            welcome_pending: true,
-            replays_pending: 0,
-            rooms: Vec::new(),
+            generation: conn.generation(),
+            next: NONE,
             next_ticket: 0,
-        };
-        let previous = self.conns.insert(conn, info);
-        assert!(previous.is_none(), "connection {conn:?} added twice");
-        self.users.entry(user.clone()).or_default().push(conn);
+            replays_pending: 0,
+            encoding,
+            welcome_pending: true,
+        });
+        self.live += 1;
+        match head {
+            Some(mut i) => {
+                // Appended: the chain stays oldest first.
+                loop {
+                    let next = at(&self.conns, i).next;
+                    if next == NONE {
+                        break;
+                    }
+                    i = next;
+                }
+                self.conns[i as usize].as_mut().expect("in the chain").next = index;
+            }
+            None => {
+                let (conns, hasher) = (&self.conns, &self.hasher);
+                let hash = hasher.hash_one(&*user);
+                self.users
+                    .insert_unique(hash, index, |&i| hasher.hash_one(&*at(conns, i).user));
+            }
+        }
+        if identity.can_join.is_some() || identity.can_publish.is_some() {
+            self.extras.entry(conn).or_default().claims = Some(Arc::new(identity.clone()));
+        }
         user
     }
 
     /// Forgets a connection: returns its user and rooms, or `None` if unknown.
     pub fn remove(&mut self, conn: ConnId) -> Option<Removed> {
-        let info = self.conns.remove(&conn)?;
-        if let Some(list) = self.users.get_mut(&info.user) {
-            list.retain(|c| *c != conn);
-            if list.is_empty() {
-                self.users.remove(&info.user);
+        self.conn(conn)?;
+        let index = conn.index();
+        let info = self.conns[index as usize].take().expect("checked above");
+        self.live -= 1;
+        let hash = self.hasher.hash_one(&*info.user);
+        let conns = &mut self.conns;
+        let head = self.users.find_entry(hash, |&i| {
+            i == index || conns[i as usize].as_ref().is_some_and(|c| c.user == info.user)
+        });
+        match head {
+            Ok(mut entry) if *entry.get() == index => {
+                if info.next == NONE {
+                    entry.remove();
+                } else {
+                    *entry.get_mut() = info.next;
+                }
             }
+            Ok(entry) => {
+                let mut i = *entry.get();
+                loop {
+                    let c = conns[i as usize].as_mut().expect("in the chain");
+                    if c.next == index {
+                        c.next = info.next;
+                        break;
+                    }
+                    debug_assert_ne!(c.next, NONE, "{conn:?} is not in its user's chain");
+                    if c.next == NONE {
+                        break;
+                    }
+                    i = c.next;
+                }
+            }
+            Err(_) => debug_assert!(false, "{conn:?}'s user has no entry"),
         }
-        let mut rooms = Vec::with_capacity(info.rooms.len());
-        for slot in info.rooms {
+        let extra = self.extras.remove(&conn).unwrap_or_default();
+        let mut rooms = Vec::with_capacity(extra.rooms.len());
+        for slot in extra.rooms {
             if slot.joined {
                 self.remove_member(&slot.room, conn);
             }
@@ -167,21 +270,27 @@ impl LocalHub {
         }
     }
 
+    /// Whether `conn`'s token allows publishing to `room` (`false` for an unknown
+    /// connection).
+    pub fn may_publish(&self, conn: ConnId, room: &str) -> bool {
+        self.conn(conn).is_some() && self.extras.get(&conn).is_none_or(|e| e.may_publish(room))
+    }
+
     /// The welcome arrived: inbox deliveries start (unless a replay is pending).
     pub fn welcomed(&mut self, conn: ConnId) -> bool {
-        self.conns.get_mut(&conn).map(|c| c.welcome_pending = false).is_some()
+        self.conn_mut(conn).map(|c| c.welcome_pending = false).is_some()
     }
 
     /// A `resume` went to the owner: inbox deliveries pause until its answer.
     pub fn begin_resume(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.replays_pending += 1;
+        if let Some(c) = self.conn_mut(conn) {
+            c.replays_pending = c.replays_pending.saturating_add(1);
         }
     }
 
     /// The answer to a resume arrived. `false` if the connection is gone.
     pub fn resumed(&mut self, conn: ConnId) -> bool {
-        match self.conns.get_mut(&conn) {
+        match self.conn_mut(conn) {
             Some(c) => {
                 debug_assert!(c.replays_pending > 0);
                 c.replays_pending = c.replays_pending.saturating_sub(1);
@@ -194,19 +303,25 @@ impl LocalHub {
     /// A `join` is about to go to the owner: checks and records it as joining; returns
     /// the ticket the owner's `joined` must carry.
     pub fn begin_join(&mut self, conn: ConnId, room: &Key, watch: bool, max_rooms: usize) -> Result<u32, ErrorCode> {
-        let info = self.conns.get_mut(&conn).ok_or(ErrorCode::BadRequest)?;
-        if info.rooms.iter().any(|s| s.room == *room) {
-            return Err(ErrorCode::AlreadyJoined);
-        }
-        if info.rooms.len() >= max_rooms {
+        let info = self.conn_mut(conn).ok_or(ErrorCode::BadRequest)?;
+        let ticket = info.next_ticket;
+        let extra = self.extras.get(&conn);
+        if let Some(extra) = extra {
+            if extra.rooms.iter().any(|s| s.room == *room) {
+                return Err(ErrorCode::AlreadyJoined);
+            }
+            if extra.rooms.len() >= max_rooms {
+                return Err(ErrorCode::TooManyRooms);
+            }
+            if !extra.may_join(room) {
+                return Err(ErrorCode::Forbidden);
+            }
+        } else if max_rooms == 0 {
             return Err(ErrorCode::TooManyRooms);
         }
-        if !info.may_join(room) {
-            return Err(ErrorCode::Forbidden);
-        }
-        let ticket = info.next_ticket;
+        let info = self.conn_mut(conn).expect("checked above");
         info.next_ticket = info.next_ticket.wrapping_add(1);
-        info.rooms.push(RoomSlot {
+        self.extras.entry(conn).or_default().rooms.push(RoomSlot {
             room: room.clone(),
             joined: false,
             ticket,
@@ -219,14 +334,14 @@ impl LocalHub {
     /// member from now on. `false` if it is gone or left meanwhile (also when it joined
     /// again since: that join has its own ticket), and then its frames must not be sent.
     pub fn joined(&mut self, conn: ConnId, room: &Key, ticket: u32) -> bool {
-        let Some(info) = self.conns.get_mut(&conn) else {
+        if self.conn(conn).is_none() {
             return false;
-        };
-        let Some(slot) = info
-            .rooms
-            .iter_mut()
-            .find(|s| s.room == *room && !s.joined && s.ticket == ticket)
-        else {
+        }
+        let Some(slot) = self.extras.get_mut(&conn).and_then(|e| {
+            e.rooms
+                .iter_mut()
+                .find(|s| s.room == *room && !s.joined && s.ticket == ticket)
+        }) else {
             return false;
         };
         slot.joined = true;
@@ -238,25 +353,43 @@ impl LocalHub {
     /// Leaves a room (joined or joining): returns whether the connection watched
     /// presence there.
     pub fn leave(&mut self, conn: ConnId, room: &str) -> Result<bool, ErrorCode> {
-        let info = self.conns.get_mut(&conn).ok_or(ErrorCode::BadRequest)?;
-        let i = info
+        self.conn(conn).ok_or(ErrorCode::BadRequest)?;
+        let extra = self.extras.get_mut(&conn).ok_or(ErrorCode::NotJoined)?;
+        let i = extra
             .rooms
             .iter()
             .position(|s| &*s.room == room)
             .ok_or(ErrorCode::NotJoined)?;
-        let slot = info.rooms.swap_remove(i);
+        let slot = extra.rooms.swap_remove(i);
+        if extra.rooms.is_empty() && extra.claims.is_none() {
+            self.extras.remove(&conn);
+        }
         if slot.joined {
             self.remove_member(&slot.room, conn);
         }
         Ok(slot.watch)
     }
 
+    /// `user`'s local connections, oldest first.
+    fn chain(&self, user: &str) -> impl Iterator<Item = (ConnId, &ConnInfo)> {
+        let mut i = self.head(user).unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            if i == NONE {
+                return None;
+            }
+            let c = at(&self.conns, i);
+            let id = ConnId::new(i, c.generation);
+            i = c.next;
+            Some((id, c))
+        })
+    }
+
     /// Calls `f` with every local connection of `user` that takes inbox deliveries now;
     /// returns how many were skipped because they wait for a welcome or a replay.
     pub fn for_user(&self, user: &str, mut f: impl FnMut(ConnId)) -> u64 {
         let mut skipped = 0;
-        for &conn in self.users.get(user).into_iter().flatten() {
-            if self.conns[&conn].takes_inbox() {
+        for (conn, info) in self.chain(user) {
+            if info.takes_inbox() {
                 f(conn);
             } else {
                 skipped += 1;
@@ -266,8 +399,10 @@ impl LocalHub {
     }
 
     /// Calls `f` with every local connection of `user`, whatever it waits for.
-    pub fn for_each_conn_of(&self, user: &str, f: impl FnMut(ConnId)) {
-        self.users.get(user).into_iter().flatten().copied().for_each(f);
+    pub fn for_each_conn_of(&self, user: &str, mut f: impl FnMut(ConnId)) {
+        for (conn, _) in self.chain(user) {
+            f(conn);
+        }
     }
 
     /// Calls `f` with every local member of `room` (only those watching presence when
@@ -368,5 +503,82 @@ mod tests {
         hub.remove(ConnId::new(1, 0));
         hub.remove(ConnId::new(2, 0));
         assert_eq!(hub.for_user("a", |_| panic!()), 0);
+        assert_eq!((hub.connections(), hub.users()), (0, 0));
+    }
+
+    #[test]
+    fn a_connection_record_is_32_bytes() {
+        // What every idle messaging connection costs here (with its share of the user
+        // table, 4 bytes per bucket); the README's density table counts on it.
+        assert_eq!(std::mem::size_of::<Option<ConnInfo>>(), 32);
+    }
+
+    #[test]
+    fn stale_ids_and_chains_in_any_removal_order() {
+        let mut hub = LocalHub::new();
+        let ids: Vec<ConnId> = (0..4).map(|i| ConnId::new(i, 7)).collect();
+        for &c in &ids {
+            hub.add(c, &identity("u", None), Encoding::Json);
+            hub.welcomed(c);
+        }
+        hub.add(ConnId::new(9, 1), &identity("v", None), Encoding::Json);
+        assert_eq!(hub.users(), 2);
+        assert!(hub.conn(ConnId::new(1, 8)).is_none(), "another generation of slot 1");
+        assert!(hub.remove(ConnId::new(1, 8)).is_none());
+        let order = |hub: &LocalHub| {
+            let mut got = Vec::new();
+            hub.for_each_conn_of("u", |c| got.push(c));
+            got
+        };
+        assert_eq!(order(&hub), ids, "oldest first");
+        // Middle, head, tail.
+        for (gone, left) in [(2usize, vec![0usize, 1, 3]), (0, vec![1, 3]), (3, vec![1])] {
+            assert_eq!(&*hub.remove(ids[gone]).unwrap().user, "u");
+            assert_eq!(order(&hub), left.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        }
+        hub.remove(ids[1]);
+        assert_eq!(order(&hub), []);
+        assert_eq!((hub.users(), hub.connections()), (1, 1));
+        // The slot reused by a new connection of another user.
+        hub.add(ConnId::new(1, 9), &identity("w", None), Encoding::Json);
+        assert_eq!(&*hub.conn(ConnId::new(1, 9)).unwrap().user, "w");
+    }
+
+    #[test]
+    fn matches_a_model_under_random_churn() {
+        use std::collections::BTreeMap;
+        let mut hub = LocalHub::new();
+        let mut model: BTreeMap<u32, (u32, String)> = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut generation = 0;
+        for _ in 0..20_000 {
+            let slot = (next() % 64) as u32;
+            match model.remove(&slot) {
+                Some((g, user)) => assert_eq!(*hub.remove(ConnId::new(slot, g)).unwrap().user, *user),
+                None => {
+                    generation += 1;
+                    let user = format!("user{}", next() % 12);
+                    hub.add(ConnId::new(slot, generation), &identity(&user, None), Encoding::Json);
+                    model.insert(slot, (generation, user));
+                }
+            }
+            if next() % 64 == 0 {
+                for u in 0..12 {
+                    let user = format!("user{u}");
+                    let mut got = Vec::new();
+                    hub.for_each_conn_of(&user, |c| got.push(c.index()));
+                    got.sort_unstable();
+                    let want: Vec<u32> = model.iter().filter(|(_, (_, m))| *m == user).map(|(s, _)| *s).collect();
+                    assert_eq!(got, want, "{user}");
+                }
+                assert_eq!(hub.connections(), model.len());
+            }
+        }
     }
 }

@@ -54,6 +54,7 @@ use hashbrown::HashMap;
 
 pub mod api;
 pub mod core;
+pub mod dense;
 pub mod journal;
 pub mod local;
 pub mod mesh;

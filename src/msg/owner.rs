@@ -91,20 +91,100 @@ struct JoinRequest {
     ticket: u32,
 }
 
+/// Shards with connections of one user and how many on each: inline while the user is
+/// on one shard (nearly always), a list beyond. 16 bytes where a `Vec` cost 24 and a
+/// heap block.
+#[derive(Debug, Default)]
+pub(crate) enum UserShards {
+    #[default]
+    Offline,
+    One(ShardId, u32),
+    // A thin pointer: a `Vec` or a boxed slice here would make the enum 24 or 32 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(ShardId, u32)>>),
+}
+
+impl UserShards {
+    /// No connection anywhere.
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self, Self::Offline)
+    }
+
+    /// One more connection on `shard`.
+    pub(crate) fn add(&mut self, shard: ShardId) {
+        match self {
+            Self::Offline => *self = Self::One(shard, 1),
+            Self::One(s, n) if *s == shard => *n += 1,
+            Self::One(s, n) => *self = Self::Many(Box::new(vec![(*s, *n), (shard, 1)])),
+            Self::Many(list) => match list.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, n)) => *n += 1,
+                None => list.push((shard, 1)),
+            },
+        }
+    }
+
+    /// One connection fewer on `shard`; `false` if it had none.
+    pub(crate) fn remove(&mut self, shard: ShardId) -> bool {
+        match self {
+            Self::Offline => false,
+            Self::One(s, _) if *s != shard => false,
+            Self::One(_, n) => {
+                *n -= 1;
+                if *n == 0 {
+                    *self = Self::Offline;
+                }
+                true
+            }
+            Self::Many(list) => {
+                let Some(i) = list.iter().position(|(s, _)| *s == shard) else {
+                    return false;
+                };
+                list[i].1 -= 1;
+                if list[i].1 == 0 {
+                    list.swap_remove(i);
+                }
+                if let [(s, n)] = list[..] {
+                    *self = Self::One(s, n);
+                }
+                true
+            }
+        }
+    }
+
+    /// The shards with connections.
+    pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        let (one, many) = match self {
+            Self::Offline => (None, &[][..]),
+            Self::One(s, _) => (Some(*s), &[][..]),
+            Self::Many(list) => (None, &list[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(s, _)| *s))
+    }
+
+    /// Connections on all shards.
+    pub(crate) fn connections(&self) -> u64 {
+        match self {
+            Self::Offline => 0,
+            Self::One(_, n) => u64::from(*n),
+            Self::Many(list) => list.iter().map(|(_, n)| u64::from(*n)).sum(),
+        }
+    }
+}
+
 /// What the owner holds for one user.
 #[derive(Debug)]
 struct UserEntry {
     /// Inbox epoch and the last sequence number given out.
     pos: Position,
     /// Shards with connections of this user (the directory entry).
-    shards: Vec<ShardCount>,
+    shards: UserShards,
     /// When the last connection closed (for forgetting the entry).
     idle_since: Instant,
 }
 
 impl UserEntry {
     fn connections(&self) -> u64 {
-        self.shards.iter().map(|c| u64::from(c.conns)).sum()
+        self.shards.connections()
     }
 }
 
@@ -139,7 +219,7 @@ pub struct Owner<S> {
     shards: usize,
     limits: MsgLimits,
     store: S,
-    users: HashMap<Key, UserEntry>,
+    users: super::dense::DenseMap<UserEntry>,
     rooms: HashMap<Key, RoomEntry>,
     /// Rooms whose member count changed above the event threshold since the last tick.
     count_dirty: Vec<Key>,
@@ -170,7 +250,7 @@ impl<S: Store> Owner<S> {
             shards,
             limits: limits.clone(),
             store,
-            users: HashMap::new(),
+            users: super::dense::DenseMap::new(),
             rooms: HashMap::new(),
             count_dirty: Vec::new(),
             online_users: 0,
@@ -224,7 +304,7 @@ impl<S: Store> Owner<S> {
     /// ([`Store::restate`]): a compaction, after which older journal segments hold
     /// nothing needed.
     pub fn restate_all(&mut self) {
-        for (user, entry) in &self.users {
+        for (user, entry) in self.users.iter() {
             self.store.restate(&LogKey::Inbox(user.clone()), entry.pos);
         }
         for (room, entry) in &self.rooms {
@@ -255,7 +335,7 @@ impl<S: Store> Owner<S> {
                 user.clone(),
                 UserEntry {
                     pos,
-                    shards: Vec::new(),
+                    shards: UserShards::Offline,
                     idle_since: now,
                 },
             );
@@ -352,7 +432,7 @@ impl<S: Store> Owner<S> {
                 let shards: Vec<ShardId> = self
                     .users
                     .get(&to)
-                    .map_or_else(Vec::new, |e| e.shards.iter().map(|c| c.shard).collect());
+                    .map_or_else(Vec::new, |e| e.shards.shards().collect());
                 if shards.is_empty() {
                     // The sender is offline: receipts are not queued (the sender can
                     // ask the backend for message state); counted.
@@ -461,7 +541,7 @@ impl<S: Store> Owner<S> {
         debug_assert_eq!(owner_of(KeyKind::User, &user, self.shards), self.shard);
         let entry = self.user_entry(&user, now);
         let was_offline = entry.connections() == 0;
-        count_mut(&mut entry.shards, from).conns += 1;
+        entry.shards.add(from);
         let pos = entry.pos;
         self.online_users += usize::from(was_offline);
         let limits = self.limits.clone();
@@ -482,13 +562,9 @@ impl<S: Store> Owner<S> {
             debug_assert!(false, "disconnect of unknown user {user}");
             return;
         };
-        let Some(i) = entry.shards.iter().position(|c| c.shard == from) else {
+        if !entry.shards.remove(from) {
             debug_assert!(false, "disconnect from a shard without connections");
             return;
-        };
-        entry.shards[i].conns -= 1;
-        if entry.shards[i].conns == 0 {
-            entry.shards.swap_remove(i);
         }
         if entry.shards.is_empty() {
             entry.idle_since = now;
@@ -565,9 +641,9 @@ impl<S: Store> Owner<S> {
             m.offline_dropped += pushed.dropped;
             m.offline_expired += pushed.expired;
         } else {
-            for c in &entry.shards {
+            for shard in entry.shards.shards() {
                 out.push((
-                    c.shard,
+                    shard,
                     MeshMsg::ToUser {
                         user: to.clone(),
                         frame: frame.clone(),
@@ -964,6 +1040,23 @@ impl<S: Store> Owner<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_shards_count_per_shard_and_fold_back_inline() {
+        assert_eq!(std::mem::size_of::<UserShards>(), 16);
+        let mut s = UserShards::default();
+        assert!(!s.remove(0));
+        s.add(3);
+        s.add(3);
+        assert!(matches!(s, UserShards::One(3, 2)));
+        s.add(1);
+        assert_eq!((s.connections(), s.shards().collect::<Vec<_>>()), (3, vec![3, 1]));
+        assert!(!s.remove(7));
+        assert!(s.remove(3) && s.remove(3));
+        assert!(matches!(s, UserShards::One(1, 1)), "{s:?}");
+        assert!(s.remove(1));
+        assert!(s.is_empty() && s.connections() == 0 && s.shards().next().is_none());
+    }
     use crate::msg::store::MemStore;
     use serde_json::Value;
 

@@ -558,6 +558,8 @@ mod tests_crash;
 #[cfg(test)]
 mod tests_deflate;
 #[cfg(test)]
+mod tests_density;
+#[cfg(test)]
 mod tests_edge;
 #[cfg(test)]
 mod tests_msg;

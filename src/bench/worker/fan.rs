@@ -244,7 +244,7 @@ impl Default for FanoutStats {
 }
 
 /// The upgrade request with `user=PREFIX{pub,sub}-ID` added to the target's query.
-pub(super) fn request_with_user(out: &mut Vec<u8>, prefix: &str, user_prefix: &str, role: &str, id: u64) {
+pub(crate) fn request_with_user(out: &mut Vec<u8>, prefix: &str, user_prefix: &str, role: &str, id: u64) {
     // The prefix starts `GET <target> HTTP/1.1\r\n`.
     let split = prefix.find(" HTTP/1.1\r\n").unwrap_or(prefix.len());
     let target = &prefix[..split];
