@@ -126,6 +126,10 @@ impl MsgShard<MemStore> {
 impl<S: Store> MsgShard<S> {
     /// Shard `id` of `shards` with `store` for its owner side.
     pub fn with_store(id: ShardId, shards: usize, limits: &MsgLimits, store: S, epoch_seed: u64) -> Self {
+        // What the store recovered is durable: a journal that ends at byte N after
+        // recovery is durable up to N, or the first answer would wait for a write that
+        // nothing else asks for (the welcome of a user known before a restart did).
+        let durable = store.journal_end();
         Self {
             id,
             shards,
@@ -138,7 +142,7 @@ impl<S: Store> MsgShard<S> {
             local: VecDeque::new(),
             answers: Vec::new(),
             held: VecDeque::new(),
-            durable: 0,
+            durable,
             cluster: None,
             buf: Vec::new(),
         }

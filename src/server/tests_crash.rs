@@ -426,6 +426,26 @@ fn every_message_acked_before_a_sigterm_is_delivered_after_the_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A user known before a restart is welcomed after it, with nothing else happening:
+/// the recovered journal counts as durable (the first answer after a restart waited for
+/// a write nobody asked for, so a returning user got the 101 and then nothing).
+#[test]
+fn a_user_known_before_a_restart_is_welcomed_after_it() {
+    let dir = temp_dir("welcome-after-restart");
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let gateway = Gateway::start(&dir);
+        let (_, first) = Peer::connect(gateway.addr, "returning").expect("the first welcome");
+        gateway.signal(signal);
+        // SIGKILL leaves no exit code; `wait` fails the test if the child lives on.
+        let _ = gateway.wait(Duration::from_secs(30));
+        let gateway = Gateway::start(&dir);
+        let (_, again) = Peer::connect(gateway.addr, "returning").expect("a welcome after the restart");
+        assert_eq!(again["inbox"], first["inbox"], "the same epoch and position");
+        drop(gateway);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A tmpfs mounted for one test (root only), unmounted when dropped.
 struct Tmpfs {
     dir: PathBuf,
