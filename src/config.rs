@@ -542,6 +542,13 @@ options! {
     echo: bool = false,
         Flag, "BOOL", "Routing",
         "Echo every message back to its sender (benchmarking). --echo alone means true";
+    /// Serve the JavaScript client at `GET /client/wsgate.js` and a chat demo at
+    /// `GET /demo` on the WebSocket listener (plain HTTP answers; every other path is
+    /// as without it). Off by default: a production gateway serves only its upgrades.
+    demo: bool = false,
+        Flag, "BOOL", "Routing",
+        "Serve the JavaScript client at /client/wsgate.js and a chat demo at /demo on the WebSocket \
+        listener. --demo alone means true";
 
     /// permessage-deflate (RFC 7692): `on` agrees to it when a client offers it, always
     /// without context takeover in either direction, so one compressor and one

@@ -103,6 +103,9 @@
 //!   codec (sans-IO, bounded), `redis://` and `rediss://` URLs, a Redis Cluster's slot
 //!   map, and one pipelined connection per shard (and master) that runs as a task on
 //!   the shard's executor; `server::shard::cluster` is the hand-off.
+//! - [`client`]: the JavaScript client of `wsgate.v1.json` (`wsgate.js`, typed by
+//!   `wsgate.d.ts`; tested with Node and in headless Chromium) and a chat demo, compiled
+//!   into the binary and served on the WebSocket listener by `--demo`.
 //!
 //! # Limits
 //!
@@ -167,6 +170,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod edge;

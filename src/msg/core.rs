@@ -417,6 +417,12 @@ impl<S: Store> MsgShard<S> {
                 let room: Key = room.as_ref().into();
                 self.route(KeyKind::Room, room.clone(), MeshMsg::QueryRoom { room, conn, id });
             }
+            // Answered here, on the connection's shard: a liveness check must not wait on
+            // an owner, a ring or (with `--redis`) Redis, and costs one small frame.
+            ClientMsg::Ping { id } => {
+                let frame = self.encode(|o| protocol::encode_pong(o, id.as_ref()));
+                self.send(conn, frame);
+            }
         }
     }
 

@@ -148,6 +148,13 @@ pub enum ClientMsg<'a> {
         /// Echoed in the answer.
         id: Option<ClientId>,
     },
+    /// `ping`: an application-level liveness check. Browsers cannot see WebSocket
+    /// pings, so a client that wants to notice a dead link sends this and expects
+    /// `pong` back. Answered by the connection's own shard (no owner, no Redis).
+    Ping {
+        /// Echoed in `pong`.
+        id: Option<ClientId>,
+    },
 }
 
 /// A message body: any JSON value, validated and bounded, kept as the client wrote it
@@ -513,6 +520,7 @@ pub fn parse<'a>(kind: FrameKind, frame: &'a [u8], limits: &MsgLimits) -> Result
                 ));
             }
         },
+        "ping" => ClientMsg::Ping { id },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(ParseError::invalid(
@@ -774,6 +782,11 @@ pub fn encode_resumed(out: &mut Vec<u8>, id: Option<&ClientId>, at: Position, re
         .end();
 }
 
+/// `pong`: the answer to a `ping`, with its id.
+pub fn encode_pong(out: &mut Vec<u8>, id: Option<&ClientId>) {
+    Obj::new(out, "pong").id(id).end();
+}
+
 /// Why a client must resync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResyncReason {
@@ -899,6 +912,7 @@ pub fn fuzz_parse(data: &[u8]) {
                 ClientMsg::Resume { id, .. } => (vec![], None, id.as_ref()),
                 ClientMsg::PresenceUser { user, id } => (vec![user], None, id.as_ref()),
                 ClientMsg::PresenceRoom { room, id } => (vec![room], None, id.as_ref()),
+                ClientMsg::Ping { id } => (vec![], None, id.as_ref()),
             };
             for name in names {
                 assert!(!name.is_empty() && name.len() <= 16 && !name.chars().any(char::is_control));
@@ -1081,6 +1095,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ping_is_answered_with_its_id_byte_for_byte() {
+        // A string id, an integer id, none; unknown fields are ignored, as on every type.
+        for (text, id) in [
+            (r#"{"type":"ping","id":"p-\u0031"}"#, Some(r#""p-\u0031""#)),
+            (
+                r#"{"type":"ping","id":18446744073709551615}"#,
+                Some("18446744073709551615"),
+            ),
+            (r#"{"type":"ping"}"#, None),
+            (r#"{"type":"ping","sent_at":[1,2],"id":3}"#, Some("3")),
+        ] {
+            match p(text) {
+                Ok(ClientMsg::Ping { id: got }) => {
+                    assert_eq!(got.as_ref().map(ClientId::as_json), id, "{text}");
+                    let mut out = Vec::new();
+                    encode_pong(&mut out, got.as_ref());
+                    let expected = match id {
+                        Some(id) => format!(r#"{{"type":"pong","id":{id}}}"#),
+                        None => r#"{"type":"pong"}"#.to_owned(),
+                    };
+                    assert_eq!(String::from_utf8(out).unwrap(), expected);
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // A bad id is refused like on any request, and `Ping` is not `ping`.
+        assert_eq!(
+            code_of(&format!(r#"{{"type":"ping","id":"{}"}}"#, "i".repeat(65))),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(code_of(r#"{"type":"ping","id":[1]}"#), ErrorCode::TooLarge);
+        assert_eq!(code_of(r#"{"type":"Ping","id":1}"#), ErrorCode::UnknownType);
+        assert!(is_garbage(r#"{"type":"ping""#));
+    }
+
     fn parse_json(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
     }
@@ -1154,6 +1204,11 @@ mod tests {
                 json!({"type":"presence","room":"r","event":"leave","user":"bob","members":1}),
             ),
             (
+                Box::new(|o| encode_pong(o, Some(&ClientId::from_json_text("\"p-1\"")))),
+                json!({"type":"pong","id":"p-1"}),
+            ),
+            (Box::new(|o| encode_pong(o, None)), json!({"type":"pong"})),
+            (
                 Box::new(|o| encode_presence_count(o, "r", 1000)),
                 json!({"type":"presence","room":"r","event":"count","members":1000}),
             ),
@@ -1196,6 +1251,7 @@ mod tests {
         r#"{"type":"resume","since":{"epoch":1,"seq":0}}"#,
         r#"{"type":"presence","user":"bob"}"#,
         r#"{"type":"presence","room":"r","id":"q"}"#,
+        r#"{"type":"ping","id":"p-1"}"#,
     ];
 
     #[test]

@@ -306,3 +306,91 @@ fn a_full_offline_queue_reaches_its_user_with_the_default_limits() {
     assert!(got >= 200, "only {got} of the offline queue arrived");
     assert_eq!(server.metrics().slow_consumer_closes, 0);
 }
+
+/// The application-level ping (for browsers, which cannot see WebSocket pings) is
+/// answered with its id by the connection's own shard: no ring, no owner.
+#[test]
+fn an_application_ping_is_answered_by_the_connections_own_shard() {
+    let server = messaging_server(|_| {});
+    // Enough users that the owners of some of them are on the other shard.
+    let mut peers: Vec<Peer> = (0..6)
+        .map(|i| Peer::connect(&server, &format!("pinger{i}")).0)
+        .collect();
+    server.wait_for_shard_time(Duration::from_millis(100));
+    let (mesh_before, delivered_before) = (mesh_traffic(&server), server.metrics().msg.frames_delivered);
+    for (i, peer) in peers.iter_mut().enumerate() {
+        peer.send(json!({"type": "ping", "id": format!("p{i}")}));
+        peer.send(json!({"type": "ping", "id": i}));
+        peer.send(json!({"type": "ping"}));
+        assert_eq!(peer.next(), json!({"type": "pong", "id": format!("p{i}")}));
+        assert_eq!(peer.next(), json!({"type": "pong", "id": i}));
+        assert_eq!(peer.next(), json!({"type": "pong"}));
+    }
+    server.wait_for("18 pongs counted as delivered frames", |m| {
+        m.msg.frames_delivered >= delivered_before + 18
+    });
+    server.wait_for_shard_time(Duration::from_millis(100));
+    assert_eq!(mesh_traffic(&server), mesh_before, "a ping never crosses a ring");
+    // A bad id is refused like on any request; the connection stays usable.
+    peers[0].send(json!({"type": "ping", "id": "x".repeat(65)}));
+    assert_eq!(peers[0].expect("error")["code"], "too_large");
+    peers[0].send(json!({"type": "ping", "id": "again"}));
+    assert_eq!(peers[0].expect("pong")["id"], "again");
+}
+
+/// A plain GET over the listener (no upgrade), read to the end: (status line, head, body).
+fn http_get(server: &TestServer, path: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("the server answers and closes");
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a complete head");
+    let status = head.lines().next().unwrap().to_owned();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `--demo` serves the client and the demo page on the WebSocket listener; without it
+/// both paths are 404 like any other, and nothing else changes either way.
+#[test]
+fn demo_serves_the_client_and_the_page_and_nothing_else() {
+    let server = messaging_server(|cfg| cfg.demo = true);
+    let (status, head, body) = http_get(&server, "/client/wsgate.js");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        head.contains("\r\nContent-Type: text/javascript; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", crate::client::CLIENT_JS.len())));
+    assert_eq!(body, crate::client::CLIENT_JS);
+    let (status, head, body) = http_get(&server, "/demo?token=abc");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nContent-Security-Policy: "), "{head}");
+    assert_eq!(body, crate::client::DEMO_HTML);
+    for other in ["/", "/demo/", "/client/wsgate.d.ts", "/healthz"] {
+        assert_eq!(http_get(&server, other).0, "HTTP/1.1 404 Not Found", "{other}");
+    }
+    // The WebSocket path still upgrades and speaks the protocol.
+    let (mut peer, _) = Peer::connect(&server, "demo-user");
+    peer.send(json!({"type": "ping", "id": 1}));
+    assert_eq!(peer.expect("pong")["id"], 1);
+    // Served pages are answers, not failed handshakes.
+    server.wait_for("the 404s counted", |m| {
+        m.handshake_failures.get("path_not_found") == Some(&4)
+    });
+
+    let server = messaging_server(|_| {});
+    for path in ["/client/wsgate.js", "/demo"] {
+        let (status, _, body) = http_get(&server, path);
+        assert_eq!(status, "HTTP/1.1 404 Not Found", "{path}");
+        assert_eq!(body, "no WebSocket endpoint at this path\n");
+    }
+}

@@ -137,6 +137,7 @@ pub use request::{Request, parse_request};
 #[doc(hidden)]
 pub use request::{SAMPLE_CHROME_REQUEST, fuzz_parse};
 pub use response::{Status, accept_key, write_error_response};
+pub use validate::request_path;
 
 use crate::limits;
 #[cfg(doc)] // for the doc links only

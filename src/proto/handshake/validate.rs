@@ -120,6 +120,18 @@ pub(super) fn validate<'b>(
     })
 }
 
+/// The path of a complete request's target (without its query), as step 6 compared it
+/// against [`HandshakeConfig::paths`]; `None` if the request line does not parse. For a
+/// caller that answers a few plain `GET`s itself after [`HandshakeError::PathNotFound`]
+/// (steps 1 to 5 passed, so the request line is well formed).
+pub fn request_path(head: &[u8]) -> Option<&str> {
+    let end = head.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    let line = std::str::from_utf8(&head[..end]).ok()?;
+    let mut parts = line.split(' ');
+    let (_method, target) = (parts.next()?, parts.next()?);
+    Target::parse(target).ok().map(|target| target.path)
+}
+
 /// The request target, split.
 struct Target<'b> {
     /// The authority of an absolute-form target.
@@ -739,6 +751,34 @@ mod tests {
         ] {
             assert_eq!(rejected(&with_line(line)), HandshakeError::PathNotFound, "{line}");
         }
+    }
+
+    #[test]
+    fn request_path_is_the_path_step_6_compared() {
+        for (line, path) in [
+            ("GET /demo HTTP/1.1", Some("/demo")),
+            ("GET /client/wsgate.js?v=2 HTTP/1.1", Some("/client/wsgate.js")),
+            ("GET http://server.example.com/demo?x HTTP/1.1", Some("/demo")),
+            ("GET https://server.example.com HTTP/1.1", Some("/")),
+            ("GET /w%73 HTTP/1.1", Some("/w%73")),
+            ("GET *", None),
+            ("GET", None),
+        ] {
+            let buf = with_line(line);
+            assert_eq!(request_path(&buf), path, "{line}");
+            if let Some(path) = path {
+                // Exactly what validation refused: a path it does not serve.
+                assert_eq!(rejected(&buf), HandshakeError::PathNotFound, "{line}");
+                assert_ne!(path, "/ws");
+            }
+        }
+        assert_eq!(request_path(&minimal()), Some("/ws"));
+        assert_eq!(request_path(b""), None);
+        assert_eq!(
+            request_path(b"GET /demo HTTP/1.1"),
+            None,
+            "no line end: not a complete request"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! behind the request fed to the frame code. Parsing is `proto::handshake`; the policy
 //! (draining → connection cap → limits by address → token → limit by user) is the
 //! sans-IO `server::admission`; this file gathers the bytes and acts on the verdict.
+//! With `--demo`, a `GET` of the JavaScript client or the demo page (`crate::client`)
+//! is answered 200 where it would get its 404, and closed after the answer like one.
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -52,8 +54,21 @@ impl Shard {
                 return;
             }
             Err(error) => {
-                error.write_response(&mut self.scratch);
-                self.refuse(key, error.label());
+                // `--demo`: a plain GET of the client or the demo page is answered here,
+                // where it would otherwise get its 404.
+                let page = (self.cfg.demo && error == handshake::HandshakeError::PathNotFound)
+                    .then(|| handshake::request_path(data).and_then(crate::client::page))
+                    .flatten();
+                match page {
+                    Some(page) => {
+                        page.write_response(&mut self.scratch);
+                        self.answer_and_close(key);
+                    }
+                    None => {
+                        error.write_response(&mut self.scratch);
+                        self.refuse(key, error.label());
+                    }
+                }
                 return;
             }
         };
@@ -109,6 +124,11 @@ impl Shard {
     /// Sends the refusal in `scratch` and closes the connection once it is out.
     fn refuse(&mut self, key: Key, label: &'static str) {
         ShardMetrics::bump(&mut self.metrics.handshake_failures, label);
+        self.answer_and_close(key);
+    }
+
+    /// Sends the HTTP response in `scratch` and closes the connection once it is out.
+    fn answer_and_close(&mut self, key: Key) {
         let response = self.scratch.as_slice().into();
         let close_timeout = self.cfg.limits.close_timeout;
         let io = self.slots[key].io.as_deref_mut().expect("handshaking slot has io");
