@@ -171,6 +171,12 @@ impl LocalHub {
     pub fn add(&mut self, conn: ConnId, identity: &Identity, encoding: Encoding) -> Key {
         assert!(self.conn(conn).is_none(), "connection {conn:?} added twice");
         let index = conn.index();
+        if let Some(stale) = self.conns.get(index as usize).and_then(Option::as_ref) {
+            // The slot's previous connection was never removed (a bug upstream): forget
+            // it properly rather than break its user's chain by overwriting it.
+            debug_assert!(false, "slot {index} reused before its connection was removed");
+            self.remove(ConnId::new(index, stale.generation));
+        }
         let head = self.head(&identity.user_id);
         let user: Key = match head {
             Some(h) => at(&self.conns, h).user.clone(),
