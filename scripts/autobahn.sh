@@ -30,6 +30,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 limits=raised
 run_timeout=2400
@@ -194,24 +196,11 @@ free_port() { # a loopback TCP port nothing listens on now
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-wait_port() { # wait until 127.0.0.1:PORT accepts
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
-
 server_pid=
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    # SIGTERM drains (up to --drain-timeout); Autobahn has closed every connection.
-    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
+  # SIGTERM drains (up to --drain-timeout); Autobahn has closed every connection.
+  stop_pid "$server_pid"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -247,7 +236,7 @@ mkdir -p "$reports"
 echo "== wsgate ${args[*]}" >&2
 "$wsgate" "${args[@]}" >"$reports/wsgate.log" 2>&1 &
 server_pid=$!
-wait_port "$port"
+wait_port "127.0.0.1:$port"
 
 # The fuzzingclient spec: one server, the chosen cases.
 python3 - "$work/spec.json" "$reports" "ws://127.0.0.1:$port/ws" "${cases[@]}" <<'EOF'

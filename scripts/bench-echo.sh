@@ -15,6 +15,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 connections=100
 sizes=32,512
 in_flight=1
@@ -45,16 +47,6 @@ cleanup() {
   done
 }
 trap cleanup EXIT INT TERM
-
-wait_port() { # wait until HOST:PORT accepts
-  local host=${1%:*} port=${1##*:}
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
 
 run_server() { # NAME URL: run the client for each size against URL
   local name=$1 url=$2 size

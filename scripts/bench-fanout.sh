@@ -27,6 +27,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/scripts/lib.sh"
 subscribers=1000,10000,18000
 publish_rate=100/s
 publishers=1
@@ -57,23 +59,9 @@ wsgate="$here/target/release/wsgate"
 out=$(mktemp -d /tmp/bench-fanout.XXXXXX)
 server_pid=
 cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
+  stop_pid "$server_pid"
 }
 trap cleanup EXIT INT TERM
-
-wait_port() { # wait until HOST:PORT accepts
-  local host=${1%:*} port=${1##*:}
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
 
 port=18190
 echo "bench-fanout: one gateway (2 shards), one bench process; subscribers $subscribers," \
