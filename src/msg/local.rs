@@ -197,7 +197,9 @@ impl LocalHub {
         self.live += 1;
         match head {
             Some(mut i) => {
-                // Appended: the chain stays oldest first.
+                // Appended: the chain stays oldest first. The walk is as long as the
+                // user's local connections (`--max-connections-per-user`, 16 by
+                // default); `remove` walks the same chain, as the `Vec` before did.
                 loop {
                     let next = at(&self.conns, i).next;
                     if next == NONE {

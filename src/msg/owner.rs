@@ -95,7 +95,7 @@ struct JoinRequest {
 /// on one shard (nearly always), a list beyond. 16 bytes where a `Vec` cost 24 and a
 /// heap block.
 #[derive(Debug, Default)]
-pub(crate) enum UserShards {
+enum UserShards {
     #[default]
     Offline,
     One(ShardId, u32),
@@ -106,12 +106,12 @@ pub(crate) enum UserShards {
 
 impl UserShards {
     /// No connection anywhere.
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         matches!(self, Self::Offline)
     }
 
     /// One more connection on `shard`.
-    pub(crate) fn add(&mut self, shard: ShardId) {
+    fn add(&mut self, shard: ShardId) {
         match self {
             Self::Offline => *self = Self::One(shard, 1),
             Self::One(s, n) if *s == shard => *n += 1,
@@ -124,7 +124,7 @@ impl UserShards {
     }
 
     /// One connection fewer on `shard`; `false` if it had none.
-    pub(crate) fn remove(&mut self, shard: ShardId) -> bool {
+    fn remove(&mut self, shard: ShardId) -> bool {
         match self {
             Self::Offline => false,
             Self::One(s, _) if *s != shard => false,
@@ -152,7 +152,7 @@ impl UserShards {
     }
 
     /// The shards with connections.
-    pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+    fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
         let (one, many) = match self {
             Self::Offline => (None, &[][..]),
             Self::One(s, _) => (Some(*s), &[][..]),
@@ -162,7 +162,7 @@ impl UserShards {
     }
 
     /// Connections on all shards.
-    pub(crate) fn connections(&self) -> u64 {
+    fn connections(&self) -> u64 {
         match self {
             Self::Offline => 0,
             Self::One(_, n) => u64::from(*n),
