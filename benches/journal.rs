@@ -97,7 +97,7 @@ fn recover(c: &mut Criterion) {
         // The rebuilt store is dropped outside the timing (a process keeps it).
         b.iter_with_large_drop(|| {
             let mut recovery = Recovery::new();
-            assert_eq!(recovery.feed(&bytes), bytes.len());
+            assert_eq!(recovery.feed(&bytes).good, bytes.len());
             let (logs, read) = recovery.finish(&clock);
             let mut store = MemStore::durable(&limits(), bytes.len() as u64, clock);
             let loaded = store.load(logs, Instant::now());

@@ -228,13 +228,22 @@ fn put_str(o: &mut Vec<u8>, s: &str) {
     o.extend_from_slice(s.as_bytes());
 }
 
+/// A log named in a record read back, borrowed from the record's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogRef<'a> {
+    /// The inbox of a user.
+    Inbox(&'a str),
+    /// A room.
+    Room(&'a str),
+}
+
 /// A record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
     /// A message.
     Message {
         /// Its log.
-        log: LogKey,
+        log: LogRef<'a>,
         /// Its sequence number.
         seq: u64,
         /// When it was accepted (wall-clock ms).
@@ -251,7 +260,7 @@ pub enum Entry<'a> {
     /// A log's position.
     Position {
         /// The log.
-        log: LogKey,
+        log: LogRef<'a>,
         /// Its epoch and last sequence number.
         pos: Position,
     },
@@ -304,6 +313,23 @@ pub fn read_record(bytes: &[u8]) -> Result<Option<(Entry<'_>, usize)>, Damage> {
     Ok(Some((entry, RECORD_HEADER_BYTES + len)))
 }
 
+/// Whether `bytes` are all zero (a preallocated segment's unwritten space), by blocks
+/// the compiler can vectorise.
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// What [`Recovery::feed`] found in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes of whole, intact records from the start: where appends continue.
+    pub good: usize,
+    /// What follows them is damage (counted and to be truncated), not zeros or nothing.
+    pub cut: bool,
+}
+
 /// A cursor over a payload.
 struct Cursor<'a>(&'a [u8]);
 
@@ -327,12 +353,12 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.bytes(usize::from(len))?).ok()
     }
 
-    fn log(&mut self) -> Option<LogKey> {
+    fn log(&mut self) -> Option<LogRef<'a>> {
         let kind = self.u8()?;
-        let key: Key = self.str()?.into();
+        let key = self.str()?;
         match kind {
-            KIND_INBOX => Some(LogKey::Inbox(key)),
-            KIND_ROOM => Some(LogKey::Room(key)),
+            KIND_INBOX => Some(LogRef::Inbox(key)),
+            KIND_ROOM => Some(LogRef::Room(key)),
             _ => None,
         }
     }
@@ -399,7 +425,7 @@ struct Held {
     offline: bool,
     acked: bool,
     sender: Option<Sender>,
-    text: Box<str>,
+    frame: SharedFrame,
 }
 
 /// One log as recovery rebuilds it.
@@ -423,11 +449,37 @@ pub struct Read {
 }
 
 /// Rebuilds the logs from the segments of one shard, fed oldest first.
+///
+/// A record's names are looked up borrowed from its bytes, and each distinct name is
+/// allocated once (`names`): a million messages from a thousand senders make a thousand
+/// sender keys, shared by the recovered messages, not a million.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    logs: HashMap<LogKey, Rebuilt>,
+    inboxes: HashMap<Key, Rebuilt>,
+    rooms: HashMap<Key, Rebuilt>,
     taken: HashMap<Key, u64>,
+    names: hashbrown::HashSet<Key>,
     read: Read,
+}
+
+impl Recovery {
+    /// The one shared copy of `name`.
+    fn name(&mut self, name: &str) -> Key {
+        self.names.get_or_insert_with(name, |n| Key::from(n)).clone()
+    }
+
+    /// The log `log` rebuilds into, made on first sight.
+    fn log(&mut self, log: LogRef<'_>) -> &mut Rebuilt {
+        let (map, name) = match log {
+            LogRef::Inbox(name) => (&mut self.inboxes, name),
+            LogRef::Room(name) => (&mut self.rooms, name),
+        };
+        if !map.contains_key(name) {
+            let key = self.names.get_or_insert_with(name, |n| Key::from(n)).clone();
+            map.insert(key, Rebuilt::default());
+        }
+        map.get_mut(name).expect("inserted")
+    }
 }
 
 /// One recovered log, for the store to load.
@@ -454,13 +506,20 @@ impl Recovery {
         self.read
     }
 
-    /// Reads one segment; returns how many of its bytes are intact (the caller truncates
-    /// the file there before appending to it).
-    pub fn feed(&mut self, mut bytes: &[u8]) -> usize {
+    /// Reads one segment; returns how many of its bytes are records. What follows them
+    /// is either zeros to the end, a preallocated segment's space not yet written (a
+    /// clean end), or a damaged tail, which is counted as cut (the caller truncates the
+    /// file there before appending to it).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Fed {
         let total = bytes.len();
         loop {
             match read_record(bytes) {
-                Ok(None) => return total,
+                Ok(None) => {
+                    return Fed {
+                        good: total,
+                        cut: false,
+                    };
+                }
                 Ok(Some((entry, len))) => {
                     self.apply(entry);
                     self.read.records += 1;
@@ -468,9 +527,13 @@ impl Recovery {
                     bytes = &bytes[len..];
                 }
                 Err(_) => {
+                    let good = total - bytes.len();
+                    if all_zero(bytes) {
+                        return Fed { good, cut: false };
+                    }
                     self.read.cut_segments += 1;
                     self.read.cut_bytes += bytes.len() as u64;
-                    return total - bytes.len();
+                    return Fed { good, cut: true };
                 }
             }
         }
@@ -487,25 +550,33 @@ impl Recovery {
                 sender,
                 text,
             } => {
-                let rebuilt = self.logs.entry(log).or_default();
+                let sender = sender.map(|(user, id)| (self.name(user), id));
+                let rebuilt = self.log(log);
                 rebuilt.pos.seq = rebuilt.pos.seq.max(seq);
-                let sender = sender.map(|(user, id)| Sender {
-                    user: user.into(),
-                    id: id.map(ClientId::from_json_text),
-                });
-                let held = rebuilt.messages.entry(seq).or_insert(Held {
-                    wall_ms,
-                    offline,
-                    acked,
-                    sender,
-                    text: text.into(),
-                });
-                // A later copy (compaction) states the offline flag as of its writing.
-                held.offline = offline;
-                held.acked |= acked;
+                match rebuilt.messages.entry(seq) {
+                    std::collections::btree_map::Entry::Vacant(vacant) => {
+                        vacant.insert(Held {
+                            wall_ms,
+                            offline,
+                            acked,
+                            sender: sender.map(|(user, id)| Sender {
+                                user,
+                                id: id.map(ClientId::from_json_text),
+                            }),
+                            frame: SharedFrame::text(text),
+                        });
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut occupied) => {
+                        // A later copy (compaction) states the offline flag as of its
+                        // writing.
+                        let held = occupied.get_mut();
+                        held.offline = offline;
+                        held.acked |= acked;
+                    }
+                }
             }
             Entry::Position { log, pos } => {
-                let rebuilt = self.logs.entry(log).or_default();
+                let rebuilt = self.log(log);
                 if rebuilt.pos.epoch != pos.epoch {
                     // A new life of the log: the previous one's messages are gone.
                     rebuilt.messages.clear();
@@ -515,16 +586,18 @@ impl Recovery {
                 }
             }
             Entry::Ack { user, seq } => {
-                if let Some(held) = self
-                    .logs
-                    .get_mut(&LogKey::Inbox(user.into()))
-                    .and_then(|l| l.messages.get_mut(&seq))
-                {
+                if let Some(held) = self.inboxes.get_mut(user).and_then(|l| l.messages.get_mut(&seq)) {
                     held.acked = true;
                 }
             }
             Entry::Take { user, seq } => {
-                let taken = self.taken.entry(user.into()).or_insert(0);
+                let taken = match self.taken.get_mut(user) {
+                    Some(taken) => taken,
+                    None => {
+                        let key = self.name(user);
+                        self.taken.entry(key).or_insert(0)
+                    }
+                };
                 *taken = (*taken).max(seq);
             }
         }
@@ -534,8 +607,16 @@ impl Recovery {
     /// never had a position record (its epoch record was in a cut part) keeps epoch 0,
     /// which the store replaces with a fresh epoch.
     pub fn finish(self, clock: &WallClock) -> (Vec<RecoveredLog>, Read) {
-        let Self { logs, taken, read } = self;
-        let mut out = Vec::with_capacity(logs.len());
+        let Self {
+            inboxes,
+            rooms,
+            taken,
+            read,
+            ..
+        } = self;
+        let mut out = Vec::with_capacity(inboxes.len() + rooms.len());
+        let logs = (inboxes.into_iter().map(|(k, r)| (LogKey::Inbox(k), r)))
+            .chain(rooms.into_iter().map(|(k, r)| (LogKey::Room(k), r)));
         for (log, rebuilt) in logs {
             let taken_upto = match &log {
                 LogKey::Inbox(user) => taken.get(user).copied().unwrap_or(0),
@@ -552,7 +633,7 @@ impl Recovery {
                     Record {
                         seq,
                         at: clock.instant(held.wall_ms),
-                        frame: SharedFrame::text(&held.text),
+                        frame: held.frame,
                         sender: held.sender,
                         acked: held.acked,
                     }
@@ -635,7 +716,7 @@ mod tests {
         assert_eq!(
             entries[1],
             Entry::Message {
-                log: LogKey::Inbox("bob".into()),
+                log: LogRef::Inbox("bob"),
                 seq: 1,
                 wall_ms: match entries[1] {
                     Entry::Message { wall_ms, .. } => wall_ms,
@@ -656,7 +737,7 @@ mod tests {
     fn recovery_resolves_epochs_acks_and_takes() {
         let (bytes, _, clock) = sample();
         let mut recovery = Recovery::new();
-        assert_eq!(recovery.feed(&bytes), bytes.len());
+        assert_eq!(recovery.feed(&bytes).good, bytes.len());
         let (mut logs, read) = recovery.finish(&clock);
         assert_eq!((read.records, read.cut_segments), (7, 0));
         logs.sort_by_key(|l| matches!(l.log, LogKey::Room(_)));
@@ -697,12 +778,56 @@ mod tests {
             ends.push(at);
         }
         for cut in 0..=bytes.len() {
+            // Then as a preallocated segment holds it: zeros after what was written.
+            for padding in [0, 1, 7, 5000] {
+                let mut segment = bytes[..cut].to_vec();
+                segment.resize(cut + padding, 0);
+                let mut recovery = Recovery::new();
+                let fed = recovery.feed(&segment);
+                // A record whose unwritten rest is zeros in the original too reads
+                // back whole: it is the same bytes.
+                let same = |e: usize| e <= cut || (e <= cut + padding && bytes[cut..e].iter().all(|&b| b == 0));
+                let whole = ends.iter().rposition(|&e| same(e)).unwrap();
+                let at = format!("cut at {cut}, {padding} zeros after");
+                assert_eq!(fed.good, ends[whole], "{at}");
+                assert_eq!(recovery.read().records, whole as u64, "{at}");
+                // A torn record is damage unless what was written of it is zeros too.
+                let torn = bytes[fed.good..cut.max(fed.good)].iter().any(|&b| b != 0);
+                assert_eq!(fed.cut, torn, "{at}");
+                assert_eq!(recovery.read().cut_segments, u64::from(torn), "{at}");
+            }
+        }
+    }
+
+    /// Zeros after the records are a preallocated segment's unwritten space, not damage;
+    /// anything else after them is.
+    #[test]
+    fn zeros_after_the_records_are_a_clean_end_and_anything_else_is_a_cut() {
+        let (bytes, _, _) = sample();
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 64 * 1024, 0);
+        let mut recovery = Recovery::new();
+        assert_eq!(
+            recovery.feed(&padded),
+            Fed {
+                good: bytes.len(),
+                cut: false
+            }
+        );
+        assert_eq!(recovery.read().cut_bytes, 0);
+        for at in [bytes.len(), bytes.len() + 4095, bytes.len() + 4096, padded.len() - 1] {
+            let mut stray = padded.clone();
+            stray[at] = 1;
             let mut recovery = Recovery::new();
-            let good = recovery.feed(&bytes[..cut]);
-            let whole = ends.iter().rposition(|&e| e <= cut).unwrap();
-            assert_eq!(good, ends[whole], "cut at {cut}");
-            assert_eq!(recovery.read().records, whole as u64, "cut at {cut}");
-            assert_eq!(recovery.read().cut_segments, u64::from(good != cut), "cut at {cut}");
+            assert_eq!(
+                recovery.feed(&stray),
+                Fed {
+                    good: bytes.len(),
+                    cut: true
+                },
+                "stray byte at {at}"
+            );
+            assert_eq!(recovery.read().cut_bytes, (padded.len() - bytes.len()) as u64);
         }
     }
 
@@ -722,7 +847,7 @@ mod tests {
                 let mut damaged = bytes.clone();
                 damaged[i] ^= bit;
                 let mut recovery = Recovery::new();
-                let good = recovery.feed(&damaged);
+                let good = recovery.feed(&damaged).good;
                 let record_start = ends[ends.iter().rposition(|&e| e <= i).unwrap()];
                 assert_eq!(good, record_start, "byte {i} bit {bit:#x}");
                 let _ = recovery.finish(&clock);
@@ -744,7 +869,7 @@ mod tests {
                 })
                 .collect();
             let mut recovery = Recovery::new();
-            assert!(recovery.feed(&bytes) <= bytes.len());
+            assert!(recovery.feed(&bytes).good <= bytes.len());
             let _ = recovery.finish(&clock);
         }
     }

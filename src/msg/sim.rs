@@ -1161,7 +1161,7 @@ proptest! {
         for shard in &mut sim.shards {
             prop_assert_eq!(shard.core.held(), 0);
             let mut recovery = super::journal::Recovery::new();
-            prop_assert_eq!(recovery.feed(&shard.disk), shard.disk.len());
+            prop_assert_eq!(recovery.feed(&shard.disk).good, shard.disk.len());
             let (logs, _) = recovery.finish(&clock);
             let mut back = MemStore::durable(&limits, 0, clock);
             back.load(logs, sim.now);
