@@ -69,7 +69,7 @@ Every option can also be set by the environment variable shown with it or by a k
 same name (with underscores) in the --config file. A flag beats the variable, the variable \
 beats the file, the file beats the default.
 
-Durations need a unit: 250ms, 10s, 2m, 1h. Sizes are bytes, or take a KiB, MiB, GiB or TiB \
+Durations need a unit: 200us, 250ms, 10s, 2m, 1h. Sizes are bytes, or take a KiB, MiB, GiB or TiB \
 suffix (64KiB). Lists are comma-separated or repeated (--paths /ws,/chat).";
 
 /// `wsgate [serve] [OPTIONS]`: the serve options are accepted at the top level too, so

@@ -35,18 +35,19 @@ pub fn split_number(s: &str) -> Option<(u64, &str)> {
     Some((number, unit.trim()))
 }
 
-/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"` (whole numbers; a unit is required, so a
-/// bare `30000` cannot be misread as seconds or milliseconds).
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"200us"` (whole numbers; a unit is
+/// required, so a bare `30000` cannot be misread as seconds or milliseconds).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = split_number(s)?;
-    let ms_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
+    let us_per_unit: u64 = match unit {
+        "us" => 1,
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
         _ => return None,
     };
-    n.checked_mul(ms_per_unit).map(Duration::from_millis)
+    n.checked_mul(us_per_unit).map(Duration::from_micros)
 }
 
 /// Parses `"65536"`, `"64KiB"`, `"1 MiB"`, `"1GiB"` (suffix case-insensitive, powers of
@@ -88,16 +89,17 @@ pub fn parse_rate(text: &str) -> Option<(u64, Duration)> {
     (count > 0).then_some((count, per))
 }
 
-/// A duration in the largest unit that shows it exactly: `100ms`, `10s`, `2m`, `1h`.
-/// [`parse_duration`] reads it back (for whole milliseconds).
+/// A duration in the largest unit that shows it exactly: `200us`, `100ms`, `10s`, `2m`,
+/// `1h`. [`parse_duration`] reads it back (for whole microseconds).
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
+    let us = d.as_micros();
+    match us {
         0 => "0s".to_owned(),
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1_000) => format!("{}s", ms / 1_000),
-        _ => format!("{ms}ms"),
+        _ if us.is_multiple_of(3_600_000_000) => format!("{}h", us / 3_600_000_000),
+        _ if us.is_multiple_of(60_000_000) => format!("{}m", us / 60_000_000),
+        _ if us.is_multiple_of(1_000_000) => format!("{}s", us / 1_000_000),
+        _ if us.is_multiple_of(1_000) => format!("{}ms", us / 1_000),
+        _ => format!("{us}us"),
     }
 }
 
