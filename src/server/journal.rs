@@ -541,19 +541,25 @@ impl Writer {
     /// only data, not a filesystem journal commit; with two shards appending, their
     /// syncs no longer queue behind each other's commits (figures in the README).
     /// Where it fails (a full disk, a filesystem without `fallocate`) the segment grows
-    /// by appends as before.
+    /// by appends as before. The preallocation stays under the shard's budget, so it
+    /// never makes the store full by itself: a budget smaller than a segment gets a
+    /// shorter one.
     async fn preallocate(&mut self) {
+        let others: u64 = self.segments.iter().rev().skip(1).map(Segment::disk_bytes).sum();
+        let want = self
+            .segment_bytes
+            .min(self.budget.saturating_sub(others).saturating_sub(1));
         let file = self.file.as_ref().expect("the current segment is open");
         let segment = self.segments.back_mut().expect("the current segment");
-        if segment.allocated >= self.segment_bytes {
+        if segment.allocated >= want || segment.bytes >= want {
             return;
         }
-        let done = match file.pre_allocate(self.segment_bytes, false).await {
+        let done = match file.pre_allocate(want, false).await {
             Ok(()) => file.fdatasync().await,
             Err(e) => Err(e),
         };
         match done {
-            Ok(()) => segment.allocated = self.segment_bytes,
+            Ok(()) => segment.allocated = want,
             Err(e) => {
                 warn!(dir = %self.dir.display(), segment = segment.index, error = %e, "cannot preallocate a segment; it grows by appends")
             }
@@ -854,6 +860,83 @@ mod tests {
             crate::msg::Position { epoch: 5, seq: 2000 },
             "the epoch and seq survive"
         );
+        drop(_lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A budget smaller than a segment: the segment is preallocated to under the budget,
+    /// so the store is not full before anything is written, and it fills as records do.
+    #[test]
+    fn preallocation_stays_under_the_budget() {
+        use crate::msg::store::{Record, Store as _};
+        let dir = temp_dir("budget");
+        let cfg = Config {
+            shards: 1,
+            data_dir: crate::config::DataDir(dir.clone()),
+            segment_bytes: 64 * 1024,
+            data_max_bytes: 16 * 1024,
+            ..Config::default()
+        };
+        let limits = MsgLimits::default();
+        let _lock = prepare(&cfg).unwrap();
+        let (full_early, full_late, disk_early) = glommio::LocalExecutorBuilder::default()
+            .spawn({
+                let (cfg, limits) = (cfg.clone(), limits.clone());
+                move || async move {
+                    let recovered = recover(&cfg, 0, &limits).unwrap();
+                    let writer = recovered.writer;
+                    let (signal, stats) = (writer.signal(), writer.stats());
+                    let fresh = crate::msg::Position { epoch: 1, seq: 0 };
+                    let source = Rc::new(RefCell::new(Source {
+                        store: recovered.store,
+                        pos: fresh,
+                        durable: 0,
+                    }));
+                    source.borrow_mut().store.start_position(&LOBBY(), fresh);
+                    let task = glommio::spawn_local(writer.run(source.clone()));
+                    let mut early = None;
+                    for seq in 1..=200u64 {
+                        {
+                            let mut s = source.borrow_mut();
+                            let record = Record {
+                                seq,
+                                at: Instant::now(),
+                                frame: crate::proto::frame::SharedFrame::text(&format!("{seq:0>200}")),
+                                sender: None,
+                                acked: false,
+                            };
+                            s.store.append(&LOBBY(), record, Instant::now());
+                            s.pos.seq = seq;
+                        }
+                        signal.raise();
+                        while source.borrow().durable < source.borrow().store.journal_end() {
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                        if seq == 1 {
+                            // The budget is weighed after the write: wait for its figures.
+                            while stats.borrow().disk_bytes == 0 {
+                                glommio::timer::sleep(Duration::from_millis(1)).await;
+                            }
+                            let stats = stats.borrow();
+                            early = Some((stats.full, stats.disk_bytes));
+                        }
+                    }
+                    signal.stop();
+                    task.await;
+                    let (full_early, disk_early) = early.unwrap();
+                    let full_late = stats.borrow().full;
+                    (full_early, full_late, disk_early)
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!full_early, "one record does not fill a 16 KiB budget");
+        assert!(
+            disk_early < 16 * 1024 && disk_early > 8 * 1024,
+            "preallocated {disk_early} bytes"
+        );
+        assert!(full_late, "200 records of 230 bytes do");
         drop(_lock);
         fs::remove_dir_all(&dir).unwrap();
     }
