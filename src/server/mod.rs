@@ -500,6 +500,7 @@ async fn run_shard(
                 std::task::Poll::Ready(())
             })
             .await;
+            let mut collected = std::time::Instant::now();
             loop {
                 // The end-to-end watchdog test's way to lose the ticker's wake-up.
                 #[cfg(test)]
@@ -507,6 +508,10 @@ async fn run_shard(
                 glommio::timer::sleep(cfg.tick).await;
                 if shard.borrow_mut().on_tick() == ShardState::Finished {
                     return;
+                }
+                if collected.elapsed() >= crate::sys::ALLOCATOR_COLLECT_INTERVAL {
+                    crate::sys::release_free_memory();
+                    collected = std::time::Instant::now();
                 }
             }
         })
