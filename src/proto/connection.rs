@@ -26,7 +26,8 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::close::{CloseCode, ProtocolError, parse_close_payload, truncate_reason};
 use super::frame::{
@@ -150,6 +151,10 @@ pub const MAX_QUEUED_PONGS: usize = 32;
 /// carry it.
 #[derive(Debug, Default)]
 struct Extra {
+    /// A frame header split across reads, kept until it is whole (its length is
+    /// `Connection::header_len`). Here rather than inline: a header rarely straddles
+    /// two reads, and inline its 14 bytes were in every idle connection's slot.
+    header: [u8; MAX_HEADER_LEN],
     /// Payload of a data message split across reads or frames (bounded by
     /// `Limits::max_message_bytes`, checked at each frame header).
     message: Vec<u8>,
@@ -216,22 +221,50 @@ impl ControlFrame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotOpen;
 
+/// An instant as nanoseconds since a fixed point ten years before the process first
+/// asks ([`Stamp::of`]), so every instant the process handles is after it. Exact in
+/// both directions (an `Instant` has nanosecond resolution here) for 500 years.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn origin() -> Instant {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        *ORIGIN.get_or_init(|| {
+            let now = Instant::now();
+            now.checked_sub(Duration::from_secs(10 * 365 * 86_400)).unwrap_or(now)
+        })
+    }
+
+    fn of(at: Instant) -> Self {
+        Self(at.saturating_duration_since(Self::origin()).as_nanos() as u64)
+    }
+
+    fn instant(self) -> Instant {
+        Self::origin() + Duration::from_nanos(self.0)
+    }
+}
+
 /// The state machine of one WebSocket connection.
 #[derive(Debug)]
 pub struct Connection {
-    /// When input last arrived: any byte from the peer proves it alive.
-    last_input: Instant,
+    /// When input last arrived: any byte from the peer proves it alive ([`Stamp`]: 8
+    /// bytes where an `Instant` takes 16, in every connection slot).
+    last_input: Stamp,
     /// Buffers and close state of a busy or closing connection; `None` when idle.
     extra: Option<Box<Extra>>,
-    /// Payload bytes of the current frame still to come.
-    frame_remaining: u64,
-    /// A frame header split across reads, kept until it is whole.
-    header: [u8; MAX_HEADER_LEN],
+    /// Payload bytes of the current frame still to come (a frame is at most
+    /// `Limits::max_frame_bytes`, which the configuration caps at 4 GiB - 1; a longer
+    /// one is refused with 1009 before it gets here).
+    frame_remaining: u32,
     /// The current frame's masking key (all zero for unmasked input).
     key: [u8; 4],
     /// UTF-8 state of the text message being assembled.
     utf8: Utf8Validator,
-    /// Client role only: state of the generator for masking keys.
+    /// Client role only: state of the generator for masking keys, never 0 (xorshift
+    /// keeps a nonzero state nonzero). 0 in the server role, which is how the role is
+    /// told ([`Connection::role`]): a field of its own would take the byte that keeps
+    /// the connection at 48.
     mask_seed: u32,
     /// Bytes in `header`.
     header_len: u8,
@@ -245,8 +278,6 @@ pub struct Connection {
     assembling: Assembling,
     /// Where the connection is in its lifetime.
     state: State,
-    /// Which end we are (decides masking).
-    role: Role,
     /// A heartbeat ping was sent and nothing has been received since.
     ping_outstanding: bool,
     /// A heartbeat ping is due to be polled.
@@ -297,20 +328,21 @@ impl Connection {
     /// A connection that has just completed the upgrade at `now`.
     pub fn new(role: Role, now: Instant) -> Self {
         Self {
-            last_input: now,
+            last_input: Stamp::of(now),
             extra: None,
             frame_remaining: 0,
-            header: [0; MAX_HEADER_LEN],
             key: [0; 4],
             utf8: Utf8Validator::default(),
-            mask_seed: 0x9e37_79b9,
+            mask_seed: match role {
+                Role::Server => 0,
+                Role::Client => 0x9e37_79b9,
+            },
             header_len: 0,
             phase: 0,
             frame_opcode: OpCode::Continuation,
             frame: FramePos::Between,
             assembling: Assembling::None,
             state: State::Open,
-            role,
             ping_outstanding: false,
             ping_queued: false,
             pong_queued: false,
@@ -393,7 +425,7 @@ impl Connection {
             State::Open | State::CloseSent => {}
             State::Closing | State::Closed => return (input.len(), None),
         }
-        self.last_input = now;
+        self.last_input = Stamp::of(now);
         self.ping_outstanding = false;
         let (consumed, found) = self.step(now, limits, input);
         debug_assert!(consumed <= input.len());
@@ -498,7 +530,7 @@ impl Connection {
                     );
                 }
             }
-            let take = self.frame_remaining.min((input.len() - pos) as u64) as usize;
+            let take = (self.frame_remaining as usize).min(input.len() - pos);
             let (start, end) = (pos, pos + take);
             pos = end;
             let found = if self.frame_opcode.is_control() {
@@ -527,41 +559,37 @@ impl Connection {
     /// Reads a frame header from `input`, completing one kept from earlier reads.
     /// Returns the bytes of `input` it used and the header.
     fn read_header(&mut self, input: &[u8], limits: &Limits) -> Result<Option<(usize, FrameHeader)>, ProtocolError> {
+        let (deflate, role) = (self.deflate_bits != 0, self.role());
         if self.header_len == 0 {
-            if let Some((header, used)) =
-                decode_header_ext(input, self.role, limits.max_frame_bytes, self.deflate_bits != 0)?
-            {
+            if let Some((header, used)) = decode_header_ext(input, role, limits.max_frame_bytes, deflate)? {
                 return Ok(Some((used, header)));
             }
             let keep = input.len();
             debug_assert!(keep < MAX_HEADER_LEN);
-            self.header[..keep].copy_from_slice(input);
+            let extra = self.extra.get_or_insert_with(Box::default);
+            extra.header[..keep].copy_from_slice(input);
             self.header_len = keep as u8;
             return Ok(None);
         }
         // Finish the kept header: first learn its length, then take just enough bytes.
+        let kept = &mut self.extra.as_deref_mut().expect("a kept header lives in Extra").header;
         let have = usize::from(self.header_len);
         let mut used = 0;
         if have < 2 {
             used = (2 - have).min(input.len());
-            self.header[have..have + used].copy_from_slice(&input[..used]);
+            kept[have..have + used].copy_from_slice(&input[..used]);
         }
         let have = have + used;
-        let Some(total) = header_len(&self.header[..have]) else {
+        let Some(total) = header_len(&kept[..have]) else {
             self.header_len = have as u8;
             return Ok(None);
         };
         let more = (total - have).min(input.len() - used);
-        self.header[have..have + more].copy_from_slice(&input[used..used + more]);
+        kept[have..have + more].copy_from_slice(&input[used..used + more]);
         used += more;
         let have = have + more;
         self.header_len = have as u8;
-        match decode_header_ext(
-            &self.header[..have],
-            self.role,
-            limits.max_frame_bytes,
-            self.deflate_bits != 0,
-        )? {
+        match decode_header_ext(&kept[..have], role, limits.max_frame_bytes, deflate)? {
             Some((header, len)) => {
                 debug_assert_eq!(len, have);
                 self.header_len = 0;
@@ -578,7 +606,7 @@ impl Connection {
     fn begin_frame(&mut self, header: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
         self.frame_opcode = header.opcode;
         self.frame = if header.fin { FramePos::Last } else { FramePos::Inner };
-        self.frame_remaining = header.payload_len;
+        self.frame_remaining = u32::try_from(header.payload_len).map_err(|_| ProtocolError::FrameTooBig)?;
         self.key = header.mask.unwrap_or([0; 4]);
         self.phase = 0;
         if self.state != State::Open || header.opcode.is_control() {
@@ -609,7 +637,7 @@ impl Connection {
     }
 
     fn unmask(&mut self, payload: &mut [u8]) {
-        if self.role == Role::Server {
+        if self.role() == Role::Server {
             apply_mask(payload, self.key, usize::from(self.phase));
         }
         self.phase = ((usize::from(self.phase) + payload.len()) & 3) as u8;
@@ -617,7 +645,7 @@ impl Connection {
 
     /// Takes the next piece of a data frame's payload.
     fn data_payload(&mut self, now: Instant, limits: &Limits, chunk: &mut [u8]) -> Option<Found> {
-        self.frame_remaining -= chunk.len() as u64;
+        self.frame_remaining -= chunk.len() as u32;
         let frame_done = self.frame_remaining == 0;
         let fin = self.frame == FramePos::Last;
         if frame_done {
@@ -657,7 +685,7 @@ impl Connection {
     /// Takes the next piece of a control frame's payload and acts on a whole one.
     fn control_payload(&mut self, now: Instant, limits: &Limits, chunk: &mut [u8]) -> Option<Found> {
         self.unmask(chunk);
-        self.frame_remaining -= chunk.len() as u64;
+        self.frame_remaining -= chunk.len() as u32;
         let done = self.frame_remaining == 0;
         if done {
             self.frame = FramePos::Between;
@@ -796,12 +824,14 @@ impl Connection {
     fn clear_pending(&mut self) {
         self.ping_queued = false;
         self.pong_queued = false;
+        self.header_len = 0;
         self.extra = None;
     }
 
-    /// Frees `Extra` once nothing in it is needed.
+    /// Frees `Extra` once nothing in it is needed (no header is kept in it half read).
     fn release_extra(&mut self) {
         if self.state == State::Open
+            && self.header_len == 0
             && let Some(extra) = self.extra.as_deref_mut()
         {
             if extra.message.is_empty() {
@@ -845,8 +875,10 @@ impl Connection {
     /// closed.
     pub fn poll_timeout(&self, limits: &Limits) -> Option<Instant> {
         match self.state {
-            State::Open if self.ping_outstanding || self.ping_queued => Some(self.last_input + limits.idle_timeout),
-            State::Open => Some(self.last_input + limits.ping_interval),
+            State::Open if self.ping_outstanding || self.ping_queued => {
+                Some(self.last_input.instant() + limits.idle_timeout)
+            }
+            State::Open => Some(self.last_input.instant() + limits.ping_interval),
             State::CloseSent | State::Closing => self.extra.as_deref().and_then(|extra| extra.close_deadline),
             State::Closed => None,
         }
@@ -857,7 +889,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Instant, limits: &Limits) -> Option<Timeout> {
         match self.state {
             State::Open => {
-                if now >= self.last_input + limits.idle_timeout {
+                if now >= self.last_input.instant() + limits.idle_timeout {
                     self.queue_close(
                         now,
                         limits,
@@ -867,7 +899,7 @@ impl Connection {
                     self.state = State::Closing;
                     return Some(Timeout::Heartbeat);
                 }
-                if now >= self.last_input + limits.ping_interval && !self.ping_outstanding {
+                if now >= self.last_input.instant() + limits.ping_interval && !self.ping_outstanding {
                     self.ping_queued = true;
                     self.ping_outstanding = true;
                 }
@@ -944,9 +976,18 @@ impl Connection {
         Ok(())
     }
 
+    /// Which end we are (decides masking).
+    fn role(&self) -> Role {
+        if self.mask_seed == 0 {
+            Role::Server
+        } else {
+            Role::Client
+        }
+    }
+
     /// A fresh masking key in the client role (xorshift32), `None` in the server role.
     fn next_mask(&mut self) -> Option<[u8; 4]> {
-        if self.role == Role::Server {
+        if self.role() == Role::Server {
             return None;
         }
         let mut x = self.mask_seed;

@@ -1,6 +1,6 @@
 //! One connection's slot and what a busy connection holds beyond it.
 //!
-//! A `Slot` is what every idle connection costs in user space (asserted at 128 bytes);
+//! A `Slot` is what every idle connection costs in user space (asserted at 104 bytes);
 //! `Io` exists only while a handshake, queued output or a deadline needs it. Slots live
 //! in the shard's slab (`crate::slab`), which keeps each slot's generation in it, and a
 //! slot's key is the connection's one name: ring request tags (`user_data`), wheel
@@ -167,6 +167,6 @@ mod size_tests {
         let size = crate::slab::Slab::<super::Slot>::SLOT_BYTES;
         eprintln!("Slot is {size} bytes in the slab");
         assert_eq!(size, size_of::<super::Slot>(), "the slab adds nothing to a slot");
-        assert!(size <= 128, "Slot grew to {size} bytes");
+        assert!(size <= 104, "Slot grew to {size} bytes");
     }
 }
