@@ -33,6 +33,7 @@ use super::resp::Value;
 use super::topology::Topology;
 use crate::msg::api::{ApiOp, ApiReply, ApiRequest};
 use crate::msg::mesh::MeshMsg;
+use crate::msg::owner::UserShards;
 use crate::msg::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use crate::msg::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
 use crate::proto::frame::SharedFrame;
@@ -189,23 +190,31 @@ enum Op {
 
 #[derive(Debug, Default)]
 struct LocalUser {
-    /// Shards of this node with connections of the user, and how many.
-    shards: Vec<(ShardId, u32)>,
+    /// Shards of this node with connections of the user, and how many (inline while
+    /// on one).
+    shards: UserShards,
     /// On a Redis Cluster: connects waiting for their reply, and the inbox messages
     /// pushed meanwhile (seq, frame). The reply comes on the user's master's
     /// connection, pushes on the subscriber connection, so a message sequenced after
     /// the connect can arrive before its `welcome`; it is handed to the new connection
     /// after the welcome instead of being dropped as covered by it.
     connecting: u32,
-    early: Vec<(u64, SharedFrame)>,
+    /// Boxed: held only while a connect waits on a Redis Cluster, so an idle user pays
+    /// a pointer, not a `Vec`.
+    #[allow(clippy::box_collection)]
+    early: Option<Box<Vec<(u64, SharedFrame)>>>,
     /// Connections Redis was told about (a connect refused while Redis was away is
     /// not; the registry is set again when it comes back).
     registered: u32,
 }
 
+// What each user connected to this node costs beside its map entry.
+const _: () = assert!(size_of::<LocalUser>() <= 32);
+
 impl LocalUser {
     fn connections(&self) -> u32 {
-        self.shards.iter().map(|s| s.1).sum()
+        // At most `max_connections` per node: fits.
+        self.shards.connections() as u32
     }
 }
 
@@ -452,10 +461,7 @@ impl ClusterOwner {
             MeshMsg::Connect { user, conn } => {
                 let entry = self.users.entry(user.clone()).or_default();
                 let first = entry.connections() == 0;
-                match entry.shards.iter_mut().find(|s| s.0 == from) {
-                    Some(s) => s.1 += 1,
-                    None => entry.shards.push((from, 1)),
-                }
+                entry.shards.add(from);
                 entry.registered += 1;
                 entry.connecting += 1;
                 if first {
@@ -482,12 +488,7 @@ impl ClusterOwner {
                     debug_assert!(false, "disconnect of unknown user {user}");
                     return;
                 };
-                if let Some(i) = entry.shards.iter().position(|s| s.0 == from) {
-                    entry.shards[i].1 -= 1;
-                    if entry.shards[i].1 == 0 {
-                        entry.shards.swap_remove(i);
-                    }
-                }
+                entry.shards.remove(from);
                 let left = entry.connections();
                 let tell = entry.registered > left;
                 if tell {
@@ -1516,7 +1517,7 @@ impl ClusterOwner {
     fn connected(&mut self, user: &str, from: ShardId, conn: ConnId, seq: u64, out: &mut Vec<(ShardId, MeshMsg)>) {
         let Some(entry) = self.users.get_mut(user) else { return };
         entry.connecting = entry.connecting.saturating_sub(1);
-        for (s, frame) in &entry.early {
+        for (s, frame) in entry.early.iter().flat_map(|e| e.iter()) {
             if *s > seq {
                 out.push((
                     from,
@@ -1528,7 +1529,7 @@ impl ClusterOwner {
             }
         }
         if entry.connecting == 0 {
-            entry.early = Vec::new();
+            entry.early = None;
         }
     }
 
@@ -1559,7 +1560,7 @@ impl ClusterOwner {
                     && let Some(entry) = self.users.get(user)
                 {
                     let user: Key = user.into();
-                    for &(shard, _) in &entry.shards {
+                    for shard in entry.shards.shards() {
                         out.push((shard, MeshMsg::DisconnectUser { user: user.clone() }));
                     }
                 }
@@ -1579,7 +1580,7 @@ impl ClusterOwner {
             let shards: Vec<ShardId> = self
                 .users
                 .get(user)
-                .map_or_else(Vec::new, |e| e.shards.iter().map(|s| s.0).collect());
+                .map_or_else(Vec::new, |e| e.shards.shards().collect());
             if shards.is_empty() {
                 if tag == b'u' {
                     // The user left this node after the send found them here.
@@ -1603,11 +1604,12 @@ impl ClusterOwner {
             {
                 // Bounded like an offline queue: past it the oldest goes (counted); the
                 // client sees the gap in `seq` and resumes.
-                if entry.early.len() >= self.limits.offline_max_messages {
-                    entry.early.remove(0);
+                let early = entry.early.get_or_insert_default();
+                if early.len() >= self.limits.offline_max_messages {
+                    early.remove(0);
                     self.stats.early_dropped += 1;
                 }
-                entry.early.push((seq_of(frame_bytes), frame.clone()));
+                early.push((seq_of(frame_bytes), frame.clone()));
             }
             let user: Key = user.into();
             for shard in shards {

@@ -93,9 +93,9 @@ struct JoinRequest {
 
 /// Shards with connections of one user and how many on each: inline while the user is
 /// on one shard (nearly always), a list beyond. 16 bytes where a `Vec` cost 24 and a
-/// heap block.
+/// heap block. The cluster owner (`cluster::owner`) keeps its node's users in the same.
 #[derive(Debug, Default)]
-enum UserShards {
+pub(crate) enum UserShards {
     #[default]
     Offline,
     One(ShardId, u32),
@@ -106,12 +106,12 @@ enum UserShards {
 
 impl UserShards {
     /// No connection anywhere.
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         matches!(self, Self::Offline)
     }
 
     /// One more connection on `shard`.
-    fn add(&mut self, shard: ShardId) {
+    pub(crate) fn add(&mut self, shard: ShardId) {
         match self {
             Self::Offline => *self = Self::One(shard, 1),
             Self::One(s, n) if *s == shard => *n += 1,
@@ -124,7 +124,7 @@ impl UserShards {
     }
 
     /// One connection fewer on `shard`; `false` if it had none.
-    fn remove(&mut self, shard: ShardId) -> bool {
+    pub(crate) fn remove(&mut self, shard: ShardId) -> bool {
         match self {
             Self::Offline => false,
             Self::One(s, _) if *s != shard => false,
@@ -152,7 +152,7 @@ impl UserShards {
     }
 
     /// The shards with connections.
-    fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+    pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
         let (one, many) = match self {
             Self::Offline => (None, &[][..]),
             Self::One(s, _) => (Some(*s), &[][..]),
@@ -162,7 +162,7 @@ impl UserShards {
     }
 
     /// Connections on all shards.
-    fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         match self {
             Self::Offline => 0,
             Self::One(_, n) => u64::from(*n),
