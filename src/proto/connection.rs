@@ -266,7 +266,7 @@ pub struct Connection {
     /// told ([`Connection::role`]): a field of its own would take the byte that keeps
     /// the connection at 48.
     mask_seed: u32,
-    /// Bytes in `header`.
+    /// Bytes of a split frame header kept in `Extra::header` (0: none kept).
     header_len: u8,
     /// Payload offset of the current frame, modulo 4 (the masking phase).
     phase: u8,
