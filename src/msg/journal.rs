@@ -470,12 +470,14 @@ impl Recovery {
 
     /// The log `log` rebuilds into, made on first sight.
     fn log(&mut self, log: LogRef<'_>) -> &mut Rebuilt {
-        let (map, name) = match log {
-            LogRef::Inbox(name) => (&mut self.inboxes, name),
-            LogRef::Room(name) => (&mut self.rooms, name),
+        let (inbox, name) = match log {
+            LogRef::Inbox(name) => (true, name),
+            LogRef::Room(name) => (false, name),
         };
-        if !map.contains_key(name) {
-            let key = self.names.get_or_insert_with(name, |n| Key::from(n)).clone();
+        let known = if inbox { &self.inboxes } else { &self.rooms }.contains_key(name);
+        let key = (!known).then(|| self.name(name));
+        let map = if inbox { &mut self.inboxes } else { &mut self.rooms };
+        if let Some(key) = key {
             map.insert(key, Rebuilt::default());
         }
         map.get_mut(name).expect("inserted")
@@ -806,27 +808,15 @@ mod tests {
         let (bytes, _, _) = sample();
         let mut padded = bytes.clone();
         padded.resize(bytes.len() + 64 * 1024, 0);
+        let records = |cut| Fed { good: bytes.len(), cut };
         let mut recovery = Recovery::new();
-        assert_eq!(
-            recovery.feed(&padded),
-            Fed {
-                good: bytes.len(),
-                cut: false
-            }
-        );
+        assert_eq!(recovery.feed(&padded), records(false));
         assert_eq!(recovery.read().cut_bytes, 0);
         for at in [bytes.len(), bytes.len() + 4095, bytes.len() + 4096, padded.len() - 1] {
             let mut stray = padded.clone();
             stray[at] = 1;
             let mut recovery = Recovery::new();
-            assert_eq!(
-                recovery.feed(&stray),
-                Fed {
-                    good: bytes.len(),
-                    cut: true
-                },
-                "stray byte at {at}"
-            );
+            assert_eq!(recovery.feed(&stray), records(true), "stray byte at {at}");
             assert_eq!(recovery.read().cut_bytes, (padded.len() - bytes.len()) as u64);
         }
     }

@@ -730,6 +730,30 @@ mod tests {
 
     const LOBBY: fn() -> crate::msg::store::LogKey = || crate::msg::store::LogKey::Room("lobby".into());
 
+    impl Source {
+        /// Appends message `seq` (a 200-byte frame) to the lobby.
+        fn append_lobby(&mut self, seq: u64) {
+            use crate::msg::store::{Record, Store as _};
+            let record = Record {
+                seq,
+                at: Instant::now(),
+                frame: crate::proto::frame::SharedFrame::text(&format!("{seq:0>200}")),
+                sender: None,
+                acked: false,
+            };
+            self.store.append(&LOBBY(), record, Instant::now());
+            self.pos.seq = seq;
+        }
+
+        /// Until the writer has made everything appended so far durable.
+        async fn wait_durable(source: &RefCell<Self>) {
+            use crate::msg::store::Store as _;
+            while source.borrow().durable < source.borrow().store.journal_end() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
     impl JournalSource for Source {
         fn take_journal(&mut self) -> Option<(Vec<u8>, u64)> {
             let journal = self.store.journal_mut()?;
@@ -761,7 +785,7 @@ mod tests {
     /// same log: the last messages under the history limit, the position and epoch.
     #[test]
     fn the_writer_rolls_compacts_and_deletes_segments_and_recovery_reads_them_back() {
-        use crate::msg::store::{Record, Store as _};
+        use crate::msg::store::Store as _;
         let dir = temp_dir("writer");
         let cfg = Config {
             shards: 1,
@@ -793,24 +817,11 @@ mod tests {
                     let task = glommio::spawn_local(writer.run(source.clone()));
                     let mut segments_seen = 0;
                     for seq in 1..=2000u64 {
-                        {
-                            let mut s = source.borrow_mut();
-                            let record = Record {
-                                seq,
-                                at: Instant::now(),
-                                frame: crate::proto::frame::SharedFrame::text(&format!("{seq:0>200}")),
-                                sender: None,
-                                acked: false,
-                            };
-                            s.store.append(&LOBBY(), record, Instant::now());
-                            s.pos.seq = seq;
-                        }
+                        source.borrow_mut().append_lobby(seq);
                         signal.raise();
                         if seq % 50 == 0 {
                             // Every answer waits for the journal: so does the test.
-                            while source.borrow().durable < source.borrow().store.journal_end() {
-                                glommio::timer::sleep(Duration::from_millis(1)).await;
-                            }
+                            Source::wait_durable(&source).await;
                             segments_seen = segments_seen.max(stats.borrow().segments);
                         }
                     }
@@ -868,7 +879,7 @@ mod tests {
     /// so the store is not full before anything is written, and it fills as records do.
     #[test]
     fn preallocation_stays_under_the_budget() {
-        use crate::msg::store::{Record, Store as _};
+        use crate::msg::store::Store as _;
         let dir = temp_dir("budget");
         let cfg = Config {
             shards: 1,
@@ -896,22 +907,9 @@ mod tests {
                     let task = glommio::spawn_local(writer.run(source.clone()));
                     let mut early = None;
                     for seq in 1..=200u64 {
-                        {
-                            let mut s = source.borrow_mut();
-                            let record = Record {
-                                seq,
-                                at: Instant::now(),
-                                frame: crate::proto::frame::SharedFrame::text(&format!("{seq:0>200}")),
-                                sender: None,
-                                acked: false,
-                            };
-                            s.store.append(&LOBBY(), record, Instant::now());
-                            s.pos.seq = seq;
-                        }
+                        source.borrow_mut().append_lobby(seq);
                         signal.raise();
-                        while source.borrow().durable < source.borrow().store.journal_end() {
-                            glommio::timer::sleep(Duration::from_millis(1)).await;
-                        }
+                        Source::wait_durable(&source).await;
                         if seq == 1 {
                             // The budget is weighed after the write: wait for its figures.
                             while stats.borrow().disk_bytes == 0 {
