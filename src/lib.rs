@@ -182,6 +182,7 @@ pub mod proto;
 pub mod serve;
 pub mod server;
 pub mod slab;
+pub(crate) mod stamp;
 pub mod sys;
 #[cfg(test)]
 mod testalloc;

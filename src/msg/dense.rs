@@ -14,11 +14,14 @@ use std::hash::BuildHasher as _;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::Key;
+use super::chunked::Chunked;
 
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct DenseMap<V> {
-    entries: Vec<Option<(Key, V)>>,
+    /// In chunks that never move ([`Chunked`]): a doubling `Vec` would keep up to as
+    /// many entries again as capacity, and copy them all to grow.
+    entries: Chunked<Option<(Key, V)>>,
     /// Places of removed entries, reused first.
     free: Vec<u32>,
     index: HashTable<u32>,
@@ -29,7 +32,7 @@ impl<V> DenseMap<V> {
     /// An empty map.
     pub fn new() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: Chunked::new(),
             free: Vec::new(),
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
@@ -123,7 +126,7 @@ impl<V> DenseMap<V> {
     /// Nothing left: gives the vectors back.
     fn release_if_empty(&mut self) {
         if self.is_empty() {
-            self.entries = Vec::new();
+            self.entries = Chunked::new();
             self.free = Vec::new();
         }
     }
@@ -250,6 +253,6 @@ mod tests {
         assert_eq!(map.entries.len(), 100);
         map.retain(|_, _| false);
         assert!(map.is_empty());
-        assert_eq!(map.entries.capacity(), 0);
+        assert_eq!(map.entries.allocated_bytes(), 0);
     }
 }

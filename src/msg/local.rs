@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
+use super::chunked::Chunked;
 use super::protocol::{Encoding, ErrorCode};
 use super::{ConnId, Key};
 use crate::auth::Identity;
@@ -104,8 +105,9 @@ pub struct Removed {
 /// The local side of a shard. See the module docs.
 #[derive(Debug, Default)]
 pub struct LocalHub {
-    /// By slot number ([`ConnId::index`]).
-    conns: Vec<Option<ConnInfo>>,
+    /// By slot number ([`ConnId::index`]), in chunks that never move (slots are handed
+    /// out from 0 up, so the records fill them in order).
+    conns: Chunked<Option<ConnInfo>>,
     /// Connections known.
     live: usize,
     /// Each user with a local connection: the slot of the oldest one.
@@ -118,7 +120,7 @@ pub struct LocalHub {
 }
 
 /// The record of slot `i` (which is known to hold one).
-fn at(conns: &[Option<ConnInfo>], i: u32) -> &ConnInfo {
+fn at(conns: &Chunked<Option<ConnInfo>>, i: u32) -> &ConnInfo {
     conns[i as usize]
         .as_ref()
         .expect("a user's chain holds live connections")
@@ -182,8 +184,8 @@ impl LocalHub {
             Some(h) => at(&self.conns, h).user.clone(),
             None => identity.user_id.as_str().into(),
         };
-        if self.conns.len() <= index as usize {
-            self.conns.resize_with(index as usize + 1, || None);
+        while self.conns.len() <= index as usize {
+            self.conns.push(None);
         }
         self.conns[index as usize] = Some(ConnInfo {
             user: user.clone(),

@@ -48,6 +48,7 @@ use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use super::store::{Acked, LogKey, Record, Sender, Store};
 use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
 use crate::proto::frame::SharedFrame;
+use crate::stamp::Stamp;
 
 /// How often idle entries are looked for and aged history swept (a full pass over the
 /// owner's users and rooms).
@@ -92,28 +93,50 @@ struct JoinRequest {
 }
 
 /// Shards with connections of one user and how many on each: inline while the user is
-/// on one shard (nearly always), a list beyond. 16 bytes where a `Vec` cost 24 and a
-/// heap block. The cluster owner (`cluster::owner`) keeps its node's users in the same.
-#[derive(Debug, Default)]
+/// on one shard (nearly always), a list beyond; and while the user has none, since when
+/// (what the owner forgets an idle entry by). 16 bytes where a `Vec` cost 24 and a heap
+/// block, and an `Instant` beside it 16 more. The cluster owner (`cluster::owner`) keeps
+/// its node's users in the same.
+#[derive(Debug)]
 pub(crate) enum UserShards {
-    #[default]
-    Offline,
+    /// No connection since the instant stamped.
+    Offline(Stamp),
     One(ShardId, u32),
     // A thin pointer: a `Vec` or a boxed slice here would make the enum 24 or 32 bytes.
     #[allow(clippy::box_collection)]
     Many(Box<Vec<(ShardId, u32)>>),
 }
 
+impl Default for UserShards {
+    /// Offline since long ago.
+    fn default() -> Self {
+        Self::Offline(Stamp::EARLIEST)
+    }
+}
+
 impl UserShards {
     /// No connection anywhere.
     pub(crate) fn is_empty(&self) -> bool {
-        matches!(self, Self::Offline)
+        matches!(self, Self::Offline(_))
+    }
+
+    /// Offline since `at`.
+    pub(crate) fn offline_since(at: Instant) -> Self {
+        Self::Offline(Stamp::of(at))
+    }
+
+    /// How long the user has had no connection at `now` (`None`: online).
+    pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
+        match self {
+            Self::Offline(since) => Some(now.saturating_duration_since(since.instant())),
+            _ => None,
+        }
     }
 
     /// One more connection on `shard`.
     pub(crate) fn add(&mut self, shard: ShardId) {
         match self {
-            Self::Offline => *self = Self::One(shard, 1),
+            Self::Offline(_) => *self = Self::One(shard, 1),
             Self::One(s, n) if *s == shard => *n += 1,
             Self::One(s, n) => *self = Self::Many(Box::new(vec![(*s, *n), (shard, 1)])),
             Self::Many(list) => match list.iter_mut().find(|(s, _)| *s == shard) {
@@ -123,15 +146,16 @@ impl UserShards {
         }
     }
 
-    /// One connection fewer on `shard`; `false` if it had none.
+    /// One connection fewer on `shard`; `false` if it had none. The last one leaves
+    /// the user offline since long ago: [`UserShards::offline_since`] says when.
     pub(crate) fn remove(&mut self, shard: ShardId) -> bool {
         match self {
-            Self::Offline => false,
+            Self::Offline(_) => false,
             Self::One(s, _) if *s != shard => false,
             Self::One(_, n) => {
                 *n -= 1;
                 if *n == 0 {
-                    *self = Self::Offline;
+                    *self = Self::default();
                 }
                 true
             }
@@ -154,7 +178,7 @@ impl UserShards {
     /// The shards with connections.
     pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
         let (one, many) = match self {
-            Self::Offline => (None, &[][..]),
+            Self::Offline(_) => (None, &[][..]),
             Self::One(s, _) => (Some(*s), &[][..]),
             Self::Many(list) => (None, &list[..]),
         };
@@ -164,7 +188,7 @@ impl UserShards {
     /// Connections on all shards.
     pub(crate) fn connections(&self) -> u64 {
         match self {
-            Self::Offline => 0,
+            Self::Offline(_) => 0,
             Self::One(_, n) => u64::from(*n),
             Self::Many(list) => list.iter().map(|(_, n)| u64::from(*n)).sum(),
         }
@@ -176,10 +200,9 @@ impl UserShards {
 struct UserEntry {
     /// Inbox epoch and the last sequence number given out.
     pos: Position,
-    /// Shards with connections of this user (the directory entry).
+    /// Shards with connections of this user (the directory entry), or since when it has
+    /// had none (for forgetting the entry).
     shards: UserShards,
-    /// When the last connection closed (for forgetting the entry).
-    idle_since: Instant,
 }
 
 impl UserEntry {
@@ -335,8 +358,7 @@ impl<S: Store> Owner<S> {
                 user.clone(),
                 UserEntry {
                     pos,
-                    shards: UserShards::Offline,
-                    idle_since: now,
+                    shards: UserShards::offline_since(now),
                 },
             );
         }
@@ -567,7 +589,7 @@ impl<S: Store> Owner<S> {
             return;
         }
         if entry.shards.is_empty() {
-            entry.idle_since = now;
+            entry.shards = UserShards::offline_since(now);
             self.online_users -= 1;
         }
     }
@@ -1007,7 +1029,7 @@ impl<S: Store> Owner<S> {
             let keep = !e.shards.is_empty()
                 || store.first_seq(&log).is_some()
                 || store.offline_len(user) > 0
-                || now.saturating_duration_since(e.idle_since) <= max_age;
+                || e.shards.idle_for(now).is_none_or(|idle| idle <= max_age);
             if !keep {
                 store.forget(&log);
             }
@@ -1040,6 +1062,13 @@ impl<S: Store> Owner<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_entry_stays_within_its_budget() {
+        // What the owner keeps per user it knows, in its dense table: the key, the inbox
+        // position, the directory entry with the idle stamp in it.
+        assert_eq!(std::mem::size_of::<Option<(Key, UserEntry)>>(), 48);
+    }
 
     #[test]
     fn user_shards_count_per_shard_and_fold_back_inline() {

@@ -26,8 +26,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::close::{CloseCode, ProtocolError, parse_close_payload, truncate_reason};
 use super::frame::{
@@ -36,6 +35,7 @@ use super::frame::{
 use super::mask::apply_mask;
 use super::utf8::{self, Utf8Validator};
 use crate::limits::{Limits, MAX_CONTROL_PAYLOAD};
+use crate::stamp::Stamp;
 
 /// A complete data message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,30 +220,6 @@ impl ControlFrame {
 /// The connection refuses data: a close frame has been queued or the connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NotOpen;
-
-/// An instant as nanoseconds since a fixed point ten years before the process first
-/// asks ([`Stamp::of`]), so every instant the process handles is after it. Exact in
-/// both directions (an `Instant` has nanosecond resolution here) for 500 years.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp(u64);
-
-impl Stamp {
-    fn origin() -> Instant {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        *ORIGIN.get_or_init(|| {
-            let now = Instant::now();
-            now.checked_sub(Duration::from_secs(10 * 365 * 86_400)).unwrap_or(now)
-        })
-    }
-
-    fn of(at: Instant) -> Self {
-        Self(at.saturating_duration_since(Self::origin()).as_nanos() as u64)
-    }
-
-    fn instant(self) -> Instant {
-        Self::origin() + Duration::from_nanos(self.0)
-    }
-}
 
 /// The state machine of one WebSocket connection.
 #[derive(Debug)]
