@@ -260,6 +260,12 @@ pub(crate) fn memory_rows(t: &mut Table, m: &MemoryReport) {
             rss(m.server_rss_before, m.server_rss_after, m.server_rss_per_connection),
         );
     }
+    if m.server_anon_before.is_some() || m.server_anon_after.is_some() {
+        t.row(
+            "  of which anonymous (RssAnon)",
+            rss(m.server_anon_before, m.server_anon_after, m.server_anon_per_connection),
+        );
+    }
     if m.admin_rss_before.is_some() || m.admin_error.is_some() {
         match &m.admin_error {
             Some(e) => t.row("server RSS (--admin)", format!("scrape failed: {e}")),

@@ -136,6 +136,7 @@ fn density_holds_200_connections_over_two_source_ips_and_closes_them_cleanly() {
     assert_eq!(report.source_addresses, 2);
     assert_eq!(report.memory.connections, 200);
     assert!(report.memory.server_rss_after.is_some());
+    assert!(report.memory.server_anon_after.is_some());
     assert!(report.memory.kernel_figures_cover_both_ends);
     assert!(report.success());
     server.wait_for("every connection closed", |m| m.upgrades == 200 && m.connections == 0);
