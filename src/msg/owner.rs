@@ -1086,6 +1086,20 @@ mod tests {
         assert!(s.remove(1));
         assert!(s.is_empty() && s.connections() == 0 && s.shards().next().is_none());
     }
+
+    #[test]
+    fn user_shards_tell_how_long_a_user_has_been_offline() {
+        let t0 = Instant::now();
+        let mut s = UserShards::offline_since(t0);
+        assert_eq!(s.idle_for(t0 + Duration::from_secs(5)), Some(Duration::from_secs(5)));
+        s.add(0);
+        assert_eq!(s.idle_for(t0 + Duration::from_secs(6)), None, "online");
+        assert!(s.remove(0));
+        assert!(
+            s.idle_for(t0).is_some_and(|d| d > Duration::from_secs(86_400)),
+            "offline since long ago until told"
+        );
+    }
     use crate::msg::store::MemStore;
     use serde_json::Value;
 
