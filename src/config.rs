@@ -697,13 +697,13 @@ options! {
         Count(EDGE_COUNT_RANGE), "N", "Edge limits",
         "Open connections per client address. Beyond: 429. 0: no cap (addresses behind carrier NAT carry \
         many users)";
-    max_connections_per_user => edge.max_connections_per_user,
+    max_connections_per_user => msg.max_connections_per_user,
         Count(EDGE_COUNT_RANGE), "N", "Edge limits",
         "Open connections per user (token sub). Beyond: see --user-limit-policy. 0: no cap";
-    user_limit_policy => edge.user_limit_policy,
+    user_limit_policy => msg.user_limit_policy,
         Parsed, "newest|oldest", "Edge limits",
-        "newest: a user's oldest connection is closed (1008) for the new one. oldest: the new upgrade is \
-        refused (429)";
+        "newest: a user's oldest connection is closed (1008) for the new one. oldest: the new connection is \
+        closed (1008) right after its 101. Kept by the user's owner; --echo has no per-user limit";
     message_rate => edge.message_rate,
         Count(EDGE_RATE_RANGE), "N", "Edge limits",
         "Data messages per second one connection may sustain. Beyond: close 1008 \"message rate exceeded\". \

@@ -1,16 +1,19 @@
 //! Limits at the edge: how fast one address may upgrade, how many connections one
-//! address and one user may hold, how fast one connection may send, and which address a
-//! request really comes from when it arrives through a proxy.
+//! address may hold, how fast one connection may send, and which address a request
+//! really comes from when it arrives through a proxy. (How many connections one user may
+//! hold is the user's owner's to count, see `msg::MsgLimits::max_connections_per_user`:
+//! the owner's directory names every connection of the user already, so a second table
+//! here cost about 50 bytes per user for nothing.)
 //!
 //! # Where the state lives
 //!
 //! Per-connection state is one `u64` in the shard's slot (the message-rate clock, see
-//! [`MessageRate`]). Per-address and per-user state is process-wide in [`Edge`]: a table
-//! striped over [`STRIPES`] small mutexes, keyed by a keyed 64-bit hash of the address
-//! (IPv6 by its /64) or of the user id. Shards touch it only when a connection upgrades
-//! and when it ends, never per message, so the stripes are uncontended in practice and
-//! the limits are exact across shards (a per-shard count would let a client that the
-//! kernel spreads over N shards hold N times its limit).
+//! [`MessageRate`]). Per-address state is process-wide in [`Edge`]: a table striped over
+//! [`STRIPES`] small mutexes, keyed by a keyed 64-bit hash of the address (IPv6 by its
+//! /64). Shards touch it only when a connection upgrades and when it ends, never per
+//! message, so the stripes are uncontended in practice and the limits are exact across
+//! shards (a per-shard count would let a client that the kernel spreads over N shards
+//! hold N times its limit).
 //!
 //! # Policies
 //!
@@ -18,8 +21,8 @@
 //! |---|---|---|
 //! | upgrades per second per address (token bucket) | 429 + `Retry-After` | `upgrade_rate` |
 //! | connections per address | 429 | `connections_per_ip` |
-//! | connections per user, `oldest` wins | the new upgrade gets 429 | `connections_per_user` |
-//! | connections per user, `newest` wins | the user's oldest connection is closed with 1008 | `user_replaced` |
+//! | connections per user, `oldest` wins (kept by the owner) | the new connection is closed with 1008 right after its 101 | `connections_per_user` |
+//! | connections per user, `newest` wins (kept by the owner) | the user's oldest connection is closed with 1008 | `user_replaced` |
 //! | messages per second per connection (GCRA) | close 1008 "message rate exceeded" | `message_rate` |
 //! | addresses tracked ([`EdgeConfig::max_tracked_ips`]) | new addresses are let in uncounted (fail open) | `ip_table_full` |
 //!
@@ -37,9 +40,7 @@ use std::time::Instant;
 
 use hashbrown::HashMap;
 
-use crate::slab::Key;
-
-/// Stripes of the address and user tables.
+/// Stripes of the address table.
 pub const STRIPES: usize = 64;
 
 /// Default [`EdgeConfig::upgrade_rate_per_ip`]: upgrades per second one address may
@@ -53,8 +54,6 @@ pub const DEFAULT_UPGRADE_BURST_PER_IP: u32 = 500;
 /// address can carry tens of thousands of legitimate users; set a cap when the clients
 /// are known not to share addresses.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 0;
-/// Default [`EdgeConfig::max_connections_per_user`]: one user's devices and tabs.
-pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 16;
 /// Default [`EdgeConfig::message_rate`]: messages per second one connection may
 /// sustain. A person types far slower; an app syncing receipts stays well under.
 pub const DEFAULT_MESSAGE_RATE: u32 = 100;
@@ -63,41 +62,6 @@ pub const DEFAULT_MESSAGE_BURST: u32 = 200;
 /// Default [`EdgeConfig::max_tracked_ips`]: 16 bytes of state per address, about 40 MiB
 /// of table at the limit.
 pub const DEFAULT_MAX_TRACKED_IPS: u32 = 1_000_000;
-
-/// Which connection stays when a user opens one more than
-/// [`EdgeConfig::max_connections_per_user`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UserLimitPolicy {
-    /// The new connection is admitted and the user's oldest is closed (1008): a client
-    /// that reconnects while its old, half-dead connection has not timed out yet is not
-    /// locked out.
-    #[default]
-    Newest,
-    /// The new upgrade is refused with 429.
-    Oldest,
-}
-
-impl FromStr for UserLimitPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "newest" => Ok(Self::Newest),
-            "oldest" => Ok(Self::Oldest),
-            _ => {
-                Err("newest (the new connection wins, the oldest is closed) or oldest (the new one is refused)".into())
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for UserLimitPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Newest => "newest",
-            Self::Oldest => "oldest",
-        })
-    }
-}
 
 /// An address or network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or a single
 /// address).
@@ -157,10 +121,6 @@ pub struct EdgeConfig {
     pub upgrade_burst_per_ip: u32,
     /// Open connections per client address.
     pub max_connections_per_ip: u32,
-    /// Open connections per user (token `sub`); anonymous connections are not counted.
-    pub max_connections_per_user: u32,
-    /// Which connection wins when a user goes over its limit.
-    pub user_limit_policy: UserLimitPolicy,
     /// Data messages per second one connection may sustain (control frames not counted).
     pub message_rate: u32,
     /// Data messages one connection may send in a burst.
@@ -178,8 +138,6 @@ impl Default for EdgeConfig {
             upgrade_rate_per_ip: DEFAULT_UPGRADE_RATE_PER_IP,
             upgrade_burst_per_ip: DEFAULT_UPGRADE_BURST_PER_IP,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
-            user_limit_policy: UserLimitPolicy::Newest,
             message_rate: DEFAULT_MESSAGE_RATE,
             message_burst: DEFAULT_MESSAGE_BURST,
             max_tracked_ips: DEFAULT_MAX_TRACKED_IPS,
@@ -196,7 +154,6 @@ impl EdgeConfig {
             upgrade_rate_per_ip: 0,
             upgrade_burst_per_ip: 0,
             max_connections_per_ip: 0,
-            max_connections_per_user: 0,
             message_rate: 0,
             message_burst: 0,
             ..Self::default()
@@ -230,8 +187,6 @@ pub enum Refusal {
     },
     /// The address holds `max_connections_per_ip`: 429.
     ConnectionsPerIp,
-    /// The user holds `max_connections_per_user` and the oldest wins: 429.
-    ConnectionsPerUser,
 }
 
 impl Refusal {
@@ -240,7 +195,6 @@ impl Refusal {
         match self {
             Self::UpgradeRate { .. } => "upgrade_rate",
             Self::ConnectionsPerIp => "connections_per_ip",
-            Self::ConnectionsPerUser => "connections_per_user",
         }
     }
 
@@ -249,7 +203,6 @@ impl Refusal {
         match self {
             Self::UpgradeRate { .. } => "too many upgrades from this address; retry later",
             Self::ConnectionsPerIp => "too many connections from this address",
-            Self::ConnectionsPerUser => "too many connections for this user",
         }
     }
 }
@@ -267,28 +220,6 @@ impl IpTicket {
     pub fn is_counted(self) -> bool {
         self.0 != 0
     }
-}
-
-/// A user admitted by [`Edge::admit_user`], to give back with [`Edge::release_user`]:
-/// the keyed hash of the user id, so a slot keeps 8 bytes, not the id.
-/// `UserTicket::NONE` when nothing was counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UserTicket(u64);
-
-impl UserTicket {
-    /// Nothing counted: releasing it does nothing.
-    pub const NONE: Self = Self(0);
-}
-
-/// One open connection of a user, as the user table remembers it: the shard holding it
-/// and its key in that shard's slab (slot and generation, so a stale reference never
-/// reaches the slot's next owner).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnRef {
-    /// The shard holding it.
-    pub shard: u32,
-    /// Its key on that shard.
-    pub conn: Key,
 }
 
 /// What [`Edge::admit_ip`] decided besides admitting.
@@ -310,74 +241,6 @@ struct IpState {
     at_ms: u64,
 }
 
-/// A user's open connections, oldest first: inline while there is one (nearly always),
-/// so the table costs its bucket and no heap block per user. 16 bytes: with the key a
-/// bucket is 24 where a plain `Vec` made it 32.
-#[derive(Clone, Debug, Default)]
-enum UserConns {
-    #[default]
-    None,
-    One(ConnRef),
-    // A thin pointer: a `Vec` here would make the enum 24 bytes.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<ConnRef>>),
-}
-
-impl UserConns {
-    fn len(&self) -> usize {
-        match self {
-            Self::None => 0,
-            Self::One(_) => 1,
-            Self::Many(list) => list.len(),
-        }
-    }
-
-    fn push(&mut self, conn: ConnRef) {
-        match std::mem::take(self) {
-            Self::None => *self = Self::One(conn),
-            Self::One(first) => *self = Self::Many(Box::new(vec![first, conn])),
-            Self::Many(mut list) => {
-                list.push(conn);
-                *self = Self::Many(list);
-            }
-        }
-    }
-
-    /// Takes the oldest connection out.
-    fn pop_oldest(&mut self) -> Option<ConnRef> {
-        match std::mem::take(self) {
-            Self::None => None,
-            Self::One(first) => Some(first),
-            Self::Many(mut list) => {
-                let first = list.remove(0);
-                self.settle(list);
-                Some(first)
-            }
-        }
-    }
-
-    fn remove(&mut self, conn: ConnRef) {
-        match std::mem::take(self) {
-            Self::None => {}
-            Self::One(c) if c == conn => {}
-            one @ Self::One(_) => *self = one,
-            Self::Many(mut list) => {
-                list.retain(|c| *c != conn);
-                self.settle(list);
-            }
-        }
-    }
-
-    #[allow(clippy::box_collection)] // the `Many` variant's box, handed back
-    fn settle(&mut self, list: Box<Vec<ConnRef>>) {
-        *self = match list[..] {
-            [] => Self::None,
-            [one] => Self::One(one),
-            _ => Self::Many(list),
-        };
-    }
-}
-
 /// One stripe of a table keyed by a 64-bit keyed hash.
 type Stripe<V> = Mutex<HashMap<u64, V>>;
 
@@ -388,7 +251,6 @@ pub struct Edge {
     hasher: std::hash::RandomState,
     epoch: Instant,
     ips: Box<[Stripe<IpState>]>,
-    users: Box<[Stripe<UserConns>]>,
 }
 
 impl Edge {
@@ -399,7 +261,6 @@ impl Edge {
             hasher: std::hash::RandomState::new(),
             epoch: Instant::now(),
             ips: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            users: (0..STRIPES).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -444,11 +305,6 @@ impl Edge {
         };
         // 0 means "not counted" in a ticket.
         self.hasher.hash_one(key).max(1)
-    }
-
-    fn user_key(&self, user: &str) -> u64 {
-        // 0 means "not counted" in a ticket.
-        self.hasher.hash_one(user).max(1)
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -527,51 +383,9 @@ impl Edge {
         }
     }
 
-    /// Counts `conn` as one of `user`'s connections. With the `newest` policy a user at
-    /// the limit gets `Some(oldest)` back, which the caller must close; with `oldest` the
-    /// new connection is refused.
-    pub fn admit_user(&self, user: &str, conn: ConnRef) -> Result<(UserTicket, Option<ConnRef>), Refusal> {
-        let max = self.cfg.max_connections_per_user as usize;
-        if max == 0 {
-            return Ok((UserTicket::NONE, None));
-        }
-        let key = self.user_key(user);
-        let mut table = self.users[(key as usize) % STRIPES]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let conns = table.entry(key).or_default();
-        let mut evicted = None;
-        if conns.len() >= max {
-            match self.cfg.user_limit_policy {
-                UserLimitPolicy::Oldest => return Err(Refusal::ConnectionsPerUser),
-                UserLimitPolicy::Newest => evicted = conns.pop_oldest(),
-            }
-        }
-        conns.push(conn);
-        Ok((UserTicket(key), evicted))
-    }
-
-    /// Forgets `conn` as one of `user`'s connections (a connection evicted by a newer
-    /// one is already forgotten: nothing happens).
-    pub fn release_user(&self, ticket: UserTicket, conn: ConnRef) {
-        if ticket == UserTicket::NONE {
-            return;
-        }
-        let key = ticket.0;
-        let mut table = self.users[(key as usize) % STRIPES]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(conns) = table.get_mut(&key) {
-            conns.remove(conn);
-            if conns.len() == 0 {
-                table.remove(&key);
-            }
-        }
-    }
-
-    /// Addresses and users tracked now (for tests and the memory report).
-    pub fn tracked(&self) -> (usize, usize) {
-        (entries(&self.ips), entries(&self.users))
+    /// Addresses tracked now (for tests and the memory report).
+    pub fn tracked(&self) -> usize {
+        entries(&self.ips)
     }
 }
 
@@ -634,27 +448,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn user_conns_stay_inline_for_one_and_keep_age_order() {
-        assert_eq!(std::mem::size_of::<UserConns>(), 16, "one bucket, no heap block");
-        let c = |n: u32| ConnRef {
-            shard: 0,
-            conn: Key::new(n, 0),
-        };
-        let mut conns = UserConns::default();
-        conns.push(c(1));
-        assert!(matches!(conns, UserConns::One(_)));
-        conns.push(c(2));
-        conns.push(c(3));
-        conns.remove(c(2));
-        assert_eq!(conns.len(), 2);
-        assert_eq!(conns.pop_oldest(), Some(c(1)));
-        assert!(matches!(conns, UserConns::One(r) if r == c(3)));
-        conns.remove(c(9));
-        conns.remove(c(3));
-        assert_eq!((conns.len(), conns.pop_oldest()), (0, None));
-    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -793,7 +586,7 @@ mod tests {
         e.release_ip(two);
         e.release_ip(three);
         assert_eq!(
-            e.tracked().0,
+            e.tracked(),
             0,
             "an address with no connection and no rate state is forgotten"
         );
@@ -817,50 +610,12 @@ mod tests {
                 e.release_ip(admission.ticket);
             }
         }
-        assert!(untracked > 0 && e.tracked().0 <= STRIPES);
+        assert!(untracked > 0 && e.tracked() <= STRIPES);
         // Later every bucket has refilled, so new addresses push the old ones out.
         let t1 = t0 + Duration::from_secs(1);
         for i in 1000..1100u32 {
-            assert!(!e.admit_ip(IpAddr::from(i.to_be_bytes()), t1).unwrap().untracked || e.tracked().0 >= STRIPES);
+            assert!(!e.admit_ip(IpAddr::from(i.to_be_bytes()), t1).unwrap().untracked || e.tracked() >= STRIPES);
         }
-    }
-
-    #[test]
-    fn user_limit_newest_wins_evicts_the_oldest() {
-        let e = edge(|c| c.max_connections_per_user = 2);
-        let conn = |slot| ConnRef {
-            shard: 0,
-            conn: Key::new(slot, 1),
-        };
-        let evicts = |user, slot| e.admit_user(user, conn(slot)).map(|(_, evicted)| evicted);
-        assert_eq!(evicts("alice", 1), Ok(None));
-        assert_eq!(evicts("alice", 2), Ok(None));
-        let (bob, _) = e.admit_user("bob", conn(9)).unwrap();
-        let (alice, evicted) = e.admit_user("alice", conn(3)).unwrap();
-        assert_eq!(evicted, Some(conn(1)));
-        // The evicted connection's own release later is a no-op.
-        e.release_user(alice, conn(1));
-        assert_eq!(evicts("alice", 4), Ok(Some(conn(2))));
-        e.release_user(alice, conn(3));
-        e.release_user(alice, conn(4));
-        e.release_user(bob, conn(9));
-        assert_eq!(e.tracked().1, 0);
-    }
-
-    #[test]
-    fn user_limit_oldest_wins_refuses_the_new_one() {
-        let e = edge(|c| {
-            c.max_connections_per_user = 1;
-            c.user_limit_policy = UserLimitPolicy::Oldest;
-        });
-        let conn = |slot| ConnRef {
-            shard: 1,
-            conn: Key::new(slot, 0),
-        };
-        let (alice, _) = e.admit_user("alice", conn(1)).unwrap();
-        assert_eq!(e.admit_user("alice", conn(2)), Err(Refusal::ConnectionsPerUser));
-        e.release_user(alice, conn(1));
-        assert_eq!(e.admit_user("alice", conn(2)), Ok((alice, None)));
     }
 
     #[test]
@@ -926,7 +681,5 @@ mod tests {
         cfg.message_burst = 1;
         assert!(cfg.validate().is_ok());
         assert!(EdgeConfig::default().validate().is_ok());
-        assert_eq!("oldest".parse::<UserLimitPolicy>(), Ok(UserLimitPolicy::Oldest));
-        assert!("first".parse::<UserLimitPolicy>().is_err());
     }
 }

@@ -128,7 +128,7 @@
 //! | [`Config::read_buffer_bytes`](config::Config::read_buffer_bytes) | 64 KiB | one buffer per shard; a connection reads at most 256 KiB per turn |
 //! | [`EdgeConfig::upgrade_rate_per_ip`](edge::EdgeConfig::upgrade_rate_per_ip), [`upgrade_burst_per_ip`](edge::EdgeConfig::upgrade_burst_per_ip) | 100/s, 500 | 429 + `Retry-After` (`wsgate_edge_limit_hits_total{limit="upgrade_rate"}`) |
 //! | [`EdgeConfig::max_connections_per_ip`](edge::EdgeConfig::max_connections_per_ip) | no cap | 429 (`connections_per_ip`) |
-//! | [`EdgeConfig::max_connections_per_user`](edge::EdgeConfig::max_connections_per_user) | 16 | newest wins: the oldest gets close 1008 (`user_replaced`); oldest wins: 429 (`connections_per_user`) |
+//! | [`MsgLimits::max_connections_per_user`](msg::MsgLimits::max_connections_per_user) | 16 | kept by the user's owner (messaging mode only): newest wins: the oldest gets close 1008 (`user_replaced`); oldest wins: the new one gets close 1008 right after its 101 (`connections_per_user`) |
 //! | [`EdgeConfig::message_rate`](edge::EdgeConfig::message_rate), [`message_burst`](edge::EdgeConfig::message_burst) | 100/s, 200 | close 1008 "message rate exceeded" (`message_rate`) |
 //! | [`EdgeConfig::max_tracked_ips`](edge::EdgeConfig::max_tracked_ips) | 1,000,000 | new addresses let in uncounted (`ip_table_full`) |
 //! | TLS read buffer ([`tls::MIN_READ_BUFFER_BYTES`]) | 32 KiB at least with TLS on | configuration refused (a whole record must fit); the shard also keeps a plaintext buffer of the same size |

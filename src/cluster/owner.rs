@@ -33,7 +33,7 @@ use super::resp::Value;
 use super::topology::Topology;
 use crate::msg::api::{ApiOp, ApiReply, ApiRequest};
 use crate::msg::mesh::MeshMsg;
-use crate::msg::owner::UserShards;
+use crate::msg::owner::{Admit, UserShards};
 use crate::msg::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use crate::msg::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
 use crate::proto::frame::SharedFrame;
@@ -447,8 +447,9 @@ impl ClusterOwner {
 
     /// Handles an owner message from shard `from` of this node: it becomes Redis
     /// commands for the next [`take_batches`](Self::take_batches); the answers come with the
-    /// replies.
-    pub fn handle(&mut self, from: ShardId, msg: MeshMsg) {
+    /// replies. The per-user limit's closes (kept per node, like the directory) need no
+    /// Redis and go into `out` at once.
+    pub fn handle(&mut self, from: ShardId, msg: MeshMsg, out: &mut Vec<(ShardId, MeshMsg)>) {
         if self.left {
             // The shard has taken its entries back and is stopping; a backend waiting
             // on an answer hears so rather than timing out.
@@ -461,7 +462,17 @@ impl ClusterOwner {
             MeshMsg::Connect { user, conn } => {
                 let entry = self.users.entry(user.clone()).or_default();
                 let first = entry.connections() == 0;
-                entry.shards.add(from);
+                match entry.shards.add(from, conn, self.limits.user_limit()) {
+                    Admit::Admitted => {}
+                    Admit::Replacing(victim) => {
+                        let conn = victim.conn;
+                        out.push((victim.shard, MeshMsg::UserLimit { conn, replaced: true }));
+                    }
+                    Admit::Refused => {
+                        out.push((from, MeshMsg::UserLimit { conn, replaced: false }));
+                        return;
+                    }
+                }
                 entry.registered += 1;
                 entry.connecting += 1;
                 if first {
@@ -483,12 +494,15 @@ impl ClusterOwner {
                     &[field.as_bytes(), epoch.as_bytes(), live.as_bytes()],
                 );
             }
-            MeshMsg::Disconnect { user, conn: _ } => {
+            MeshMsg::Disconnect { user, conn } => {
                 let Some(entry) = self.users.get_mut(&user) else {
                     debug_assert!(false, "disconnect of unknown user {user}");
                     return;
                 };
-                entry.shards.remove(from);
+                if !entry.shards.remove(from, conn) {
+                    // A connection the per-user limit refused was never counted.
+                    return;
+                }
                 let left = entry.connections();
                 let tell = entry.registered > left;
                 if tell {
@@ -662,6 +676,7 @@ impl ClusterOwner {
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
             | MeshMsg::Refused { .. }
+            | MeshMsg::UserLimit { .. }
             | MeshMsg::DisconnectUser { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }

@@ -88,6 +88,27 @@ pub enum Output {
         /// A short reason.
         reason: &'static str,
     },
+    /// Close `conn` with 1008 for the per-user limit and count it
+    /// (`limit_hits{limit=`[`Output::user_limit_label`]`}`): a newer connection of its
+    /// user replaced it (`replaced`), or it is the newer one and was refused. Call
+    /// [`MsgShard::handle_disconnect`] once it is gone.
+    UserLimit {
+        /// The connection.
+        conn: ConnId,
+        /// It was replaced (else refused).
+        replaced: bool,
+    },
+}
+
+impl Output {
+    /// The `limit_hits` label and the close reason of an [`Output::UserLimit`].
+    pub fn user_limit_label(replaced: bool) -> (&'static str, &'static str) {
+        if replaced {
+            ("user_replaced", "replaced by a newer connection")
+        } else {
+            ("connections_per_user", "too many connections for this user")
+        }
+    }
 }
 
 /// One shard's messaging state. See the module docs for how to drive it.
@@ -606,6 +627,11 @@ impl<S: Store> MsgShard<S> {
                     });
                 }
             }
+            MeshMsg::UserLimit { conn, replaced } => {
+                if self.hub.conn(conn).is_some() {
+                    self.out.push_back(Output::UserLimit { conn, replaced });
+                }
+            }
             MeshMsg::ToConn { conn, frame } => {
                 if self.hub.conn(conn).is_some() {
                     self.send(conn, frame);
@@ -648,8 +674,12 @@ impl<S: Store> MsgShard<S> {
             owner_msg => {
                 let mut answers = std::mem::take(&mut self.answers);
                 if let Some(cluster) = self.cluster.as_mut() {
-                    // Answered when Redis replies (`handle_cluster_replies`).
-                    cluster.handle(from, owner_msg);
+                    // Answered when Redis replies (`handle_cluster_replies`), but for
+                    // the per-user limit's closes.
+                    cluster.handle(from, owner_msg, &mut answers);
+                    for (to, msg) in answers.drain(..) {
+                        self.dispatch_to(to, msg);
+                    }
                 } else {
                     self.owner.handle(from, owner_msg, now, &mut answers, &mut self.metrics);
                     self.release_or_hold(&mut answers);

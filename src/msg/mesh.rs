@@ -233,6 +233,16 @@ pub enum MeshMsg {
         /// The close reason.
         reason: &'static str,
     },
+    /// Close `conn` with 1008: its user went over the per-user limit. `replaced`: a
+    /// newer connection of the user took its place (`newest` wins,
+    /// `limit_hits{limit="user_replaced"}`); else `conn` is the newer one, refused
+    /// (`oldest` wins, `{limit="connections_per_user"}`) and never welcomed.
+    UserLimit {
+        /// The connection.
+        conn: ConnId,
+        /// It was replaced (else refused).
+        replaced: bool,
+    },
     /// One frame for every local connection of `user` (an inbox message, a receipt).
     ToUser {
         /// The user.
@@ -280,6 +290,7 @@ impl Class for MeshMsg {
                 | Self::Leave { .. }
                 | Self::Welcome { .. }
                 | Self::Refused { .. }
+                | Self::UserLimit { .. }
                 | Self::DisconnectUser { .. }
                 | Self::Resumed { .. }
                 | Self::Joined { .. }

@@ -47,6 +47,7 @@
 //! `crate::admin` serves the backend API (`/api/...`) from its own threads.
 #![forbid(unsafe_code)]
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use hashbrown::HashMap;
@@ -201,7 +202,74 @@ pub struct MsgLimits {
     /// already have an entry are never refused. Bounds what made-up user ids and room
     /// names can make an owner hold until its sweep.
     pub max_owner_entries: usize,
+    /// Open connections per user (token `sub`; generated anonymous ids are each their
+    /// own user, so never over). Kept by the user's owner, which sees every connection
+    /// of the user on this node: beyond it, see [`MsgLimits::user_limit_policy`]
+    /// (`limit_hits{limit="user_replaced"}` or `{limit="connections_per_user"}`). 0: no
+    /// cap. `--echo` has no owners and so no per-user limit.
+    pub max_connections_per_user: u32,
+    /// Which connection wins when a user goes over [`MsgLimits::max_connections_per_user`].
+    pub user_limit_policy: UserLimitPolicy,
 }
+
+impl MsgLimits {
+    /// The per-user limit.
+    pub fn user_limit(&self) -> UserLimit {
+        UserLimit {
+            max: self.max_connections_per_user,
+            policy: self.user_limit_policy,
+        }
+    }
+}
+
+/// Which connection stays when a user opens one more than
+/// [`MsgLimits::max_connections_per_user`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UserLimitPolicy {
+    /// The new connection is admitted and the user's oldest is closed (1008): a client
+    /// that reconnects while its old, half-dead connection has not timed out yet is not
+    /// locked out.
+    #[default]
+    Newest,
+    /// The new connection is closed (1008, "too many connections for this user") as
+    /// soon as the user's owner hears of it, right after its 101: the owner is the one
+    /// place that sees all of a user's connections.
+    Oldest,
+}
+
+impl FromStr for UserLimitPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "newest" => Ok(Self::Newest),
+            "oldest" => Ok(Self::Oldest),
+            _ => {
+                Err("newest (the new connection wins, the oldest is closed) or oldest (the new one is refused)".into())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for UserLimitPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Newest => "newest",
+            Self::Oldest => "oldest",
+        })
+    }
+}
+
+/// The per-user connection limit as the owner applies it ([`MsgLimits::user_limit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserLimit {
+    /// Connections one user may hold (0: no cap).
+    pub max: u32,
+    /// Which connection wins beyond it.
+    pub policy: UserLimitPolicy,
+}
+
+/// Default [`MsgLimits::max_connections_per_user`]: one user's devices and tabs.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: u32 = 16;
 
 /// Bytes of a client-chosen `id`, fixed by the protocol: enough for a UUID or a
 /// counter, small enough that echoing it costs nothing.
@@ -224,6 +292,8 @@ impl Default for MsgLimits {
             ring_depth: 4096,
             ring_full_wait: Duration::from_millis(5),
             max_owner_entries: 1_000_000,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            user_limit_policy: UserLimitPolicy::Newest,
         }
     }
 }

@@ -46,7 +46,7 @@ use super::api::{ApiOp, ApiReply, ApiRequest};
 use super::mesh::MeshMsg;
 use super::protocol::{self, AckOf, ClientId, Encoding, ErrorCode, ResyncReason};
 use super::store::{Acked, LogKey, Record, Sender, Store};
-use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, owner_of};
+use super::{ConnId, Key, KeyKind, MsgLimits, MsgMetrics, Position, ShardId, UserLimit, UserLimitPolicy, owner_of};
 use crate::proto::frame::SharedFrame;
 use crate::stamp::Stamp;
 
@@ -92,19 +92,45 @@ struct JoinRequest {
     ticket: u32,
 }
 
-/// Shards with connections of one user and how many on each: inline while the user is
-/// on one shard (nearly always), a list beyond; and while the user has none, since when
-/// (what the owner forgets an idle entry by). 16 bytes where a `Vec` cost 24 and a heap
-/// block, and an `Instant` beside it 16 more. The cluster owner (`cluster::owner`) keeps
-/// its node's users in the same.
+/// One connection in a user's directory entry: its shard, its handle there, and whether
+/// the per-user limit has told its shard to close it for a newer one (it stays listed,
+/// so deliveries still reach it, until its disconnect arrives; it no longer counts
+/// against the limit). 12 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UserConn {
+    pub(crate) shard: ShardId,
+    pub(crate) replaced: bool,
+    pub(crate) conn: ConnId,
+}
+
+/// What [`UserShards::add`] decided under the per-user limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Counted; nothing else to do.
+    Admitted,
+    /// Counted; the user's oldest connection is to be closed for it (`newest` wins).
+    Replacing(UserConn),
+    /// Not counted: the user holds its connections and the oldest win. The new
+    /// connection is to be closed.
+    Refused,
+}
+
+/// The connections of one user, oldest first: inline while there is one (nearly
+/// always), a list beyond; and while the user has none, since when (what the owner
+/// forgets an idle entry by). 16 bytes where a `Vec` cost 24 and a heap block, and an
+/// `Instant` beside it 16 more. Each connection is named, so the per-user limit is kept
+/// here, in the one place that sees all of a user's connections, and a disconnect
+/// removes exactly the connection it names (one already replaced, or refused, is not
+/// counted twice). The cluster owner (`cluster::owner`) keeps its node's users in the
+/// same.
 #[derive(Debug)]
 pub(crate) enum UserShards {
     /// No connection since the instant stamped.
     Offline(Stamp),
-    One(ShardId, u32),
+    One(ShardId, ConnId),
     // A thin pointer: a `Vec` or a boxed slice here would make the enum 24 or 32 bytes.
     #[allow(clippy::box_collection)]
-    Many(Box<Vec<(ShardId, u32)>>),
+    Many(Box<Vec<UserConn>>),
 }
 
 impl Default for UserShards {
@@ -133,64 +159,100 @@ impl UserShards {
         }
     }
 
-    /// One more connection on `shard`.
-    pub(crate) fn add(&mut self, shard: ShardId) {
-        match self {
-            Self::Offline(_) => *self = Self::One(shard, 1),
-            Self::One(s, n) if *s == shard => *n += 1,
-            Self::One(s, n) => *self = Self::Many(Box::new(vec![(*s, *n), (shard, 1)])),
-            Self::Many(list) => match list.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, n)) => *n += 1,
-                None => list.push((shard, 1)),
-            },
+    /// Connection `conn` on `shard` opened, under the per-user limit `limit`.
+    pub(crate) fn add(&mut self, shard: ShardId, conn: ConnId, limit: UserLimit) -> Admit {
+        let new = UserConn {
+            shard,
+            replaced: false,
+            conn,
+        };
+        let at_limit = limit.max > 0 && self.live() >= limit.max as usize;
+        if at_limit && limit.policy == UserLimitPolicy::Oldest {
+            return Admit::Refused;
         }
+        let list = match self {
+            Self::Offline(_) => {
+                *self = Self::One(shard, conn);
+                return Admit::Admitted;
+            }
+            Self::One(s, c) => {
+                let first = UserConn {
+                    shard: *s,
+                    replaced: false,
+                    conn: *c,
+                };
+                *self = Self::Many(Box::new(vec![first]));
+                let Self::Many(list) = self else { unreachable!() };
+                list
+            }
+            Self::Many(list) => list,
+        };
+        let mut verdict = Admit::Admitted;
+        if at_limit && let Some(oldest) = list.iter_mut().find(|c| !c.replaced) {
+            oldest.replaced = true;
+            verdict = Admit::Replacing(*oldest);
+        }
+        list.push(new);
+        verdict
     }
 
-    /// One connection fewer on `shard`; `false` if it had none. The last one leaves
-    /// the user offline since long ago: [`UserShards::offline_since`] says when.
-    pub(crate) fn remove(&mut self, shard: ShardId) -> bool {
+    /// Connection `conn` on `shard` closed; `false` if it was not counted (refused by
+    /// the limit). The last one leaves the user offline since long ago:
+    /// [`UserShards::offline_since`] says when.
+    pub(crate) fn remove(&mut self, shard: ShardId, conn: ConnId) -> bool {
         match self {
             Self::Offline(_) => false,
-            Self::One(s, _) if *s != shard => false,
-            Self::One(_, n) => {
-                *n -= 1;
-                if *n == 0 {
-                    *self = Self::default();
-                }
+            Self::One(s, c) if (*s, *c) != (shard, conn) => false,
+            Self::One(..) => {
+                *self = Self::default();
                 true
             }
             Self::Many(list) => {
-                let Some(i) = list.iter().position(|(s, _)| *s == shard) else {
+                let Some(i) = list.iter().position(|c| (c.shard, c.conn) == (shard, conn)) else {
                     return false;
                 };
-                list[i].1 -= 1;
-                if list[i].1 == 0 {
-                    list.swap_remove(i);
-                }
-                if let [(s, n)] = list[..] {
-                    *self = Self::One(s, n);
+                // In order: the first unreplaced one is the oldest.
+                list.remove(i);
+                match list[..] {
+                    [] => *self = Self::default(),
+                    [one] if !one.replaced => *self = Self::One(one.shard, one.conn),
+                    _ => {}
                 }
                 true
             }
         }
     }
 
-    /// The shards with connections.
+    /// Connections that count against the per-user limit (not already replaced).
+    fn live(&self) -> usize {
+        match self {
+            Self::Offline(_) => 0,
+            Self::One(..) => 1,
+            Self::Many(list) => list.iter().filter(|c| !c.replaced).count(),
+        }
+    }
+
+    /// The shards with connections, each once.
     pub(crate) fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
         let (one, many) = match self {
             Self::Offline(_) => (None, &[][..]),
             Self::One(s, _) => (Some(*s), &[][..]),
             Self::Many(list) => (None, &list[..]),
         };
-        one.into_iter().chain(many.iter().map(|(s, _)| *s))
+        let firsts = many
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !many[..*i].iter().any(|p| p.shard == c.shard))
+            .map(|(_, c)| c.shard);
+        one.into_iter().chain(firsts)
     }
 
-    /// Connections on all shards.
+    /// Connections on all shards (those already replaced until they are gone).
     pub(crate) fn connections(&self) -> u64 {
         match self {
             Self::Offline(_) => 0,
-            Self::One(_, n) => u64::from(*n),
-            Self::Many(list) => list.iter().map(|(_, n)| u64::from(*n)).sum(),
+            Self::One(..) => 1,
+            Self::Many(list) => list.len() as u64,
         }
     }
 }
@@ -257,8 +319,9 @@ pub struct Owner<S> {
     records: Vec<Record>,
     /// Scratch: JSON being encoded.
     buf: Vec<u8>,
-    /// Refusals: answers that report no change, so they need not wait for the journal
-    /// (a full or failing disk must not hold them behind writes that cannot finish).
+    /// Refusals: answers that report no durable change, so they need not wait for the
+    /// journal (a full or failing disk must not hold them behind writes that cannot
+    /// finish); the per-user limit's closes are among them.
     refusals: Vec<(ShardId, MeshMsg)>,
 }
 
@@ -398,7 +461,7 @@ impl<S: Store> Owner<S> {
     ) {
         match msg {
             MeshMsg::Connect { user, conn } => self.on_connect(from, user, conn, now, out, m),
-            MeshMsg::Disconnect { user, conn: _ } => self.on_disconnect(from, &user, now),
+            MeshMsg::Disconnect { user, conn } => self.on_disconnect(from, &user, conn, now),
             MeshMsg::Resume { user, conn, since, id } => {
                 debug_assert_eq!(owner_of(KeyKind::User, &user, self.shards), self.shard);
                 let pos = self.user_entry(&user, now).pos;
@@ -544,6 +607,7 @@ impl<S: Store> Owner<S> {
             | MeshMsg::Joined { .. }
             | MeshMsg::ToConn { .. }
             | MeshMsg::Refused { .. }
+            | MeshMsg::UserLimit { .. }
             | MeshMsg::DisconnectUser { .. }
             | MeshMsg::ToUser { .. }
             | MeshMsg::ToRoom { .. }
@@ -561,10 +625,24 @@ impl<S: Store> Owner<S> {
         m: &mut MsgMetrics,
     ) {
         debug_assert_eq!(owner_of(KeyKind::User, &user, self.shards), self.shard);
+        let limit = self.limits.user_limit();
         let entry = self.user_entry(&user, now);
         let was_offline = entry.connections() == 0;
-        entry.shards.add(from);
+        let admit = entry.shards.add(from, conn, limit);
         let pos = entry.pos;
+        match admit {
+            Admit::Admitted => {}
+            Admit::Replacing(victim) => {
+                let conn = victim.conn;
+                self.refusals
+                    .push((victim.shard, MeshMsg::UserLimit { conn, replaced: true }));
+            }
+            Admit::Refused => {
+                // No welcome: the connection is closed as soon as its shard hears.
+                self.refusals.push((from, MeshMsg::UserLimit { conn, replaced: false }));
+                return;
+            }
+        }
         self.online_users += usize::from(was_offline);
         let limits = self.limits.clone();
         let mut frames = vec![self.frame(|o| protocol::encode_welcome(o, Encoding::Json, &user, pos, &limits))];
@@ -579,13 +657,13 @@ impl<S: Store> Owner<S> {
         out.push((from, MeshMsg::Welcome { conn, frames }));
     }
 
-    fn on_disconnect(&mut self, from: ShardId, user: &Key, now: Instant) {
+    fn on_disconnect(&mut self, from: ShardId, user: &Key, conn: ConnId, now: Instant) {
         let Some(entry) = self.users.get_mut(user) else {
             debug_assert!(false, "disconnect of unknown user {user}");
             return;
         };
-        if !entry.shards.remove(from) {
-            debug_assert!(false, "disconnect from a shard without connections");
+        if !entry.shards.remove(from, conn) {
+            // A connection the per-user limit refused was never counted.
             return;
         }
         if entry.shards.is_empty() {
@@ -1070,21 +1148,76 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<(Key, UserEntry)>>(), 48);
     }
 
+    const NO_CAP: UserLimit = UserLimit {
+        max: 0,
+        policy: UserLimitPolicy::Newest,
+    };
+
+    fn c(n: u32) -> ConnId {
+        ConnId::new(n, 1)
+    }
+
     #[test]
-    fn user_shards_count_per_shard_and_fold_back_inline() {
+    fn user_shards_name_each_connection_and_fold_back_inline() {
         assert_eq!(std::mem::size_of::<UserShards>(), 16);
+        assert_eq!(std::mem::size_of::<UserConn>(), 12);
         let mut s = UserShards::default();
-        assert!(!s.remove(0));
-        s.add(3);
-        s.add(3);
-        assert!(matches!(s, UserShards::One(3, 2)));
-        s.add(1);
+        assert!(!s.remove(0, c(1)));
+        assert_eq!(s.add(3, c(1), NO_CAP), Admit::Admitted);
+        assert!(matches!(s, UserShards::One(3, k) if k == c(1)));
+        s.add(3, c(2), NO_CAP);
+        s.add(1, c(1), NO_CAP);
+        // One entry per connection, each shard named once.
         assert_eq!((s.connections(), s.shards().collect::<Vec<_>>()), (3, vec![3, 1]));
-        assert!(!s.remove(7));
-        assert!(s.remove(3) && s.remove(3));
-        assert!(matches!(s, UserShards::One(1, 1)), "{s:?}");
-        assert!(s.remove(1));
+        assert!(!s.remove(7, c(1)) && !s.remove(3, c(9)), "only the exact connection");
+        assert!(s.remove(3, c(1)) && s.remove(3, c(2)));
+        assert!(!s.remove(3, c(2)), "not twice");
+        assert!(matches!(s, UserShards::One(1, k) if k == c(1)), "{s:?}");
+        assert!(s.remove(1, c(1)));
         assert!(s.is_empty() && s.connections() == 0 && s.shards().next().is_none());
+    }
+
+    #[test]
+    fn the_per_user_limit_replaces_the_oldest_once_or_refuses_the_newest() {
+        let newest = UserLimit {
+            max: 2,
+            policy: UserLimitPolicy::Newest,
+        };
+        let mut s = UserShards::default();
+        assert_eq!(s.add(0, c(1), newest), Admit::Admitted);
+        assert_eq!(s.add(1, c(2), newest), Admit::Admitted);
+        let victim = |shard, n| {
+            Admit::Replacing(UserConn {
+                shard,
+                replaced: true,
+                conn: c(n),
+            })
+        };
+        assert_eq!(s.add(0, c(3), newest), victim(0, 1));
+        // Before the replaced one's disconnect arrives, the next oldest goes, not it again.
+        assert_eq!(s.add(1, c(4), newest), victim(1, 2));
+        assert_eq!(s.connections(), 4, "the replaced stay listed until they close");
+        assert!(s.remove(0, c(1)) && s.remove(1, c(2)));
+        assert_eq!(s.connections(), 2);
+        assert_eq!(s.add(1, c(5), newest), victim(0, 3));
+        // The newer ones close first: the one left was replaced, so it stays a list and
+        // the user is not counted against the limit by it.
+        assert!(s.remove(1, c(4)) && s.remove(1, c(5)));
+        assert_eq!((s.connections(), s.live()), (1, 0));
+        assert_eq!(s.add(0, c(6), newest), Admit::Admitted);
+        assert!(s.remove(0, c(3)));
+        assert!(matches!(s, UserShards::One(0, k) if k == c(6)), "{s:?}");
+
+        let oldest = UserLimit {
+            max: 1,
+            policy: UserLimitPolicy::Oldest,
+        };
+        let mut s = UserShards::default();
+        assert_eq!(s.add(0, c(1), oldest), Admit::Admitted);
+        assert_eq!(s.add(1, c(2), oldest), Admit::Refused);
+        assert!(!s.remove(1, c(2)), "a refused connection was never counted");
+        assert!(s.remove(0, c(1)));
+        assert_eq!(s.add(1, c(2), oldest), Admit::Admitted);
     }
 
     #[test]
@@ -1092,9 +1225,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = UserShards::offline_since(t0);
         assert_eq!(s.idle_for(t0 + Duration::from_secs(5)), Some(Duration::from_secs(5)));
-        s.add(0);
+        s.add(0, c(1), NO_CAP);
         assert_eq!(s.idle_for(t0 + Duration::from_secs(6)), None, "online");
-        assert!(s.remove(0));
+        assert!(s.remove(0, c(1)));
         assert!(
             s.idle_for(t0).is_some_and(|d| d > Duration::from_secs(86_400)),
             "offline since long ago until told"

@@ -215,6 +215,9 @@ impl Sim {
                 Output::Close { conn, code, .. } => {
                     self.clients.get_mut(&conn).unwrap().closed = Some(code.0);
                 }
+                Output::UserLimit { conn, .. } => {
+                    self.clients.get_mut(&conn).unwrap().closed = Some(CloseCode::POLICY_VIOLATION.0);
+                }
             }
         }
     }

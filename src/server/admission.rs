@@ -5,23 +5,25 @@
 //! knows (draining, at its connection cap), the client's socket address (looked up only
 //! when a per-address limit needs it), the shared edge limits and authenticator, and the
 //! two clocks (`now` for the limiters, `wall` for token expiry). Out: [`Verdict`]: either
-//! [`Admitted`] (the edge tickets to keep on the slot, the identity, the connection the
-//! per-user limit evicts, counters to bump) or [`Refused`] (which names its HTTP
+//! [`Admitted`] (the edge ticket to keep on the slot, the identity, counters to bump)
+//! or [`Refused`] (which names its HTTP
 //! response and its metric label). Nothing here touches a socket, a clock or a metric:
 //! the shard's `upgrade` job acts on the verdict, and the tests below drive it with a
 //! fake clock.
 //!
 //! The order of the checks is the gateway's contract (README, "Behaviour a client
 //! sees"): draining → connection cap → upgrades per address → connections per address →
-//! token → connections per user. The address checks come before the token so that a
-//! flood from one address cannot buy signature verifications; a refusal after a ticket
-//! was taken gives the ticket back, so a refused upgrade holds nothing.
+//! token. The address checks come before the token so that a flood from one address
+//! cannot buy signature verifications; a refusal after a ticket was taken gives the
+//! ticket back, so a refused upgrade holds nothing. Connections per user are the user's
+//! owner's to count (`msg::owner::UserShards::add`), once it hears of the connection
+//! right after the 101: it is the one place that sees them all.
 
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::edge::{ConnRef, Edge, IpTicket, Refusal, UserTicket};
+use crate::edge::{Edge, IpTicket, Refusal};
 use crate::proto::handshake::{Request, Status, write_error_response};
 
 /// What the shard knows about itself at this moment.
@@ -36,7 +38,7 @@ pub struct ShardView {
 /// The outcome of one admission.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Upgrade: send the 101 and keep the tickets on the slot.
+    /// Upgrade: send the 101 and keep the ticket on the slot.
     Admitted(Admitted),
     /// Refuse with the response [`Refused::write_response`] writes.
     Refused(Refused),
@@ -47,12 +49,8 @@ pub enum Verdict {
 pub struct Admitted {
     /// Who the connection is.
     pub identity: Identity,
-    /// The user's share of the per-user limit, given back when the connection ends.
-    pub user: UserTicket,
     /// The address's share of the per-address limits, given back when it ends.
     pub ip: IpTicket,
-    /// A connection of the same user that must be closed (the newest wins).
-    pub evict: Option<ConnRef>,
     /// The address table was full: the address was let in uncounted
     /// (`limit_hits{limit="ip_table_full"}`).
     pub ip_untracked: bool,
@@ -65,7 +63,7 @@ pub enum Refused {
     Draining,
     /// The shard holds its connection cap: 503 with `Retry-After: 1`.
     ConnectionLimit,
-    /// An edge limit (per address or per user): 429.
+    /// An edge limit (per address): 429.
     Edge(Refusal),
     /// The token is missing or invalid: 401 with `WWW-Authenticate`.
     Unauthorized(AuthError),
@@ -111,7 +109,7 @@ impl Refused {
                     &[("Retry-After", &secs)],
                 );
             }
-            Self::Edge(refusal @ (Refusal::ConnectionsPerIp | Refusal::ConnectionsPerUser)) => {
+            Self::Edge(refusal @ Refusal::ConnectionsPerIp) => {
                 write_error_response(out, Status::TooManyRequests, refusal.reason(), &[]);
             }
             Self::Unauthorized(error) => write_error_response(
@@ -127,14 +125,14 @@ impl Refused {
 /// Everything admission reads besides the request: shared, read-mostly state.
 #[derive(Clone, Copy, Debug)]
 pub struct Gate<'a> {
-    /// Per-address and per-user limits (shared by every shard).
+    /// Per-address limits (shared by every shard).
     pub edge: &'a Edge,
     /// Token verification.
     pub auth: &'a Authenticator,
 }
 
 impl Gate<'_> {
-    /// Admits or refuses `request` from the connection `conn`. `peer` gives the
+    /// Admits or refuses `request`. `peer` gives the
     /// socket's remote address; it is called only when a per-address limit is on (a
     /// `getpeername` the common case can skip). On refusal every ticket taken is given
     /// back.
@@ -142,7 +140,6 @@ impl Gate<'_> {
         self,
         request: &Request<'_>,
         shard: ShardView,
-        conn: ConnRef,
         peer: impl FnOnce() -> Option<IpAddr>,
         now: Instant,
         wall: SystemTime,
@@ -157,30 +154,15 @@ impl Gate<'_> {
             Ok(admission) => admission,
             Err(refusal) => return Verdict::Refused(Refused::Edge(refusal)),
         };
-        let identity = match self.auth.authenticate(request, wall) {
-            Ok(identity) => identity,
-            Err(error) => {
-                self.edge.release_ip(ip);
-                return Verdict::Refused(Refused::Unauthorized(error));
-            }
-        };
-        // Generated anonymous ids are nobody's: no per-user state, no per-user limit.
-        let per_user = if identity.generated {
-            Ok((UserTicket::NONE, None))
-        } else {
-            self.edge.admit_user(&identity.user_id, conn)
-        };
-        match per_user {
-            Ok((user, evict)) => Verdict::Admitted(Admitted {
+        match self.auth.authenticate(request, wall) {
+            Ok(identity) => Verdict::Admitted(Admitted {
                 identity,
-                user,
                 ip,
-                evict,
                 ip_untracked,
             }),
-            Err(refusal) => {
+            Err(error) => {
                 self.edge.release_ip(ip);
-                Verdict::Refused(Refused::Edge(refusal))
+                Verdict::Refused(Refused::Unauthorized(error))
             }
         }
     }
@@ -215,7 +197,7 @@ mod tests {
 
     use super::*;
     use crate::auth::{AuthConfig, AuthMode};
-    use crate::edge::{EdgeConfig, UserLimitPolicy};
+    use crate::edge::EdgeConfig;
     use crate::limits::Limits;
     use crate::proto::handshake::{HandshakeConfig, parse_request};
 
@@ -261,19 +243,12 @@ mod tests {
         }
     }
 
-    fn conn(slot: u32) -> ConnRef {
-        ConnRef {
-            shard: 0,
-            conn: crate::slab::Key::new(slot, 1),
-        }
-    }
-
     /// Runs one admission of `bytes` at `now`.
-    fn admit(gate: Gate<'_>, bytes: &[u8], shard: ShardView, slot: u32, now: Instant) -> Verdict {
+    fn admit(gate: Gate<'_>, bytes: &[u8], shard: ShardView, now: Instant) -> Verdict {
         let request = parse_request(bytes, &Limits::default(), &HandshakeConfig::default())
             .expect("valid request")
             .expect("complete request");
-        gate.admit(&request, shard, conn(slot), || Some(PEER), now, SystemTime::now())
+        gate.admit(&request, shard, || Some(PEER), now, SystemTime::now())
     }
 
     fn refused(verdict: Verdict) -> Refused {
@@ -309,20 +284,20 @@ mod tests {
             draining: true,
             at_capacity: true,
         };
-        assert_eq!(refused(admit(gate, &bytes, both, 1, now)), Refused::Draining);
+        assert_eq!(refused(admit(gate, &bytes, both, now)), Refused::Draining);
         let full = ShardView {
             draining: false,
             at_capacity: true,
         };
-        assert_eq!(refused(admit(gate, &bytes, full, 1, now)), Refused::ConnectionLimit);
+        assert_eq!(refused(admit(gate, &bytes, full, now)), Refused::ConnectionLimit);
         // The address's one token is still there: the token check is reached (and fails).
         assert!(matches!(
-            refused(admit(gate, &bytes, open_shard(), 1, now)),
+            refused(admit(gate, &bytes, open_shard(), now)),
             Refused::Unauthorized(AuthError::Missing)
         ));
         // The bucket is empty now: the address is refused before the token is looked at.
         assert_eq!(
-            refused(admit(gate, &bytes, open_shard(), 1, now)),
+            refused(admit(gate, &bytes, open_shard(), now)),
             Refused::Edge(Refusal::UpgradeRate { retry_after_secs: 1 })
         );
     }
@@ -342,20 +317,20 @@ mod tests {
         let t0 = Instant::now();
         for slot in 0..2 {
             let bytes = request_bytes(Some(&format!("u{slot}")));
-            admitted(admit(gate, &bytes, open_shard(), slot, t0));
+            admitted(admit(gate, &bytes, open_shard(), t0));
         }
         let bytes = request_bytes(Some("u9"));
-        let refusal = refused(admit(gate, &bytes, open_shard(), 9, t0));
+        let refusal = refused(admit(gate, &bytes, open_shard(), t0));
         assert_eq!(refusal, Refused::Edge(Refusal::UpgradeRate { retry_after_secs: 1 }));
         // 2/s: one token is back after half a second, not before.
         let early = t0 + Duration::from_millis(400);
         assert!(matches!(
-            refused(admit(gate, &bytes, open_shard(), 9, early)),
+            refused(admit(gate, &bytes, open_shard(), early)),
             Refused::Edge(Refusal::UpgradeRate { .. })
         ));
-        admitted(admit(gate, &bytes, open_shard(), 9, t0 + Duration::from_millis(500)));
+        admitted(admit(gate, &bytes, open_shard(), t0 + Duration::from_millis(500)));
         assert!(matches!(
-            refused(admit(gate, &bytes, open_shard(), 10, t0 + Duration::from_millis(500))),
+            refused(admit(gate, &bytes, open_shard(), t0 + Duration::from_millis(500))),
             Refused::Edge(Refusal::UpgradeRate { .. })
         ));
     }
@@ -374,7 +349,7 @@ mod tests {
         let now = Instant::now();
         for _ in 0..5 {
             assert!(matches!(
-                refused(admit(gate, &request_bytes(None), open_shard(), 1, now)),
+                refused(admit(gate, &request_bytes(None), open_shard(), now)),
                 Refused::Unauthorized(_)
             ));
         }
@@ -384,64 +359,20 @@ mod tests {
             edge: &edge,
             auth: &auth,
         };
-        let first = admitted(admit(gate, &request_bytes(Some("a")), open_shard(), 1, now));
+        let first = admitted(admit(gate, &request_bytes(Some("a")), open_shard(), now));
         assert_eq!(
-            refused(admit(gate, &request_bytes(Some("b")), open_shard(), 2, now)),
+            refused(admit(gate, &request_bytes(Some("b")), open_shard(), now)),
             Refused::Edge(Refusal::ConnectionsPerIp)
         );
         edge.release_ip(first.ip);
-        admitted(admit(gate, &request_bytes(Some("b")), open_shard(), 2, now));
+        admitted(admit(gate, &request_bytes(Some("b")), open_shard(), now));
     }
 
     #[test]
-    fn the_user_limit_evicts_the_oldest_or_refuses_the_newest() {
-        let now = Instant::now();
-        for policy in [UserLimitPolicy::Newest, UserLimitPolicy::Oldest] {
-            let edge = edge(EdgeConfig {
-                max_connections_per_user: 1,
-                max_connections_per_ip: 10,
-                user_limit_policy: policy,
-                ..EdgeConfig::default()
-            });
-            let auth = open_auth();
-            let gate = Gate {
-                edge: &edge,
-                auth: &auth,
-            };
-            let alice = request_bytes(Some("alice"));
-            let first = admitted(admit(gate, &alice, open_shard(), 1, now));
-            assert_eq!(first.evict, None);
-            match policy {
-                UserLimitPolicy::Newest => {
-                    let second = admitted(admit(gate, &alice, open_shard(), 2, now));
-                    assert_eq!(second.evict, Some(conn(1)));
-                }
-                UserLimitPolicy::Oldest => {
-                    assert_eq!(
-                        refused(admit(gate, &alice, open_shard(), 2, now)),
-                        Refused::Edge(Refusal::ConnectionsPerUser)
-                    );
-                    // The refused upgrade gave its address ticket back: 9 more fit.
-                    for slot in 3..12 {
-                        admitted(admit(
-                            gate,
-                            &request_bytes(Some(&format!("u{slot}"))),
-                            open_shard(),
-                            slot,
-                            now,
-                        ));
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn anonymous_generated_ids_take_no_user_ticket_and_no_peer_lookup_without_address_limits() {
+    fn anonymous_ids_need_no_peer_lookup_without_address_limits() {
         let edge = edge(EdgeConfig {
             upgrade_rate_per_ip: 0,
             max_connections_per_ip: 0,
-            max_connections_per_user: 1,
             ..EdgeConfig::default()
         });
         let auth = open_auth();
@@ -453,18 +384,16 @@ mod tests {
         let request = parse_request(&bytes, &Limits::default(), &HandshakeConfig::default())
             .unwrap()
             .unwrap();
-        for slot in 0..3 {
+        for _ in 0..3 {
             let verdict = gate.admit(
                 &request,
                 open_shard(),
-                conn(slot),
                 || panic!("the peer is looked up only for per-address limits"),
                 Instant::now(),
                 SystemTime::now(),
             );
             let admitted = admitted(verdict);
             assert!(admitted.identity.generated);
-            assert_eq!(admitted.user, UserTicket::NONE);
             assert_eq!(admitted.ip, IpTicket::NONE);
         }
     }
@@ -480,7 +409,6 @@ mod tests {
                 Some("Retry-After: 3\r\n"),
             ),
             (Refused::Edge(Refusal::ConnectionsPerIp), "HTTP/1.1 429 ", None),
-            (Refused::Edge(Refusal::ConnectionsPerUser), "HTTP/1.1 429 ", None),
         ];
         for (refused, status, header) in cases {
             let mut out = Vec::new();

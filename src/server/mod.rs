@@ -48,7 +48,7 @@ use std::thread::JoinHandle;
 
 use futures_lite::AsyncReadExt;
 
-pub use self::shard::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle, Shared};
+pub use self::shard::{COMMAND_INBOX_CAPACITY, Command, ShardHandle, Shared};
 use self::shard::{Shard, ShardState};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -295,7 +295,6 @@ impl Server {
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let edge = Arc::new(Edge::new(cfg.edge.clone()));
-        let peers: Peers = Arc::default();
         #[cfg(test)]
         let preempt_timer = tests::PREEMPT_TIMER.get().unwrap_or(SHARD_PREEMPT_TIMER);
         #[cfg(not(test))]
@@ -311,7 +310,6 @@ impl Server {
             registry,
             auth,
             edge,
-            peers: peers.clone(),
         };
         // Each shard gets its ends of the cross-shard rings once every shard exists
         // (the rings ring the shards' doorbells); until then its thread waits.
@@ -389,9 +387,6 @@ impl Server {
             handles.push(handle);
             recovery.extend(report);
         }
-        peers
-            .set(handles.clone())
-            .expect("the peer list is set once, after every shard started");
         let bells: Vec<Arc<dyn Doorbell>> = handles
             .iter()
             .map(|handle| Arc::new(handle.bell()) as Arc<dyn Doorbell>)

@@ -3,12 +3,7 @@
 
 use super::tests::{Client, OwnedEvent, SECRET, TestServer, UPGRADE, token};
 use crate::auth::{AuthMode, Secret};
-use crate::edge::UserLimitPolicy;
-
-fn upgrade_as(server: &TestServer, user: &str) -> (Client, String) {
-    let request = UPGRADE.replace("GET /ws ", &format!("GET /ws?user={user} "));
-    Client::handshake(server.addr, request.as_bytes())
-}
+use crate::msg::UserLimitPolicy;
 
 fn with_header(name: &str, value: &str) -> String {
     UPGRADE.replace("Host:", &format!("{name}: {value}\r\nHost:"))
@@ -86,67 +81,126 @@ fn forwarded_for_counts_the_client_behind_a_trusted_proxy() {
     assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
 }
 
-#[test]
-fn newest_connection_of_a_user_wins_and_the_oldest_gets_1008() {
-    let server = TestServer::start(|cfg| cfg.edge.max_connections_per_user = 2);
-    let (mut oldest, head) = upgrade_as(&server, "alice");
+/// A server in messaging mode (the per-user limit is kept by each user's owner, which
+/// `--echo` does not have).
+fn messaging_server(tweak: impl FnOnce(&mut crate::config::Config)) -> TestServer {
+    TestServer::start(|cfg| {
+        cfg.echo = false;
+        tweak(cfg);
+    })
+}
+
+/// Upgrades with `request` (a `UPGRADE` variant) speaking the messaging protocol.
+fn messaging(server: &TestServer, request: &str) -> (Client, String) {
+    let request = request.replace("Host:", "Sec-WebSocket-Protocol: wsgate.v1.json\r\nHost:");
+    Client::handshake(server.addr, request.as_bytes())
+}
+
+fn messaging_as(server: &TestServer, user: &str) -> Client {
+    let (mut client, head) = messaging(server, &UPGRADE.replace("GET /ws ", &format!("GET /ws?user={user} ")));
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    let (mut middle, _) = upgrade_as(&server, "alice");
-    let (mut bob, _) = upgrade_as(&server, "bob");
-    // Anonymous connections without a user id are never counted.
-    let _anonymous: Vec<Client> = (0..3).map(|_| Client::connect(server.addr)).collect();
-    let (mut newest, head) = upgrade_as(&server, "alice");
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    // The oldest may be on the other shard: the eviction crosses shards.
-    assert_eq!(oldest.next_event(), Some(OwnedEvent::Close(Some(1008))));
-    for (client, text) in [(&mut middle, "m"), (&mut newest, "n"), (&mut bob, "b")] {
-        client.send_text(text);
-        assert_eq!(client.next_event(), Some(OwnedEvent::Text(text.into())));
+    expect_welcome(&mut client);
+    client
+}
+
+/// The next message's type, or the close code.
+fn next(client: &mut Client) -> Result<String, Option<u16>> {
+    match client.next_event() {
+        Some(OwnedEvent::Text(text)) => {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            Ok(value["type"].as_str().unwrap().to_owned())
+        }
+        Some(OwnedEvent::Close(code)) => Err(code),
+        other => panic!("unexpected {other:?}"),
     }
-    server.wait_for("the eviction counted", |m| {
-        m.limit_hits.get("user_replaced") == Some(&1)
-    });
+}
+
+fn expect_welcome(client: &mut Client) {
+    assert_eq!(next(client), Ok("welcome".to_owned()));
+}
+
+/// A connection still served: a send to `to` is acked.
+fn still_served(client: &mut Client, to: &str) {
+    let send = serde_json::json!({"type": "send", "to": to, "id": "s", "body": "x"}).to_string();
+    client.send_text(&send);
+    loop {
+        match next(client) {
+            Ok(kind) if kind == "ack" => return,
+            Ok(_) => {} // presence events and the like
+            Err(code) => panic!("closed with {code:?} instead of served"),
+        }
+    }
 }
 
 #[test]
-fn oldest_connection_of_a_user_wins_and_the_new_one_gets_429() {
-    let server = TestServer::start(|cfg| {
-        cfg.edge.max_connections_per_user = 1;
-        cfg.edge.user_limit_policy = UserLimitPolicy::Oldest;
+fn newest_connection_of_a_user_wins_and_the_oldest_gets_1008() {
+    let server = messaging_server(|cfg| cfg.msg.max_connections_per_user = 2);
+    let mut oldest = messaging_as(&server, "alice");
+    let mut middle = messaging_as(&server, "alice");
+    let mut bob = messaging_as(&server, "bob");
+    // Anonymous connections without a user id are each their own user.
+    let _anonymous: Vec<Client> = (0..3).map(|_| Client::connect(server.addr)).collect();
+    let mut newest = messaging_as(&server, "alice");
+    // The owner may be on the other shard, and the oldest on either: the close crosses
+    // shards.
+    assert_eq!(next(&mut oldest), Err(Some(1008)));
+    for client in [&mut middle, &mut newest, &mut bob] {
+        still_served(client, "carol");
+    }
+    server.wait_for("the replacement counted", |m| {
+        m.limit_hits.get("user_replaced") == Some(&1)
     });
-    let (mut first, _) = upgrade_as(&server, "alice");
-    let (_, head) = upgrade_as(&server, "alice");
-    assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
-    // "too many connections for this user\n"
-    assert!(head.contains("Content-Length: 35\r\n"), "{head}");
-    first.send_close(1000);
-    assert_eq!(first.next_event(), Some(OwnedEvent::Close(Some(1000))));
-    server.wait_for("alice's connection to end", |m| m.closed == 1);
-    let (_, head) = upgrade_as(&server, "alice");
+    // A fourth: the middle one is the oldest now, not the one already closed.
+    let mut fourth = messaging_as(&server, "alice");
+    assert_eq!(next(&mut middle), Err(Some(1008)));
+    still_served(&mut newest, "carol");
+    still_served(&mut fourth, "carol");
+}
+
+#[test]
+fn oldest_connection_of_a_user_wins_and_the_new_one_gets_1008_after_its_101() {
+    let server = messaging_server(|cfg| {
+        cfg.msg.max_connections_per_user = 1;
+        cfg.msg.user_limit_policy = UserLimitPolicy::Oldest;
+    });
+    let mut first = messaging_as(&server, "alice");
+    let alice = UPGRADE.replace("GET /ws ", "GET /ws?user=alice ");
+    let (mut second, head) = messaging(&server, &alice);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(next(&mut second), Err(Some(1008)), "closed, never welcomed");
+    server.wait_for("the refusal counted", |m| {
+        m.limit_hits.get("connections_per_user") == Some(&1) && m.closed == 1
+    });
+    still_served(&mut first, "bob");
+    first.send_close(1000);
+    while next(&mut first).is_ok() {}
+    server.wait_for("alice's connection to end", |m| m.closed == 2);
+    let mut third = messaging_as(&server, "alice");
+    still_served(&mut third, "bob");
 }
 
 #[test]
 fn a_tokens_sub_is_the_user_the_limits_count() {
-    let server = TestServer::start(|cfg| {
+    let server = messaging_server(|cfg| {
         cfg.auth.mode = AuthMode::Jwt;
         cfg.auth.hmac_secret = Some(Secret::new(SECRET));
-        cfg.edge.max_connections_per_user = 1;
+        cfg.msg.max_connections_per_user = 1;
     });
     let now = std::time::SystemTime::now();
     let bearer = |user: &str| with_header("Authorization", &format!("Bearer {}", token(user, now)));
-    let (mut alice, head) = Client::handshake(server.addr, bearer("alice").as_bytes());
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    let (mut carol, _) = Client::handshake(server.addr, bearer("carol").as_bytes());
+    let welcomed = |request: &str| {
+        let (mut client, head) = messaging(&server, request);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        expect_welcome(&mut client);
+        client
+    };
+    let mut alice = welcomed(&bearer("alice"));
+    let mut carol = welcomed(&bearer("carol"));
     // A second token for alice (a `user` query parameter is ignored in jwt mode).
-    let request = bearer("alice").replace("GET /ws ", "GET /ws?user=carol ");
-    let (mut alice_again, head) = Client::handshake(server.addr, request.as_bytes());
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    assert_eq!(alice.next_event(), Some(OwnedEvent::Close(Some(1008))));
-    for client in [&mut carol, &mut alice_again] {
-        client.send_text("still here");
-        assert_eq!(client.next_event(), Some(OwnedEvent::Text("still here".into())));
-    }
+    let mut alice_again = welcomed(&bearer("alice").replace("GET /ws ", "GET /ws?user=carol "));
+    assert_eq!(next(&mut alice), Err(Some(1008)));
+    still_served(&mut carol, "bob");
+    still_served(&mut alice_again, "bob");
 }
 
 #[test]

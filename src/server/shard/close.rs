@@ -1,8 +1,8 @@
-//! Ending connections: leaving the open set, eviction, linger, freeing a slot, drain.
+//! Ending connections: leaving the open set, linger, freeing a slot, drain.
 //!
-//! In: a finished WebSocket (close handshake done, failed or timed out), an eviction by
-//! the per-user limit (from this or another shard), EOF, or `Command::Drain`. Out: the
-//! connection's share of the edge limits and its messaging state given back, a write
+//! In: a finished WebSocket (close handshake done, failed or timed out), EOF, or
+//! `Command::Drain`. Out: the connection's share of the edge limits and its messaging
+//! state given back, a write
 //! shutdown and a linger for the peer's EOF, then the socket closed and the slot's
 //! generation bumped so no late completion reaches its next owner. A drain sends close
 //! frames to the open connections in random order spread over the drain window.
@@ -10,11 +10,9 @@
 use std::net::Shutdown;
 use std::time::Instant;
 
-use crate::edge::ConnRef;
 use crate::proto::close::CloseCode;
 use crate::slab::Key;
 
-use super::handle::Command;
 use super::slot::{Phase, sock, user_data};
 use super::{ACCEPT_PLAIN, ACCEPT_TLS, KIND_READ, KIND_WRITE, Shard};
 
@@ -44,42 +42,13 @@ impl Shard {
         }
     }
 
-    /// Gives the connection's share of the per-address and per-user limits back.
+    /// Gives the connection's share of the per-address limits and its messaging state
+    /// back (its user's owner counts it out of the per-user limit).
     pub(super) fn forget_peer(&mut self, key: Key) {
         if let Some(msg) = self.msg.as_mut() {
             msg.handle_disconnect(key, self.now);
         }
-        let slot = &mut self.slots[key];
-        self.edge.release_ip(std::mem::take(&mut slot.ip));
-        let user = std::mem::take(&mut slot.user);
-        let conn = ConnRef {
-            shard: self.id as u32,
-            conn: key,
-        };
-        self.edge.release_user(user, conn);
-    }
-
-    /// Closes a connection the per-user limit evicted, on whichever shard holds it.
-    pub(super) fn evict_anywhere(&mut self, victim: ConnRef) {
-        if victim.shard as usize == self.id {
-            self.evict(victim.conn);
-        } else if let Some(peer) = self.peers.get().and_then(|peers| peers.get(victim.shard as usize)) {
-            peer.send(Command::Kick { conn: victim.conn });
-        }
-    }
-
-    /// Closes `key` with 1008 because a newer connection of its user replaced it.
-    pub(super) fn evict(&mut self, key: Key) {
-        if !self.slots.contains(key) || self.slots[key].phase != Phase::Open {
-            return;
-        }
-        self.slots[key].ws.close(
-            self.now,
-            &self.cfg.limits,
-            CloseCode::POLICY_VIOLATION,
-            "replaced by a newer connection",
-        );
-        self.after_protocol(key);
+        self.edge.release_ip(std::mem::take(&mut self.slots[key].ip));
     }
 
     /// Our side is done: shut down writing so the peer sees our last bytes and an EOF,

@@ -91,7 +91,6 @@ impl Shard {
         for command in commands {
             match command {
                 Command::Drain { code } => self.start_drain(code),
-                Command::Kick { conn } => self.evict(conn),
                 Command::Api(request) => {
                     if let Some(msg) = self.msg.as_mut() {
                         msg.handle_api(*request, self.now);

@@ -52,11 +52,11 @@ impl Shard {
                     conn: key,
                     code,
                     reason,
-                } => {
-                    if self.slots.contains(key) && self.slots[key].phase == Phase::Open {
-                        self.slots[key].ws.close(self.now, &self.cfg.limits, code, reason);
-                        self.after_protocol(key);
-                    }
+                } => self.close_for(key, code, reason),
+                Output::UserLimit { conn: key, replaced } => {
+                    let (label, reason) = Output::user_limit_label(replaced);
+                    ShardMetrics::bump(&mut self.metrics.limit_hits, label);
+                    self.close_for(key, CloseCode::POLICY_VIOLATION, reason);
                 }
             }
         }
@@ -68,6 +68,15 @@ impl Shard {
             self.handle.bell.ring();
         }
         self.flush_cluster();
+    }
+
+    /// Closes `key` with `code` for messaging, if it is still open (a stale key or a
+    /// closing connection is left alone).
+    fn close_for(&mut self, key: Key, code: CloseCode, reason: &'static str) {
+        if self.slots.contains(key) && self.slots[key].phase == Phase::Open {
+            self.slots[key].ws.close(self.now, &self.cfg.limits, code, reason);
+            self.after_protocol(key);
+        }
     }
 
     /// Frame bytes arrived in `buf[start..end]` for an open connection.

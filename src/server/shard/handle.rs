@@ -1,17 +1,15 @@
 //! The part of a shard that other threads may touch: commands and the doorbell.
 //!
-//! In: `ShardHandle::send` from any thread (drain, kick an evicted connection, a
-//! backend API request), the watchdog's `kick`. Out: commands the shard takes at the
+//! In: `ShardHandle::send` from any thread (drain, a backend API request), the watchdog's `kick`. Out: commands the shard takes at the
 //! start of its next turn (`Shard::on_wake`), and the counters the watchdog reads.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 
 use crate::msg::api::ApiReply;
 use crate::proto::close::CloseCode;
 use crate::server::ring::Bell;
-use crate::slab::Key;
 
 /// A command from another thread.
 #[derive(Debug)]
@@ -22,13 +20,6 @@ pub enum Command {
         /// 1001 (going away) or 1012 (service restart).
         code: CloseCode,
     },
-    /// Close one connection with 1008: its user opened one more than the per-user limit
-    /// allows and the newest wins (see `crate::edge`). Ignored if the slot's generation
-    /// has moved on (the connection already ended).
-    Kick {
-        /// The connection's key on this shard (slot and generation when admitted).
-        conn: Key,
-    },
     /// A backend API request from the admin thread (`crate::admin`, through
     /// [`ApiShards`](crate::server::ApiShards)): handed to messaging, whose owner answers on the
     /// request's channel. In echo mode it is dropped, which the admin side reports as
@@ -37,14 +28,9 @@ pub enum Command {
 }
 
 /// Commands a shard's inbox holds between two turns. A turn takes them all, so only a
-/// shard that does not run (stalled, or starved of CPU) fills it: kicks from other
-/// shards' per-user evictions and backend API requests arrive far below this in normal
-/// operation (an API burst of this size would also wait on the admin listener's cap).
+/// shard that does not run (stalled, or starved of CPU) fills it: backend API requests
+/// arrive far below this in normal operation (an API burst of this size would also wait on the admin listener's cap).
 pub const COMMAND_INBOX_CAPACITY: usize = 4096;
-
-/// Every shard's handle, filled in once all shards have started: how a shard reaches
-/// another (today only to close a connection evicted by the per-user limit).
-pub type Peers = Arc<OnceLock<Vec<Arc<ShardHandle>>>>;
 
 /// The part of a shard other threads may touch: its inbox and its bell.
 #[derive(Debug)]
@@ -87,9 +73,7 @@ impl ShardHandle {
     ///
     /// The inbox holds at most [`COMMAND_INBOX_CAPACITY`] commands. Beyond, a
     /// [`Command::Api`] request is answered `overloaded` at once (the backend gets 503 and
-    /// may retry) and a [`Command::Kick`] is dropped (the evicted connection stays until
-    /// it ends by itself: its user holds one connection over the limit meanwhile); both
-    /// are counted. A [`Command::Drain`] is never refused: it is queued once however
+    /// may retry), and counted. A [`Command::Drain`] is never refused: it is queued once however
     /// many signals ask for it (the first code wins, as `start_drain` keeps the first).
     pub fn send(&self, command: Command) -> bool {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,22 +182,27 @@ mod tests {
     }
 
     #[test]
-    fn a_full_inbox_refuses_kicks_and_answers_api_requests_but_never_refuses_a_drain() {
+    fn a_full_inbox_answers_api_requests_overloaded_but_never_refuses_a_drain() {
         let handle = handle();
-        for slot in 0..COMMAND_INBOX_CAPACITY as u32 {
-            assert!(handle.send(Command::Kick {
-                conn: Key::new(slot, 1)
-            }));
-        }
-        assert!(!handle.send(Command::Kick { conn: Key::new(0, 2) }));
-        let (reply, answer) = sync_channel(1);
-        let request = ApiRequest {
-            op: ApiOp::PresenceUser { user: "alice".into() },
-            reply,
+        let request = |user: &str| {
+            let (reply, answer) = sync_channel(1);
+            let op = ApiOp::PresenceUser { user: user.into() };
+            (ApiRequest { op, reply }, answer)
         };
+        let mut waiting = Vec::new();
+        for i in 0..COMMAND_INBOX_CAPACITY {
+            let (request, answer) = request(&format!("u{i}"));
+            assert!(handle.send(Command::Api(Box::new(request))));
+            waiting.push(answer);
+        }
+        assert!(
+            waiting.iter().all(|answer| answer.try_recv().is_err()),
+            "queued, not answered"
+        );
+        let (request, answer) = request("alice");
         assert!(!handle.send(Command::Api(Box::new(request))));
         assert_eq!(answer.try_recv(), Ok(ApiReply::Overloaded));
-        assert_eq!(handle.commands_refused(), 2);
+        assert_eq!(handle.commands_refused(), 1);
         // Drains get in however full the inbox is, and only once.
         for code in [CloseCode::GOING_AWAY, CloseCode::SERVICE_RESTART, CloseCode::GOING_AWAY] {
             assert!(handle.send(Command::Drain { code }));
@@ -226,6 +215,6 @@ mod tests {
                 code: CloseCode::GOING_AWAY
             })
         ));
-        assert_eq!(handle.commands_refused(), 2);
+        assert_eq!(handle.commands_refused(), 1);
     }
 }

@@ -58,7 +58,7 @@ mod slot;
 mod upgrade;
 
 pub(crate) use self::cluster::{Events as ClusterEvents, pump as cluster_pump};
-pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, Peers, ShardHandle};
+pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, ShardHandle};
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -132,11 +132,8 @@ pub struct Shard {
     registry: Arc<Registry>,
     /// Checks the token of every upgrade request before the 101 (read-only, shared).
     auth: Arc<Authenticator>,
-    /// Per-address and per-user limits, shared by all shards (touched at upgrade and
-    /// close only).
+    /// Per-address limits, shared by all shards (touched at upgrade and close only).
     edge: Arc<Edge>,
-    /// The other shards, for evicting a connection held by one of them.
-    peers: Peers,
     /// Messaging (`None` in echo mode): this shard's owner and local sides.
     msg: Option<MsgShard>,
     /// The journal writer's signal and counters (disk store only).
@@ -216,10 +213,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Checks the token of every upgrade request.
     pub auth: Arc<Authenticator>,
-    /// Per-address and per-user limits.
+    /// Per-address limits.
     pub edge: Arc<Edge>,
-    /// Every shard's handle, filled in once all have started.
-    pub peers: Peers,
 }
 
 impl Shard {
@@ -237,7 +232,6 @@ impl Shard {
             registry,
             auth,
             edge,
-            peers,
         } = shared;
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
         let (tls_listener, tls) = match tls {
@@ -284,7 +278,6 @@ impl Shard {
             auth,
             message_rate: MessageRate::new(edge.config()),
             edge,
-            peers,
             epoch: now,
             listener: Some(listener),
             tls_config: tls.as_ref().map(|context| context.current()),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use socket2::SockRef;
 
-use crate::edge::{IpTicket, UserTicket};
+use crate::edge::IpTicket;
 use crate::proto::connection::Connection;
 use crate::proto::frame::{Role, SharedFrame};
 use crate::slab::{Generational, Key};
@@ -117,9 +117,6 @@ pub(super) struct Slot {
     /// The peer sent its close frame: once ours is out, the socket can be closed at
     /// once (the peer sends nothing more, so no lingering is needed).
     pub(super) peer_closed: bool,
-    /// The user's share of the per-user limit (`NONE` before the upgrade, with the
-    /// limit off, and for generated anonymous ids, which nobody can address).
-    pub(super) user: UserTicket,
     /// The client address's share of the per-address limits, given back at the end.
     pub(super) ip: IpTicket,
     /// The message-rate clock (`edge::MessageRate`): microseconds since the shard's
@@ -141,7 +138,6 @@ impl Slot {
             write_armed: false,
             dirty: false,
             peer_closed: false,
-            user: UserTicket::NONE,
             ip: IpTicket::NONE,
             tat: 0,
         }
@@ -167,6 +163,6 @@ mod size_tests {
         let size = crate::slab::Slab::<super::Slot>::SLOT_BYTES;
         eprintln!("Slot is {size} bytes in the slab");
         assert_eq!(size, size_of::<super::Slot>(), "the slab adds nothing to a slot");
-        assert!(size <= 104, "Slot grew to {size} bytes");
+        assert!(size <= 96, "Slot grew to {size} bytes");
     }
 }

@@ -5,8 +5,8 @@
 //! connection, closed after the flush); or the 101, the slot made `Open` with its edge
 //! tickets and identity, messaging told of the connection, and any frames that came
 //! behind the request fed to the frame code. Parsing is `proto::handshake`; the policy
-//! (draining → connection cap → limits by address → token → limit by user) is the
-//! sans-IO `server::admission`; this file gathers the bytes and acts on the verdict.
+//! (draining → connection cap → limits by address → token) is the sans-IO
+//! `server::admission`; the limit by user is the user's owner's, after the 101; this file gathers the bytes and acts on the verdict.
 //! With `--demo`, a `GET` of the JavaScript client or the demo page (`crate::client`)
 //! is answered 200 where it would get its 404, and closed after the answer like one.
 
@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::time::SystemTime;
 
-use crate::edge::ConnRef;
 use crate::metrics::ShardMetrics;
 use crate::msg::protocol::Encoding;
 use crate::proto::connection::Connection;
@@ -80,11 +79,7 @@ impl Shard {
             draining: self.drain.is_some(),
             at_capacity: self.connections >= self.max_connections,
         };
-        let conn = ConnRef {
-            shard: self.id as u32,
-            conn: key,
-        };
-        match gate.admit(&request, view, conn, || peer_ip(fd), self.now, SystemTime::now()) {
+        match gate.admit(&request, view, || peer_ip(fd), self.now, SystemTime::now()) {
             Verdict::Refused(refused) => {
                 match refused {
                     Refused::Edge(refusal) => ShardMetrics::bump(&mut self.metrics.limit_hits, refusal.label()),
@@ -97,9 +92,6 @@ impl Shard {
             Verdict::Admitted(admitted) => {
                 if admitted.ip_untracked {
                     ShardMetrics::bump(&mut self.metrics.limit_hits, "ip_table_full");
-                }
-                if admitted.evict.is_some() {
-                    ShardMetrics::bump(&mut self.metrics.limit_hits, "user_replaced");
                 }
                 ShardMetrics::bump(&mut self.metrics.auth_accepted, admitted.identity.carrier.label());
                 let deflate = self
@@ -156,7 +148,6 @@ impl Shard {
             ShardMetrics::bump(&mut self.metrics.compression, "negotiated");
         }
         slot.phase = Phase::Open;
-        slot.user = admitted.user;
         slot.ip = admitted.ip;
         slot.tat = 0;
         let io = slot.io.as_deref_mut().expect("handshaking slot has io");
@@ -167,9 +158,6 @@ impl Shard {
         self.metrics.upgrades += 1;
         self.enqueue(key, Out::Bytes(response), true);
         self.schedule(key);
-        if let Some(victim) = admitted.evict {
-            self.evict_anywhere(victim);
-        }
         if let Some(msg) = self.msg.as_mut() {
             msg.handle_connect(key, &admitted.identity, encoding, self.now);
         }
