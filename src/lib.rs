@@ -26,10 +26,10 @@
 //!        │            driver, slot, handle), see its module doc
 //!        ├── slab            the generational Slab<T> and its Key (slot index + 30-bit
 //!        │                   generation): the connection's one name in the shard, the
-//!        │                   wheel, the user_data tags, msg::ConnId and edge::ConnRef,
+//!        │                   wheel, the user_data tags, msg::ConnId and the directory's,
 //!        │                   shared with the bench's workers
 //!        ├── server::admission  sans-IO upgrade policy: draining → cap → address → token
-//!        │                      → user, a flat verdict (401/429/503 or the tickets)
+//!        │                      : a flat verdict (401/429/503 or the ticket)
 //!        ├── server::wheel   one timer wheel per shard: handshake, heartbeat, close, linger
 //!        ▼
 //!  proto::handshake   parse + validate the HTTP/1.1 upgrade ──► 101 or 4xx/5xx response
@@ -76,8 +76,9 @@
 //!   shard, and the cross-shard messages with their rings. Tested by a deterministic
 //!   multi-shard simulation in one thread; every shard drives one (unless `--echo`).
 //! - [`edge`]: limits at the edge (upgrade rate and connections per client address,
-//!   connections per user, message rate per connection, trusted proxies), exact across
-//!   shards through one striped table touched at upgrade and close only.
+//!   message rate per connection, trusted proxies), exact across shards through one
+//!   striped table touched at upgrade and close only. Connections per user are counted
+//!   by each user's owner ([`msg::owner`]), in its directory entry.
 //! - [`cli`]: the command line (`serve`, `token`, `bench`); [`config`], [`limits`]: every
 //!   knob, with its default and what happens when it is hit; [`units`]: the syntax of
 //!   sizes, durations and rates. Imports run one way: `cli` → `bench`, `config`;

@@ -17,8 +17,8 @@
 //!   request kind; [`Key::from_user_data`] ignores them;
 //! - messaging's [`ConnId`](crate::msg::ConnId) (a type alias: messaging treats it as
 //!   opaque);
-//! - with a shard number, the edge's [`ConnRef`](crate::edge::ConnRef) and the shard
-//!   command that evicts a connection.
+//! - with a shard number, a connection in its user's directory entry at the owner
+//!   (which the per-user limit closes by).
 //!
 //! Generations are 30 bits wide (what fits in a `user_data` tag) and wrap: a key goes
 //! stale for good unless its slot is freed 2^30 times while the key is still held, which

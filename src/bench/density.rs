@@ -50,6 +50,13 @@ pub struct DensityArgs {
     /// least as many lines as connections.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "user_prefix"])]
     pub token_file: Option<std::path::PathBuf>,
+    /// Connections opened and closed before the baseline sample, so that the
+    /// gateway's one-time costs (the code its first handshakes page in, about 640 KiB
+    /// here; its tables' first chunks) are not charged to the connections measured.
+    /// With `--user-prefix` their users are `<PREFIX>warmup-<n>`, none of the measured
+    /// ones. 0: none, the baseline is the gateway as it stands.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "token_file")]
+    pub warmup: u64,
     /// Options shared with `echo`.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -112,6 +119,8 @@ pub struct DensityReport {
     pub source_addresses: u64,
     /// Connections asked for.
     pub connections_requested: u64,
+    /// `--warmup` connections established (and closed) before the baseline.
+    pub warmup_connections: u64,
     /// Target connects per second.
     pub rate_target_per_sec: f64,
     /// Connects started.
@@ -194,6 +203,12 @@ impl DensityReport {
             ),
         );
         t.row("failures", fmt_counts(&self.failures));
+        if self.warmup_connections > 0 {
+            t.row(
+                "warm-up",
+                format!("{} opened and closed before the baseline", self.warmup_connections),
+            );
+        }
         t.compression(
             self.compression_offered,
             self.compression_agreed,
@@ -343,6 +358,40 @@ pub(crate) fn memory_rows(t: &mut Table, m: &MemoryReport) {
     );
 }
 
+/// Opens and closes `--warmup` connections, then waits (up to
+/// [`WARMUP_SETTLE_LIMIT`]) for the gateway to count them gone; the number established.
+fn warm_up(args: &DensityArgs, interrupt: &AtomicBool) -> Result<u64, BenchError> {
+    if args.warmup == 0 {
+        return Ok(0);
+    }
+    let warm = DensityArgs {
+        connections: args.warmup,
+        user_prefix: args.user_prefix.as_ref().map(|prefix| format!("{prefix}warmup-")),
+        ..args.clone()
+    };
+    let mut setup = Setup::new(&warm.common, warm.connections)?;
+    setup.identities = identities(&warm)?.map(Arc::new);
+    let rate = warm.common.rate.per_second();
+    let fleet = Fleet::start(&setup, warm.connections, rate, &warm.common, None, None, Duration::ZERO)?;
+    fleet.ramp(interrupt, warm.common.connect_timeout);
+    let (report, _) = fleet.finish();
+    let settle_by = Instant::now() + WARMUP_SETTLE_LIMIT;
+    while let Some(admin) = args.admin.as_deref()
+        && Instant::now() < settle_by
+        && super::host::scrape_admin(admin).is_ok_and(|sample| sample.connections > 0)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The shards' next ticks free what the closes left (slots in linger, buffers).
+    std::thread::sleep(WARMUP_SETTLE);
+    Ok(report.established)
+}
+
+/// How long [`warm_up`] waits for the gateway to count the warm-up connections gone.
+const WARMUP_SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// How long it then lets the gateway settle before the baseline.
+const WARMUP_SETTLE: Duration = Duration::from_millis(500);
+
 /// Runs the density benchmark (without printing).
 pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, BenchError> {
     let common = &args.common;
@@ -356,6 +405,7 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
             "--server-pid {pid}: /proc/{pid}/status has no VmRSS (no such process?)"
         )));
     }
+    let warmup = warm_up(args, interrupt)?;
     let before = HostSample::take(args.server_pid, args.admin.as_deref());
     let fleet = Fleet::start(&setup, args.connections, rate, common, None, None, args.hold)?;
     let ramp_end = fleet.ramp(interrupt, common.connect_timeout);
@@ -400,6 +450,7 @@ pub fn run(args: &DensityArgs, interrupt: &AtomicBool) -> Result<DensityReport, 
         workers: setup.workers,
         source_addresses: setup.preflight.source_addresses,
         connections_requested: args.connections,
+        warmup_connections: warmup,
         rate_target_per_sec: rate,
         attempted: r.started,
         established: r.established,

@@ -97,6 +97,7 @@ fn density_args(addr: SocketAddr, connections: u64, sources: Option<&str>) -> De
         user_prefix: None,
         token_secret_file: None,
         token_file: None,
+        warmup: 0,
         common: common(addr, sources),
     }
 }
@@ -620,6 +621,17 @@ fn density_makes_every_connection_a_user_of_its_own() {
         watcher.join().unwrap()
     });
     assert_eq!(most_users, 40, "one user per connection");
+
+    // A warm-up: its connections are users of their own, closed before the baseline.
+    let mut warm = args.clone();
+    (warm.connections, warm.warmup, warm.hold) = (10, 15, Duration::from_millis(200));
+    warm.user_prefix = Some("w-".to_owned());
+    let report = density::run(&warm, &AtomicBool::new(false)).unwrap();
+    assert_eq!((report.warmup_connections, report.established), (15, 10), "{report:#?}");
+    let users = |m: &crate::metrics::ShardMetrics| m.msg.owner_entries;
+    server.wait_for("every user, warm-up ones too, known to its owner", |m| {
+        users(m) == 40 + 15 + 10
+    });
 
     // A token file with fewer tokens than connections is refused before connecting.
     let tokens = dir.join("tokens");

@@ -13,7 +13,7 @@
 //! are used). A connection is named by its slab [`Key`]: the slot index and the slot's
 //! generation, which the slab bumps every time the slot is freed. The same key is the
 //! ring requests' `user_data` (with the request kind on top), the wheel's entry,
-//! messaging's `ConnId` and, with the shard number, the edge's `ConnRef`, so a late
+//! messaging's `ConnId` and, with the shard number, the owner's directory entry, so a late
 //! completion, deadline or message for a closed connection can never reach the slot's
 //! next owner. Lookups are an index, not a hash.
 //!

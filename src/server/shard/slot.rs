@@ -4,7 +4,7 @@
 //! `Io` exists only while a handshake, queued output or a deadline needs it. Slots live
 //! in the shard's slab (`crate::slab`), which keeps each slot's generation in it, and a
 //! slot's key is the connection's one name: ring request tags (`user_data`), wheel
-//! entries, messaging's `ConnId`, the edge's `ConnRef`.
+//! entries, messaging's `ConnId` (with the shard number, the owner's directory entry).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
