@@ -17,6 +17,13 @@
 #   --idle-timeout D    server idle timeout (default: 2.5 x the ping interval)
 #   --connect-timeout D connect() to 101 per attempt (default 30s); each bench's ramp
 #                       ends at N/rate + this + 10 s, whatever was reached by then
+#   --users             every connection an authenticated user of its own: the servers
+#                       verify HS256 tokens (a throw-away secret in DIR), each bench
+#                       mints one per connection for user b<k>-<n> (the messenger's case;
+#                       default: anonymous connections)
+#   --shards-per-process N  shards of each server in group mode (default 1: the group's
+#                       processes already spread over the cores, and every extra shard
+#                       is a thread to schedule and a tick to run)
 #
 # What it does: builds the release binary, prints `scripts/tune-kernel.sh check`, picks a
 # mode from the hard open-files limit (one server process if one process can hold N,
@@ -44,8 +51,10 @@ per_process=18000
 ping_interval=""
 idle_timeout=""
 connect_timeout=30s
+users=0
+group_shards=1
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 need() { [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -60,7 +69,9 @@ while [ $# -gt 0 ]; do
     --ping-interval) need "$@"; ping_interval=$2; shift 2 ;;
     --idle-timeout) need "$@"; idle_timeout=$2; shift 2 ;;
     --connect-timeout) need "$@"; connect_timeout=$2; shift 2 ;;
-    --connections=*|--hold=*|--rate=*|--out=*|--port=*|--admin-port=*|--per-process=*|--ping-interval=*|--idle-timeout=*|--connect-timeout=*)
+    --users) users=1; shift ;;
+    --shards-per-process) need "$@"; group_shards=$2; shift 2 ;;
+    --connections=*|--hold=*|--rate=*|--out=*|--port=*|--admin-port=*|--per-process=*|--ping-interval=*|--idle-timeout=*|--connect-timeout=*|--shards-per-process=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     -h|--help) usage ;;
     *) echo "unknown option $1" >&2; usage ;;
@@ -74,7 +85,7 @@ seconds() {
   else echo "not a duration in whole seconds or minutes: $1 (use 45s or 2m)" >&2; exit 2
   fi
 }
-for v in connections rate port admin_base per_process; do
+for v in connections rate port admin_base per_process group_shards; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--${v//_/-} must be a positive whole number (got ${!v})" >&2; exit 2; }
 done
 hold_s=$(seconds "$hold")
@@ -194,7 +205,7 @@ else
   mode=group
   [ $(( hard - 2000 )) -lt "$per_process" ] && per_process=$(( hard - 2000 ))
   [ "$per_process" -ge 1000 ] || { echo "the hard open-files limit ($hard) is too small for group mode" >&2; exit 1; }
-  shards=$(( cpus < 2 ? cpus : 2 ))
+  shards=$(( group_shards < cpus ? group_shards : cpus ))
   # Over-provision by 10%: SO_REUSEPORT hashes each connection to one of the group's
   # listeners, so shards fill unevenly, and a full shard answers 503.
   servers=$(( (connections * 110 / 100 + per_process - 1) / per_process ))
@@ -755,12 +766,18 @@ PY
 : > "$out/servers.tsv"
 : > "$out/benches.tsv"
 rm -f "$out/.stop" "$out/latest" "$out"/bench-*.json "$out"/metrics-*.json "$out/cpu.json"
+auth=(--auth-mode none)
+if [ "$users" = 1 ]; then
+  # A throw-away HMAC secret for this run only.
+  head -c 32 /dev/urandom | base64 > "$out/secret"
+  auth=(--auth-mode jwt --auth-hmac-secret-file "$out/secret")
+fi
 say "starting $servers server process(es)"
 for ((i = 0; i < servers; i++)); do
   # Each process has its own (fresh) disk store: a data directory is locked by one process.
   rm -rf "$out/data-$i"
   "$bin" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(( admin_base + i ))" \
-    --data-dir "$out/data-$i" --shards "$shards" --max-connections "$server_max" --auth-mode none \
+    --data-dir "$out/data-$i" --shards "$shards" --max-connections "$server_max" "${auth[@]}" \
     --upgrade-rate-per-ip 0 --message-rate 0 \
     --handshake-timeout 30s --max-handshakes-per-shard 8192 \
     --ping-interval "$ping_interval" --idle-timeout "$idle_timeout" \
@@ -787,7 +804,8 @@ cat > "$out/config.json" <<EOF
  "servers": $servers, "shards": $shards, "server_max": $server_max, "benches": $benches,
  "per_bench": $per_bench, "ips_per_bench": $ips_per_bench, "ping_interval": "$ping_interval",
  "idle_timeout": "$idle_timeout", "hard_nofile": "$hard", "cpus": $cpus, "port": $port,
- "connect_timeout_secs": $connect_timeout, "close_timeout_secs": $close_timeout}
+ "connect_timeout_secs": $connect_timeout, "close_timeout_secs": $close_timeout,
+ "users": $users}
 EOF
 
 # ---------------------------------------------------------------------------------------
@@ -813,6 +831,7 @@ for ((k = 0; k < benches; k++)); do
         --url "ws://127.0.0.1:$port/ws" --source-ips "127.$a.$b.1-127.$a.$b.$ips_per_bench"
         --connect-timeout "${connect_timeout}s" --close-timeout "${close_timeout}s")
   [ -n "$bench_workers" ] && args+=(--workers "$bench_workers")
+  [ "$users" = 1 ] && args+=(--user-prefix "b$k-" --token-secret-file "$out/secret")
   start=$(now)
   "$bin" "${args[@]}" > "$out/bench-$k.json" 2> "$out/bench-$k.err" &
   bench_pids+=($!)
