@@ -239,11 +239,22 @@ impl UserShards {
             Self::One(s, _) => (Some(*s), &[][..]),
             Self::Many(list) => (None, &list[..]),
         };
-        let firsts = many
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| !many[..*i].iter().any(|p| p.shard == c.shard))
-            .map(|(_, c)| c.shard);
+        // A user with no cap may hold thousands of connections on a few shards: each
+        // shard once, by a bitmap of the first 256 shards (a scan beyond).
+        let mut seen = [0u64; 4];
+        let firsts = many.iter().enumerate().filter_map(move |(i, c)| {
+            let s = usize::from(c.shard);
+            let first = match seen.get_mut(s / 64) {
+                Some(word) => {
+                    let bit = 1u64 << (s % 64);
+                    let first = *word & bit == 0;
+                    *word |= bit;
+                    first
+                }
+                None => !many[..i].iter().any(|p| p.shard == c.shard),
+            };
+            first.then_some(c.shard)
+        });
         one.into_iter().chain(firsts)
     }
 
@@ -1175,6 +1186,12 @@ mod tests {
         assert!(matches!(s, UserShards::One(1, k) if k == c(1)), "{s:?}");
         assert!(s.remove(1, c(1)));
         assert!(s.is_empty() && s.connections() == 0 && s.shards().next().is_none());
+        // Thousands of connections on a few shards, some past the bitmap's 256.
+        for n in 0..3000 {
+            s.add([2, 300, 2, 7, 300][n as usize % 5], c(n), NO_CAP);
+        }
+        assert_eq!(s.shards().collect::<Vec<_>>(), vec![2, 300, 7]);
+        assert_eq!(s.connections(), 3000);
     }
 
     #[test]
