@@ -1159,10 +1159,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<(Key, UserEntry)>>(), 48);
     }
 
-    const NO_CAP: UserLimit = UserLimit {
-        max: 0,
-        policy: UserLimitPolicy::Newest,
-    };
+    const fn limit(max: u32, policy: UserLimitPolicy) -> UserLimit {
+        UserLimit { max, policy }
+    }
+
+    const NO_CAP: UserLimit = limit(0, UserLimitPolicy::Newest);
 
     fn c(n: u32) -> ConnId {
         ConnId::new(n, 1)
@@ -1196,10 +1197,7 @@ mod tests {
 
     #[test]
     fn the_per_user_limit_replaces_the_oldest_once_or_refuses_the_newest() {
-        let newest = UserLimit {
-            max: 2,
-            policy: UserLimitPolicy::Newest,
-        };
+        let newest = limit(2, UserLimitPolicy::Newest);
         let mut s = UserShards::default();
         assert_eq!(s.add(0, c(1), newest), Admit::Admitted);
         assert_eq!(s.add(1, c(2), newest), Admit::Admitted);
@@ -1225,10 +1223,7 @@ mod tests {
         assert!(s.remove(0, c(3)));
         assert!(matches!(s, UserShards::One(0, k) if k == c(6)), "{s:?}");
 
-        let oldest = UserLimit {
-            max: 1,
-            policy: UserLimitPolicy::Oldest,
-        };
+        let oldest = limit(1, UserLimitPolicy::Oldest);
         let mut s = UserShards::default();
         assert_eq!(s.add(0, c(1), oldest), Admit::Admitted);
         assert_eq!(s.add(1, c(2), oldest), Admit::Refused);
