@@ -310,6 +310,7 @@ impl Server {
             registry,
             auth,
             edge,
+            drain: Arc::new(shard::DrainGroup::new(cfg.shards)),
         };
         // Each shard gets its ends of the cross-shard rings once every shard exists
         // (the rings ring the shards' doorbells); until then its thread waits.

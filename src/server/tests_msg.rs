@@ -394,3 +394,75 @@ fn demo_serves_the_client_and_the_page_and_nothing_else() {
         assert_eq!(body, "no WebSocket endpoint at this path\n");
     }
 }
+
+/// A drain with every connection on one shard: the other shard, with none of its own,
+/// still owns users, and must keep serving them until the last connection is closed.
+/// Before the shards finished together, it left at once and every message the open
+/// connections sent to its users was answered `overloaded` until their close came.
+#[test]
+fn a_shard_without_connections_serves_its_users_until_the_whole_drain_is_done() {
+    use crate::msg::{KeyKind, owner_of};
+    use crate::proto::close::CloseCode;
+
+    let mut server = messaging_server(|cfg| {
+        cfg.drain_window = Duration::from_secs(2);
+        cfg.drain_timeout = Duration::from_secs(10);
+    });
+    let shard_counts =
+        |server: &TestServer| -> Vec<u64> { server.registry.snapshot().iter().map(|m| m.connections).collect() };
+    // Two connections on the same shard (the kernel picks; a connection that lands on
+    // the other one is closed and tried again).
+    let (a, _) = Peer::connect(&server, "drainer-a");
+    server.wait_for("the first connection", |m| m.connections == 1);
+    let home = shard_counts(&server)
+        .iter()
+        .position(|&n| n == 1)
+        .expect("one shard holds it");
+    let mut peers = vec![a];
+    for attempt in 0.. {
+        assert!(attempt < 64, "64 connections in a row landed on the other shard");
+        let (b, _) = Peer::connect(&server, "drainer-b");
+        server.wait_for("the second connection", |m| m.connections == 2);
+        if shard_counts(&server)[home] == 2 {
+            peers.push(b);
+            break;
+        }
+        drop(b);
+        server.wait_for("the stray connection to go", |m| m.connections == 1);
+    }
+    // A recipient owned by the shard that holds no connection.
+    let away = (0..)
+        .map(|n| format!("away-{n}"))
+        .find(|u| usize::from(owner_of(KeyKind::User, u, 2)) != home);
+    let away = away.expect("some user is owned by the other shard");
+
+    let running = server.server.take().expect("running");
+    let started = Instant::now();
+    running.drain(CloseCode::SERVICE_RESTART);
+    for (i, peer) in peers.iter_mut().enumerate() {
+        peer.send(json!({"type": "send", "to": away, "id": format!("m{i}"), "body": {"n": i}}));
+    }
+    // Closes are spread over the 2 s window: the second of two comes after half of it, so
+    // at least one connection hears its answer first. Nobody may hear `overloaded`.
+    let mut acks = 0;
+    for peer in &mut peers {
+        match peer.client.next_event() {
+            Some(OwnedEvent::Text(text)) => {
+                let answer: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(answer["type"], "ack", "{answer}");
+                assert_eq!(answer["to"], away.as_str(), "{answer}");
+                acks += 1;
+                assert_eq!(peer.client.next_event(), Some(OwnedEvent::Close(Some(1012))));
+            }
+            Some(OwnedEvent::Close(code)) => assert_eq!(code, Some(1012)),
+            other => panic!("expected the ack or the drain's close, got {other:?}"),
+        }
+    }
+    assert!(acks >= 1, "no connection got its message stored during the drain");
+    running.join();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the shards finish once the last connection is gone, well before the 10 s deadline: {took:?}"
+    );
+}

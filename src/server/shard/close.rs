@@ -5,9 +5,11 @@
 //! state given back, a write
 //! shutdown and a linger for the peer's EOF, then the socket closed and the slot's
 //! generation bumped so no late completion reaches its next owner. A drain sends close
-//! frames to the open connections in random order spread over the drain window.
+//! frames to the open connections in random order spread over the drain window, and the
+//! shards of a server finish together ([`DrainGroup`]).
 
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::proto::close::CloseCode;
@@ -28,6 +30,41 @@ pub(super) struct Drain {
     pub(super) order: Vec<Key>,
     /// How many of `order` have been sent a close.
     pub(super) next: usize,
+    /// This shard's connections are all gone and it told the [`DrainGroup`] so.
+    pub(super) emptied: bool,
+}
+
+/// The shards of one server drain as one: a shard whose own connections are all closed
+/// keeps running until every shard's are (or its drain deadline passes), because it is
+/// still the owner of its share of users and rooms, and the connections the other shards
+/// still hold send to them. A shard that left early would turn every request they route
+/// to it into `overloaded` for the rest of the window (and, its rings no longer read,
+/// drop whatever was in flight): a message typed during a restart would fail instead of
+/// being stored.
+#[derive(Debug)]
+pub struct DrainGroup {
+    /// Shards that still hold connections (or have not started draining).
+    holding: AtomicUsize,
+}
+
+impl DrainGroup {
+    /// A group of `shards` shards, none of them drained yet.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            holding: AtomicUsize::new(shards),
+        }
+    }
+
+    /// One shard's connections are all closed (call once per shard).
+    fn emptied(&self) {
+        let before = self.holding.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "more shards emptied than the group holds");
+    }
+
+    /// Every shard's connections are closed.
+    pub fn all_empty(&self) -> bool {
+        self.holding.load(Ordering::Acquire) == 0
+    }
 }
 
 impl Shard {
@@ -131,6 +168,7 @@ impl Shard {
             started: self.now,
             order,
             next: 0,
+            emptied: false,
         });
         self.drain_step();
     }
@@ -166,6 +204,20 @@ impl Shard {
         if let Some(drain) = self.drain.as_mut() {
             drain.next = due.max(drain.next);
         }
+    }
+
+    /// Whether the drain is over for this shard: every shard of the server has closed its
+    /// connections, or this shard's deadline passed. Tells the group (once) when this
+    /// shard's own connections are gone; new ones are not accepted while draining, so
+    /// the count only falls.
+    pub(super) fn drain_done(&mut self) -> bool {
+        let empty = self.live_slots() == 0;
+        let Some(drain) = self.drain.as_mut() else { return false };
+        if empty && !drain.emptied {
+            drain.emptied = true;
+            self.drain_group.emptied();
+        }
+        self.drain_group.all_empty() || self.now >= drain.started + self.cfg.drain_timeout
     }
 
     /// The drain deadline passed (or the shard is finished): close every socket left.

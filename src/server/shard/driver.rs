@@ -171,16 +171,15 @@ impl Shard {
 
     pub(super) fn end_turn(&mut self) -> ShardState {
         self.flush_turn();
-        match &self.drain {
-            Some(drain) if self.live_slots() == 0 || self.now >= drain.started + self.cfg.drain_timeout => {
-                self.abort_all();
-                // With `--redis`: the registry entries of what was just closed, and the
-                // node leaving the live set, go out with the last batch.
-                self.leave_cluster();
-                self.publish_metrics();
-                ShardState::Finished
-            }
-            _ => ShardState::Running,
+        if self.drain_done() {
+            self.abort_all();
+            // With `--redis`: the registry entries of what was just closed, and the
+            // node leaving the live set, go out with the last batch.
+            self.leave_cluster();
+            self.publish_metrics();
+            ShardState::Finished
+        } else {
+            ShardState::Running
         }
     }
 

@@ -57,6 +57,7 @@ mod send;
 mod slot;
 mod upgrade;
 
+pub use self::close::DrainGroup;
 pub(crate) use self::cluster::{Events as ClusterEvents, pump as cluster_pump};
 pub use self::handle::{COMMAND_INBOX_CAPACITY, Command, ShardHandle};
 
@@ -191,6 +192,8 @@ pub struct Shard {
     handshakes: usize,
     queued_total: usize,
     drain: Option<Drain>,
+    /// The server's shards, which finish a drain together.
+    drain_group: Arc<DrainGroup>,
     rng: u64,
     now: Instant,
 }
@@ -215,6 +218,8 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     /// Per-address limits.
     pub edge: Arc<Edge>,
+    /// The drain every shard finishes together (`DrainGroup::new(cfg.shards)`).
+    pub drain: Arc<DrainGroup>,
 }
 
 impl Shard {
@@ -232,6 +237,7 @@ impl Shard {
             registry,
             auth,
             edge,
+            drain: drain_group,
         } = shared;
         let (ring, bell_rx) = ConnRing::new(4096, 65536)?;
         let (tls_listener, tls) = match tls {
@@ -313,6 +319,7 @@ impl Shard {
             handshakes: 0,
             queued_total: 0,
             drain: None,
+            drain_group,
             rng: 0x2545_f491_4f6c_dd1d ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             now,
             cfg,
