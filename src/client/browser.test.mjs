@@ -300,7 +300,12 @@ test("two pages chat through a gateway restart: resumed, exactly once, with chec
       // tick; the others get both.
       const during = text === "b-dm2: are you there?";
       const status = !mine[user].has(text) ? "received" : during ? null : "read";
-      await waitFor(page, `dm:${other}`, text, status);
+      await waitFor(page, `dm:${other}`, text, status).catch(async (error) => {
+        // What the other side holds tells a message never sent (or refused) from one lost.
+        const o = await snapshot(pages[other]);
+        error.message += `; ${other} holds ${JSON.stringify(o.convs[`dm:${user}`])}`;
+        throw error;
+      });
       if (during && mine[user].has(text)) {
         const m = (await snapshot(page)).convs[`dm:${other}`].find((m) => m.text === text);
         assert.ok(["sent", "read"].includes(m.status), `${user}: ${text} acked (${m.status})`);
