@@ -397,8 +397,9 @@ fn demo_serves_the_client_and_the_page_and_nothing_else() {
 
 /// A drain with every connection on one shard: the other shard, with none of its own,
 /// still owns users, and must keep serving them until the last connection is closed.
-/// Before the shards finished together, it left at once and every message the open
-/// connections sent to its users was answered `overloaded` until their close came.
+/// Before the shards finished together, it left at once, and what the open connections
+/// sent to its users got no answer (lost on a ring nobody read any more, or, once the
+/// shard was gone, shed as `overloaded`) until their close came.
 #[test]
 fn a_shard_without_connections_serves_its_users_until_the_whole_drain_is_done() {
     use crate::msg::{KeyKind, owner_of};

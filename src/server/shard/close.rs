@@ -37,10 +37,10 @@ pub(super) struct Drain {
 /// The shards of one server drain as one: a shard whose own connections are all closed
 /// keeps running until every shard's are (or its drain deadline passes), because it is
 /// still the owner of its share of users and rooms, and the connections the other shards
-/// still hold send to them. A shard that left early would turn every request they route
-/// to it into `overloaded` for the rest of the window (and, its rings no longer read,
-/// drop whatever was in flight): a message typed during a restart would fail instead of
-/// being stored.
+/// still hold send to them. A shard that left early would leave what they route to it
+/// unanswered for the rest of the window (lost on a ring nobody reads, or, once the
+/// shard is gone, shed as `overloaded`): a message typed during a restart could use up
+/// its client's tries and fail instead of being stored.
 #[derive(Debug)]
 pub struct DrainGroup {
     /// Shards that still hold connections (or have not started draining).
